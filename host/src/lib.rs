@@ -1,1 +1,10 @@
+//! The reference host for profile-destination components: it loads a
+//! component under wasmtime and supplies every side effect the component
+//! itself may not perform.
 
+pub mod engine;
+
+/// The Outreach component built from this workspace's `guest/` by
+/// `host/build.rs` (or supplied through `OUTREACH_COMPONENT_PATH` at build
+/// time).
+pub const BUILT_COMPONENT: &str = env!("OUTREACH_COMPONENT_PATH");
