@@ -1,7 +1,6 @@
 //! Destination configuration: parsing and validation (SPEC.md §2).
 //! Every problem is collected, each naming the setting it concerns.
 
-use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -65,8 +64,6 @@ pub struct Config {
     pub attributes: Vec<AttributeMapping>,
     /// In configuration order.
     pub audiences: Vec<Audience>,
-    /// Audience id → index in `audiences`.
-    pub audience_by_id: BTreeMap<String, usize>,
     /// Value written for `realized`, `existing`, `exited` (in that order).
     pub status_values: [String; 3],
 }
@@ -215,11 +212,6 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     if !errors.0.is_empty() {
         return Err(errors.0);
     }
-    let audience_by_id = audiences
-        .iter()
-        .enumerate()
-        .map(|(i, a)| (a.id.clone(), i))
-        .collect();
     Ok(Config {
         name: name.unwrap_or_default(),
         description,
@@ -227,7 +219,6 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         identity_namespace: identity_namespace.unwrap_or_default(),
         attributes,
         audiences,
-        audience_by_id,
         status_values,
     })
 }
