@@ -126,7 +126,7 @@ fn profile(i: usize, rng: &mut Lcg) -> String {
         "personalEmail": { "address": format!("person{i}@example.com") },
         "workPhones": [ "+49 30 1234567", "+49 30 7654321" ],
         "interests": [ "analytics", "streaming", "wasm" ],
-        "consents": { "email": { "optedOut": rng.next() % 2 == 0 } },
+        "consents": { "email": { "optedOut": rng.next().is_multiple_of(2) } },
         "scores": { "lead": (rng.next() % 1000) as f64 / 10.0 },
         "segmentMembership": { "ups": ups },
         "_experience": { "analytics": { "pageViews": rng.next() % 500, "lastVisit": "2026-11-19T08:00:00Z" } }
