@@ -1,19 +1,28 @@
 //! `outreach-host`: run a profile-destination component from the command line.
 
 use std::io::{BufRead, BufWriter, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use destination_types::PlanOutcome;
-use outreach_host::engine::{self, Limits, Runtime};
+use destination_types::{ConfigError, PlanOutcome};
+use outreach_host::delivery::{self, DeliveryOptions, StaticToken, Summary};
+use outreach_host::engine::{self, Destination, Limits, Runtime};
+use outreach_host::http::ApiClient;
+use outreach_host::limiter::Limiter;
+use outreach_host::simulator::{Faults, Simulator, SimulatorConfig};
 
-/// Exit codes: 0 everything fine, 1 fatal error, 2 invalid configuration,
-/// 3 some records could not be planned.
+/// Exit codes: 0 everything delivered, 1 fatal error (or the run stopped),
+/// 2 invalid configuration, 3 some records failed (see the dead letters).
 const EXIT_FATAL: u8 = 1;
 const EXIT_INVALID_CONFIG: u8 = 2;
 const EXIT_PARTIAL: u8 = 3;
+
+/// Environment variable holding the access token for `run`.
+const TOKEN_ENV: &str = "OUTREACH_ACCESS_TOKEN";
 
 #[derive(Parser)]
 #[command(
@@ -39,32 +48,128 @@ struct ComponentArgs {
     cache_dir: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct DeliveryArgs {
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: u32,
+    /// Attempts per request for transient failures before giving up.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_attempts: u32,
+    /// HTTP timeout per request, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    timeout_secs: u64,
+    /// Where to write dead letters (NDJSON: record, request, response, reason).
+    #[arg(long, value_name = "FILE", default_value = "dead-letters.ndjson")]
+    dead_letters: PathBuf,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Print the component's static description (OAuth endpoints, rate limit,
-    /// configuration schema).
-    Describe,
-    /// Check a destination configuration; every problem is listed with its
-    /// setting.
-    Validate {
+    /// Run the demo: start the Outreach simulator in-process and deliver the
+    /// shipped example profiles to it.
+    Demo {
+        #[arg(long, value_name = "FILE", default_value = "examples/destination.json")]
+        config: PathBuf,
+        #[arg(long, value_name = "FILE", default_value = "examples/profiles.ndjson")]
+        input: PathBuf,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
+    },
+    /// Deliver NDJSON profiles to the API. The access token is read from
+    /// $OUTREACH_ACCESS_TOKEN.
+    Run {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// NDJSON profiles; `-` for standard input.
+        #[arg(long, value_name = "FILE", default_value = "-")]
+        input: PathBuf,
+        /// API base URL (default: the component's, https://api.outreach.io/api/v2).
+        #[arg(long, value_name = "URL")]
+        api_base: Option<String>,
+        /// Plan and print the requests; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        delivery: DeliveryArgs,
     },
     /// Plan the requests for NDJSON profiles and print them, one JSON line per
-    /// input record; nothing is sent.
+    /// input record; nothing is sent (same as `run --dry-run`).
     Plan {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
         /// NDJSON profiles; `-` for standard input.
         #[arg(long, value_name = "FILE", default_value = "-")]
         input: PathBuf,
-        /// Records per call into the component.
-        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        batch: u32,
     },
+    /// Check a destination configuration; every problem is listed.
+    Validate {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print the component's static description.
+    Describe,
+    /// Serve the Outreach API simulator until interrupted.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    #[arg(long, default_value = "127.0.0.1:8089")]
+    listen: SocketAddr,
+    /// Seeded prospect ids, `FIRST-LAST`.
+    #[arg(long, default_value = "1-10000", value_parser = parse_id_range)]
+    prospects: (u64, u64),
+    /// Requests per user per window.
+    #[arg(long, default_value_t = 10_000)]
+    rate_limit: u32,
+    /// Rate-limit window in seconds.
+    #[arg(long, default_value_t = 3_600)]
+    rate_window_secs: u64,
+    /// Custom fields the account has (custom1..=N).
+    #[arg(long, default_value_t = 150)]
+    custom_fields: u32,
+    /// Share of updates answered 500/503 (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    error_share: f64,
+    /// Share of updates whose connection is dropped after applying (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    drop_share: f64,
+    /// Added latency per update, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// User the printed access token belongs to.
+    #[arg(long, default_value = "demo@example.com")]
+    user: String,
+}
+
+fn parse_id_range(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not FIRST-LAST"))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{s:?} is not a prospect id"))
+    };
+    let (a, b) = (parse(a)?, parse(b)?);
+    if a > b {
+        return Err(format!("{a} is after {b}"));
+    }
+    Ok((a, b))
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -75,99 +180,304 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<u8> {
-    let path = cli
-        .component
+fn load_runtime(args: ComponentArgs) -> Result<Runtime> {
+    let path = args
         .component
         .unwrap_or_else(|| PathBuf::from(outreach_host::BUILT_COMPONENT));
-    let cache = cli.component.cache_dir.or_else(engine::default_cache_dir);
-    let runtime = Runtime::load(&path, cache.as_deref(), Limits::default())?;
+    let cache = args.cache_dir.or_else(engine::default_cache_dir);
+    Ok(Runtime::load(&path, cache.as_deref(), Limits::default())?)
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    if let Command::Simulate(args) = cli.command {
+        return tokio_runtime()?.block_on(simulate(args));
+    }
+    let runtime = load_runtime(cli.component)?;
     match cli.command {
         Command::Describe => {
-            let descriptor = runtime.describe()?;
-            println!("{}", serde_json::to_string_pretty(&descriptor)?);
+            println!("{}", serde_json::to_string_pretty(&runtime.describe()?)?);
             Ok(0)
         }
         Command::Validate { config } => {
-            let text = read_config(&config)?;
-            match runtime.configure(&text)? {
-                Ok(_) => {
-                    println!("{}: valid", config.display());
-                    Ok(0)
-                }
-                Err(errors) => {
-                    report_config_errors(&config, &errors);
-                    Ok(EXIT_INVALID_CONFIG)
-                }
-            }
+            let Some(_) = configure(&runtime, &config)? else {
+                return Ok(EXIT_INVALID_CONFIG);
+            };
+            println!("{}: valid", config.display());
+            Ok(0)
         }
-        Command::Plan {
+        Command::Plan { config, input } => dry_run(&runtime, &config, &input),
+        Command::Run {
             config,
             input,
-            batch,
-        } => plan(&runtime, &config, &input, batch as usize),
+            dry_run: true,
+            ..
+        } => dry_run(&runtime, &config, &input),
+        Command::Run {
+            config,
+            input,
+            api_base,
+            dry_run: false,
+            delivery,
+        } => {
+            let token = std::env::var(TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+                .with_context(|| format!("set {TOKEN_ENV} to the Outreach access token"))?;
+            let api_base = match api_base {
+                Some(base) => base,
+                None => runtime.describe()?.default_api_base,
+            };
+            tokio_runtime()?.block_on(deliver(
+                &runtime,
+                &config,
+                &input,
+                &api_base,
+                StaticToken(token),
+                &delivery,
+            ))
+        }
+        Command::Demo {
+            config,
+            input,
+            delivery,
+        } => tokio_runtime()?.block_on(demo(&runtime, &config, &input, &delivery)),
+        Command::Simulate(_) => unreachable!("handled above"),
     }
 }
 
-fn read_config(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read configuration {}", path.display()))
+/// The configured destination, or `None` after printing its errors.
+fn configure<'r>(runtime: &'r Runtime, path: &Path) -> Result<Option<Destination<'r>>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read configuration {}", path.display()))?;
+    match runtime.configure(&text)? {
+        Ok(d) => Ok(Some(d)),
+        Err(errors) => {
+            report_config_errors(path, &errors);
+            Ok(None)
+        }
+    }
 }
 
-fn report_config_errors(path: &Path, errors: &[destination_types::ConfigError]) {
+fn report_config_errors(path: &Path, errors: &[ConfigError]) {
     eprintln!("{}: invalid configuration", path.display());
     for e in errors {
         eprintln!("  {}", e.message);
     }
 }
 
-fn plan(runtime: &Runtime, config: &Path, input: &Path, batch: usize) -> Result<u8> {
-    let text = read_config(config)?;
-    let mut destination = match runtime.configure(&text)? {
-        Ok(d) => d,
-        Err(errors) => {
-            report_config_errors(config, &errors);
-            return Ok(EXIT_INVALID_CONFIG);
-        }
-    };
-    let reader: Box<dyn BufRead> = if input == Path::new("-") {
+fn open_input(input: &Path) -> Result<Box<dyn BufRead>> {
+    Ok(if input == Path::new("-") {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
             std::fs::File::open(input)
                 .with_context(|| format!("cannot open input {}", input.display()))?,
         ))
+    })
+}
+
+fn dry_run(runtime: &Runtime, config: &Path, input: &Path) -> Result<u8> {
+    let Some(mut destination) = configure(runtime, config)? else {
+        return Ok(EXIT_INVALID_CONFIG);
     };
+    let planned = delivery::plan_input(&mut destination, open_input(input)?, 500)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (mut sends, mut skips, mut invalid) = (0usize, 0usize, 0usize);
-    let mut lines: Vec<(usize, String)> = Vec::with_capacity(batch);
-    let mut flush = |lines: &mut Vec<(usize, String)>, out: &mut dyn Write| -> Result<()> {
-        let records: Vec<String> = lines.iter().map(|(_, l)| l.clone()).collect();
-        let outcomes = destination.plan(&records)?;
-        for ((line, _), outcome) in lines.iter().zip(&outcomes) {
-            match outcome {
-                PlanOutcome::Send(_) => sends += 1,
-                PlanOutcome::Skip(_) => skips += 1,
-                PlanOutcome::Invalid(_) => invalid += 1,
-            }
-            let entry = serde_json::json!({ "line": line, "outcome": outcome });
-            writeln!(out, "{entry}")?;
+    for (line, _, outcome) in &planned {
+        match outcome {
+            PlanOutcome::Send(_) => sends += 1,
+            PlanOutcome::Skip(_) => skips += 1,
+            PlanOutcome::Invalid(_) => invalid += 1,
         }
-        lines.clear();
-        Ok(())
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "line": line, "outcome": outcome })
+        )?;
+    }
+    out.flush()?;
+    eprintln!(
+        "dry run: {sends} requests planned, nothing sent; {skips} records skipped, {invalid} invalid"
+    );
+    Ok(if invalid > 0 { EXIT_PARTIAL } else { 0 })
+}
+
+fn delivery_options(args: &DeliveryArgs) -> DeliveryOptions {
+    DeliveryOptions {
+        concurrency: args.concurrency as usize,
+        max_attempts: args.max_attempts,
+        dead_letters: Some(args.dead_letters.clone()),
+        progress: !args.json,
+        ..DeliveryOptions::default()
+    }
+}
+
+async fn deliver(
+    runtime: &Runtime,
+    config: &Path,
+    input: &Path,
+    api_base: &str,
+    credentials: StaticToken,
+    args: &DeliveryArgs,
+) -> Result<u8> {
+    let Some(mut destination) = configure(runtime, config)? else {
+        return Ok(EXIT_INVALID_CONFIG);
     };
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read input line {}", index + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        lines.push((index + 1, line));
-        if lines.len() == batch {
-            flush(&mut lines, &mut out)?;
+    let descriptor = runtime.describe()?;
+    let limiter = Limiter::new(&descriptor.rate_limit)?;
+    let api = ApiClient::new(api_base, Duration::from_secs(args.timeout_secs))?;
+    let summary = delivery::run(
+        &mut destination,
+        &api,
+        &limiter,
+        &credentials,
+        open_input(input)?,
+        &delivery_options(args),
+    )
+    .await?;
+    print_summary(&summary, api.base().as_str(), args.json)?;
+    Ok(exit_code(&summary))
+}
+
+fn exit_code(summary: &Summary) -> u8 {
+    if summary.fatal.is_some() {
+        EXIT_FATAL
+    } else if summary.has_failures() {
+        EXIT_PARTIAL
+    } else {
+        0
+    }
+}
+
+async fn demo(runtime: &Runtime, config: &Path, input: &Path, args: &DeliveryArgs) -> Result<u8> {
+    if !input.is_file() {
+        bail!(
+            "{} not found: run the demo from the repository root",
+            input.display()
+        );
+    }
+    // The example profiles use prospect ids 1000..=3999; the last ten do
+    // not exist in the simulated account, so the demo shows 404 handling.
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1000..=3989,
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await?;
+    let token = simulator.issue_token("demo@example.com");
+    if !args.json {
+        eprintln!("Outreach simulator listening on {}", simulator.api_base());
+    }
+    // The example data contains bad records on purpose: the demo succeeds
+    // when the run completes, whatever it rejected.
+    let code = deliver(
+        runtime,
+        config,
+        input,
+        &simulator.api_base(),
+        StaticToken(token),
+        args,
+    )
+    .await?;
+    if !args.json {
+        let stats = simulator.stats();
+        println!(
+            "simulator: {} updates applied, {} requests, {} rate-limited, {} rejected",
+            stats.updates_applied, stats.requests, stats.rate_limited, stats.rejected
+        );
+    }
+    Ok(if code == EXIT_PARTIAL { 0 } else { code })
+}
+
+async fn simulate(args: SimulateArgs) -> Result<u8> {
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: args.prospects.0..=args.prospects.1,
+            rate_limit: args.rate_limit,
+            rate_window: Duration::from_secs(args.rate_window_secs.max(1)),
+            custom_fields: args.custom_fields.min(150),
+            faults: Faults {
+                error_share: args.error_share,
+                latency: Duration::from_millis(args.latency_ms),
+                drop_share: args.drop_share,
+            },
+            ..SimulatorConfig::default()
+        },
+        args.listen,
+    )
+    .await
+    .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let token = simulator.issue_token(&args.user);
+    println!("Outreach simulator: {}", simulator.api_base());
+    println!("access token for {}: export {TOKEN_ENV}={token}", args.user);
+    println!(
+        "prospects: http://{}/sim/prospects   stats: http://{}/sim/stats",
+        simulator.addr(),
+        simulator.addr()
+    );
+    tokio::signal::ctrl_c().await?;
+    Ok(0)
+}
+
+fn print_summary(summary: &Summary, api_base: &str, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+        return Ok(());
+    }
+    println!(
+        "{} of {} records delivered to {api_base} in {:.1} s: {} rejected, {} skipped, {} not sent",
+        summary.delivered,
+        summary.received,
+        summary.elapsed_ms as f64 / 1000.0,
+        summary.rejected,
+        summary.skipped,
+        summary.not_sent
+    );
+    println!(
+        "{} requests sent, {} rate-limited (waited out), {} retries, {} credential refreshes",
+        summary.requests_sent, summary.rate_limited, summary.retries, summary.credential_refreshes
+    );
+    if !summary.audiences.is_empty() {
+        let width = summary
+            .audiences
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        println!(
+            "\n{:<width$}  {:>9}  {:>9}  {:>8}  {:>7}",
+            "audience", "received", "delivered", "rejected", "skipped"
+        );
+        for (audience, c) in &summary.audiences {
+            println!(
+                "{audience:<width$}  {:>9}  {:>9}  {:>8}  {:>7}",
+                c.received, c.delivered, c.rejected, c.skipped
+            );
         }
     }
-    flush(&mut lines, &mut out)?;
-    out.flush()?;
-    eprintln!("planned {sends} requests; {skips} records skipped, {invalid} invalid");
-    Ok(if invalid > 0 { EXIT_PARTIAL } else { 0 })
+    if !summary.failures.is_empty() {
+        println!("\nrecords not delivered, by reason:");
+        for (reason, count) in &summary.failures {
+            println!("  {reason:<28} {count:>7}");
+        }
+    }
+    if let Some(path) = &summary.dead_letters
+        && (summary.rejected > 0 || summary.not_sent > 0 || summary.skipped > 0)
+    {
+        println!("dead letters: {}", path.display());
+    }
+    if let Some(fatal) = &summary.fatal {
+        println!("\nrun stopped: {fatal}");
+    }
+    Ok(())
 }
