@@ -17,6 +17,10 @@ use tokio::time::Instant;
 
 /// How long to hold back after a 429 that named no time.
 pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
+/// The shortest wait after a 429: reset times have one-second resolution,
+/// so a reset that seems to have passed may not have, and retrying at once
+/// would hammer the API.
+pub const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 #[error("the component declares an unusable rate limit: {0}")]
@@ -103,9 +107,10 @@ impl Limiter {
 
     /// A 429: wait until the time the API named, else a default pause.
     pub fn rate_limited(&self, not_before_ms: Option<u64>) {
+        let now = Instant::now();
         let until = match not_before_ms {
-            Some(ms) => instant_at(ms),
-            None => Instant::now() + DEFAULT_RATE_LIMIT_WAIT,
+            Some(ms) => instant_at(ms).max(now + MIN_RATE_LIMIT_WAIT),
+            None => now + DEFAULT_RATE_LIMIT_WAIT,
         };
         self.block_until(until);
     }

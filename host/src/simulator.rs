@@ -204,13 +204,15 @@ fn seed_prospect(id: u64) -> Map<String, Value> {
     attributes
 }
 
-fn epoch_seconds(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+/// Whole epoch seconds, rounded up: a client that waits until this second
+/// is never early.
+fn epoch_seconds_ceil(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 /// `2017-01-01T00:00:00`, UTC, as Outreach writes it in the 429 message.
-fn iso_utc(t: SystemTime) -> String {
-    let secs = epoch_seconds(t);
+fn iso_utc(secs: u64) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -310,7 +312,7 @@ impl Quota {
         headers.insert("X-RateLimit-Remaining", HeaderValue::from(self.remaining));
         headers.insert(
             "X-RateLimit-Reset",
-            HeaderValue::from(epoch_seconds(self.reset)),
+            HeaderValue::from(epoch_seconds_ceil(self.reset)),
         );
     }
 }
@@ -365,7 +367,7 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Response> {
             format!(
                 "You have exceeded your permitted rate limit of {}; please try again at {}.",
                 with_thousands(limit),
-                iso_utc(reset)
+                iso_utc(epoch_seconds_ceil(reset))
             ),
             None,
         );
@@ -583,7 +585,10 @@ fn update(shared: &Shared, raw_id: &str, headers: &HeaderMap, body: &[u8]) -> Re
     prospect.extend(attributes);
     prospect.insert(
         "updatedAt".into(),
-        json!(format!("{}.000Z", iso_utc(SystemTime::now()))),
+        json!(format!(
+            "{}.000Z",
+            iso_utc(epoch_seconds_ceil(SystemTime::now()))
+        )),
     );
     json_api(StatusCode::OK, prospect_document(id, prospect.clone()))
 }
@@ -645,13 +650,7 @@ mod tests {
         assert_eq!(with_thousands(10_000), "10,000");
         assert_eq!(with_thousands(600), "600");
         assert_eq!(with_thousands(1_234_567), "1,234,567");
-        assert_eq!(
-            iso_utc(UNIX_EPOCH + Duration::from_secs(1_483_228_800)),
-            "2017-01-01T00:00:00"
-        );
-        assert_eq!(
-            iso_utc(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
-            "2026-11-18T11:06:40"
-        );
+        assert_eq!(iso_utc(1_483_228_800), "2017-01-01T00:00:00");
+        assert_eq!(iso_utc(1_795_000_000), "2026-11-18T11:06:40");
     }
 }
