@@ -1,0 +1,176 @@
+//! End-to-end delivery against the simulator on loopback.
+//!
+//! 1. Throughput with the rate limit lifted: updates per second.
+//! 2. Budget use with the limit on (600 per minute by default): records
+//!    delivered divided by what the limit allowed in the windows the run
+//!    spanned, and the 429s received.
+//!
+//! Run: `cargo bench -p outreach-host --bench delivery`
+//! (`-- --records N --limit L --window-secs W --limited-records M --concurrency C`).
+
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use outreach_host::BUILT_COMPONENT;
+use outreach_host::delivery::{self, DeliveryOptions, StaticToken, Summary};
+use outreach_host::engine::{Limits, Runtime};
+use outreach_host::http::ApiClient;
+use outreach_host::limiter::Limiter;
+use outreach_host::simulator::{Simulator, SimulatorConfig};
+use serde_json::json;
+
+const CONFIG: &str = r#"{
+  "name": "bench",
+  "identityMapping": { "source": "Oid", "target": "OutreachId" },
+  "attributeMappings": [
+    { "source": "person.name.firstName", "target": "firstName" },
+    { "source": "person.name.lastName", "target": "lastName" },
+    { "source": "person.jobTitle", "target": "title" },
+    { "source": "personalEmail.address", "target": "emails" },
+    { "source": "workAddress.city", "target": "addressCity" }
+  ],
+  "audiences": [
+    { "id": "a1", "mappingId": 1 }, { "id": "a2", "mappingId": 2 }, { "id": "a3", "mappingId": 3 },
+    { "id": "a4", "mappingId": 4 }, { "id": "a5", "mappingId": 5 }
+  ]
+}"#;
+
+fn records(n: u64) -> Vec<String> {
+    (1..=n)
+        .map(|id| {
+            json!({
+                "identityMap": { "Oid": [ { "id": id.to_string() } ] },
+                "person": { "name": { "firstName": "Bench", "lastName": format!("Mark {id}") }, "jobTitle": "Engineer" },
+                "personalEmail": { "address": format!("bench{id}@example.com") },
+                "workAddress": { "city": "Berlin" },
+                "segmentMembership": { "ups": {
+                    "a1": { "status": "realized" }, "a2": { "status": "existing" }, "a3": { "status": "exited" },
+                    "a4": { "status": "realized" }, "a5": { "status": "realized" } } }
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+struct Args {
+    records: u64,
+    limit: u32,
+    window_secs: u64,
+    limited_records: u64,
+    concurrency: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        records: 20_000,
+        limit: 600,
+        window_secs: 60,
+        limited_records: 1_800,
+        concurrency: 32,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let value = argv.get(i + 1).and_then(|v| v.parse::<u64>().ok());
+        let known = match argv[i].as_str() {
+            "--records" => value.map(|v| a.records = v),
+            "--limit" => value.map(|v| a.limit = v as u32),
+            "--window-secs" => value.map(|v| a.window_secs = v),
+            "--limited-records" => value.map(|v| a.limited_records = v),
+            "--concurrency" => value.map(|v| a.concurrency = v as usize),
+            _ => None,
+        };
+        i += if known.is_some() { 2 } else { 1 };
+    }
+    a
+}
+
+async fn deliver(
+    runtime: &Runtime,
+    simulator: &Simulator,
+    n: u64,
+    concurrency: usize,
+) -> (Summary, Duration) {
+    let mut destination = runtime.configure(CONFIG).unwrap().unwrap();
+    let limiter = Limiter::new(&runtime.describe().unwrap().rate_limit).unwrap();
+    let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(30)).unwrap();
+    let token = simulator.issue_token("bench@example.com");
+    let input = Cursor::new(records(n).join("\n"));
+    let options = DeliveryOptions {
+        concurrency,
+        ..DeliveryOptions::default()
+    };
+    let start = Instant::now();
+    let summary = delivery::run(
+        &mut destination,
+        &api,
+        &limiter,
+        &StaticToken(token),
+        input,
+        &options,
+    )
+    .await
+    .unwrap();
+    (summary, start.elapsed())
+}
+
+fn main() {
+    let args = args();
+    let runtime = Runtime::load(Path::new(BUILT_COMPONENT), None, Limits::default()).unwrap();
+    let tokio = tokio::runtime::Runtime::new().unwrap();
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    tokio.block_on(async {
+        let simulator = Simulator::start(
+            SimulatorConfig {
+                prospect_ids: 1..=args.records,
+                rate_limit: u32::MAX,
+                ..SimulatorConfig::default()
+            },
+            loopback,
+        )
+        .await
+        .unwrap();
+        let (summary, elapsed) = deliver(&runtime, &simulator, args.records, args.concurrency).await;
+        assert_eq!(summary.delivered, args.records);
+        println!(
+            "unlimited: {} updates in {:.2} s = {:.0} updates/s (concurrency {}, {} requests)",
+            summary.delivered,
+            elapsed.as_secs_f64(),
+            summary.delivered as f64 / elapsed.as_secs_f64(),
+            args.concurrency,
+            summary.requests_sent
+        );
+
+        let window = Duration::from_secs(args.window_secs);
+        let simulator = Simulator::start(
+            SimulatorConfig {
+                prospect_ids: 1..=args.limited_records,
+                rate_limit: args.limit,
+                rate_window: window,
+                ..SimulatorConfig::default()
+            },
+            loopback,
+        )
+        .await
+        .unwrap();
+        let (summary, elapsed) =
+            deliver(&runtime, &simulator, args.limited_records, args.concurrency).await;
+        assert_eq!(summary.delivered, args.limited_records);
+        let windows = elapsed.as_secs_f64() / window.as_secs_f64();
+        let allowed = f64::from(args.limit) * windows.ceil();
+        println!(
+            "limited to {} per {} s: {} delivered in {:.1} s ({:.2} windows); allowed in the {} windows used: {allowed:.0}; budget used {:.1}%; 429s received: {}",
+            args.limit,
+            args.window_secs,
+            summary.delivered,
+            elapsed.as_secs_f64(),
+            windows,
+            windows.ceil(),
+            100.0 * summary.delivered as f64 / allowed,
+            summary.rate_limited
+        );
+    });
+}
