@@ -21,22 +21,25 @@ use crate::http::ApiClient;
 use crate::limiter::{Limiter, now_epoch_ms};
 
 /// Supplies the bearer token. A refresh is asked for once after a 401.
+/// Errors are messages for the user (never containing a secret); they stop
+/// the run.
 pub trait Credentials {
-    /// The current access token.
-    fn token(&self) -> String;
-    /// Obtains a new token; `Err` says why none can be had (the user must
-    /// log in again).
-    fn refresh(&self) -> Result<(), String>;
+    /// The access token to send now (refreshed first if it is about to
+    /// expire).
+    fn token(&self) -> impl Future<Output = Result<String, String>>;
+    /// The API refused `rejected`: obtain a new token, unless another
+    /// request already did.
+    fn refresh(&self, rejected: &str) -> impl Future<Output = Result<(), String>>;
 }
 
 /// A fixed token (from the environment); a refresh cannot produce a new one.
 pub struct StaticToken(pub String);
 
 impl Credentials for StaticToken {
-    fn token(&self) -> String {
-        self.0.clone()
+    async fn token(&self) -> Result<String, String> {
+        Ok(self.0.clone())
     }
-    fn refresh(&self) -> Result<(), String> {
+    async fn refresh(&self, _rejected: &str) -> Result<(), String> {
         Ok(())
     }
 }
@@ -192,10 +195,10 @@ pub fn plan_input(
 }
 
 /// Shared state of the sending phase.
-struct Sender<'a, 'r> {
+struct Sender<'a, 'r, C> {
     api: &'a ApiClient,
     limiter: &'a Limiter,
-    credentials: &'a dyn Credentials,
+    credentials: &'a C,
     destination: Mutex<&'a mut Destination<'r>>,
     options: &'a DeliveryOptions,
     stop: Mutex<Option<String>>,
@@ -206,7 +209,7 @@ struct Sender<'a, 'r> {
     progress: Option<indicatif::ProgressBar>,
 }
 
-impl Sender<'_, '_> {
+impl<C: Credentials> Sender<'_, '_, C> {
     fn stopped(&self) -> Option<String> {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -238,9 +241,15 @@ impl Sender<'_, '_> {
                     reason: format!("run stopped: {why}"),
                 };
             }
+            let token = match self.credentials.token().await {
+                Ok(token) => token,
+                Err(why) => {
+                    self.stop_run(why);
+                    continue;
+                }
+            };
             self.limiter.acquire().await;
             self.requests_sent.fetch_add(1, Ordering::Relaxed);
-            let token = self.credentials.token();
             let response = match self.api.send(request, &token).await {
                 Err(violation) => {
                     return Delivery::Rejected {
@@ -292,7 +301,7 @@ impl Sender<'_, '_> {
                 Verdict::RefreshCredentials if !refreshed => {
                     refreshed = true;
                     self.refreshes.fetch_add(1, Ordering::Relaxed);
-                    if let Err(why) = self.credentials.refresh() {
+                    if let Err(why) = self.credentials.refresh(&token).await {
                         self.stop_run(format!("credentials cannot be refreshed: {why}"));
                     }
                 }
@@ -341,11 +350,11 @@ impl Sender<'_, '_> {
 
 /// Plans `input` and delivers it. Returns the summary; dead letters are
 /// written to `options.dead_letters`.
-pub async fn run(
+pub async fn run<C: Credentials>(
     destination: &mut Destination<'_>,
     api: &ApiClient,
     limiter: &Limiter,
-    credentials: &dyn Credentials,
+    credentials: &C,
     input: impl BufRead,
     options: &DeliveryOptions,
 ) -> Result<Summary, RunError> {

@@ -6,6 +6,7 @@ pub mod delivery;
 pub mod engine;
 pub mod http;
 pub mod limiter;
+pub mod oauth;
 pub mod simulator;
 
 /// The Outreach component built from this workspace's `guest/` by

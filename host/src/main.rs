@@ -9,10 +9,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use destination_types::{ConfigError, PlanOutcome};
-use outreach_host::delivery::{self, DeliveryOptions, StaticToken, Summary};
+use outreach_host::delivery::{self, Credentials, DeliveryOptions, StaticToken, Summary};
 use outreach_host::engine::{self, Destination, Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::limiter::Limiter;
+use outreach_host::oauth::{
+    self, AppCredentials, OAuthClient, OAuthCredentials, OAuthSettings, Redirect, RedirectListener,
+    TokenStore,
+};
 use outreach_host::simulator::{Faults, Simulator, SimulatorConfig};
 
 /// Exit codes: 0 everything delivered, 1 fatal error (or the run stopped),
@@ -21,8 +25,12 @@ const EXIT_FATAL: u8 = 1;
 const EXIT_INVALID_CONFIG: u8 = 2;
 const EXIT_PARTIAL: u8 = 3;
 
-/// Environment variable holding the access token for `run`.
+/// Environment variable holding a fixed access token for `run` (instead of
+/// the token store).
 const TOKEN_ENV: &str = "OUTREACH_ACCESS_TOKEN";
+/// The OAuth application's credentials.
+const CLIENT_ID_ENV: &str = "OUTREACH_CLIENT_ID";
+const CLIENT_SECRET_ENV: &str = "OUTREACH_CLIENT_SECRET";
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +54,29 @@ struct ComponentArgs {
     /// $XDG_CACHE_HOME/outreach-host or ~/.cache/outreach-host).
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Token store file (default: $OUTREACH_TOKEN_STORE,
+    /// $XDG_CONFIG_HOME/outreach-host/tokens.json or
+    /// ~/.config/outreach-host/tokens.json).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_store: Option<PathBuf>,
+}
+
+/// Which OAuth application and endpoints to use.
+#[derive(Args)]
+struct OAuthArgs {
+    /// JSON file with {"client_id", "client_secret"} (default: the
+    /// OUTREACH_CLIENT_ID and OUTREACH_CLIENT_SECRET environment variables).
+    #[arg(long, value_name = "FILE")]
+    client_file: Option<PathBuf>,
+    /// Override the component's authorize URL (e.g. the simulator's).
+    #[arg(long, value_name = "URL")]
+    authorize_url: Option<String>,
+    /// Override the component's token URL (e.g. the simulator's).
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
+    /// Override the component's minimum seconds between new tokens.
+    #[arg(long, value_name = "SECONDS")]
+    min_token_interval: Option<u64>,
 }
 
 #[derive(Args)]
@@ -79,8 +110,8 @@ enum Command {
         #[command(flatten)]
         delivery: DeliveryArgs,
     },
-    /// Deliver NDJSON profiles to the API. The access token is read from
-    /// $OUTREACH_ACCESS_TOKEN.
+    /// Deliver NDJSON profiles to the API, with the account's stored tokens
+    /// (see `login`), or a fixed token from $OUTREACH_ACCESS_TOKEN.
     Run {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
@@ -93,8 +124,45 @@ enum Command {
         /// Plan and print the requests; send nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Account whose tokens to use (default: the configuration's
+        /// `account`, else "default").
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        oauth: OAuthArgs,
         #[command(flatten)]
         delivery: DeliveryArgs,
+    },
+    /// Connect an Outreach account: OAuth authorization-code login, tokens
+    /// kept in the token store.
+    Login {
+        #[arg(long, default_value = "default")]
+        account: String,
+        /// No browser on this machine: print the URL, then paste the address
+        /// the browser was redirected to.
+        #[arg(long)]
+        manual: bool,
+        /// The redirect URI registered with the OAuth application.
+        #[arg(long, default_value = "http://127.0.0.1:8765/callback")]
+        redirect_uri: String,
+        /// Send a PKCE challenge (for providers that accept it).
+        #[arg(long)]
+        pkce: bool,
+        /// How long to wait for the redirect, in seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+        #[command(flatten)]
+        oauth: OAuthArgs,
+    },
+    /// Show connected accounts: expiry and scope, never the tokens.
+    Auth {
+        #[command(subcommand)]
+        command: AuthCommand,
+    },
+    /// Remove an account's tokens from the token store.
+    Logout {
+        #[arg(long, default_value = "default")]
+        account: String,
     },
     /// Plan the requests for NDJSON profiles and print them, one JSON line per
     /// input record; nothing is sent (same as `run --dry-run`).
@@ -114,6 +182,15 @@ enum Command {
     Describe,
     /// Serve the Outreach API simulator until interrupted.
     Simulate(SimulateArgs),
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    /// Connected / expires-in / scope for each account (or one).
+    Status {
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -141,9 +218,15 @@ struct SimulateArgs {
     /// Added latency per update, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// User the printed access token belongs to.
+    /// User the printed access token belongs to (password: demo-password).
     #[arg(long, default_value = "demo@example.com")]
     user: String,
+    /// Access token lifetime in seconds (Outreach: 7200).
+    #[arg(long, default_value_t = 7_200)]
+    access_lifetime_secs: u64,
+    /// Minimum seconds between new tokens per user (Outreach: 60).
+    #[arg(long, default_value_t = 60)]
+    mint_interval_secs: u64,
 }
 
 fn parse_id_range(text: &str) -> Result<(u64, u64), String> {
@@ -195,9 +278,34 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+fn token_store(args: &ComponentArgs) -> Result<TokenStore> {
+    let path = args
+        .token_store
+        .clone()
+        .or_else(oauth::store::default_store_path)
+        .context("no token store location: set OUTREACH_TOKEN_STORE or HOME")?;
+    Ok(TokenStore::new(path))
+}
+
 fn run(cli: Cli) -> Result<u8> {
-    if let Command::Simulate(args) = cli.command {
-        return tokio_runtime()?.block_on(simulate(args));
+    let store = token_store(&cli.component)?;
+    match cli.command {
+        Command::Simulate(args) => return tokio_runtime()?.block_on(simulate(args)),
+        Command::Auth {
+            command: AuthCommand::Status { account },
+        } => return auth_status(&store, account.as_deref()),
+        Command::Logout { account } => {
+            if store.remove(&account)? {
+                println!(
+                    "logged out: tokens of {account:?} removed from {}",
+                    store.path().display()
+                );
+            } else {
+                println!("{account:?} was not logged in");
+            }
+            return Ok(0);
+        }
+        _ => {}
     }
     let runtime = load_runtime(cli.component)?;
     match cli.command {
@@ -224,23 +332,58 @@ fn run(cli: Cli) -> Result<u8> {
             input,
             api_base,
             dry_run: false,
+            account,
+            oauth,
             delivery,
         } => {
-            let token = std::env::var(TOKEN_ENV)
-                .ok()
-                .filter(|t| !t.trim().is_empty())
-                .with_context(|| format!("set {TOKEN_ENV} to the Outreach access token"))?;
             let api_base = match api_base {
                 Some(base) => base,
                 None => runtime.describe()?.default_api_base,
             };
-            tokio_runtime()?.block_on(deliver(
+            let tokio = tokio_runtime()?;
+            if let Some(token) = std::env::var(TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.trim().is_empty())
+            {
+                return tokio.block_on(deliver(
+                    &runtime,
+                    &config,
+                    &input,
+                    &api_base,
+                    &StaticToken(token),
+                    &delivery,
+                ));
+            }
+            let account = match account {
+                Some(a) => a,
+                None => account_in_config(&config)?,
+            };
+            let client = oauth_client(&runtime, &oauth, None, false)?;
+            let credentials = OAuthCredentials::load(client, store, &account)?;
+            tokio.block_on(deliver(
                 &runtime,
                 &config,
                 &input,
                 &api_base,
-                StaticToken(token),
+                &credentials,
                 &delivery,
+            ))
+        }
+        Command::Login {
+            account,
+            manual,
+            redirect_uri,
+            pkce,
+            timeout_secs,
+            oauth,
+        } => {
+            let client = oauth_client(&runtime, &oauth, Some(redirect_uri), pkce)?;
+            tokio_runtime()?.block_on(login(
+                &client,
+                &store,
+                &account,
+                manual,
+                Duration::from_secs(timeout_secs),
             ))
         }
         Command::Demo {
@@ -248,7 +391,9 @@ fn run(cli: Cli) -> Result<u8> {
             input,
             delivery,
         } => tokio_runtime()?.block_on(demo(&runtime, &config, &input, &delivery)),
-        Command::Simulate(_) => unreachable!("handled above"),
+        Command::Simulate(_) | Command::Auth { .. } | Command::Logout { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 
@@ -319,12 +464,12 @@ fn delivery_options(args: &DeliveryArgs) -> DeliveryOptions {
     }
 }
 
-async fn deliver(
+async fn deliver<C: Credentials>(
     runtime: &Runtime,
     config: &Path,
     input: &Path,
     api_base: &str,
-    credentials: StaticToken,
+    credentials: &C,
     args: &DeliveryArgs,
 ) -> Result<u8> {
     let Some(mut destination) = configure(runtime, config)? else {
@@ -337,7 +482,7 @@ async fn deliver(
         &mut destination,
         &api,
         &limiter,
-        &credentials,
+        credentials,
         open_input(input)?,
         &delivery_options(args),
     )
@@ -384,7 +529,7 @@ async fn demo(runtime: &Runtime, config: &Path, input: &Path, args: &DeliveryArg
         config,
         input,
         &simulator.api_base(),
-        StaticToken(token),
+        &StaticToken(token),
         args,
     )
     .await?;
@@ -401,6 +546,12 @@ async fn demo(runtime: &Runtime, config: &Path, input: &Path, args: &DeliveryArg
 async fn simulate(args: SimulateArgs) -> Result<u8> {
     let simulator = Simulator::start(
         SimulatorConfig {
+            oauth: outreach_host::simulator::OAuthApp {
+                users: vec![(args.user.clone(), "demo-password".into())],
+                access_lifetime: Duration::from_secs(args.access_lifetime_secs.max(1)),
+                mint_interval: Duration::from_secs(args.mint_interval_secs),
+                ..outreach_host::simulator::OAuthApp::default()
+            },
             prospect_ids: args.prospects.0..=args.prospects.1,
             rate_limit: args.rate_limit,
             rate_window: Duration::from_secs(args.rate_window_secs.max(1)),
@@ -423,6 +574,15 @@ async fn simulate(args: SimulateArgs) -> Result<u8> {
         "prospects: http://{}/sim/prospects   stats: http://{}/sim/stats",
         simulator.addr(),
         simulator.addr()
+    );
+    let app = outreach_host::simulator::OAuthApp::default();
+    println!(
+        "OAuth: {CLIENT_ID_ENV}={} {CLIENT_SECRET_ENV}={} outreach-host login --authorize-url {} --token-url {}   (user {}, password demo-password)",
+        app.client_id,
+        app.client_secret,
+        simulator.authorize_url(),
+        simulator.token_url(),
+        args.user
     );
     tokio::signal::ctrl_c().await?;
     Ok(0)
@@ -480,4 +640,163 @@ fn print_summary(summary: &Summary, api_base: &str, json: bool) -> Result<()> {
         println!("\nrun stopped: {fatal}");
     }
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct ClientFile {
+    client_id: String,
+    client_secret: String,
+}
+
+/// The OAuth application's id and secret: from `--client-file`, else the
+/// environment — never from the command line.
+fn app_credentials(args: &OAuthArgs) -> Result<AppCredentials> {
+    if let Some(path) = &args.client_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let file: ClientFile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} must be {{\"client_id\": …, \"client_secret\": …}}",
+                path.display()
+            )
+        })?;
+        return Ok(AppCredentials {
+            client_id: file.client_id,
+            client_secret: file.client_secret,
+        });
+    }
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .with_context(|| format!("set {name} (or pass --client-file)"))
+    };
+    Ok(AppCredentials {
+        client_id: var(CLIENT_ID_ENV)?,
+        client_secret: var(CLIENT_SECRET_ENV)?,
+    })
+}
+
+fn oauth_client(
+    runtime: &Runtime,
+    args: &OAuthArgs,
+    redirect_uri: Option<String>,
+    pkce: bool,
+) -> Result<OAuthClient> {
+    let descriptor = runtime.describe()?.oauth;
+    let settings = OAuthSettings {
+        authorize_url: args
+            .authorize_url
+            .clone()
+            .unwrap_or(descriptor.authorize_url),
+        token_url: args.token_url.clone().unwrap_or(descriptor.token_url),
+        // Refreshes send no redirect URI; any valid URL satisfies the client.
+        redirect_uri: redirect_uri.unwrap_or_else(|| "http://127.0.0.1:8765/callback".into()),
+        scopes: descriptor.scopes,
+        app: app_credentials(args)?,
+        pkce,
+        min_interval_between_tokens: Duration::from_secs(
+            args.min_token_interval
+                .unwrap_or(u64::from(descriptor.min_seconds_between_tokens)),
+        ),
+    };
+    Ok(OAuthClient::new(settings)?)
+}
+
+/// The `account` field of a destination configuration, else "default".
+fn account_in_config(path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read configuration {}", path.display()))?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    Ok(value["account"].as_str().unwrap_or("default").to_owned())
+}
+
+async fn login(
+    client: &OAuthClient,
+    store: &TokenStore,
+    account: &str,
+    manual: bool,
+    timeout: Duration,
+) -> Result<u8> {
+    let tokens = if manual {
+        let (url, pending) = client.authorize_url();
+        println!("Open this URL in a browser and log in:\n{url}");
+        println!(
+            "Then paste the address the browser was sent to (it starts with {}):",
+            client.settings().redirect_uri
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        client
+            .finish_login(pending, &Redirect::from_url(&line)?)
+            .await?
+    } else {
+        let listener = RedirectListener::bind(&client.settings().redirect_uri).await?;
+        let (url, pending) = client.authorize_url();
+        println!("Open this URL in a browser and log in:\n{url}");
+        std::io::stdout().flush()?;
+        eprintln!("waiting for the redirect on {} …", listener.addr());
+        let redirect = listener.wait(timeout).await?;
+        client.finish_login(pending, &redirect).await?
+    };
+    store.put(account, &tokens)?;
+    println!(
+        "connected: account {account:?}, scope {}, access token expires in {}; tokens stored in {}",
+        tokens.scope.as_deref().unwrap_or("(none given)"),
+        expires_in(tokens.expires_at),
+        store.path().display()
+    );
+    Ok(0)
+}
+
+fn expires_in(expires_at: Option<u64>) -> String {
+    let Some(at) = expires_at else {
+        return "(unknown)".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if at <= now {
+        return "0 s (expired; it is refreshed on the next run)".into();
+    }
+    let left = at - now;
+    format!(
+        "{}h {:02}m {:02}s",
+        left / 3600,
+        left % 3600 / 60,
+        left % 60
+    )
+}
+
+fn auth_status(store: &TokenStore, account: Option<&str>) -> Result<u8> {
+    let accounts = match account {
+        Some(a) => vec![a.to_owned()],
+        None => store.accounts()?,
+    };
+    if accounts.is_empty() {
+        println!(
+            "no account connected (token store {}); run `outreach-host login`",
+            store.path().display()
+        );
+        return Ok(EXIT_FATAL);
+    }
+    for account in accounts {
+        match store.get(&account) {
+            Ok(tokens) => println!(
+                "{account}: connected; access token expires in {}; refresh token {}; scope {}",
+                expires_in(tokens.expires_at),
+                if tokens.refresh_token.is_some() {
+                    "stored"
+                } else {
+                    "missing"
+                },
+                tokens.scope.as_deref().unwrap_or("(none given)")
+            ),
+            Err(e) => {
+                println!("{account}: not connected ({e})");
+                return Ok(EXIT_FATAL);
+            }
+        }
+    }
+    Ok(0)
 }

@@ -20,7 +20,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use outreach_core::catalog::{self, AttributeKind, Target};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -28,6 +28,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+
+mod oauth;
+pub use oauth::OAuthApp;
 
 const JSON_API: &str = "application/vnd.api+json";
 
@@ -58,6 +61,8 @@ pub struct SimulatorConfig {
     pub faults: Faults,
     /// Seed of the fault injector, for repeatable runs.
     pub seed: u64,
+    /// The OAuth application and users of the authorization server.
+    pub oauth: OAuthApp,
 }
 
 impl Default for SimulatorConfig {
@@ -70,6 +75,7 @@ impl Default for SimulatorConfig {
             tokens: Vec::new(),
             faults: Faults::default(),
             seed: 0x5eed,
+            oauth: OAuthApp::default(),
         }
     }
 }
@@ -86,6 +92,12 @@ pub struct Stats {
     pub injected_errors: u64,
     pub dropped_connections: u64,
     pub rejected: u64,
+    /// Access tokens minted by the token endpoint.
+    pub tokens_minted: u64,
+    /// Token requests refused by the one-token-per-interval throttle.
+    pub mint_throttled: u64,
+    /// Refresh tokens refused as invalid, used or revoked.
+    pub invalid_grants: u64,
 }
 
 struct RateWindow {
@@ -95,7 +107,8 @@ struct RateWindow {
 
 struct Store {
     prospects: BTreeMap<u64, Map<String, Value>>,
-    tokens: HashMap<String, String>,
+    tokens: HashMap<String, oauth::Issued>,
+    oauth: oauth::OAuthState,
     windows: HashMap<String, RateWindow>,
     rng: StdRng,
     stats: Stats,
@@ -133,7 +146,20 @@ impl Simulator {
         let shared = Arc::new(Shared {
             store: Mutex::new(Store {
                 prospects,
-                tokens: config.tokens.iter().cloned().collect(),
+                tokens: config
+                    .tokens
+                    .iter()
+                    .map(|(token, user)| {
+                        (
+                            token.clone(),
+                            oauth::Issued {
+                                user: user.clone(),
+                                expires: None,
+                            },
+                        )
+                    })
+                    .collect(),
+                oauth: oauth::OAuthState::default(),
                 windows: HashMap::new(),
                 rng: StdRng::seed_from_u64(config.seed),
                 stats: Stats::default(),
@@ -146,6 +172,10 @@ impl Simulator {
                 "/api/v2/prospects/{id}",
                 get(get_prospect).patch(patch_prospect),
             )
+            .route("/oauth/authorize", get(oauth::authorize))
+            .route("/oauth/authorize/email", post(oauth::authorize_email))
+            .route("/oauth/authorize/password", post(oauth::authorize_password))
+            .route("/oauth/token", post(oauth::token))
             .route("/sim/prospects", get(dump_prospects))
             .route("/sim/stats", get(stats))
             .with_state(Arc::clone(&shared));
@@ -168,15 +198,34 @@ impl Simulator {
         format!("http://{}/api/v2", self.addr)
     }
 
-    /// Mints a bearer token for `user`.
+    /// The OAuth authorize and token URLs.
+    pub fn authorize_url(&self) -> String {
+        format!("http://{}/oauth/authorize", self.addr)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://{}/oauth/token", self.addr)
+    }
+
+    /// Mints a bearer token for `user` that never expires (for tests and
+    /// the demo, which skip the login).
     pub fn issue_token(&self, user: &str) -> String {
         let n = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         let token = format!("sim-{n:06}-{:016x}", rand::rng().random::<u64>());
-        self.shared
-            .store()
-            .tokens
-            .insert(token.clone(), user.to_owned());
+        self.shared.store().tokens.insert(
+            token.clone(),
+            oauth::Issued {
+                user: user.to_owned(),
+                expires: None,
+            },
+        );
         token
+    }
+
+    /// Revokes every refresh token of `user`, as disconnecting the app in
+    /// Outreach does.
+    pub fn revoke_refresh_tokens(&self, user: &str) {
+        self.shared.store().oauth.revoke(user);
     }
 
     /// A prospect's attributes as the store holds them.
@@ -327,8 +376,10 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Response> {
         .and_then(|v| v.strip_prefix("Bearer "));
     let mut store = shared.store();
     store.stats.requests += 1;
-    let user = match token.and_then(|t| store.tokens.get(t)) {
-        Some(user) => user.clone(),
+    let now = SystemTime::now();
+    let issued = token.and_then(|t| store.tokens.get(t));
+    let user = match issued.filter(|i| i.expires.is_none_or(|at| at > now)) {
+        Some(issued) => issued.user.clone(),
         None => {
             store.stats.unauthorized += 1;
             return Err(one_error(
@@ -340,7 +391,6 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Response> {
             ));
         }
     };
-    let now = SystemTime::now();
     let (limit, length) = (shared.config.rate_limit, shared.config.rate_window);
     let window = store.windows.entry(user).or_insert(RateWindow {
         started: now,

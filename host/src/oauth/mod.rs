@@ -1,0 +1,471 @@
+//! OAuth 2 for the destination's API: the authorization-code login (with a
+//! loopback redirect listener, or pasting the redirected URL), and
+//! credentials that refresh themselves — shortly before expiry and once
+//! after a 401, one refresh at a time per account, never more often than
+//! the API allows, always keeping the newest refresh token.
+//!
+//! Endpoints and scopes come from the component's `describe`.
+
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::Html;
+use axum::routing::get;
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
+    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
+    Scope, TokenResponse, TokenUrl,
+};
+use reqwest::Url;
+use serde::Deserialize;
+use thiserror::Error;
+use tokio::sync::oneshot;
+
+pub use store::{TokenSet, TokenStore};
+
+use crate::delivery::Credentials;
+
+/// Refresh this long before the access token expires.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+type ConfiguredClient =
+    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// The registered OAuth application. `Debug` hides the secret.
+#[derive(Clone)]
+pub struct AppCredentials {
+    pub client_id: String,
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for AppCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppCredentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where and how to log in.
+#[derive(Clone, Debug)]
+pub struct OAuthSettings {
+    pub authorize_url: String,
+    pub token_url: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub app: AppCredentials,
+    /// Send a PKCE challenge (only where the provider accepts it).
+    pub pkce: bool,
+    /// The provider mints at most one access token per this interval.
+    pub min_interval_between_tokens: Duration,
+}
+
+#[derive(Debug, Error)]
+pub enum OAuthError {
+    #[error("invalid OAuth setting {0}")]
+    Setting(String),
+    #[error("the authorization server refused: {0}")]
+    Refused(String),
+    #[error("the refresh token was refused ({0}); run `outreach-host login` again")]
+    InvalidGrant(String),
+    #[error("the authorization server is throttling new tokens: {0}")]
+    Throttled(String),
+    #[error("cannot reach the authorization server: {0}")]
+    Transport(String),
+    #[error("login failed: {0}")]
+    Login(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An OAuth client for one application.
+pub struct OAuthClient {
+    client: ConfiguredClient,
+    http: reqwest::Client,
+    settings: OAuthSettings,
+}
+
+impl OAuthClient {
+    pub fn new(settings: OAuthSettings) -> Result<Self, OAuthError> {
+        let setting =
+            |name: &str, e: &dyn std::fmt::Display| OAuthError::Setting(format!("{name}: {e}"));
+        let client = BasicClient::new(ClientId::new(settings.app.client_id.clone()))
+            .set_client_secret(ClientSecret::new(settings.app.client_secret.clone()))
+            .set_auth_uri(
+                AuthUrl::new(settings.authorize_url.clone())
+                    .map_err(|e| setting("authorize URL", &e))?,
+            )
+            .set_token_uri(
+                TokenUrl::new(settings.token_url.clone()).map_err(|e| setting("token URL", &e))?,
+            )
+            .set_redirect_uri(
+                RedirectUrl::new(settings.redirect_uri.clone())
+                    .map_err(|e| setting("redirect URI", &e))?,
+            )
+            // Outreach expects client_id and client_secret in the form body.
+            .set_auth_type(AuthType::RequestBody);
+        let http = reqwest::Client::builder()
+            // Following redirects from a token endpoint would be an SSRF hole.
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| OAuthError::Transport(e.to_string()))?;
+        Ok(Self {
+            client,
+            http,
+            settings,
+        })
+    }
+
+    pub fn settings(&self) -> &OAuthSettings {
+        &self.settings
+    }
+
+    /// The URL to send the user to, and what to check the redirect against.
+    pub fn authorize_url(&self) -> (Url, PendingLogin) {
+        let mut request = self.client.authorize_url(CsrfToken::new_random);
+        for scope in &self.settings.scopes {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let verifier = if self.settings.pkce {
+            let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+            request = request.set_pkce_challenge(challenge);
+            Some(verifier)
+        } else {
+            None
+        };
+        let (url, state) = request.url();
+        (url, PendingLogin { state, verifier })
+    }
+
+    /// Exchanges the code from a redirect after checking its `state`.
+    pub async fn finish_login(
+        &self,
+        pending: PendingLogin,
+        redirect: &Redirect,
+    ) -> Result<TokenSet, OAuthError> {
+        if let Some(error) = &redirect.error {
+            return Err(OAuthError::Login(format!(
+                "the authorization server answered {error}: {}",
+                redirect
+                    .error_description
+                    .as_deref()
+                    .unwrap_or("no description")
+            )));
+        }
+        if redirect.state.as_deref() != Some(pending.state.secret().as_str()) {
+            return Err(OAuthError::Login(
+                "the redirect's state does not match this login (a stale or forged redirect)"
+                    .into(),
+            ));
+        }
+        let code = redirect
+            .code
+            .clone()
+            .ok_or_else(|| OAuthError::Login("the redirect carries no code".into()))?;
+        let mut exchange = self.client.exchange_code(AuthorizationCode::new(code));
+        if let Some(verifier) = pending.verifier {
+            exchange = exchange.set_pkce_verifier(verifier);
+        }
+        let response = exchange
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        Ok(token_set(&response, None))
+    }
+
+    /// Exchanges a refresh token for new tokens.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenSet, OAuthError> {
+        let response = self
+            .client
+            .exchange_refresh_token(&RefreshToken::new(refresh_token.to_owned()))
+            .request_async(&self.http)
+            .await
+            .map_err(token_error)?;
+        Ok(token_set(&response, Some(refresh_token)))
+    }
+}
+
+fn token_set(
+    response: &oauth2::basic::BasicTokenResponse,
+    previous_refresh: Option<&str>,
+) -> TokenSet {
+    let now = now_secs();
+    TokenSet {
+        access_token: response.access_token().secret().clone(),
+        // Outreach rotates refresh tokens; keep the old one only if the
+        // server sent none.
+        refresh_token: response
+            .refresh_token()
+            .map(|r| r.secret().clone())
+            .or_else(|| previous_refresh.map(str::to_owned)),
+        expires_at: response.expires_in().map(|d| now + d.as_secs()),
+        scope: response.scopes().map(|scopes| {
+            scopes
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        }),
+        obtained_at: now,
+    }
+}
+
+/// Maps oauth2's errors to ours without ever quoting a request (which
+/// carries the client secret and tokens).
+fn token_error<E: std::error::Error + 'static>(
+    e: RequestTokenError<E, oauth2::basic::BasicErrorResponse>,
+) -> OAuthError {
+    match e {
+        RequestTokenError::ServerResponse(response) => {
+            let description = response.error_description().cloned().unwrap_or_default();
+            match response.error() {
+                BasicErrorResponseType::InvalidGrant => OAuthError::InvalidGrant(description),
+                BasicErrorResponseType::Extension(e) if e == "rate_limited" || e == "slow_down" => {
+                    OAuthError::Throttled(description)
+                }
+                other => OAuthError::Refused(format!("{}: {description}", other.as_ref())),
+            }
+        }
+        RequestTokenError::Request(e) => OAuthError::Transport(e.to_string()),
+        RequestTokenError::Parse(e, _) => {
+            OAuthError::Refused(format!("unreadable token response: {e}"))
+        }
+        RequestTokenError::Other(e) => OAuthError::Refused(e),
+    }
+}
+
+/// What a login waits for.
+pub struct PendingLogin {
+    state: CsrfToken,
+    verifier: Option<PkceCodeVerifier>,
+}
+
+/// The query of the redirect back from the authorization server.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Redirect {
+    pub code: Option<String>,
+    pub state: Option<String>,
+    pub error: Option<String>,
+    pub error_description: Option<String>,
+}
+
+impl Redirect {
+    /// Reads the redirect from the full URL the browser ended on.
+    pub fn from_url(url: &str) -> Result<Self, OAuthError> {
+        let url = Url::parse(url.trim())
+            .map_err(|e| OAuthError::Login(format!("not a URL ({e}); paste the whole address")))?;
+        let mut redirect = Redirect::default();
+        for (key, value) in url.query_pairs() {
+            let value = Some(value.into_owned());
+            match key.as_ref() {
+                "code" => redirect.code = value,
+                "state" => redirect.state = value,
+                "error" => redirect.error = value,
+                "error_description" => redirect.error_description = value,
+                _ => {}
+            }
+        }
+        Ok(redirect)
+    }
+}
+
+/// Serves the redirect URI on loopback until one redirect arrives.
+pub struct RedirectListener {
+    addr: SocketAddr,
+    received: oneshot::Receiver<Redirect>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl RedirectListener {
+    /// Binds the host and port of `redirect_uri` (port 0 picks one: then the
+    /// redirect URI must be built from [`RedirectListener::addr`]).
+    pub async fn bind(redirect_uri: &str) -> Result<Self, OAuthError> {
+        let url = Url::parse(redirect_uri)
+            .map_err(|e| OAuthError::Setting(format!("redirect URI: {e}")))?;
+        let host = url.host_str().unwrap_or_default();
+        if url.scheme() != "http" || !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            return Err(OAuthError::Setting(format!(
+                "redirect URI {redirect_uri} is not an http loopback address; use --manual"
+            )));
+        }
+        let port = url.port().unwrap_or(80);
+        let bind: SocketAddr = if host == "[::1]" {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], port))
+        };
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| OAuthError::Login(format!("cannot listen on {bind}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| OAuthError::Login(e.to_string()))?;
+        let (tx, received) = oneshot::channel();
+        let app = Router::new()
+            .route(url.path(), get(receive_redirect))
+            .with_state(std::sync::Arc::new(Mutex::new(Some(tx))));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            received,
+            server,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Waits for the redirect.
+    pub async fn wait(self, timeout: Duration) -> Result<Redirect, OAuthError> {
+        let result = tokio::time::timeout(timeout, self.received).await;
+        self.server.abort();
+        match result {
+            Ok(Ok(redirect)) => Ok(redirect),
+            Ok(Err(_)) => Err(OAuthError::Login("the redirect listener stopped".into())),
+            Err(_) => Err(OAuthError::Login(format!(
+                "no redirect arrived within {} s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+}
+
+type RedirectSlot = std::sync::Arc<Mutex<Option<oneshot::Sender<Redirect>>>>;
+
+async fn receive_redirect(
+    State(slot): State<RedirectSlot>,
+    Query(redirect): Query<Redirect>,
+) -> Html<&'static str> {
+    let sender = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(sender) = sender {
+        let _ = sender.send(redirect);
+    }
+    Html(
+        "<!doctype html><title>outreach-host</title>\
+         <p>Login received. You can close this window and return to the terminal.</p>",
+    )
+}
+
+/// Credentials backed by the token store: refreshed before expiry and after
+/// a 401, one refresh at a time, at most one new token per interval.
+pub struct OAuthCredentials {
+    client: OAuthClient,
+    store: TokenStore,
+    account: String,
+    current: Mutex<TokenSet>,
+    /// Held while refreshing, so concurrent callers share one refresh.
+    refreshing: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    refreshes: std::sync::atomic::AtomicU64,
+}
+
+impl OAuthCredentials {
+    pub fn load(client: OAuthClient, store: TokenStore, account: &str) -> Result<Self, OAuthError> {
+        let current = store.get(account)?;
+        Ok(Self {
+            client,
+            store,
+            account: account.to_owned(),
+            current: Mutex::new(current),
+            refreshing: tokio::sync::Mutex::new(None),
+            refreshes: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn current(&self) -> TokenSet {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Tokens minted by refresh during this process.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn expires_soon(tokens: &TokenSet) -> bool {
+        tokens
+            .expires_at
+            .is_some_and(|at| at <= now_secs() + REFRESH_MARGIN.as_secs())
+    }
+
+    /// Refreshes unless the token was already replaced since `seen` was
+    /// read. `forced`: the API refused `seen` (a 401), so waiting for the
+    /// mint interval is better than giving up.
+    async fn refresh_from(&self, seen: &str, forced: bool) -> Result<(), OAuthError> {
+        let mut last_mint = self.refreshing.lock().await;
+        let tokens = self.current();
+        if tokens.access_token != seen {
+            return Ok(()); // another request refreshed meanwhile
+        }
+        let interval = self.client.settings.min_interval_between_tokens;
+        if let Some(last) = *last_mint {
+            let next_allowed = last + interval;
+            if next_allowed > tokio::time::Instant::now() {
+                if !forced {
+                    return Ok(()); // still valid; refresh later
+                }
+                tokio::time::sleep_until(next_allowed).await;
+            }
+        }
+        let refresh_token = tokens
+            .refresh_token
+            .clone()
+            .ok_or_else(|| OAuthError::InvalidGrant("no refresh token is stored".into()))?;
+        tracing::info!(account = %self.account, "refreshing the access token");
+        let fresh = match self.client.refresh(&refresh_token).await {
+            // Another client of this app minted a token for the user (a
+            // login, another host): wait out the interval once.
+            Err(OAuthError::Throttled(why)) => {
+                tracing::warn!("token endpoint throttled ({why}); retrying in {interval:?}");
+                tokio::time::sleep(interval).await;
+                self.client.refresh(&refresh_token).await?
+            }
+            other => other?,
+        };
+        *last_mint = Some(tokio::time::Instant::now());
+        // Store first: if the process dies now, the newest refresh token
+        // (the old one no longer works) must already be on disk.
+        self.store.put(&self.account, &fresh)?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Credentials for OAuthCredentials {
+    async fn token(&self) -> Result<String, String> {
+        let tokens = self.current();
+        if Self::expires_soon(&tokens) {
+            let expired = tokens.expires_at.is_some_and(|at| at <= now_secs());
+            self.refresh_from(&tokens.access_token, expired)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(self.current().access_token)
+    }
+
+    async fn refresh(&self, rejected: &str) -> Result<(), String> {
+        self.refresh_from(rejected, true)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,251 @@
+//! The token store: one entry per account in one JSON file, owner-only
+//! (0600) and replaced atomically (temp file, fsync, rename, fsync of the
+//! directory), so a crash never leaves a half-written file and the newest
+//! refresh token is never lost.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Tokens of one account. `Debug` never shows the secrets.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenSet {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    /// When the access token expires, epoch seconds.
+    pub expires_at: Option<u64>,
+    pub scope: Option<String>,
+    /// When these tokens were obtained, epoch seconds.
+    pub obtained_at: u64,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("access_token", &"<redacted>")
+            .field(
+                "refresh_token",
+                &self.refresh_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("expires_at", &self.expires_at)
+            .field("scope", &self.scope)
+            .field("obtained_at", &self.obtained_at)
+            .finish()
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot read the token store {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token store {path} is corrupt ({reason}); run `outreach-host login` again")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("cannot write the token store {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no tokens for account {account:?} in {path}; run `outreach-host login`")]
+    NoAccount { account: String, path: PathBuf },
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct StoreFile {
+    accounts: BTreeMap<String, TokenSet>,
+}
+
+/// The token store file.
+#[derive(Clone, Debug)]
+pub struct TokenStore {
+    path: PathBuf,
+}
+
+/// `$OUTREACH_TOKEN_STORE`, else `$XDG_CONFIG_HOME/outreach-host/tokens.json`,
+/// else `~/.config/outreach-host/tokens.json`.
+pub fn default_store_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("OUTREACH_TOKEN_STORE") {
+        return Some(PathBuf::from(path));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("outreach-host").join("tokens.json"))
+}
+
+impl TokenStore {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn load(&self) -> Result<StoreFile, StoreError> {
+        let text = match fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(StoreFile::default()),
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            // serde_json's message names a position, never the content.
+            reason: e.to_string(),
+        })
+    }
+
+    /// The tokens of `account`.
+    pub fn get(&self, account: &str) -> Result<TokenSet, StoreError> {
+        self.load()?
+            .accounts
+            .remove(account)
+            .ok_or_else(|| StoreError::NoAccount {
+                account: account.to_owned(),
+                path: self.path.clone(),
+            })
+    }
+
+    /// Accounts with stored tokens.
+    pub fn accounts(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.load()?.accounts.into_keys().collect())
+    }
+
+    /// Stores `tokens` for `account`, replacing what was there.
+    pub fn put(&self, account: &str, tokens: &TokenSet) -> Result<(), StoreError> {
+        let mut file = self.load()?;
+        file.accounts.insert(account.to_owned(), tokens.clone());
+        self.save(&file)
+    }
+
+    /// Removes `account`; `false` when it had no entry.
+    pub fn remove(&self, account: &str) -> Result<bool, StoreError> {
+        let mut file = self.load()?;
+        let removed = file.accounts.remove(account).is_some();
+        if removed {
+            self.save(&file)?;
+        }
+        Ok(removed)
+    }
+
+    fn save(&self, file: &StoreFile) -> Result<(), StoreError> {
+        let error = |source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(error)?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(error)?;
+        }
+        let data = serde_json::to_vec_pretty(file).map_err(|e| error(std::io::Error::other(e)))?;
+        let name = self.path.file_name().map_or_else(
+            || "tokens.json".into(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            // A temp file left by a crash may predate the mode: set it anyway.
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            File::open(dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(n: u32) -> TokenSet {
+        TokenSet {
+            access_token: format!("access-{n}"),
+            refresh_token: Some(format!("refresh-{n}")),
+            expires_at: Some(1_000 + u64::from(n)),
+            scope: Some("prospects.write".into()),
+            obtained_at: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip_with_owner_only_permissions_and_no_leftovers() {
+        let dir = std::env::temp_dir().join(format!("outreach-store-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let store = TokenStore::new(dir.join("nested").join("tokens.json"));
+        store.put("ada", &tokens(1)).unwrap();
+        store.put("bob", &tokens(2)).unwrap();
+        store.put("ada", &tokens(3)).unwrap();
+        assert_eq!(store.get("ada").unwrap(), tokens(3));
+        assert_eq!(store.accounts().unwrap(), ["ada", "bob"]);
+        let mode = fs::metadata(store.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = fs::metadata(dir.join("nested"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(dir_mode, 0o700);
+        let entries: Vec<_> = fs::read_dir(dir.join("nested")).unwrap().collect();
+        assert_eq!(entries.len(), 1, "temp files left behind");
+        assert!(store.remove("bob").unwrap());
+        assert!(!store.remove("bob").unwrap());
+        assert!(matches!(
+            store.get("bob"),
+            Err(StoreError::NoAccount { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_files_are_reported_not_overwritten() {
+        let dir = std::env::temp_dir().join(format!("outreach-store-bad-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokens.json");
+        fs::write(&path, "{\"accounts\": {\"ada\": ").unwrap();
+        let store = TokenStore::new(&path);
+        assert!(matches!(store.get("ada"), Err(StoreError::Corrupt { .. })));
+        assert!(store.put("ada", &tokens(1)).is_err());
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "{\"accounts\": {\"ada\": "
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let shown = format!("{:?}", tokens(7));
+        assert!(
+            !shown.contains("access-7") && !shown.contains("refresh-7"),
+            "{shown}"
+        );
+    }
+}

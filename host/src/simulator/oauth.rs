@@ -1,0 +1,466 @@
+//! The simulator's OAuth 2 authorization server (SPEC.md §5): an authorize
+//! page that asks for the email, then the password, and redirects back with
+//! `code` and `state`; a token endpoint with strict parameter matching,
+//! refresh-token rotation, configurable lifetimes, the one-token-per-user-
+//! per-interval throttle, and `invalid_grant` errors.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use base64::Engine as _;
+use rand::Rng;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::Shared;
+
+/// The OAuth application registered with the simulator, and its users.
+#[derive(Clone, Debug)]
+pub struct OAuthApp {
+    pub client_id: String,
+    pub client_secret: String,
+    /// The registered redirect URI; `None` accepts any http loopback URI
+    /// (handy when the port is picked at random).
+    pub redirect_uri: Option<String>,
+    /// Users who can log in: (email, password).
+    pub users: Vec<(String, String)>,
+    pub access_lifetime: Duration,
+    pub refresh_lifetime: Duration,
+    /// At most one new access token per user per this interval.
+    pub mint_interval: Duration,
+}
+
+impl Default for OAuthApp {
+    fn default() -> Self {
+        Self {
+            client_id: "sim-client-id".into(),
+            client_secret: "sim-client-secret".into(),
+            redirect_uri: None,
+            users: vec![("demo@example.com".into(), "demo-password".into())],
+            access_lifetime: Duration::from_secs(7_200),
+            refresh_lifetime: Duration::from_secs(14 * 86_400),
+            mint_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An access token and whose it is.
+pub(super) struct Issued {
+    pub user: String,
+    /// `None`: never expires (tokens minted by test helpers).
+    pub expires: Option<SystemTime>,
+}
+
+pub(super) struct RefreshGrant {
+    user: String,
+    scope: String,
+    expires: SystemTime,
+}
+
+struct CodeGrant {
+    user: String,
+    redirect_uri: String,
+    scope: String,
+    challenge: Option<String>,
+    expires: SystemTime,
+}
+
+struct LoginSession {
+    redirect_uri: String,
+    state: Option<String>,
+    scope: String,
+    challenge: Option<String>,
+    email: Option<String>,
+}
+
+/// OAuth state kept in the simulator's store.
+#[derive(Default)]
+pub(super) struct OAuthState {
+    sessions: HashMap<String, LoginSession>,
+    codes: HashMap<String, CodeGrant>,
+    pub refresh_tokens: HashMap<String, RefreshGrant>,
+    last_mint: HashMap<String, Instant>,
+    revoked_users: HashSet<String>,
+}
+
+fn random_token(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    format!(
+        "{prefix}-{:016x}{:016x}",
+        rng.random::<u64>(),
+        rng.random::<u64>()
+    )
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn page(title: &str, body: &str) -> Html<String> {
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>Outreach (simulated)</h1>{body}</body></html>"
+    ))
+}
+
+fn bad_request(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        page(
+            "Error",
+            &format!("<p class=\"error\">{}</p>", escape(message)),
+        ),
+    )
+        .into_response()
+}
+
+fn email_form(session: &str, error: Option<&str>) -> Html<String> {
+    let error = error.map_or(String::new(), |e| {
+        format!("<p class=\"error\">{}</p>", escape(e))
+    });
+    page(
+        "Log in",
+        &format!(
+            "{error}<form method=\"post\" action=\"/oauth/authorize/email\">\
+             <input type=\"hidden\" name=\"session\" value=\"{session}\">\
+             <label>Email <input type=\"email\" name=\"email\"></label>\
+             <button type=\"submit\">Next</button></form>"
+        ),
+    )
+}
+
+fn password_form(session: &str, email: &str, error: Option<&str>) -> Html<String> {
+    let error = error.map_or(String::new(), |e| {
+        format!("<p class=\"error\">{}</p>", escape(e))
+    });
+    page(
+        "Log in",
+        &format!(
+            "{error}<p>Logging in as {}</p>\
+             <form method=\"post\" action=\"/oauth/authorize/password\">\
+             <input type=\"hidden\" name=\"session\" value=\"{session}\">\
+             <label>Password <input type=\"password\" name=\"password\"></label>\
+             <button type=\"submit\">Log in</button></form>",
+            escape(email)
+        ),
+    )
+}
+
+fn is_loopback_http(uri: &str) -> bool {
+    reqwest::Url::parse(uri).is_ok_and(|u| {
+        u.scheme() == "http" && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+    })
+}
+
+/// `GET /oauth/authorize`: checks the request, then asks for the email.
+pub(super) async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let app = &shared.config.oauth;
+    if params.get("client_id") != Some(&app.client_id) {
+        return bad_request("unknown client_id");
+    }
+    if params.get("response_type").map(String::as_str) != Some("code") {
+        return bad_request("response_type must be code");
+    }
+    let Some(redirect_uri) = params.get("redirect_uri") else {
+        return bad_request("redirect_uri is required");
+    };
+    let registered = match &app.redirect_uri {
+        Some(uri) => uri == redirect_uri,
+        None => is_loopback_http(redirect_uri),
+    };
+    if !registered {
+        return bad_request("redirect_uri does not match the application's");
+    }
+    let challenge = match (
+        params.get("code_challenge"),
+        params.get("code_challenge_method").map(String::as_str),
+    ) {
+        (None, _) => None,
+        (Some(c), Some("S256")) => Some(c.clone()),
+        (Some(_), _) => return bad_request("only the S256 code_challenge_method is supported"),
+    };
+    let session = random_token("login");
+    shared.store().oauth.sessions.insert(
+        session.clone(),
+        LoginSession {
+            redirect_uri: redirect_uri.clone(),
+            state: params.get("state").cloned(),
+            scope: params.get("scope").cloned().unwrap_or_default(),
+            challenge,
+            email: None,
+        },
+    );
+    email_form(&session, None).into_response()
+}
+
+/// `POST /oauth/authorize/email`.
+pub(super) async fn authorize_email(
+    State(shared): State<Arc<Shared>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let session = form.get("session").cloned().unwrap_or_default();
+    let email = form.get("email").cloned().unwrap_or_default();
+    let known = shared.config.oauth.users.iter().any(|(e, _)| *e == email);
+    let mut store = shared.store();
+    let Some(login) = store.oauth.sessions.get_mut(&session) else {
+        return bad_request("this login has expired; start again");
+    };
+    if !known {
+        return email_form(&session, Some("No account with this email.")).into_response();
+    }
+    login.email = Some(email.clone());
+    password_form(&session, &email, None).into_response()
+}
+
+/// `POST /oauth/authorize/password`: on success, redirects with the code.
+pub(super) async fn authorize_password(
+    State(shared): State<Arc<Shared>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let session = form.get("session").cloned().unwrap_or_default();
+    let password = form.get("password").cloned().unwrap_or_default();
+    let mut store = shared.store();
+    let Some(login) = store.oauth.sessions.get(&session) else {
+        return bad_request("this login has expired; start again");
+    };
+    let Some(email) = login.email.clone() else {
+        return bad_request("enter the email first");
+    };
+    let correct = shared
+        .config
+        .oauth
+        .users
+        .iter()
+        .any(|(e, p)| *e == email && *p == password);
+    if !correct {
+        return password_form(&session, &email, Some("Wrong password.")).into_response();
+    }
+    let Some(login) = store.oauth.sessions.remove(&session) else {
+        return bad_request("this login has expired; start again");
+    };
+    let code = random_token("code");
+    let Ok(mut location) = reqwest::Url::parse(&login.redirect_uri) else {
+        return bad_request("redirect_uri is not a URL");
+    };
+    location.query_pairs_mut().append_pair("code", &code);
+    if let Some(state) = &login.state {
+        location.query_pairs_mut().append_pair("state", state);
+    }
+    store.oauth.codes.insert(
+        code,
+        CodeGrant {
+            user: email,
+            redirect_uri: login.redirect_uri,
+            scope: login.scope,
+            challenge: login.challenge,
+            expires: SystemTime::now() + Duration::from_secs(600),
+        },
+    );
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, location.to_string())],
+    )
+        .into_response()
+}
+
+fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "error": error, "error_description": description }).to_string(),
+    )
+        .into_response()
+}
+
+/// Checks that `form` holds exactly `required` plus any of `optional`.
+fn strict_params(
+    form: &HashMap<String, String>,
+    required: &[&str],
+    optional: &[&str],
+) -> Result<(), Response> {
+    for name in required {
+        if form.get(*name).is_none_or(|v| v.is_empty()) {
+            return Err(token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &format!("missing parameter {name}"),
+            ));
+        }
+    }
+    if let Some(extra) = form
+        .keys()
+        .find(|k| !required.contains(&k.as_str()) && !optional.contains(&k.as_str()))
+    {
+        return Err(token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            &format!("unexpected parameter {extra}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /oauth/token`.
+pub(super) async fn token(
+    State(shared): State<Arc<Shared>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let app = &shared.config.oauth;
+    let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    let checked = match grant_type.as_str() {
+        "authorization_code" => strict_params(
+            &form,
+            &[
+                "client_id",
+                "client_secret",
+                "redirect_uri",
+                "grant_type",
+                "code",
+            ],
+            &["code_verifier"],
+        ),
+        "refresh_token" => strict_params(
+            &form,
+            &["client_id", "client_secret", "grant_type", "refresh_token"],
+            &["redirect_uri"],
+        ),
+        _ => Err(token_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be authorization_code or refresh_token",
+        )),
+    };
+    if let Err(response) = checked {
+        return response;
+    }
+    if form.get("client_id") != Some(&app.client_id)
+        || form.get("client_secret") != Some(&app.client_secret)
+    {
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication failed",
+        );
+    }
+    let now = SystemTime::now();
+    let mut store = shared.store();
+    let (user, scope) = if grant_type == "authorization_code" {
+        let code = form.get("code").cloned().unwrap_or_default();
+        let Some(grant) = store.oauth.codes.remove(&code) else {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "unknown or used code",
+            );
+        };
+        if grant.expires < now {
+            return token_error(StatusCode::BAD_REQUEST, "invalid_grant", "the code expired");
+        }
+        if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "redirect_uri does not match the authorization request",
+            );
+        }
+        if let Some(challenge) = &grant.challenge {
+            let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+            let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(Sha256::digest(verifier.as_bytes()));
+            if computed != *challenge {
+                return token_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_grant",
+                    "code_verifier does not match the code_challenge",
+                );
+            }
+        }
+        (grant.user, grant.scope)
+    } else {
+        let presented = form.get("refresh_token").cloned().unwrap_or_default();
+        let valid = store
+            .oauth
+            .refresh_tokens
+            .get(&presented)
+            .is_some_and(|g| g.expires > now && !store.oauth.revoked_users.contains(&g.user));
+        if !valid {
+            store.stats.invalid_grants += 1;
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the refresh token is invalid, expired, revoked or already used",
+            );
+        }
+        // Rotation: the presented refresh token stops working now.
+        let Some(grant) = store.oauth.refresh_tokens.remove(&presented) else {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "unknown refresh token",
+            );
+        };
+        (grant.user, grant.scope)
+    };
+    let instant = Instant::now();
+    if let Some(last) = store.oauth.last_mint.get(&user)
+        && instant.duration_since(*last) < app.mint_interval
+    {
+        store.stats.mint_throttled += 1;
+        return token_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "at most one access token per user per application per minute",
+        );
+    }
+    store.oauth.last_mint.insert(user.clone(), instant);
+    store.stats.tokens_minted += 1;
+    let access = random_token("access");
+    let refresh = random_token("refresh");
+    store.tokens.insert(
+        access.clone(),
+        Issued {
+            user: user.clone(),
+            expires: Some(now + app.access_lifetime),
+        },
+    );
+    store.oauth.refresh_tokens.insert(
+        refresh.clone(),
+        RefreshGrant {
+            user,
+            scope: scope.clone(),
+            expires: now + app.refresh_lifetime,
+        },
+    );
+    let created_at = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({
+            "access_token": access,
+            "token_type": "bearer",
+            "expires_in": app.access_lifetime.as_secs(),
+            "refresh_token": refresh,
+            "scope": scope,
+            "created_at": created_at,
+        })
+        .to_string(),
+    )
+        .into_response()
+}
+
+impl OAuthState {
+    pub(super) fn revoke(&mut self, user: &str) {
+        self.revoked_users.insert(user.to_owned());
+    }
+}
