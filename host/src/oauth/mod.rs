@@ -220,7 +220,7 @@ fn token_set(
                 .collect::<Vec<_>>()
                 .join(" ")
         }),
-        obtained_at: now,
+        obtained_at_ms: crate::limiter::now_epoch_ms(),
     }
 }
 
@@ -252,6 +252,14 @@ fn token_error<E: std::error::Error + 'static>(
 pub struct PendingLogin {
     state: CsrfToken,
     verifier: Option<PkceCodeVerifier>,
+}
+
+impl PendingLogin {
+    /// The `state` the redirect must carry (it is in the authorize URL, so
+    /// not a secret).
+    pub fn state(&self) -> &str {
+        self.state.secret()
+    }
 }
 
 /// The query of the redirect back from the authorization server.
@@ -378,12 +386,16 @@ pub struct OAuthCredentials {
 impl OAuthCredentials {
     pub fn load(client: OAuthClient, store: TokenStore, account: &str) -> Result<Self, OAuthError> {
         let current = store.get(account)?;
+        // The stored tokens were minted by an earlier process (a login, an
+        // earlier run): that mint counts against the interval too.
+        let age = crate::limiter::now_epoch_ms().saturating_sub(current.obtained_at_ms);
+        let last_mint = tokio::time::Instant::now().checked_sub(Duration::from_millis(age));
         Ok(Self {
             client,
             store,
             account: account.to_owned(),
             current: Mutex::new(current),
-            refreshing: tokio::sync::Mutex::new(None),
+            refreshing: tokio::sync::Mutex::new(last_mint),
             refreshes: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -432,7 +444,13 @@ impl OAuthCredentials {
         tracing::info!(account = %self.account, "refreshing the access token");
         let fresh = match self.client.refresh(&refresh_token).await {
             // Another client of this app minted a token for the user (a
-            // login, another host): wait out the interval once.
+            // login, another host). The current token still works: try
+            // again after the interval.
+            Err(OAuthError::Throttled(_)) if !forced => {
+                *last_mint = Some(tokio::time::Instant::now());
+                return Ok(());
+            }
+            // It does not: wait out the interval once.
             Err(OAuthError::Throttled(why)) => {
                 tracing::warn!("token endpoint throttled ({why}); retrying in {interval:?}");
                 tokio::time::sleep(interval).await;

@@ -20,8 +20,9 @@ pub struct TokenSet {
     /// When the access token expires, epoch seconds.
     pub expires_at: Option<u64>,
     pub scope: Option<String>,
-    /// When these tokens were obtained, epoch seconds.
-    pub obtained_at: u64,
+    /// When these tokens were minted, epoch milliseconds (so that a new
+    /// process still respects the API's minimum interval between tokens).
+    pub obtained_at_ms: u64,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -34,7 +35,7 @@ impl std::fmt::Debug for TokenSet {
             )
             .field("expires_at", &self.expires_at)
             .field("scope", &self.scope)
-            .field("obtained_at", &self.obtained_at)
+            .field("obtained_at_ms", &self.obtained_at_ms)
             .finish()
     }
 }
@@ -191,7 +192,7 @@ mod tests {
             refresh_token: Some(format!("refresh-{n}")),
             expires_at: Some(1_000 + u64::from(n)),
             scope: Some("prospects.write".into()),
-            obtained_at: 1,
+            obtained_at_ms: 1,
         }
     }
 

@@ -284,6 +284,7 @@ fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
 }
 
 /// Checks that `form` holds exactly `required` plus any of `optional`.
+#[allow(clippy::result_large_err)] // the error is the response, sent at once
 fn strict_params(
     form: &HashMap<String, String>,
     required: &[&str],
@@ -355,9 +356,11 @@ pub(super) async fn token(
     }
     let now = SystemTime::now();
     let mut store = shared.store();
-    let (user, scope) = if grant_type == "authorization_code" {
+    // Whose grant is presented, checked without consuming it: a request the
+    // throttle refuses must leave the code or refresh token usable.
+    let user = if grant_type == "authorization_code" {
         let code = form.get("code").cloned().unwrap_or_default();
-        let Some(grant) = store.oauth.codes.remove(&code) else {
+        let Some(grant) = store.oauth.codes.get(&code) else {
             return token_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
@@ -386,31 +389,23 @@ pub(super) async fn token(
                 );
             }
         }
-        (grant.user, grant.scope)
+        grant.user.clone()
     } else {
         let presented = form.get("refresh_token").cloned().unwrap_or_default();
-        let valid = store
+        let grant = store
             .oauth
             .refresh_tokens
             .get(&presented)
-            .is_some_and(|g| g.expires > now && !store.oauth.revoked_users.contains(&g.user));
-        if !valid {
+            .filter(|g| g.expires > now && !store.oauth.revoked_users.contains(&g.user));
+        let Some(grant) = grant else {
             store.stats.invalid_grants += 1;
             return token_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
                 "the refresh token is invalid, expired, revoked or already used",
             );
-        }
-        // Rotation: the presented refresh token stops working now.
-        let Some(grant) = store.oauth.refresh_tokens.remove(&presented) else {
-            return token_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_grant",
-                "unknown refresh token",
-            );
         };
-        (grant.user, grant.scope)
+        grant.user.clone()
     };
     let instant = Instant::now();
     if let Some(last) = store.oauth.last_mint.get(&user)
@@ -423,6 +418,19 @@ pub(super) async fn token(
             "at most one access token per user per application per minute",
         );
     }
+    // Consume the grant: codes are single-use, refresh tokens rotate.
+    let scope = if grant_type == "authorization_code" {
+        let code = form.get("code").cloned().unwrap_or_default();
+        store.oauth.codes.remove(&code).map(|g| g.scope)
+    } else {
+        let presented = form.get("refresh_token").cloned().unwrap_or_default();
+        store
+            .oauth
+            .refresh_tokens
+            .remove(&presented)
+            .map(|g| g.scope)
+    }
+    .unwrap_or_default();
     store.oauth.last_mint.insert(user.clone(), instant);
     store.stats.tokens_minted += 1;
     let access = random_token("access");

@@ -1,0 +1,500 @@
+//! OAuth against the simulator's authorization server: the login (CLI and
+//! library), refresh across token expiries, rotation, the mint throttle, a
+//! revoked refresh token, and secrets never showing up in outputs.
+
+use std::io::{BufRead, BufReader, Cursor};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use outreach_host::BUILT_COMPONENT;
+use outreach_host::delivery::{self, DeliveryOptions, Summary};
+use outreach_host::engine::{Limits, Runtime};
+use outreach_host::http::ApiClient;
+use outreach_host::limiter::Limiter;
+use outreach_host::oauth::{
+    AppCredentials, OAuthClient, OAuthCredentials, OAuthError, OAuthSettings, Redirect, TokenSet,
+    TokenStore,
+};
+use outreach_host::simulator::{Faults, OAuthApp, Simulator, SimulatorConfig};
+use serde_json::json;
+
+const USER: &str = "demo@example.com";
+const PASSWORD: &str = "demo-password";
+
+const CONFIG: &str = r#"{
+  "name": "oauth e2e",
+  "identityMapping": { "source": "Oid", "target": "OutreachId" },
+  "attributeMappings": [ { "source": "person.jobTitle", "target": "title" } ],
+  "audiences": [ { "id": "aud", "mappingId": 9 } ]
+}"#;
+
+fn temp_path(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("outreach-oauth-{}-{n}-{name}", std::process::id()))
+}
+
+fn records(n: u64) -> Vec<String> {
+    (1..=n)
+        .map(|id| {
+            json!({
+                "identityMap": { "Oid": [ { "id": id.to_string() } ] },
+                "person": { "jobTitle": format!("Title {id}") },
+                "segmentMembership": { "ups": { "aud": { "status": "realized" } } }
+            })
+            .to_string()
+        })
+        .collect()
+}
+
+async fn simulator(app: OAuthApp, latency: Duration) -> Simulator {
+    Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=1000,
+            oauth: app,
+            faults: Faults {
+                latency,
+                ..Faults::default()
+            },
+            ..SimulatorConfig::default()
+        },
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .unwrap()
+}
+
+fn client(sim: &Simulator, redirect_uri: &str, min_interval: Duration) -> OAuthClient {
+    let app = OAuthApp::default();
+    OAuthClient::new(OAuthSettings {
+        authorize_url: sim.authorize_url(),
+        token_url: sim.token_url(),
+        redirect_uri: redirect_uri.into(),
+        scopes: vec!["prospects.write".into()],
+        app: AppCredentials {
+            client_id: app.client_id,
+            client_secret: app.client_secret,
+        },
+        pkce: true,
+        min_interval_between_tokens: min_interval,
+    })
+    .unwrap()
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text.find(start).expect("marker present") + start.len();
+    let len = text[from..].find(end).expect("end marker");
+    &text[from..from + len]
+}
+
+/// A user in a browser: opens the authorize URL, submits the email form,
+/// then the password form, and returns where the server redirected to.
+async fn browser_login(authorize_url: &str, email: &str, password: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let origin = reqwest::Url::parse(authorize_url).unwrap();
+    let origin = format!("{}://{}", origin.scheme(), origin.authority());
+    let page = http
+        .get(authorize_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("name=\"email\""), "no email form: {page}");
+    let session = between(&page, "name=\"session\" value=\"", "\"").to_owned();
+    let page = http
+        .post(format!("{origin}/oauth/authorize/email"))
+        .form(&[("session", session.as_str()), ("email", email)])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("name=\"password\""),
+        "no password form: {page}"
+    );
+    let response = http
+        .post(format!("{origin}/oauth/authorize/password"))
+        .form(&[("session", session.as_str()), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Logs in through the library (the CLI test covers the listener).
+async fn login(sim: &Simulator, client: &OAuthClient) -> TokenSet {
+    let (url, pending) = client.authorize_url();
+    let location = browser_login(url.as_str(), USER, PASSWORD).await;
+    assert!(location.starts_with(&client.settings().redirect_uri));
+    let _ = sim;
+    client
+        .finish_login(pending, &Redirect::from_url(&location).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn run_with(
+    sim: &Simulator,
+    credentials: &OAuthCredentials,
+    n: u64,
+    concurrency: usize,
+    dead_letters: Option<PathBuf>,
+) -> Summary {
+    let runtime = Runtime::load(Path::new(BUILT_COMPONENT), None, Limits::default()).unwrap();
+    let mut destination = runtime.configure(CONFIG).unwrap().unwrap();
+    let limiter = Limiter::new(&runtime.describe().unwrap().rate_limit).unwrap();
+    let api = ApiClient::new(&sim.api_base(), Duration::from_secs(10)).unwrap();
+    delivery::run(
+        &mut destination,
+        &api,
+        &limiter,
+        credentials,
+        Cursor::new(records(n).join("\n")),
+        &DeliveryOptions {
+            concurrency,
+            dead_letters,
+            ..DeliveryOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
+    let sim = simulator(OAuthApp::default(), Duration::ZERO).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store_path = temp_path("tokens.json");
+    let app = OAuthApp::default();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .args(["login", "--account", "ada", "--pkce", "--redirect-uri"])
+        .arg(format!("http://127.0.0.1:{port}/callback"))
+        .args([
+            "--authorize-url",
+            &sim.authorize_url(),
+            "--token-url",
+            &sim.token_url(),
+        ])
+        .arg("--token-store")
+        .arg(&store_path)
+        .env("OUTREACH_CLIENT_ID", &app.client_id)
+        .env("OUTREACH_CLIENT_SECRET", &app.client_secret)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let url = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "login printed no URL"
+            );
+            if line.starts_with("http") {
+                return (line.trim().to_owned(), stdout);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (url, mut stdout) = url;
+    assert!(
+        url.contains("state=") && url.contains("scope=prospects.write"),
+        "{url}"
+    );
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    let location = browser_login(&url, USER, PASSWORD).await;
+    let landing = reqwest::get(&location).await.unwrap().text().await.unwrap();
+    assert!(landing.contains("Login received"), "{landing}");
+
+    let output = tokio::task::spawn_blocking(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (child.wait().unwrap(), rest, stderr)
+    })
+    .await
+    .unwrap();
+    let (status, rest, stderr) = output;
+    assert!(status.success(), "{rest}\n{stderr}");
+    assert!(rest.contains("connected: account \"ada\""), "{rest}");
+
+    let mode = std::fs::metadata(&store_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let tokens = TokenStore::new(&store_path).get("ada").unwrap();
+    let refresh = tokens.refresh_token.clone().unwrap();
+    for text in [&url, &rest, &stderr, &landing] {
+        assert!(!text.contains(&tokens.access_token), "access token leaked");
+        assert!(!text.contains(&refresh), "refresh token leaked");
+        assert!(!text.contains(&app.client_secret), "client secret leaked");
+    }
+
+    // The stored token works against the API.
+    let prospect = reqwest::Client::new()
+        .get(format!("{}/prospects/1", sim.api_base()))
+        .bearer_auth(&tokens.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(prospect.status(), 200);
+
+    // `auth status` shows the connection, not the secrets.
+    let status = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .args(["auth", "status", "--token-store"])
+        .arg(&store_path)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(status.stdout).unwrap();
+    assert!(shown.contains("ada: connected"), "{shown}");
+    assert!(shown.contains("scope prospects.write"), "{shown}");
+    assert!(!shown.contains(&tokens.access_token) && !shown.contains(&refresh));
+
+    let logout = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .args(["logout", "--account", "ada", "--token-store"])
+        .arg(&store_path)
+        .output()
+        .unwrap();
+    assert!(logout.status.success());
+    assert!(TokenStore::new(&store_path).get("ada").is_err());
+    std::fs::remove_file(&store_path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_state_or_wrong_verifier_is_refused() {
+    let sim = simulator(OAuthApp::default(), Duration::ZERO).await;
+    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
+    let (url, pending) = client.authorize_url();
+    let location = browser_login(url.as_str(), USER, PASSWORD).await;
+    let mut redirect = Redirect::from_url(&location).unwrap();
+    redirect.state = Some("forged".into());
+    let error = client.finish_login(pending, &redirect).await.unwrap_err();
+    assert!(
+        error.to_string().contains("state does not match"),
+        "{error}"
+    );
+
+    // The code from one login cannot be redeemed with another's verifier.
+    let (url, _first) = client.authorize_url();
+    let location = browser_login(url.as_str(), USER, PASSWORD).await;
+    let (_, second) = client.authorize_url();
+    let mut redirect = Redirect::from_url(&location).unwrap();
+    redirect.state = Some(second.state().to_owned());
+    let error = client.finish_login(second, &redirect).await.unwrap_err();
+    assert!(matches!(error, OAuthError::InvalidGrant(_)), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_outlives_several_access_tokens_and_keeps_the_newest_refresh_token() {
+    let app = OAuthApp {
+        access_lifetime: Duration::from_secs(1),
+        mint_interval: Duration::from_millis(500),
+        ..OAuthApp::default()
+    };
+    // 60 updates at 100 ms each, two at a time: about 3 s, three lifetimes.
+    let sim = simulator(app, Duration::from_millis(100)).await;
+    let client = client(
+        &sim,
+        "http://127.0.0.1:9/callback",
+        Duration::from_millis(500),
+    );
+    let first = login(&sim, &client).await;
+    let store = TokenStore::new(temp_path("tokens.json"));
+    store.put("ada", &first).unwrap();
+    let credentials = OAuthCredentials::load(
+        self::client(
+            &sim,
+            "http://127.0.0.1:9/callback",
+            Duration::from_millis(500),
+        ),
+        store.clone(),
+        "ada",
+    )
+    .unwrap();
+
+    let summary = run_with(&sim, &credentials, 60, 2, None).await;
+    assert_eq!(summary.delivered, 60, "{summary:?}");
+    assert!(
+        credentials.refreshes() >= 2,
+        "{} refreshes",
+        credentials.refreshes()
+    );
+    let stats = sim.stats();
+    assert_eq!(stats.mint_throttled, 0, "{stats:?}");
+    assert_eq!(stats.tokens_minted, 1 + credentials.refreshes());
+
+    // Rotation: the first refresh token no longer works, the stored one does.
+    let stored = store.get("ada").unwrap();
+    assert_ne!(stored.refresh_token, first.refresh_token);
+    let old = client
+        .refresh(first.refresh_token.as_deref().unwrap())
+        .await;
+    assert!(matches!(old, Err(OAuthError::InvalidGrant(_))), "{old:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    client
+        .refresh(stored.refresh_token.as_deref().unwrap())
+        .await
+        .expect("the newest refresh token is the one stored");
+    std::fs::remove_file(store.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_storm_mints_a_single_token() {
+    let app = OAuthApp {
+        access_lifetime: Duration::from_secs(2),
+        mint_interval: Duration::from_secs(2),
+        ..OAuthApp::default()
+    };
+    let sim = simulator(app, Duration::ZERO).await;
+    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::from_secs(2));
+    let tokens = login(&sim, &client).await;
+    let store = TokenStore::new(temp_path("tokens.json"));
+    store.put("ada", &tokens).unwrap();
+    // Let the access token expire: every request of the run needs a new one.
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let credentials = OAuthCredentials::load(
+        self::client(&sim, "http://127.0.0.1:9/callback", Duration::from_secs(2)),
+        store.clone(),
+        "ada",
+    )
+    .unwrap();
+    let summary = run_with(&sim, &credentials, 64, 32, None).await;
+    assert_eq!(summary.delivered, 64, "{summary:?}");
+    let stats = sim.stats();
+    assert_eq!(stats.mint_throttled, 0, "{stats:?}");
+    assert_eq!(stats.unauthorized, 0, "{stats:?}");
+    assert_eq!(credentials.refreshes(), 1);
+    assert_eq!(stats.tokens_minted, 2, "login + one refresh");
+    std::fs::remove_file(store.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_refresh_token_stops_the_run_and_keeps_every_update() {
+    let app = OAuthApp {
+        access_lifetime: Duration::from_secs(1),
+        mint_interval: Duration::ZERO,
+        ..OAuthApp::default()
+    };
+    let sim = simulator(app, Duration::ZERO).await;
+    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
+    let tokens = login(&sim, &client).await;
+    let store = TokenStore::new(temp_path("tokens.json"));
+    store.put("ada", &tokens).unwrap();
+    sim.revoke_refresh_tokens(USER);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let credentials = OAuthCredentials::load(
+        self::client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO),
+        store.clone(),
+        "ada",
+    )
+    .unwrap();
+    let letters = temp_path("letters.ndjson");
+    let summary = run_with(&sim, &credentials, 25, 4, Some(letters.clone())).await;
+    assert_eq!(summary.delivered, 0);
+    assert_eq!(summary.not_sent, 25);
+    let fatal = summary.fatal.clone().unwrap();
+    assert!(fatal.contains("run `outreach-host login` again"), "{fatal}");
+    let kept = std::fs::read_to_string(&letters).unwrap();
+    assert_eq!(kept.lines().count(), 25);
+    assert!(kept.lines().all(|l| l.contains("\"code\":\"not-sent\"")));
+    assert_eq!(sim.stats().updates_applied, 0);
+    // The stored tokens are left for the user to replace by logging in.
+    assert_eq!(store.get("ada").unwrap(), tokens);
+    std::fs::remove_file(&letters).unwrap();
+    std::fs::remove_file(store.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_run_never_prints_or_writes_a_secret() {
+    let app = OAuthApp {
+        access_lifetime: Duration::from_secs(1),
+        mint_interval: Duration::ZERO,
+        ..OAuthApp::default()
+    };
+    let sim = simulator(app.clone(), Duration::from_millis(30)).await;
+    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
+    let first = login(&sim, &client).await;
+    let store = TokenStore::new(temp_path("tokens.json"));
+    store.put("ada", &first).unwrap();
+    let config = temp_path("config.json");
+    let input = temp_path("input.ndjson");
+    let letters = temp_path("letters.ndjson");
+    std::fs::write(&config, CONFIG).unwrap();
+    // Some records are refused (prospects 1001+ do not exist) so that dead
+    // letters are written too.
+    std::fs::write(&input, records(1040).split_off(960).join("\n")).unwrap();
+    let (api_base, token_url, store_path) =
+        (sim.api_base(), sim.token_url(), store.path().to_path_buf());
+    let (config2, input2, letters2) = (config.clone(), input.clone(), letters.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+            .args(["run", "--json", "--account", "ada", "--concurrency", "2"])
+            .arg("--config")
+            .arg(&config2)
+            .arg("--input")
+            .arg(&input2)
+            .arg("--dead-letters")
+            .arg(&letters2)
+            .args(["--api-base", &api_base, "--token-url", &token_url])
+            .args(["--min-token-interval", "0", "--token-store"])
+            .arg(&store_path)
+            .env("OUTREACH_CLIENT_ID", "sim-client-id")
+            .env("OUTREACH_CLIENT_SECRET", "sim-client-secret")
+            .env("RUST_LOG", "debug")
+            .env_remove("OUTREACH_ACCESS_TOKEN")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["delivered"], 40);
+    assert_eq!(summary["rejected"], 40);
+    let newest = store.get("ada").unwrap();
+    assert_ne!(
+        newest.access_token, first.access_token,
+        "no refresh happened"
+    );
+    let letters_text = std::fs::read_to_string(&letters).unwrap();
+    assert_eq!(letters_text.lines().count(), 40);
+    for secret in [
+        first.access_token.as_str(),
+        first.refresh_token.as_deref().unwrap(),
+        newest.access_token.as_str(),
+        newest.refresh_token.as_deref().unwrap(),
+        app.client_secret.as_str(),
+    ] {
+        for (what, text) in [
+            ("stdout", &stdout),
+            ("stderr", &stderr),
+            ("dead letters", &letters_text),
+        ] {
+            assert!(!text.contains(secret), "a secret appears in {what}");
+        }
+    }
+    for path in [&config, &input, &letters, store.path()] {
+        std::fs::remove_file(path).unwrap();
+    }
+}
