@@ -1,10 +1,11 @@
 //! Builds the Outreach guest component (`guest/`) for `wasm32-wasip2` so that
 //! `cargo build`/`cargo test` always run against a component made from the
 //! current sources. The path of the built `.wasm` reaches the crate as
-//! `OUTREACH_COMPONENT_PATH`.
+//! `OUTREACH_COMPONENT_PATH`; the hostile test component (`tests/hostile/`)
+//! is built alongside, as `HOSTILE_COMPONENT_PATH`.
 
 use std::env;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 const GUEST_TARGET: &str = "wasm32-wasip2";
@@ -43,20 +44,12 @@ fn main() {
         "guest/core/src",
         "guest/core/schema",
         "guest/core/Cargo.toml",
+        "tests/hostile/src",
+        "tests/hostile/Cargo.toml",
         "Cargo.toml",
         "Cargo.lock",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
-    }
-    println!("cargo:rerun-if-env-changed=OUTREACH_COMPONENT_PATH");
-
-    // A prebuilt component can be supplied instead (e.g. by a packager).
-    if let Some(prebuilt) = env::var_os("OUTREACH_COMPONENT_PATH") {
-        println!(
-            "cargo:rustc-env=OUTREACH_COMPONENT_PATH={}",
-            Path::new(&prebuilt).display()
-        );
-        return;
     }
 
     // A separate target directory: the outer build holds the lock on the
@@ -92,4 +85,10 @@ fn main() {
         .join(GUEST_PROFILE)
         .join("outreach_guest.wasm");
     println!("cargo:rustc-env=OUTREACH_COMPONENT_PATH={}", wasm.display());
+    // The hostile test component (tests/hostile), for containment tests.
+    let hostile = wasm.with_file_name("hostile_guest.wasm");
+    println!(
+        "cargo:rustc-env=HOSTILE_COMPONENT_PATH={}",
+        hostile.display()
+    );
 }

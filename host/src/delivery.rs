@@ -10,13 +10,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use destination_types::{PlanOutcome, Request, Response, Verdict};
+use destination_types::{PlanOutcome, RecordError, Request, Response, Verdict};
 use futures::StreamExt;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::engine::{Destination, GuestError};
+use crate::engine::Destination;
 use crate::http::ApiClient;
 use crate::limiter::{Limiter, now_epoch_ms};
 
@@ -145,8 +145,6 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Guest(#[from] GuestError),
 }
 
 /// One input record and what the component planned for it.
@@ -156,7 +154,10 @@ struct Planned {
     outcome: PlanOutcome,
 }
 
-/// Reads and plans every record.
+/// Reads and plans every record. A batch the component fails on (a trap,
+/// a deadline, the memory cap, an answer of the wrong length) makes each of
+/// its records a record error with the reason: nothing is lost, and the
+/// next batch gets a fresh instance.
 pub fn plan_input(
     destination: &mut Destination<'_>,
     input: impl BufRead,
@@ -165,17 +166,37 @@ pub fn plan_input(
     let mut planned = Vec::new();
     let mut pending: Vec<(usize, String)> = Vec::new();
     let mut flush = |pending: &mut Vec<(usize, String)>,
-                     planned: &mut Vec<(usize, String, PlanOutcome)>|
-     -> Result<(), RunError> {
+                     planned: &mut Vec<(usize, String, PlanOutcome)>| {
         if pending.is_empty() {
-            return Ok(());
+            return;
         }
         let texts: Vec<String> = pending.iter().map(|(_, t)| t.clone()).collect();
-        let outcomes = destination.plan(&texts)?;
-        for ((line, text), outcome) in pending.drain(..).zip(outcomes) {
+        let failure = match destination.plan(&texts) {
+            Ok(outcomes) if outcomes.len() == texts.len() => {
+                for ((line, text), outcome) in pending.drain(..).zip(outcomes) {
+                    planned.push((line, text, outcome));
+                }
+                return;
+            }
+            Ok(outcomes) => format!(
+                "the component returned {} outcomes for {} records",
+                outcomes.len(),
+                texts.len()
+            ),
+            Err(e) => e.to_string(),
+        };
+        tracing::error!(
+            "planning a batch of {} records failed: {failure}",
+            texts.len()
+        );
+        for (line, text) in pending.drain(..) {
+            let outcome = PlanOutcome::Invalid(RecordError {
+                code: "component-error".into(),
+                message: format!("the record could not be planned: {failure}"),
+                audiences: Vec::new(),
+            });
             planned.push((line, text, outcome));
         }
-        Ok(())
     };
     for (index, line) in input.lines().enumerate() {
         let line = line.map_err(|source| RunError::Input {
@@ -187,10 +208,10 @@ pub fn plan_input(
         }
         pending.push((index + 1, line));
         if pending.len() >= batch.max(1) {
-            flush(&mut pending, &mut planned)?;
+            flush(&mut pending, &mut planned);
         }
     }
-    flush(&mut pending, &mut planned)?;
+    flush(&mut pending, &mut planned);
     Ok(planned)
 }
 

@@ -21,9 +21,15 @@ const FORBIDDEN_HEADERS: &[&str] = &[
     "connection",
 ];
 
+/// Methods a destination may use. `DELETE` is refused: a profile sync
+/// writes data and never needs to destroy records.
+const ALLOWED_METHODS: &[Method] = &[Method::Get, Method::Post, Method::Put, Method::Patch];
+
 /// A request the host refuses to send (a bug or hostile component).
 #[derive(Debug, Error)]
 pub enum PolicyViolation {
+    #[error("the method {0:?} is not allowed")]
+    Method(Method),
     #[error("request path {0:?} is not a path under the API base")]
     Path(String),
     #[error("the component may not set the {0} header")]
@@ -112,6 +118,9 @@ impl ApiClient {
 
     /// Checks a planned request against the policy without sending it.
     pub fn check(&self, request: &Request) -> Result<Url, PolicyViolation> {
+        if !ALLOWED_METHODS.contains(&request.method) {
+            return Err(PolicyViolation::Method(request.method));
+        }
         for header in &request.headers {
             let name = header.name.to_ascii_lowercase();
             if FORBIDDEN_HEADERS.contains(&name.as_str()) {

@@ -10,6 +10,5 @@ pub mod oauth;
 pub mod simulator;
 
 /// The Outreach component built from this workspace's `guest/` by
-/// `host/build.rs` (or supplied through `OUTREACH_COMPONENT_PATH` at build
-/// time).
+/// `host/build.rs`.
 pub const BUILT_COMPONENT: &str = env!("OUTREACH_COMPONENT_PATH");

@@ -1,0 +1,192 @@
+//! A hostile implementation of the profile-destination world, for the
+//! host's containment tests. The configuration string names the attack:
+//!
+//! - `loop`: `plan` never returns;
+//! - `alloc`: `plan` allocates without bound;
+//! - `huge-result`: `plan` returns far more outcomes than records;
+//! - `absolute-url URL`, `authorization-header`, `escape-path`,
+//!   `delete-method`: `plan` returns requests the host must refuse to send;
+//! - `panic`: `plan` panics (a trap);
+//! - anything else: behaves (one harmless PATCH per record).
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "profile-destination",
+});
+
+use exports::profile_sync::destination::destination::{self as wit, Guest, GuestConfigured};
+
+#[cfg(target_arch = "wasm32")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+#[cfg(target_arch = "wasm32")]
+#[link(name = "c")]
+unsafe extern "C" {}
+
+/// The canonical ABI's allocator entry point (see guest/src/lib.rs).
+///
+/// # Safety
+/// Called only by the component model's lifting code.
+#[cfg(target_arch = "wasm32")]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cabi_realloc(
+    old_ptr: *mut u8,
+    old_len: usize,
+    align: usize,
+    new_len: usize,
+) -> *mut u8 {
+    use alloc::alloc::{Layout, alloc, realloc};
+    if new_len == 0 {
+        return align as *mut u8;
+    }
+    let ptr = unsafe {
+        if old_len == 0 {
+            alloc(Layout::from_size_align_unchecked(new_len, align))
+        } else {
+            realloc(
+                old_ptr,
+                Layout::from_size_align_unchecked(old_len, align),
+                new_len,
+            )
+        }
+    };
+    if ptr.is_null() {
+        core::arch::wasm32::unreachable();
+    }
+    ptr
+}
+
+#[cfg(target_arch = "wasm32")]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+struct Component;
+
+pub struct Configured {
+    attack: String,
+    /// The attack's argument (the URL of `absolute-url`).
+    argument: String,
+}
+
+impl Guest for Component {
+    type Configured = Configured;
+
+    fn describe() -> wit::Descriptor {
+        wit::Descriptor {
+            name: "hostile".to_string(),
+            version: "0.1.0".to_string(),
+            default_api_base: "http://127.0.0.1:9/api".to_string(),
+            oauth: wit::OauthDescriptor {
+                authorize_url: "http://127.0.0.1:9/authorize".to_string(),
+                token_url: "http://127.0.0.1:9/token".to_string(),
+                scopes: vec![],
+                min_seconds_between_tokens: 0,
+            },
+            rate_limit: wit::RateLimitPolicy {
+                requests: 1_000,
+                window_seconds: 1,
+                per: "user".to_string(),
+            },
+            config_schema: "{}".to_string(),
+        }
+    }
+}
+
+fn request(method: wit::Method, path: &str, headers: Vec<wit::Header>, key: &str) -> wit::Request {
+    wit::Request {
+        method,
+        path: path.to_string(),
+        headers,
+        body: "{}".to_string(),
+        key: key.to_string(),
+        audiences: vec![],
+    }
+}
+
+impl GuestConfigured for Configured {
+    fn create(config: String) -> Result<wit::Configured, Vec<wit::ConfigError>> {
+        let config = config.trim().trim_matches('"');
+        let (attack, argument) = config.split_once(' ').unwrap_or((config, ""));
+        Ok(wit::Configured::new(Configured {
+            attack: attack.to_string(),
+            argument: argument.to_string(),
+        }))
+    }
+
+    fn plan(&self, records: Vec<String>) -> Vec<wit::PlanOutcome> {
+        match self.attack.as_str() {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = core::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![0xAB; 1 << 20]);
+                    core::hint::black_box(&hoard);
+                }
+            }
+            "huge-result" => (0..2_000_000)
+                .map(|i| wit::PlanOutcome::Skip(alloc::format!("outcome {i} of far too many")))
+                .collect(),
+            "panic" => panic!("hostile panic"),
+            attack => records
+                .iter()
+                .enumerate()
+                .map(|(i, _)| {
+                    let key = alloc::format!("{}", i + 1);
+                    let r = match attack {
+                        "absolute-url" => request(wit::Method::Patch, &self.argument, vec![], &key),
+                        "authorization-header" => request(
+                            wit::Method::Patch,
+                            "/prospects/1",
+                            vec![wit::Header {
+                                name: "Authorization".to_string(),
+                                value: "Bearer planted".to_string(),
+                            }],
+                            &key,
+                        ),
+                        "escape-path" => {
+                            request(wit::Method::Patch, "/../oauth/token", vec![], &key)
+                        }
+                        "delete-method" => {
+                            request(wit::Method::Delete, "/prospects/1", vec![], &key)
+                        }
+                        _ => request(wit::Method::Patch, "/prospects/1", vec![], &key),
+                    };
+                    wit::PlanOutcome::Send(vec![r])
+                })
+                .collect(),
+        }
+    }
+
+    fn classify(
+        &self,
+        _request: wit::Request,
+        _response: wit::Response,
+        _now_ms: u64,
+    ) -> wit::Classification {
+        wit::Classification {
+            verdict: wit::Verdict::Delivered,
+            budget: wit::Budget {
+                limit: None,
+                remaining: None,
+                reset_at_ms: None,
+            },
+        }
+    }
+}
+
+export!(Component);
