@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 use outreach_core::types as core_types;
 
 wit_bindgen::generate!({
-    path: "../wit",
+    path: "../wit/since_v0.1.0",
     world: "profile-destination",
 });
 

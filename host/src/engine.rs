@@ -19,13 +19,18 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "../wit/since_v0.1.0",
         world: "profile-destination",
     });
 }
 
 use bindings::exports::profile_sync::destination::destination as wit;
 use bindings::{ProfileDestination, ProfileDestinationPre};
+
+/// The contract this host implements: `wit/since_v0.1.0`.
+pub const CONTRACT_PACKAGE: &str = "profile-sync:destination";
+pub const CONTRACT_INTERFACE: &str = "profile-sync:destination/destination";
+pub const CONTRACT_VERSION: &str = "0.1.0";
 
 /// How often the epoch advances; the granularity of call deadlines.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -73,6 +78,12 @@ pub enum LoadError {
     },
     #[error("{path} is not a usable destination component: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{path} implements {CONTRACT_PACKAGE}@{found}, which this host cannot run: it supports \
+         {CONTRACT_PACKAGE}@{CONTRACT_VERSION} and compatible versions (^{CONTRACT_VERSION}); \
+         use a host built for {found}, or rebuild the component against {CONTRACT_VERSION}"
+    )]
+    IncompatibleVersion { path: PathBuf, found: String },
     #[error("cannot set up the WebAssembly engine: {0}")]
     Engine(String),
 }
@@ -151,7 +162,25 @@ impl Drop for EpochTicker {
 pub struct Runtime {
     pre: ProfileDestinationPre<GuestState>,
     limits: Limits,
+    contract_version: semver::Version,
     _ticker: EpochTicker,
+}
+
+/// The contract version a component was built against, read from the name
+/// of the interface it exports.
+fn exported_contract_version(
+    engine: &Engine,
+    component: &Component,
+) -> Result<Option<semver::Version>, String> {
+    let prefix = format!("{CONTRACT_INTERFACE}@");
+    for (name, _) in component.component_type().exports(engine) {
+        if let Some(version) = name.strip_prefix(&prefix) {
+            return semver::Version::parse(version)
+                .map(Some)
+                .map_err(|e| format!("its export {name} has an unreadable version: {e}"));
+        }
+    }
+    Ok(None)
 }
 
 /// How a [`Runtime`] obtained its compiled code.
@@ -187,6 +216,21 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let (component, source) =
             compile_cached(&engine, &bytes, cache_dir).map_err(|e| invalid(format!("{e:#}")))?;
+        let contract_version = exported_contract_version(&engine, &component)
+            .map_err(invalid)?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "it exports no {CONTRACT_INTERFACE} interface (is it a profile-destination component?)"
+                ))
+            })?;
+        let supported = semver::VersionReq::parse(&format!("^{CONTRACT_VERSION}"))
+            .expect("a valid version requirement");
+        if !supported.matches(&contract_version) {
+            return Err(LoadError::IncompatibleVersion {
+                path: path.to_path_buf(),
+                found: contract_version.to_string(),
+            });
+        }
         // No imports are provided: a component that needs any is refused here.
         let linker = Linker::<GuestState>::new(&engine);
         let instance_pre = linker
@@ -202,6 +246,7 @@ impl Runtime {
             Self {
                 pre,
                 limits,
+                contract_version,
                 _ticker: ticker,
             },
             source,
@@ -210,6 +255,11 @@ impl Runtime {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The contract version the component was built against.
+    pub fn contract_version(&self) -> &semver::Version {
+        &self.contract_version
     }
 
     fn new_store(&self) -> Store<GuestState> {

@@ -17,7 +17,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/since_v0.1.0",
     world: "profile-destination",
 });
 

@@ -1,0 +1,49 @@
+//! Shared by the plan targets: a configuration exercising every attribute
+//! type, and the invariants every plan must keep.
+
+use outreach_core::Destination;
+use outreach_core::types::PlanOutcome;
+
+pub const CONFIG: &str = r#"{
+  "name": "fuzz",
+  "identityMapping": { "source": "Oid", "target": "OutreachId" },
+  "attributeMappings": [
+    { "source": "person.name.firstName", "target": "firstName" },
+    { "source": "person.emails", "target": "emails" },
+    { "source": "person.optedOut", "target": "emailOptedOut" },
+    { "source": "person.score", "target": "score" },
+    { "source": "person.connections", "target": "linkedInConnections" },
+    { "source": "person.birthDate", "target": "dateOfBirth" },
+    { "source": "person.list.0.x", "target": "custom9" }
+  ],
+  "audiences": [ { "id": "aud", "mappingId": 4 }, { "id": "b", "mappingId": 150 } ],
+  "statusLabels": { "exited": "Removed" }
+}"#;
+
+pub fn destination() -> Destination {
+    Destination::new(CONFIG).expect("the fuzz configuration is valid")
+}
+
+/// One outcome per record; requests are well-formed JSON:API writes.
+pub fn check(records: &[String], outcomes: &[PlanOutcome]) {
+    assert_eq!(records.len(), outcomes.len());
+    for outcome in outcomes {
+        match outcome {
+            PlanOutcome::Send(requests) => {
+                for r in requests {
+                    assert!(r.path.starts_with("/prospects/"), "{}", r.path);
+                    let id: u64 = r.key.parse().expect("numeric key");
+                    assert!(id > 0);
+                    let body: serde_json::Value =
+                        serde_json::from_str(&r.body).expect("body is JSON");
+                    assert_eq!(body["data"]["type"], "prospect");
+                    assert_eq!(body["data"]["id"].as_u64(), Some(id));
+                    assert!(!body["data"]["attributes"].as_object().unwrap().is_empty());
+                    assert!(r.headers.iter().all(|h| !h.name.eq_ignore_ascii_case("authorization")));
+                }
+            }
+            PlanOutcome::Skip(why) => assert!(!why.is_empty()),
+            PlanOutcome::Invalid(e) => assert!(!e.code.is_empty() && !e.message.is_empty()),
+        }
+    }
+}
