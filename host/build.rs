@@ -44,6 +44,7 @@ fn main() {
         "guest/core/src",
         "guest/core/schema",
         "guest/core/Cargo.toml",
+        "guest/rt",
         "tests/hostile/src",
         "tests/hostile/Cargo.toml",
         "Cargo.toml",

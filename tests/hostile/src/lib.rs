@@ -11,6 +11,8 @@
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
 extern crate alloc;
+// Allocator, cabi_realloc and panic handler for the no_std component.
+extern crate component_rt;
 
 use alloc::string::{String, ToString};
 use alloc::vec;
@@ -22,53 +24,6 @@ wit_bindgen::generate!({
 });
 
 use exports::profile_sync::destination::destination::{self as wit, Guest, GuestConfigured};
-
-#[cfg(target_arch = "wasm32")]
-#[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
-
-#[cfg(target_arch = "wasm32")]
-#[link(name = "c")]
-unsafe extern "C" {}
-
-/// The canonical ABI's allocator entry point (see guest/src/lib.rs).
-///
-/// # Safety
-/// Called only by the component model's lifting code.
-#[cfg(target_arch = "wasm32")]
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn cabi_realloc(
-    old_ptr: *mut u8,
-    old_len: usize,
-    align: usize,
-    new_len: usize,
-) -> *mut u8 {
-    use alloc::alloc::{Layout, alloc, realloc};
-    if new_len == 0 {
-        return align as *mut u8;
-    }
-    let ptr = unsafe {
-        if old_len == 0 {
-            alloc(Layout::from_size_align_unchecked(new_len, align))
-        } else {
-            realloc(
-                old_ptr,
-                Layout::from_size_align_unchecked(old_len, align),
-                new_len,
-            )
-        }
-    };
-    if ptr.is_null() {
-        core::arch::wasm32::unreachable();
-    }
-    ptr
-}
-
-#[cfg(target_arch = "wasm32")]
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    core::arch::wasm32::unreachable()
-}
 
 struct Component;
 
