@@ -523,54 +523,48 @@ fn account(
             }))?;
         }
         PlanOutcome::Send(requests) => {
-            let failed = deliveries
-                .iter()
-                .zip(requests)
-                .find(|(d, _)| !matches!(d, Delivery::Delivered));
-            match failed {
-                None if deliveries.len() == requests.len() => {
-                    bump(|c| &mut c.delivered);
-                    summary.delivered += 1;
+            // A request without a result was never attempted: it is kept
+            // like one the run stopped before sending.
+            let not_attempted = Delivery::NotSent {
+                reason: "not attempted".into(),
+            };
+            let failed = requests.iter().enumerate().find_map(|(i, request)| {
+                match deliveries.get(i).copied().unwrap_or(&not_attempted) {
+                    Delivery::Delivered => None,
+                    failure => Some((failure, request)),
                 }
-                None => {
-                    bump(|c| &mut c.rejected);
+            });
+            let Some((failure, request)) = failed else {
+                bump(|c| &mut c.delivered);
+                summary.delivered += 1;
+                return Ok(());
+            };
+            bump(|c| &mut c.rejected);
+            let (code, reason, response) = match failure {
+                Delivery::NotSent { reason } => {
                     summary.not_sent += 1;
+                    ("not-sent", reason, None)
                 }
-                Some((Delivery::NotSent { reason }, request)) => {
-                    bump(|c| &mut c.rejected);
-                    summary.not_sent += 1;
-                    *summary.failures.entry("not-sent".into()).or_default() += 1;
-                    letters.write(json!({
-                        "line": record.line,
-                        "record": record_value(&record.text),
-                        "request": request_value(request),
-                        "code": "not-sent",
-                        "reason": reason,
-                    }))?;
-                }
-                Some((
-                    Delivery::Rejected {
-                        code,
-                        message,
-                        response,
-                    },
-                    request,
-                )) => {
-                    bump(|c| &mut c.rejected);
+                Delivery::Rejected {
+                    code,
+                    message,
+                    response,
+                } => {
                     summary.rejected += 1;
-                    *summary.failures.entry(code.clone()).or_default() += 1;
-                    letters.write(json!({
-                        "line": record.line,
-                        "record": record_value(&record.text),
-                        "request": request_value(request),
-                        "status": response.as_ref().map(|r| r.status),
-                        "response": response.as_ref().map(|r| r.body.clone()),
-                        "code": code,
-                        "reason": message,
-                    }))?;
+                    (code.as_str(), message, response.as_ref())
                 }
-                Some((Delivery::Delivered, _)) => unreachable!("filtered above"),
-            }
+                Delivery::Delivered => unreachable!("filtered above"),
+            };
+            *summary.failures.entry(code.to_owned()).or_default() += 1;
+            letters.write(json!({
+                "line": record.line,
+                "record": record_value(&record.text),
+                "request": request_value(request),
+                "status": response.map(|r| r.status),
+                "response": response.map(|r| r.body.clone()),
+                "code": code,
+                "reason": reason,
+            }))?;
         }
     }
     Ok(())
