@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use outreach_host::BUILT_COMPONENT;
@@ -277,6 +278,120 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
     assert!(logout.status.success());
     assert!(TokenStore::new(&store_path).get("ada").is_err());
     std::fs::remove_file(&store_path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_login_takes_the_pasted_redirect_and_a_client_file() {
+    let sim = simulator(OAuthApp::default(), Duration::ZERO).await;
+    let store_path = temp_path("tokens.json");
+    let client_file = temp_path("client.json");
+    let app = OAuthApp::default();
+    std::fs::write(
+        &client_file,
+        json!({ "client_id": app.client_id, "client_secret": app.client_secret }).to_string(),
+    )
+    .unwrap();
+    // Nothing listens on this redirect URI: the user pastes the address.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .args([
+            "login",
+            "--manual",
+            "--redirect-uri",
+            "http://127.0.0.1:9/callback",
+        ])
+        .args([
+            "--authorize-url",
+            &sim.authorize_url(),
+            "--token-url",
+            &sim.token_url(),
+        ])
+        .arg("--client-file")
+        .arg(&client_file)
+        .arg("--token-store")
+        .arg(&store_path)
+        .env_remove("OUTREACH_CLIENT_ID")
+        .env_remove("OUTREACH_CLIENT_SECRET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (url, stdout) = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "login printed no URL"
+            );
+            if line.starts_with("http") {
+                return (line.trim().to_owned(), stdout);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let location = browser_login(&url, USER, PASSWORD).await;
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{location}").unwrap();
+        drop(stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout.into_inner(), &mut rest).unwrap();
+        (child.wait().unwrap(), rest)
+    })
+    .await
+    .unwrap();
+    assert!(output.0.success(), "{}", output.1);
+    assert!(
+        output.1.contains("connected: account \"default\""),
+        "{}",
+        output.1
+    );
+    let tokens = TokenStore::new(&store_path).get("default").unwrap();
+    assert!(tokens.refresh_token.is_some());
+    std::fs::remove_file(&store_path).unwrap();
+    std::fs::remove_file(&client_file).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_refreshes_once_and_the_run_goes_on() {
+    let app = OAuthApp {
+        mint_interval: Duration::ZERO,
+        ..OAuthApp::default()
+    };
+    // 40 updates at 50 ms, two at a time: about 1 s.
+    let sim = Arc::new(simulator(app, Duration::from_millis(50)).await);
+    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
+    let tokens = login(&sim, &client).await;
+    let store = TokenStore::new(temp_path("tokens.json"));
+    store.put("ada", &tokens).unwrap();
+    let credentials = OAuthCredentials::load(
+        self::client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO),
+        store.clone(),
+        "ada",
+    )
+    .unwrap();
+    // The access token is valid for two hours, but Outreach stops accepting
+    // it mid-run.
+    let revoker = Arc::clone(&sim);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        revoker.revoke_access_tokens(USER);
+    });
+    let summary = run_with(&sim, &credentials, 40, 2, None).await;
+    assert_eq!(summary.delivered, 40, "{summary:?}");
+    assert!(summary.credential_refreshes >= 1, "{summary:?}");
+    assert_eq!(
+        credentials.refreshes(),
+        1,
+        "one refresh for all in-flight 401s"
+    );
+    assert!(sim.stats().unauthorized >= 1);
+    assert_ne!(store.get("ada").unwrap().access_token, tokens.access_token);
+    std::fs::remove_file(store.path()).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

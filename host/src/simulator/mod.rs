@@ -222,6 +222,15 @@ impl Simulator {
         token
     }
 
+    /// Invalidates every access token of `user` before its expiry (as a
+    /// password change does): the next request with one is a 401.
+    pub fn revoke_access_tokens(&self, user: &str) {
+        self.shared
+            .store()
+            .tokens
+            .retain(|_, issued| issued.user != user);
+    }
+
     /// Revokes every refresh token of `user`, as disconnecting the app in
     /// Outreach does.
     pub fn revoke_refresh_tokens(&self, user: &str) {
