@@ -169,7 +169,7 @@ fn main() {
         .unwrap();
         // The component's declared policy, as a real run uses it; the
         // simulator's stricter limit is learnt from its headers and 429s.
-        let declared = runtime.describe().unwrap().rate_limit;
+        let declared = runtime.describe().rate_limit.clone();
         let (summary, elapsed) = deliver(
             &runtime,
             &simulator,

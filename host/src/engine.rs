@@ -163,6 +163,8 @@ pub struct Runtime {
     pre: ProfileDestinationPre<GuestState>,
     limits: Limits,
     contract_version: semver::Version,
+    /// Read once at load: static by contract.
+    descriptor: types::Descriptor,
     _ticker: EpochTicker,
 }
 
@@ -242,11 +244,14 @@ impl Runtime {
             ))
         })?;
         let ticker = EpochTicker::start(engine);
+        let descriptor = call_describe(&pre, &limits)
+            .map_err(|e| invalid(format!("its describe() failed: {e}")))?;
         Ok((
             Self {
                 pre,
                 limits,
                 contract_version,
+                descriptor,
                 _ticker: ticker,
             },
             source,
@@ -262,37 +267,13 @@ impl Runtime {
         &self.contract_version
     }
 
-    fn new_store(&self) -> Store<GuestState> {
-        let mut store = Store::new(
-            self.pre.engine(),
-            GuestState {
-                memory_cap: self.limits.memory_bytes,
-                memory_exceeded: false,
-            },
-        );
-        store.limiter(|state| state);
-        store
-    }
-
     fn instantiate(&self) -> Result<(Store<GuestState>, ProfileDestination), GuestError> {
-        let mut store = self.new_store();
-        arm_deadline(&mut store, &self.limits);
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| guest_error(&store, &self.limits, e))?;
-        Ok((store, bindings))
+        instantiate(&self.pre, &self.limits)
     }
 
-    /// The component's static description.
-    pub fn describe(&self) -> Result<types::Descriptor, GuestError> {
-        let (mut store, bindings) = self.instantiate()?;
-        arm_deadline(&mut store, &self.limits);
-        let d = bindings
-            .profile_sync_destination_destination()
-            .call_describe(&mut store)
-            .map_err(|e| guest_error(&store, &self.limits, e))?;
-        Ok(convert::descriptor(d))
+    /// The component's static description (read when it was loaded).
+    pub fn describe(&self) -> &types::Descriptor {
+        &self.descriptor
     }
 
     /// Validates `config_json` and returns a configured destination, or the
@@ -316,6 +297,38 @@ impl Runtime {
             Err(errors) => Ok(Err(errors)),
         }
     }
+}
+
+fn instantiate(
+    pre: &ProfileDestinationPre<GuestState>,
+    limits: &Limits,
+) -> Result<(Store<GuestState>, ProfileDestination), GuestError> {
+    let mut store = Store::new(
+        pre.engine(),
+        GuestState {
+            memory_cap: limits.memory_bytes,
+            memory_exceeded: false,
+        },
+    );
+    store.limiter(|state| state);
+    arm_deadline(&mut store, limits);
+    let bindings = pre
+        .instantiate(&mut store)
+        .map_err(|e| guest_error(&store, limits, e))?;
+    Ok((store, bindings))
+}
+
+fn call_describe(
+    pre: &ProfileDestinationPre<GuestState>,
+    limits: &Limits,
+) -> Result<types::Descriptor, GuestError> {
+    let (mut store, bindings) = instantiate(pre, limits)?;
+    arm_deadline(&mut store, limits);
+    let d = bindings
+        .profile_sync_destination_destination()
+        .call_describe(&mut store)
+        .map_err(|e| guest_error(&store, limits, e))?;
+    Ok(convert::descriptor(d))
 }
 
 /// An instance and its configured resource.

@@ -310,7 +310,7 @@ fn run(cli: Cli) -> Result<u8> {
     let runtime = load_runtime(cli.component)?;
     match cli.command {
         Command::Describe => {
-            println!("{}", serde_json::to_string_pretty(&runtime.describe()?)?);
+            println!("{}", serde_json::to_string_pretty(runtime.describe())?);
             Ok(0)
         }
         Command::Validate { config } => {
@@ -338,7 +338,7 @@ fn run(cli: Cli) -> Result<u8> {
         } => {
             let api_base = match api_base {
                 Some(base) => base,
-                None => runtime.describe()?.default_api_base,
+                None => runtime.describe().default_api_base.clone(),
             };
             let tokio = tokio_runtime()?;
             if let Some(token) = std::env::var(TOKEN_ENV)
@@ -475,7 +475,7 @@ async fn deliver<C: Credentials>(
     let Some(mut destination) = configure(runtime, config)? else {
         return Ok(EXIT_INVALID_CONFIG);
     };
-    let descriptor = runtime.describe()?;
+    let descriptor = runtime.describe();
     let limiter = Limiter::new(&descriptor.rate_limit)?;
     let api = ApiClient::new(api_base, Duration::from_secs(args.timeout_secs))?;
     let summary = delivery::run(
@@ -683,7 +683,7 @@ fn oauth_client(
     redirect_uri: Option<String>,
     pkce: bool,
 ) -> Result<OAuthClient> {
-    let descriptor = runtime.describe()?.oauth;
+    let descriptor = runtime.describe().oauth.clone();
     let settings = OAuthSettings {
         authorize_url: args
             .authorize_url

@@ -70,7 +70,7 @@ async fn run_job(
 ) -> Job {
     let runtime = runtime();
     let mut destination = runtime.configure(config).unwrap().expect("config valid");
-    let limiter = Limiter::new(&runtime.describe().unwrap().rate_limit).unwrap();
+    let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
     let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
     let letters_path = temp_file(&format!("letters-{}.ndjson", rand_suffix()));
     let options = DeliveryOptions {

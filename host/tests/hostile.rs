@@ -60,7 +60,7 @@ async fn attack(runtime: &Runtime, attack: &str, n: u64, batch: usize) -> Outcom
         .configure(&format!("\"{attack}\""))
         .unwrap()
         .unwrap();
-    let limiter = Limiter::new(&runtime.describe().unwrap().rate_limit).unwrap();
+    let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
     let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
     let letters_path = std::env::temp_dir().join(format!(
         "outreach-hostile-{}-{}.ndjson",

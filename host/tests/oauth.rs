@@ -155,7 +155,7 @@ async fn run_with(
 ) -> Summary {
     let runtime = Runtime::load(Path::new(BUILT_COMPONENT), None, Limits::default()).unwrap();
     let mut destination = runtime.configure(CONFIG).unwrap().unwrap();
-    let limiter = Limiter::new(&runtime.describe().unwrap().rate_limit).unwrap();
+    let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
     let api = ApiClient::new(&sim.api_base(), Duration::from_secs(10)).unwrap();
     delivery::run(
         &mut destination,

@@ -108,7 +108,7 @@ impl Subject for Wasm {
         "component in wasmtime"
     }
     fn describe(&self) -> Result<Descriptor, String> {
-        self.0.describe().map_err(|e| e.to_string())
+        Ok(self.0.describe().clone())
     }
     fn configure(
         &self,
