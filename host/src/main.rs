@@ -54,6 +54,12 @@ struct ComponentArgs {
     /// $XDG_CACHE_HOME/outreach-host or ~/.cache/outreach-host).
     #[arg(long, global = true, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Largest linear memory a component instance may use, in MiB.
+    #[arg(long, global = true, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    guest_memory_mib: u32,
+    /// Longest a single call into the component may run, in milliseconds.
+    #[arg(long, global = true, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    guest_deadline_ms: u64,
     /// Token store file (default: $OUTREACH_TOKEN_STORE,
     /// $XDG_CONFIG_HOME/outreach-host/tokens.json or
     /// ~/.config/outreach-host/tokens.json).
@@ -268,7 +274,11 @@ fn load_runtime(args: ComponentArgs) -> Result<Runtime> {
         .component
         .unwrap_or_else(|| PathBuf::from(outreach_host::BUILT_COMPONENT));
     let cache = args.cache_dir.or_else(engine::default_cache_dir);
-    Ok(Runtime::load(&path, cache.as_deref(), Limits::default())?)
+    let limits = Limits {
+        memory_bytes: (args.guest_memory_mib as usize) << 20,
+        call_deadline: Duration::from_millis(args.guest_deadline_ms),
+    };
+    Ok(Runtime::load(&path, cache.as_deref(), limits)?)
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime> {
