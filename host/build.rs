@@ -64,9 +64,10 @@ fn main() {
             "build",
             "--package",
             "outreach-guest",
-            "--target",
-            GUEST_TARGET,
+            "--package",
+            "hostile-guest",
         ])
+        .args(["--target", GUEST_TARGET])
         .args(["--profile", GUEST_PROFILE, "--target-dir"])
         .arg(&target_dir);
     for var in SCRUBBED_ENV {
