@@ -134,6 +134,29 @@ async fn browser_login(authorize_url: &str, email: &str, password: &str) -> Stri
     response.headers()["location"].to_str().unwrap().to_owned()
 }
 
+/// Reads the `login` command's output up to the authorize URL it prints;
+/// returns the URL and the rest of the output.
+async fn authorize_url_printed_by(
+    child: &mut std::process::Child,
+) -> (String, BufReader<std::process::ChildStdout>) {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "login printed no URL"
+            );
+            if line.starts_with("http") {
+                return (line.trim().to_owned(), stdout);
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// Logs in through the library (the CLI test covers the listener).
 async fn login(sim: &Simulator, client: &OAuthClient) -> TokenSet {
     let (url, pending) = client.authorize_url();
@@ -201,23 +224,7 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let url = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                stdout.read_line(&mut line).unwrap() > 0,
-                "login printed no URL"
-            );
-            if line.starts_with("http") {
-                return (line.trim().to_owned(), stdout);
-            }
-        }
-    })
-    .await
-    .unwrap();
-    let (url, mut stdout) = url;
+    let (url, mut stdout) = authorize_url_printed_by(&mut child).await;
     assert!(
         url.contains("state=") && url.contains("scope=prospects.write"),
         "{url}"
@@ -316,22 +323,7 @@ async fn manual_login_takes_the_pasted_redirect_and_a_client_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let (url, stdout) = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                stdout.read_line(&mut line).unwrap() > 0,
-                "login printed no URL"
-            );
-            if line.starts_with("http") {
-                return (line.trim().to_owned(), stdout);
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let (url, stdout) = authorize_url_printed_by(&mut child).await;
     let location = browser_login(&url, USER, PASSWORD).await;
     let output = tokio::task::spawn_blocking(move || {
         use std::io::Write;
