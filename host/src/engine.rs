@@ -59,13 +59,7 @@ impl Default for Limits {
 /// `$OUTREACH_CACHE_DIR`, else `$XDG_CACHE_HOME/outreach-host`, else
 /// `~/.cache/outreach-host`.
 pub fn default_cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("OUTREACH_CACHE_DIR") {
-        return Some(PathBuf::from(dir));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("outreach-host"))
+    crate::user_path("OUTREACH_CACHE_DIR", "XDG_CACHE_HOME", ".cache", "")
 }
 
 /// Failures of loading a component.

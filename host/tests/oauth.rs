@@ -134,6 +134,16 @@ async fn browser_login(authorize_url: &str, email: &str, password: &str) -> Stri
     response.headers()["location"].to_str().unwrap().to_owned()
 }
 
+/// Credentials for account "ada" of `store`, refreshing through `sim`.
+fn stored_credentials(sim: &Simulator, store: &TokenStore, interval: Duration) -> OAuthCredentials {
+    OAuthCredentials::load(
+        client(sim, "http://127.0.0.1:9/callback", interval),
+        store.clone(),
+        "ada",
+    )
+    .unwrap()
+}
+
 /// Reads the `login` command's output up to the authorize URL it prints;
 /// returns the URL and the rest of the output.
 async fn authorize_url_printed_by(
@@ -360,12 +370,7 @@ async fn a_401_refreshes_once_and_the_run_goes_on() {
     let tokens = login(&sim, &client).await;
     let store = TokenStore::new(temp_path("tokens.json"));
     store.put("ada", &tokens).unwrap();
-    let credentials = OAuthCredentials::load(
-        self::client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO),
-        store.clone(),
-        "ada",
-    )
-    .unwrap();
+    let credentials = stored_credentials(&sim, &store, Duration::ZERO);
     // The access token is valid for two hours, but Outreach stops accepting
     // it mid-run.
     let revoker = Arc::clone(&sim);
@@ -427,16 +432,7 @@ async fn a_run_outlives_several_access_tokens_and_keeps_the_newest_refresh_token
     let first = login(&sim, &client).await;
     let store = TokenStore::new(temp_path("tokens.json"));
     store.put("ada", &first).unwrap();
-    let credentials = OAuthCredentials::load(
-        self::client(
-            &sim,
-            "http://127.0.0.1:9/callback",
-            Duration::from_millis(500),
-        ),
-        store.clone(),
-        "ada",
-    )
-    .unwrap();
+    let credentials = stored_credentials(&sim, &store, Duration::from_millis(500));
 
     let summary = run_with(&sim, &credentials, 60, 2, None).await;
     assert_eq!(summary.delivered, 60, "{summary:?}");
@@ -480,12 +476,7 @@ async fn a_refresh_storm_mints_a_single_token() {
     tokens.expires_at = Some(1);
     let store = TokenStore::new(temp_path("tokens.json"));
     store.put("ada", &tokens).unwrap();
-    let credentials = OAuthCredentials::load(
-        self::client(&sim, "http://127.0.0.1:9/callback", interval),
-        store.clone(),
-        "ada",
-    )
-    .unwrap();
+    let credentials = stored_credentials(&sim, &store, interval);
     let summary = run_with(&sim, &credentials, 64, 32, None).await;
     assert_eq!(summary.delivered, 64, "{summary:?}");
     let stats = sim.stats();
@@ -512,12 +503,7 @@ async fn a_revoked_refresh_token_stops_the_run_and_keeps_every_update() {
     store.put("ada", &tokens).unwrap();
     sim.revoke_refresh_tokens(USER);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let credentials = OAuthCredentials::load(
-        self::client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO),
-        store.clone(),
-        "ada",
-    )
-    .unwrap();
+    let credentials = stored_credentials(&sim, &store, Duration::ZERO);
     let letters = temp_path("letters.ndjson");
     let summary = run_with(&sim, &credentials, 25, 4, Some(letters.clone())).await;
     assert_eq!(summary.delivered, 0);

@@ -72,13 +72,12 @@ pub struct TokenStore {
 /// `$OUTREACH_TOKEN_STORE`, else `$XDG_CONFIG_HOME/outreach-host/tokens.json`,
 /// else `~/.config/outreach-host/tokens.json`.
 pub fn default_store_path() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("OUTREACH_TOKEN_STORE") {
-        return Some(PathBuf::from(path));
-    }
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("outreach-host").join("tokens.json"))
+    crate::user_path(
+        "OUTREACH_TOKEN_STORE",
+        "XDG_CONFIG_HOME",
+        ".config",
+        "tokens.json",
+    )
 }
 
 impl TokenStore {
