@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use destination_types::RateLimitPolicy;
 use outreach_host::BUILT_COMPONENT;
-use outreach_host::delivery::{self, DeliveryOptions, StaticToken, Summary};
+use outreach_host::delivery::{self, DeliveryOptions, Input, StaticToken, Summary};
+use outreach_host::journal::Journal;
 use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::limiter::Limiter;
@@ -100,9 +101,15 @@ async fn deliver(
     let limiter = Limiter::new(pacing).unwrap();
     let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(30)).unwrap();
     let token = simulator.issue_token("bench@example.com");
-    let input = Cursor::new(records(n).join("\n"));
+    let input = Input::reader(Cursor::new(records(n).join("\n")), None);
+    // A journal on disk, as the command line uses.
+    let journal_file = std::env::temp_dir().join(format!(
+        "outreach-bench-{}-{n}-{concurrency}.sqlite",
+        std::process::id()
+    ));
     let options = DeliveryOptions {
         concurrency,
+        journal: Some(std::sync::Arc::new(Journal::open(&journal_file).unwrap())),
         ..DeliveryOptions::default()
     };
     let start = Instant::now();
@@ -116,7 +123,12 @@ async fn deliver(
     )
     .await
     .unwrap();
-    (summary, start.elapsed())
+    let elapsed = start.elapsed();
+    drop(options);
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", journal_file.display()));
+    }
+    (summary, elapsed)
 }
 
 fn main() {

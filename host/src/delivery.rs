@@ -1,23 +1,29 @@
-//! A delivery run: NDJSON records in, planned by the component, sent under
-//! the rate limiter with retries, every outcome accounted for — delivered,
-//! skipped, or a dead letter with its reason. Requests for the same key are
-//! sent in order; different keys go concurrently.
+//! A delivery run: NDJSON records in, planned by the component and
+//! journaled ([`crate::journal`]), sent under the rate limiter with
+//! retries, every outcome accounted for — delivered, skipped, or a dead
+//! letter with its reason. Updates for the same key go in order (newer ones
+//! merging into a queued one); different keys go concurrently.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use destination_types::{PlanOutcome, RecordError, Request, Response, Verdict};
-use futures::StreamExt;
+use destination_types::{PlanOutcome, RecordError, Request, Verdict as ApiVerdict};
 use rand::Rng;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
 
+use crate::alerts::{Alert, AlertKind, Alerts};
 use crate::engine::Destination;
 use crate::http::ApiClient;
+use crate::journal::{
+    Checkpoint, Claim, Counts, Incoming, Journal, JournalError, LetterFilter, RunId, RunStats,
+    Verdict,
+};
 use crate::limiter::{Limiter, now_epoch_ms};
 
 /// Supplies the bearer token. A refresh is asked for once after a 401.
@@ -45,7 +51,7 @@ impl Credentials for StaticToken {
 }
 
 /// Tuning of a run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DeliveryOptions {
     /// Requests in flight at once.
     pub concurrency: usize,
@@ -55,12 +61,21 @@ pub struct DeliveryOptions {
     /// First retry delay; doubles per attempt, with jitter.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// Records per call into the component.
+    /// Most records per call into the component (and per journal
+    /// transaction).
     pub batch: usize,
-    /// Where dead letters are written (NDJSON), if anywhere.
+    /// The journal to deliver through; `None` uses one in memory (nothing
+    /// survives the process).
+    pub journal: Option<Arc<Journal>>,
+    /// Also export this run's dead letters to this file (NDJSON).
     pub dead_letters: Option<PathBuf>,
     /// Show a progress bar (only honoured on a terminal).
     pub progress: bool,
+    /// How the run is recorded in the history: `run`, `replay`, `demo`.
+    pub kind: String,
+    /// The destination's name, for the history and alerts.
+    pub destination: String,
+    pub alerts: Arc<Alerts>,
 }
 
 impl Default for DeliveryOptions {
@@ -71,24 +86,26 @@ impl Default for DeliveryOptions {
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
             batch: 500,
+            journal: None,
             dead_letters: None,
             progress: false,
+            kind: "run".into(),
+            destination: String::new(),
+            alerts: Arc::new(Alerts::none()),
         }
     }
 }
 
 /// Counts for one audience.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct AudienceCounts {
-    pub received: u64,
-    pub delivered: u64,
-    pub rejected: u64,
-    pub skipped: u64,
-}
+pub type AudienceCounts = Counts;
 
-/// The end-of-run report.
+/// The end-of-run report. Counts concern the records this run received;
+/// updates it took over from earlier runs are credited to those runs (see
+/// `runs show`).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Summary {
+    /// The run's id in the journal's history.
+    pub run: RunId,
     /// Input records (non-blank lines).
     pub received: u64,
     pub delivered: u64,
@@ -97,11 +114,22 @@ pub struct Summary {
     pub rejected: u64,
     /// Records with nothing to write, or without a usable prospect id.
     pub skipped: u64,
-    /// Records not sent because the run stopped (see `fatal`).
+    /// Records still queued in the journal because the run stopped (see
+    /// `fatal`); the next run sends them.
     pub not_sent: u64,
     pub audiences: BTreeMap<String, AudienceCounts>,
     /// Failed and skipped records per reason code.
     pub failures: BTreeMap<String, u64>,
+    /// Records merged into an update already queued for the same prospect.
+    pub coalesced: u64,
+    /// Updates (after coalescing) that landed.
+    pub updates_delivered: u64,
+    /// Records left queued by earlier runs that this run took over.
+    pub resumed: u64,
+    /// Input lines skipped because an earlier run had journaled them.
+    pub input_already_journaled: u64,
+    /// Records of any run still queued in the journal at the end.
+    pub pending: u64,
     pub requests_sent: u64,
     /// 429 responses received (each was waited out and retried).
     pub rate_limited: u64,
@@ -111,6 +139,9 @@ pub struct Summary {
     pub elapsed_ms: u64,
     /// Why the run stopped early, if it did.
     pub fatal: Option<String>,
+    /// The run stopped because the account must log in again.
+    pub login_required: bool,
+    pub journal: PathBuf,
     pub dead_letters: Option<PathBuf>,
 }
 
@@ -121,37 +152,204 @@ impl Summary {
     }
 }
 
-/// What became of one planned request.
-#[derive(Clone, Debug)]
-enum Delivery {
-    Delivered,
-    Rejected {
-        code: String,
-        message: String,
-        response: Option<Response>,
-    },
-    NotSent {
-        reason: String,
-    },
-}
-
-/// Input problems that end a run before any delivery.
+/// Problems that end a run before or outside delivery.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot read input line {line}: {source}")]
-    Input { line: usize, source: std::io::Error },
+    Input { line: u64, source: std::io::Error },
+    #[error("cannot open input {path}: {source}")]
+    OpenInput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write dead letters to {path}: {source}")]
     DeadLetters {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(
+        "journal {journal} holds {records} queued records planned for {queued_for}, not for {api_base}: deliver them there first, or use another --journal"
+    )]
+    OtherApiBase {
+        journal: PathBuf,
+        records: u64,
+        queued_for: String,
+        api_base: String,
+    },
 }
 
-/// One input record and what the component planned for it.
-struct Planned {
-    line: usize,
+/// One line of input on its way to the journal.
+struct Item {
+    line: u64,
     text: String,
-    outcome: PlanOutcome,
+    /// Bytes of input consumed once this line is journaled.
+    end_offset: u64,
+    /// The line is not UTF-8 (`text` is a lossy rendering of it).
+    not_utf8: bool,
+    replays: Option<i64>,
+}
+
+/// Where a run's records come from.
+pub struct Input {
+    items: Box<dyn Iterator<Item = Result<Item, RunError>> + Send>,
+    /// Shown in the run history.
+    name: Option<String>,
+    /// Checkpointed input: its name and content identity.
+    checkpoint: Option<(String, String)>,
+    /// Lines an earlier run already journaled.
+    skipped_lines: u64,
+}
+
+impl Input {
+    /// Records from any reader (stdin, a pipe, a buffer): not checkpointed,
+    /// every record is durable once journaled.
+    pub fn reader(reader: impl BufRead + Send + 'static, name: Option<String>) -> Self {
+        Self {
+            items: Box::new(Lines {
+                reader,
+                offset: 0,
+                line: 0,
+                done: false,
+            }),
+            name,
+            checkpoint: None,
+            skipped_lines: 0,
+        }
+    }
+
+    /// No new records: the run delivers what the journal holds.
+    pub fn nothing() -> Self {
+        Self {
+            items: Box::new(std::iter::empty()),
+            name: None,
+            checkpoint: None,
+            skipped_lines: 0,
+        }
+    }
+
+    /// A file, read from where the journal's checkpoint for it says (unless
+    /// `from_start`, or the file was replaced or shortened since).
+    pub fn file(path: &Path, journal: &Journal, from_start: bool) -> Result<Self, RunError> {
+        let open = |source| RunError::OpenInput {
+            path: path.to_owned(),
+            source,
+        };
+        let canonical = std::fs::canonicalize(path).map_err(open)?;
+        let mut file = std::fs::File::open(&canonical).map_err(open)?;
+        let metadata = file.metadata().map_err(open)?;
+        let identity = file_identity(&metadata);
+        let name = canonical.display().to_string();
+        let (mut offset, mut line) = (0, 0);
+        if let Some(checkpoint) = journal.checkpoint(&name)? {
+            if from_start {
+                tracing::info!("reading {name} from the start, as asked");
+            } else if checkpoint.identity != identity || checkpoint.offset > metadata.len() {
+                tracing::warn!(
+                    "{name} was replaced or shortened since it was journaled up to line {}: reading it from the start",
+                    checkpoint.line
+                );
+            } else {
+                (offset, line) = (checkpoint.offset, checkpoint.line);
+            }
+        }
+        use std::io::Seek;
+        file.seek(std::io::SeekFrom::Start(offset)).map_err(open)?;
+        Ok(Self {
+            items: Box::new(Lines {
+                reader: std::io::BufReader::with_capacity(1 << 16, file),
+                offset,
+                line,
+                done: false,
+            }),
+            name: Some(name.clone()),
+            checkpoint: Some((name, identity)),
+            skipped_lines: line,
+        })
+    }
+
+    /// Dead letters to send again: `(letter id, original line, record)`.
+    pub fn replay(letters: Vec<(i64, u64, String)>) -> Self {
+        Self {
+            items: Box::new(letters.into_iter().map(|(id, line, text)| {
+                Ok(Item {
+                    line,
+                    text,
+                    end_offset: 0,
+                    not_utf8: false,
+                    replays: Some(id),
+                })
+            })),
+            name: Some("dead letters".into()),
+            checkpoint: None,
+            skipped_lines: 0,
+        }
+    }
+}
+
+#[cfg(unix)]
+fn file_identity(metadata: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("dev {} inode {}", metadata.dev(), metadata.ino())
+}
+
+#[cfg(not(unix))]
+fn file_identity(_metadata: &std::fs::Metadata) -> String {
+    "unknown".into()
+}
+
+/// Non-blank lines with their end offsets.
+struct Lines<R> {
+    reader: R,
+    offset: u64,
+    line: u64,
+    done: bool,
+}
+
+impl<R: BufRead> Iterator for Lines<R> {
+    type Item = Result<Item, RunError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut bytes = Vec::new();
+        while !self.done {
+            bytes.clear();
+            let read = match self.reader.read_until(b'\n', &mut bytes) {
+                Ok(n) => n,
+                Err(source) => {
+                    self.done = true;
+                    return Some(Err(RunError::Input {
+                        line: self.line + 1,
+                        source,
+                    }));
+                }
+            };
+            if read == 0 {
+                self.done = true;
+                return None;
+            }
+            self.offset += read as u64;
+            self.line += 1;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let (text, not_utf8) = match String::from_utf8(bytes) {
+                Ok(text) => (text, false),
+                Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
+            };
+            return Some(Ok(Item {
+                line: self.line,
+                text,
+                end_offset: self.offset,
+                not_utf8,
+                replays: None,
+            }));
+        }
+        None
+    }
 }
 
 /// Reads and plans every record. A batch the component fails on (a trap,
@@ -200,7 +398,7 @@ pub fn plan_input(
     };
     for (index, line) in input.lines().enumerate() {
         let line = line.map_err(|source| RunError::Input {
-            line: index + 1,
+            line: index as u64 + 1,
             source,
         })?;
         if line.trim().is_empty() {
@@ -215,14 +413,23 @@ pub fn plan_input(
     Ok(planned)
 }
 
-/// Shared state of the sending phase.
-struct Sender<'a, 'r, C> {
+/// Shared state of a run.
+struct Shared<'a, 'r, C> {
     api: &'a ApiClient,
     limiter: &'a Limiter,
     credentials: &'a C,
     destination: Mutex<&'a mut Destination<'r>>,
     options: &'a DeliveryOptions,
+    journal: &'a Journal,
+    run: RunId,
     stop: Mutex<Option<String>>,
+    login_required: AtomicBool,
+    /// No more input will be journaled.
+    ingest_done: AtomicBool,
+    /// Something was journaled or released: idle workers look again.
+    wake: Notify,
+    /// When an update last reached a verdict (or the run started), ms.
+    last_verdict_ms: AtomicU64,
     requests_sent: AtomicU64,
     rate_limited: AtomicU64,
     retries: AtomicU64,
@@ -230,7 +437,7 @@ struct Sender<'a, 'r, C> {
     progress: Option<indicatif::ProgressBar>,
 }
 
-impl<C: Credentials> Sender<'_, '_, C> {
+impl<C: Credentials> Shared<'_, '_, C> {
     fn stopped(&self) -> Option<String> {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -241,6 +448,13 @@ impl<C: Credentials> Sender<'_, '_, C> {
             tracing::error!("stopping delivery: {why}");
             *stop = Some(why);
         }
+        drop(stop);
+        self.wake.notify_waiters();
+    }
+
+    fn stop_for_login(&self, why: String) {
+        self.login_required.store(true, Ordering::Relaxed);
+        self.stop_run(why);
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -253,37 +467,217 @@ impl<C: Credentials> Sender<'_, '_, C> {
         capped.mul_f64(rand::rng().random_range(0.5..=1.0))
     }
 
-    async fn deliver(&self, request: &Request) -> Delivery {
+    /// Reads input, plans it in batches and journals each batch with the
+    /// input position after it.
+    async fn ingest(&self, mut items: mpsc::Receiver<Result<Item, RunError>>, checkpoint: Option<(String, String)>) {
+        let batch_size = self.options.batch.max(1);
+        let mut coalesced = 0u64;
+        // Input keeps being journaled after delivery stopped (say, for a
+        // new login): the journal is where it waits.
+        loop {
+            let Some(first) = items.recv().await else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < batch_size {
+                match items.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let mut lines = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for item in batch {
+                match item {
+                    Ok(item) => lines.push(item),
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if !lines.is_empty() {
+                let position = checkpoint.as_ref().and_then(|(input, identity)| {
+                    lines.last().map(|last| Checkpoint {
+                        input: input.clone(),
+                        identity: identity.clone(),
+                        offset: last.end_offset,
+                        line: last.line,
+                    })
+                });
+                let incoming = self.plan(lines);
+                match self.journal.ingest(self.run, incoming, position.as_ref()) {
+                    Ok(merged) => coalesced += merged,
+                    Err(e) => {
+                        self.stop_run(format!("cannot journal input: {e}"));
+                        break;
+                    }
+                }
+                self.wake.notify_waiters();
+            }
+            if let Some(why) = failure {
+                self.stop_run(why);
+                break;
+            }
+            // Let the workers run between batches.
+            tokio::task::yield_now().await;
+        }
+        tracing::debug!(coalesced, "input journaled");
+        self.ingest_done.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+    }
+
+    /// Plans a batch. A batch the component fails on (a trap, a deadline,
+    /// the memory cap, an answer of the wrong length) makes each of its
+    /// records a record error with the reason: nothing is lost, and the
+    /// next batch gets a fresh instance.
+    fn plan(&self, lines: Vec<Item>) -> Vec<Incoming> {
+        let (readable, unreadable): (Vec<Item>, Vec<Item>) =
+            lines.into_iter().partition(|item| !item.not_utf8);
+        let texts: Vec<String> = readable.iter().map(|item| item.text.clone()).collect();
+        let planned = if texts.is_empty() {
+            Ok(Vec::new())
+        } else {
+            let mut destination = self.destination.lock().unwrap_or_else(|p| p.into_inner());
+            match destination.plan(&texts) {
+                Ok(outcomes) if outcomes.len() == texts.len() => Ok(outcomes),
+                Ok(outcomes) => Err(format!(
+                    "the component returned {} outcomes for {} records",
+                    outcomes.len(),
+                    texts.len()
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let outcomes = planned.unwrap_or_else(|failure| {
+            tracing::error!("planning a batch of {} records failed: {failure}", texts.len());
+            texts
+                .iter()
+                .map(|_| {
+                    PlanOutcome::Invalid(RecordError {
+                        code: "component-error".into(),
+                        message: format!("the record could not be planned: {failure}"),
+                        audiences: Vec::new(),
+                    })
+                })
+                .collect()
+        });
+        let mut incoming: Vec<Incoming> = readable
+            .into_iter()
+            .zip(outcomes)
+            .map(|(item, outcome)| Incoming {
+                line: item.line,
+                record: item.text,
+                outcome,
+                replays: item.replays,
+            })
+            .collect();
+        incoming.extend(unreadable.into_iter().map(|item| Incoming {
+            line: item.line,
+            record: item.text,
+            outcome: PlanOutcome::Invalid(RecordError {
+                code: "invalid-record".into(),
+                message: format!("line {} is not valid UTF-8", item.line),
+                audiences: Vec::new(),
+            }),
+            replays: item.replays,
+        }));
+        // The journal's order is the input's order.
+        incoming.sort_by_key(|i| i.line);
+        incoming
+    }
+
+    /// Takes queued keys one at a time until the input is exhausted and
+    /// nothing is left to take, or the run stops.
+    async fn work(&self) {
+        loop {
+            if self.stopped().is_some() {
+                return;
+            }
+            let woken = self.wake.notified();
+            let done_before = self.ingest_done.load(Ordering::Acquire);
+            match self.journal.claim_next() {
+                Ok(Some(claim)) => self.work_key(claim).await,
+                Ok(None) if done_before => return,
+                Ok(None) => {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), woken).await;
+                }
+                Err(e) => {
+                    self.stop_run(format!("the journal failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Delivers a key's updates in order until none is queued.
+    async fn work_key(&self, mut claim: Claim) {
+        loop {
+            let Some(verdict) = self.deliver(&claim).await else {
+                self.journal.release(&claim);
+                return;
+            };
+            let next = self.journal.finish(&claim, &verdict, self.run);
+            self.last_verdict_ms.store(now_epoch_ms(), Ordering::Relaxed);
+            if let Some(bar) = &self.progress {
+                bar.inc(1);
+            }
+            match next {
+                Ok(Some(next)) => claim = next,
+                Ok(None) => return,
+                Err(e) => {
+                    self.journal.release(&claim);
+                    self.stop_run(format!("the journal failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends the claimed update (re-reading it before every attempt, so
+    /// whatever merged into it while it waited goes along) until it gets a
+    /// verdict; `None` when the run stopped first.
+    async fn deliver(&self, claim: &Claim) -> Option<Verdict> {
         let mut failures = 0u32;
         let mut refreshed = false;
         loop {
-            if let Some(why) = self.stopped() {
-                return Delivery::NotSent {
-                    reason: format!("run stopped: {why}"),
-                };
+            if self.stopped().is_some() {
+                return None;
             }
             let token = match self.credentials.token().await {
                 Ok(token) => token,
                 Err(why) => {
-                    self.stop_run(why);
-                    continue;
+                    self.stop_for_login(why);
+                    return None;
                 }
             };
             self.limiter.acquire().await;
+            if self.stopped().is_some() {
+                return None;
+            }
+            let request = match self.journal.begin_attempt(claim) {
+                Ok(request) => request,
+                Err(e) => {
+                    self.stop_run(format!("the journal failed: {e}"));
+                    return None;
+                }
+            };
             self.requests_sent.fetch_add(1, Ordering::Relaxed);
-            let response = match self.api.send(request, &token).await {
+            let response = match self.api.send(&request, &token).await {
                 Err(violation) => {
-                    return Delivery::Rejected {
+                    return Some(Verdict::Rejected {
                         code: "refused-by-host".into(),
-                        message: format!("the host refused to send the request: {violation}"),
+                        reason: format!("the host refused to send the request: {violation}"),
+                        request: Some(request),
                         response: None,
-                    };
+                    });
                 }
                 Ok(Err(transport)) => {
+                    self.journal.attempt_failed(claim);
                     let reason = transport.to_string();
                     tracing::debug!(key = %request.key, "transport failure: {reason}");
-                    if let Some(gave_up) = self.transient(&mut failures, &reason, None).await {
-                        return gave_up;
+                    if let Some(gave_up) = self.transient(&mut failures, &reason, None, &request).await {
+                        return Some(gave_up);
                     }
                     continue;
                 }
@@ -291,54 +685,62 @@ impl<C: Credentials> Sender<'_, '_, C> {
             };
             let classification = {
                 let mut destination = self.destination.lock().unwrap_or_else(|p| p.into_inner());
-                destination.classify(request, &response, now_epoch_ms())
+                destination.classify(&request, &response, now_epoch_ms())
             };
             let classification = match classification {
                 Ok(c) => c,
                 Err(e) => {
-                    return Delivery::Rejected {
+                    return Some(Verdict::Rejected {
                         code: "component-error".into(),
-                        message: format!("the component failed to classify the response: {e}"),
+                        reason: format!("the component failed to classify the response: {e}"),
+                        request: Some(request),
                         response: Some(response),
-                    };
+                    });
                 }
             };
             self.limiter.observe(&classification.budget);
             match classification.verdict {
-                Verdict::Delivered => return Delivery::Delivered,
-                Verdict::Retry(retry) if response.status == 429 => {
-                    self.rate_limited.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(key = %request.key, "rate limited: {}", retry.reason);
-                    self.limiter.rate_limited(retry.not_before_ms);
-                }
-                Verdict::Retry(retry) => {
-                    if let Some(gave_up) = self
-                        .transient(&mut failures, &retry.reason, retry.not_before_ms)
-                        .await
-                    {
-                        return gave_up;
-                    }
-                }
-                Verdict::RefreshCredentials if !refreshed => {
-                    refreshed = true;
-                    self.refreshes.fetch_add(1, Ordering::Relaxed);
-                    if let Err(why) = self.credentials.refresh(&token).await {
-                        self.stop_run(format!("credentials cannot be refreshed: {why}"));
-                    }
-                }
-                Verdict::RefreshCredentials => {
-                    self.stop_run(
-                        "the API refused the credentials even after a refresh; log in again".into(),
-                    );
-                }
-                Verdict::Rejected(rejection) => {
-                    return Delivery::Rejected {
+                ApiVerdict::Delivered => return Some(Verdict::Delivered),
+                ApiVerdict::Rejected(rejection) => {
+                    return Some(Verdict::Rejected {
                         code: rejection.code,
-                        message: rejection.message,
+                        reason: rejection.message,
+                        request: Some(request),
                         response: Some(response),
-                    };
+                    });
                 }
-                Verdict::Fatal(why) => self.stop_run(why),
+                verdict => {
+                    self.journal.attempt_failed(claim);
+                    match verdict {
+                        ApiVerdict::Retry(retry) if response.status == 429 => {
+                            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(key = %request.key, "rate limited: {}", retry.reason);
+                            self.limiter.rate_limited(retry.not_before_ms);
+                        }
+                        ApiVerdict::Retry(retry) => {
+                            if let Some(gave_up) = self
+                                .transient(&mut failures, &retry.reason, retry.not_before_ms, &request)
+                                .await
+                            {
+                                return Some(gave_up);
+                            }
+                        }
+                        ApiVerdict::RefreshCredentials if !refreshed => {
+                            refreshed = true;
+                            self.refreshes.fetch_add(1, Ordering::Relaxed);
+                            if let Err(why) = self.credentials.refresh(&token).await {
+                                self.stop_for_login(format!("credentials cannot be refreshed: {why}"));
+                            }
+                        }
+                        ApiVerdict::RefreshCredentials => self.stop_for_login(
+                            "the API refused the credentials even after a refresh; run `outreach-host login` again".into(),
+                        ),
+                        ApiVerdict::Fatal(why) => self.stop_run(why),
+                        ApiVerdict::Delivered | ApiVerdict::Rejected(_) => {
+                            unreachable!("handled above")
+                        }
+                    }
+                }
             }
         }
     }
@@ -350,12 +752,14 @@ impl<C: Credentials> Sender<'_, '_, C> {
         failures: &mut u32,
         reason: &str,
         not_before_ms: Option<u64>,
-    ) -> Option<Delivery> {
+        request: &Request,
+    ) -> Option<Verdict> {
         *failures += 1;
         if *failures >= self.options.max_attempts {
-            return Some(Delivery::Rejected {
+            return Some(Verdict::Rejected {
                 code: "retries-exhausted".into(),
-                message: format!("gave up after {failures} attempts; last failure: {reason}"),
+                reason: format!("gave up after {failures} attempts; last failure: {reason}"),
+                request: Some(request.clone()),
                 response: None,
             });
         }
@@ -367,267 +771,244 @@ impl<C: Credentials> Sender<'_, '_, C> {
         tokio::time::sleep(wait.min(crate::limiter::MAX_SERVER_WAIT)).await;
         None
     }
+
+    /// Raises a `stalled` alert when updates are queued but none reached a
+    /// verdict for the configured time; again only after progress resumed.
+    async fn watch_stalls(&self) {
+        let Some(threshold) = self.options.alerts.stall_after() else {
+            return std::future::pending().await;
+        };
+        let threshold_ms = u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX);
+        let mut alerted_at: Option<u64> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250).min(threshold)).await;
+            let last = self.last_verdict_ms.load(Ordering::Relaxed);
+            if alerted_at.is_some_and(|at| last > at) {
+                alerted_at = None;
+            }
+            let stalled_for = now_epoch_ms().saturating_sub(last);
+            if alerted_at.is_none()
+                && stalled_for >= threshold_ms
+                && self.journal.has_pending().unwrap_or(false)
+            {
+                alerted_at = Some(now_epoch_ms());
+                let message = format!(
+                    "delivery has been stalled for {:.0} s with updates queued (rate limit, API errors or credentials)",
+                    stalled_for as f64 / 1000.0
+                );
+                self.alert(AlertKind::Stalled, message).await;
+            }
+        }
+    }
+
+    async fn alert(&self, event: AlertKind, message: String) {
+        let summary = self
+            .journal
+            .run(self.run)
+            .ok()
+            .and_then(|r| serde_json::to_value(r).ok())
+            .unwrap_or(Value::Null);
+        self.options
+            .alerts
+            .fire(&Alert {
+                event,
+                message,
+                run: self.run,
+                destination: self.options.destination.clone(),
+                at_ms: now_epoch_ms(),
+                summary,
+            })
+            .await;
+    }
 }
 
-/// Plans `input` and delivers it. Returns the summary; dead letters are
-/// written to `options.dead_letters`.
+/// Delivers `input` through the journal: every record is journaled (with
+/// the input position) before it counts as accepted, updates left by
+/// earlier runs are delivered too, and the run is recorded in the journal's
+/// history. Returns the summary of this run.
 pub async fn run<C: Credentials>(
     destination: &mut Destination<'_>,
     api: &ApiClient,
     limiter: &Limiter,
     credentials: &C,
-    input: impl BufRead,
+    input: Input,
     options: &DeliveryOptions,
 ) -> Result<Summary, RunError> {
     let started = Instant::now();
-    let planned: Vec<Planned> = plan_input(destination, input, options.batch)?
-        .into_iter()
-        .map(|(line, text, outcome)| Planned {
-            line,
-            text,
-            outcome,
-        })
-        .collect();
-
-    // Requests, numbered, grouped by key in input order.
-    let mut requests: Vec<(usize, &Request)> = Vec::new();
-    for (record, p) in planned.iter().enumerate() {
-        if let PlanOutcome::Send(list) = &p.outcome {
-            requests.extend(list.iter().map(|r| (record, r)));
-        }
-    }
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut group_of_key: HashMap<&str, usize> = HashMap::new();
-    for (index, (_, request)) in requests.iter().enumerate() {
-        let group = *group_of_key.entry(request.key.as_str()).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
+    let journal = match &options.journal {
+        Some(journal) => journal.clone(),
+        None => Arc::new(Journal::in_memory()?),
+    };
+    let api_base = api.base().as_str().to_owned();
+    if let Some((queued_for, records)) = journal.pending_api_base()?
+        && queued_for != api_base
+    {
+        return Err(RunError::OtherApiBase {
+            journal: journal.path().to_owned(),
+            records,
+            queued_for,
+            api_base,
         });
-        groups[group].push(index);
     }
+    let run_id = journal.start_run(
+        &options.kind,
+        &options.destination,
+        &api_base,
+        input.name.as_deref(),
+    )?;
+    let resumed = journal.records_of_other_runs(run_id)?;
+    if resumed > 0 {
+        tracing::info!("resuming {resumed} records queued by earlier runs");
+    }
+
+    let (sender, receiver) = mpsc::channel(options.batch.max(1) * 4);
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop_reading = stop_reading.clone();
+        let items = input.items;
+        // A blocking read (an idle stdin) must not hold up delivery.
+        std::thread::spawn(move || {
+            for item in items {
+                if stop_reading.load(Ordering::Relaxed) || sender.blocking_send(item).is_err() {
+                    break;
+                }
+            }
+        })
+    };
 
     let progress =
         (options.progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-            let bar = indicatif::ProgressBar::new(requests.len() as u64);
+            let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} requests  {per_sec}  eta {eta}",
+                    "{spinner} {pos} updates delivered  {per_sec}  {elapsed}",
                 )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
+            bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-    let sender = Sender {
+    let shared = Shared {
         api,
         limiter,
         credentials,
         destination: Mutex::new(destination),
         options,
+        journal: &journal,
+        run: run_id,
         stop: Mutex::new(None),
+        login_required: AtomicBool::new(false),
+        ingest_done: AtomicBool::new(false),
+        wake: Notify::new(),
+        last_verdict_ms: AtomicU64::new(now_epoch_ms()),
         requests_sent: AtomicU64::new(0),
         rate_limited: AtomicU64::new(0),
         retries: AtomicU64::new(0),
         refreshes: AtomicU64::new(0),
         progress,
     };
-    let results: Mutex<Vec<Option<Delivery>>> = Mutex::new(vec![None; requests.len()]);
-    futures::stream::iter(groups)
-        .for_each_concurrent(options.concurrency.max(1), |group| {
-            let (sender, requests, results) = (&sender, &requests, &results);
-            async move {
-                for index in group {
-                    let outcome = sender.deliver(requests[index].1).await;
-                    results.lock().unwrap_or_else(|p| p.into_inner())[index] = Some(outcome);
-                    if let Some(bar) = &sender.progress {
-                        bar.inc(1);
-                    }
-                }
-            }
-        })
-        .await;
-    if let Some(bar) = &sender.progress {
+    let workers = futures::future::join_all((0..options.concurrency.max(1)).map(|_| shared.work()));
+    let delivery = async {
+        futures::join!(shared.ingest(receiver, input.checkpoint), workers);
+    };
+    tokio::select! {
+        () = delivery => {}
+        () = shared.watch_stalls() => {}
+    }
+    stop_reading.store(true, Ordering::Relaxed);
+    if reader.is_finished() {
+        let _ = reader.join();
+    }
+    if let Some(bar) = &shared.progress {
         bar.finish_and_clear();
     }
-    let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
 
-    let mut summary = Summary {
-        requests_sent: sender.requests_sent.load(Ordering::Relaxed),
-        rate_limited: sender.rate_limited.load(Ordering::Relaxed),
-        retries: sender.retries.load(Ordering::Relaxed),
-        credential_refreshes: sender.refreshes.load(Ordering::Relaxed),
-        fatal: sender.stopped(),
-        dead_letters: options.dead_letters.clone(),
-        ..Summary::default()
+    let fatal = shared.stopped();
+    let stats = RunStats {
+        requests_sent: shared.requests_sent.load(Ordering::Relaxed),
+        rate_limited: shared.rate_limited.load(Ordering::Relaxed),
+        retries: shared.retries.load(Ordering::Relaxed),
+        credential_refreshes: shared.refreshes.load(Ordering::Relaxed),
     };
-    let mut per_record: Vec<Vec<&Delivery>> = vec![Vec::new(); planned.len()];
-    for ((record, _), result) in requests.iter().zip(&results) {
-        if let Some(result) = result {
-            per_record[*record].push(result);
-        }
+    let before = journal.run(run_id)?;
+    let status = if fatal.is_some() {
+        "stopped"
+    } else if before.counts.rejected > 0 {
+        "completed-with-failures"
+    } else {
+        "completed"
+    };
+    journal.end_run(run_id, status, &stats, resumed, fatal.as_deref())?;
+    let record = journal.run(run_id)?;
+    let mut summary = Summary {
+        run: run_id,
+        received: record.counts.received,
+        delivered: record.counts.delivered,
+        rejected: record.counts.rejected,
+        skipped: record.counts.skipped,
+        not_sent: record.pending,
+        audiences: record.audiences.clone(),
+        failures: record.failures.clone(),
+        coalesced: record.coalesced,
+        updates_delivered: record.updates_delivered,
+        resumed,
+        input_already_journaled: input.skipped_lines,
+        pending: journal.pending_records(None)?,
+        requests_sent: stats.requests_sent,
+        rate_limited: stats.rate_limited,
+        retries: stats.retries,
+        credential_refreshes: stats.credential_refreshes,
+        elapsed_ms: 0,
+        fatal: fatal.clone(),
+        login_required: shared.login_required.load(Ordering::Relaxed),
+        journal: journal.path().to_owned(),
+        dead_letters: options.dead_letters.clone(),
+    };
+    if let Some(path) = &options.dead_letters {
+        export_dead_letters(&journal, run_id, path)?;
     }
-    let mut letters = DeadLetters::open(options.dead_letters.as_ref())?;
-    for (p, deliveries) in planned.iter().zip(&per_record) {
-        account(&mut summary, p, deliveries, &mut letters)?;
+    if summary.login_required {
+        let why = fatal.clone().unwrap_or_default();
+        shared
+            .alert(
+                AlertKind::LoginRequired,
+                format!("the account needs a new login (`outreach-host login`): {why}"),
+            )
+            .await;
     }
-    letters.finish()?;
+    if summary.has_failures() {
+        let message = match &fatal {
+            Some(why) => format!(
+                "run {run_id} stopped: {why}; {} records stay queued for the next run",
+                summary.pending
+            ),
+            None => format!(
+                "run {run_id} ended with {} of {} records rejected (see `outreach-host dead-letters list --run {run_id}`)",
+                summary.rejected, summary.received
+            ),
+        };
+        shared.alert(AlertKind::RunFailed, message).await;
+    }
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(summary)
 }
 
-/// Adds one record's fate to the summary, writing its dead letters.
-fn account(
-    summary: &mut Summary,
-    record: &Planned,
-    deliveries: &[&Delivery],
-    letters: &mut DeadLetters,
-) -> Result<(), RunError> {
-    summary.received += 1;
-    let audiences: Vec<&String> = match &record.outcome {
-        PlanOutcome::Send(requests) => requests.iter().flat_map(|r| &r.audiences).collect(),
-        PlanOutcome::Invalid(e) => e.audiences.iter().collect(),
-        PlanOutcome::Skip(_) => Vec::new(),
+/// Writes the dead letters of `run` to `path` as NDJSON.
+pub fn export_dead_letters(journal: &Journal, run: RunId, path: &Path) -> Result<(), RunError> {
+    let error = |source| RunError::DeadLetters {
+        path: path.to_owned(),
+        source,
     };
-    let mut bump = |field: fn(&mut AudienceCounts) -> &mut u64| {
-        for a in &audiences {
-            let counts = summary.audiences.entry((*a).clone()).or_default();
-            counts.received += 1;
-            *field(counts) += 1;
-        }
-    };
-    match &record.outcome {
-        PlanOutcome::Skip(_) => {
-            bump(|c| &mut c.skipped);
-            summary.skipped += 1;
-            *summary
-                .failures
-                .entry("nothing-to-write".into())
-                .or_default() += 1;
-        }
-        PlanOutcome::Invalid(error) => {
-            // A record without a usable prospect id cannot be matched to a
-            // prospect: it is skipped, as the original product reports it.
-            let no_identity = error.code.starts_with("identity-");
-            if no_identity {
-                bump(|c| &mut c.skipped);
-                summary.skipped += 1;
-            } else {
-                bump(|c| &mut c.rejected);
-                summary.rejected += 1;
-            }
-            *summary.failures.entry(error.code.clone()).or_default() += 1;
-            letters.write(json!({
-                "line": record.line,
-                "record": record_value(&record.text),
-                "code": error.code,
-                "reason": error.message,
-            }))?;
-        }
-        PlanOutcome::Send(requests) => {
-            // A request without a result was never attempted: it is kept
-            // like one the run stopped before sending.
-            let not_attempted = Delivery::NotSent {
-                reason: "not attempted".into(),
-            };
-            let failed = requests.iter().enumerate().find_map(|(i, request)| {
-                match deliveries.get(i).copied().unwrap_or(&not_attempted) {
-                    Delivery::Delivered => None,
-                    failure => Some((failure, request)),
-                }
-            });
-            let Some((failure, request)) = failed else {
-                bump(|c| &mut c.delivered);
-                summary.delivered += 1;
-                return Ok(());
-            };
-            bump(|c| &mut c.rejected);
-            let (code, reason, response) = match failure {
-                Delivery::NotSent { reason } => {
-                    summary.not_sent += 1;
-                    ("not-sent", reason, None)
-                }
-                Delivery::Rejected {
-                    code,
-                    message,
-                    response,
-                } => {
-                    summary.rejected += 1;
-                    (code.as_str(), message, response.as_ref())
-                }
-                Delivery::Delivered => unreachable!("filtered above"),
-            };
-            *summary.failures.entry(code.to_owned()).or_default() += 1;
-            letters.write(json!({
-                "line": record.line,
-                "record": record_value(&record.text),
-                "request": request_value(request),
-                "status": response.map(|r| r.status),
-                "response": response.map(|r| r.body.clone()),
-                "code": code,
-                "reason": reason,
-            }))?;
-        }
+    let letters = journal.dead_letters(&LetterFilter {
+        run: Some(run),
+        include_replayed: true,
+        ..LetterFilter::default()
+    })?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(error)?);
+    for letter in letters {
+        let line = serde_json::to_string(&letter).map_err(|e| error(std::io::Error::other(e)))?;
+        writeln!(out, "{line}").map_err(error)?;
     }
-    Ok(())
-}
-
-/// The record as JSON when it parses, else its raw text.
-fn record_value(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
-}
-
-fn request_value(request: &Request) -> Value {
-    json!({
-        "method": request.method,
-        "path": request.path,
-        "body": record_value(&request.body),
-    })
-}
-
-/// The dead-letter file, written as records are accounted for.
-struct DeadLetters {
-    path: Option<PathBuf>,
-    writer: Option<std::io::BufWriter<std::fs::File>>,
-}
-
-impl DeadLetters {
-    fn open(path: Option<&PathBuf>) -> Result<Self, RunError> {
-        let writer = match path {
-            None => None,
-            Some(path) => Some(std::io::BufWriter::new(
-                std::fs::File::create(path).map_err(|source| RunError::DeadLetters {
-                    path: path.clone(),
-                    source,
-                })?,
-            )),
-        };
-        Ok(Self {
-            path: path.cloned(),
-            writer,
-        })
-    }
-
-    fn error(&self, source: std::io::Error) -> RunError {
-        RunError::DeadLetters {
-            path: self.path.clone().unwrap_or_default(),
-            source,
-        }
-    }
-
-    fn write(&mut self, letter: Value) -> Result<(), RunError> {
-        if let Some(w) = &mut self.writer
-            && let Err(e) = writeln!(w, "{letter}")
-        {
-            return Err(self.error(e));
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> Result<(), RunError> {
-        if let Some(w) = &mut self.writer
-            && let Err(e) = w.flush().and_then(|()| w.get_ref().sync_all())
-        {
-            return Err(self.error(e));
-        }
-        Ok(())
-    }
+    out.flush().map_err(error)?;
+    out.get_ref().sync_all().map_err(error)
 }

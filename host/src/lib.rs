@@ -2,9 +2,11 @@
 //! component under wasmtime and supplies every side effect the component
 //! itself may not perform. One module per capability.
 
+pub mod alerts;
 pub mod delivery;
 pub mod engine;
 pub mod http;
+pub mod journal;
 pub mod limiter;
 pub mod oauth;
 pub mod simulator;

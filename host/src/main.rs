@@ -4,14 +4,17 @@ use std::io::{BufRead, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use destination_types::{ConfigError, PlanOutcome};
-use outreach_host::delivery::{self, Credentials, DeliveryOptions, StaticToken, Summary};
+use outreach_host::alerts::{AlertSettings, Alerts};
+use outreach_host::delivery::{self, Credentials, DeliveryOptions, Input, StaticToken, Summary};
 use outreach_host::engine::{self, Destination, Limits, Runtime};
 use outreach_host::http::ApiClient;
+use outreach_host::journal::{self, Journal, LetterFilter, RunRecord};
 use outreach_host::limiter::Limiter;
 use outreach_host::oauth::{
     self, AppCredentials, OAuthClient, OAuthCredentials, OAuthSettings, Redirect, RedirectListener,
@@ -65,6 +68,11 @@ struct ComponentArgs {
     /// ~/.config/outreach-host/tokens.json).
     #[arg(long, global = true, value_name = "FILE")]
     token_store: Option<PathBuf>,
+    /// Journal of queued updates, dead letters and run history (default:
+    /// $OUTREACH_JOURNAL, $XDG_STATE_HOME/outreach-host/journal.sqlite or
+    /// ~/.local/state/outreach-host/journal.sqlite).
+    #[arg(long, global = true, value_name = "FILE")]
+    journal: Option<PathBuf>,
 }
 
 /// Which OAuth application and endpoints to use.
@@ -96,12 +104,43 @@ struct DeliveryArgs {
     /// HTTP timeout per request, in seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
     timeout_secs: u64,
-    /// Where to write dead letters (NDJSON: record, request, response, reason).
-    #[arg(long, value_name = "FILE", default_value = "dead-letters.ndjson")]
-    dead_letters: PathBuf,
+    /// Also export this run's dead letters to FILE (NDJSON); they are kept
+    /// in the journal either way (`dead-letters list`).
+    #[arg(long, value_name = "FILE")]
+    dead_letters: Option<PathBuf>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// POST a JSON alert to this URL when a run ends with failures, the
+    /// account needs a new login, or delivery stalls.
+    #[arg(long, value_name = "URL")]
+    alert_webhook: Option<String>,
+    /// Run this shell command for the same alerts (the alert as JSON on its
+    /// standard input, the event in $OUTREACH_ALERT).
+    #[arg(long, value_name = "COMMAND")]
+    alert_command: Option<String>,
+    /// Seconds without any update reaching a verdict, while updates are
+    /// queued, before a `stalled` alert.
+    #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
+    stall_alert_secs: u64,
+}
+
+/// Where updates go and with which credentials.
+#[derive(Args)]
+struct SendArgs {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// API base URL (default: the component's, https://api.outreach.io/api/v2).
+    #[arg(long, value_name = "URL")]
+    api_base: Option<String>,
+    /// Account whose tokens to use (default: the configuration's
+    /// `account`, else "default").
+    #[arg(long)]
+    account: Option<String>,
+    #[command(flatten)]
+    oauth: OAuthArgs,
+    #[command(flatten)]
+    delivery: DeliveryArgs,
 }
 
 #[derive(Subcommand)]
@@ -118,26 +157,45 @@ enum Command {
     },
     /// Deliver NDJSON profiles to the API, with the account's stored tokens
     /// (see `login`), or a fixed token from $OUTREACH_ACCESS_TOKEN.
+    ///
+    /// Records are journaled before they count as accepted; a file input is
+    /// checkpointed, so running the same command again after a crash
+    /// resumes where it stopped. Updates queued by earlier runs go first.
     Run {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
         /// NDJSON profiles; `-` for standard input.
         #[arg(long, value_name = "FILE", default_value = "-")]
         input: PathBuf,
-        /// API base URL (default: the component's, https://api.outreach.io/api/v2).
-        #[arg(long, value_name = "URL")]
-        api_base: Option<String>,
+        /// Read the input file from its first line even if an earlier run
+        /// journaled part of it.
+        #[arg(long)]
+        from_start: bool,
         /// Plan and print the requests; send nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Account whose tokens to use (default: the configuration's
-        /// `account`, else "default").
+        #[command(flatten)]
+        send: SendArgs,
+    },
+    /// Deliver the updates queued in the journal (left by a stopped or
+    /// killed run), without new input.
+    Resume {
+        #[command(flatten)]
+        send: SendArgs,
+    },
+    /// The run history: every run with its counts per audience and per
+    /// failure reason.
+    Runs {
+        #[command(subcommand)]
+        command: Option<RunsCommand>,
+        /// How many runs to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
         #[arg(long)]
-        account: Option<String>,
-        #[command(flatten)]
-        oauth: OAuthArgs,
-        #[command(flatten)]
-        delivery: DeliveryArgs,
+        json: bool,
+    },
+    /// Dead letters kept in the journal: list them, or send them again.
+    DeadLetters {
+        #[command(subcommand)]
+        command: LettersCommand,
     },
     /// Connect an Outreach account: OAuth authorization-code login, tokens
     /// kept in the token store.
@@ -188,6 +246,55 @@ enum Command {
     Describe,
     /// Serve the Outreach API simulator until interrupted.
     Simulate(SimulateArgs),
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// List runs, newest first (the default).
+    List,
+    /// One run in detail: a run id, or `last`.
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Which dead letters.
+#[derive(Args)]
+struct LetterArgs {
+    /// Only those of this run (a run id, or `last`).
+    #[arg(long)]
+    run: Option<String>,
+    /// Only those with this reason code (e.g. `validationError`, `resourceNotFound`).
+    #[arg(long)]
+    code: Option<String>,
+    /// Only these letters (repeatable).
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+}
+
+#[derive(Subcommand)]
+enum LettersCommand {
+    /// Dead letters not replayed yet, one JSON line each (`--all`: also
+    /// those already replayed).
+    List {
+        #[command(flatten)]
+        which: LetterArgs,
+        #[arg(long)]
+        all: bool,
+        /// A table instead of JSON lines.
+        #[arg(long)]
+        table: bool,
+    },
+    /// Plan the letters' records again with the current configuration (say,
+    /// after fixing a Mapping ID) and deliver them, as a new run.
+    Replay {
+        #[command(flatten)]
+        which: LetterArgs,
+        #[command(flatten)]
+        send: SendArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,8 +404,16 @@ fn token_store(args: &ComponentArgs) -> Result<TokenStore> {
     Ok(TokenStore::new(path))
 }
 
+fn journal_path(args: &ComponentArgs) -> Result<PathBuf> {
+    args.journal
+        .clone()
+        .or_else(journal::default_journal_path)
+        .context("no journal location: set OUTREACH_JOURNAL or HOME")
+}
+
 fn run(cli: Cli) -> Result<u8> {
     let store = token_store(&cli.component)?;
+    let journal_file = journal_path(&cli.component)?;
     match cli.command {
         Command::Simulate(args) => return tokio_runtime()?.block_on(simulate(args)),
         Command::Auth {
@@ -314,6 +429,27 @@ fn run(cli: Cli) -> Result<u8> {
                 println!("{account:?} was not logged in");
             }
             return Ok(0);
+        }
+        Command::Runs {
+            command,
+            limit,
+            json,
+        } => {
+            let journal = Journal::open_existing(&journal_file)?;
+            return match command {
+                None | Some(RunsCommand::List) => runs_list(&journal, limit, json),
+                Some(RunsCommand::Show { run, json: show_json }) => {
+                    let id = run_id(&journal, &run)?;
+                    runs_show(&journal.run(id)?, json || show_json)
+                }
+            };
+        }
+        Command::DeadLetters {
+            command: LettersCommand::List { which, all, table },
+        } => {
+            let journal = Journal::open_existing(&journal_file)?;
+            let filter = letter_filter(&journal, &which, all)?;
+            return letters_list(&journal, &filter, table);
         }
         _ => {}
     }
@@ -332,52 +468,55 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Plan { config, input } => dry_run(&runtime, &config, &input),
         Command::Run {
-            config,
+            send,
             input,
             dry_run: true,
             ..
-        } => dry_run(&runtime, &config, &input),
+        } => dry_run(&runtime, &send.config, &input),
         Command::Run {
-            config,
             input,
-            api_base,
+            from_start,
             dry_run: false,
-            account,
-            oauth,
-            delivery,
+            send,
         } => {
-            let api_base = match api_base {
-                Some(base) => base,
-                None => runtime.describe().default_api_base.clone(),
+            let journal = Arc::new(Journal::open(&journal_file)?);
+            let input = if input == Path::new("-") {
+                Input::reader(
+                    std::io::BufReader::new(std::io::stdin()),
+                    Some("stdin".into()),
+                )
+            } else {
+                Input::file(&input, &journal, from_start)?
             };
-            let tokio = tokio_runtime()?;
-            if let Some(token) = std::env::var(TOKEN_ENV)
-                .ok()
-                .filter(|t| !t.trim().is_empty())
-            {
-                return tokio.block_on(deliver(
-                    &runtime,
-                    &config,
-                    &input,
-                    &api_base,
-                    &StaticToken(token),
-                    &delivery,
-                ));
+            send_updates(&runtime, store, send, journal, input, "run")
+        }
+        Command::Resume { send } => {
+            let journal = Arc::new(Journal::open(&journal_file)?);
+            send_updates(&runtime, store, send, journal, Input::nothing(), "resume")
+        }
+        Command::DeadLetters {
+            command: LettersCommand::Replay { which, send },
+        } => {
+            let journal = Arc::new(Journal::open(&journal_file)?);
+            let filter = letter_filter(&journal, &which, false)?;
+            let letters = journal.letter_records(&filter)?;
+            if letters.is_empty() {
+                println!("no dead letters to replay");
+                return Ok(0);
             }
-            let account = match account {
-                Some(a) => a,
-                None => account_in_config(&config)?,
-            };
-            let client = oauth_client(&runtime, &oauth, None, false)?;
-            let credentials = OAuthCredentials::load(client, store, &account)?;
-            tokio.block_on(deliver(
+            eprintln!(
+                "replaying {} dead letters with {}",
+                letters.len(),
+                send.config.display()
+            );
+            send_updates(
                 &runtime,
-                &config,
-                &input,
-                &api_base,
-                &credentials,
-                &delivery,
-            ))
+                store,
+                send,
+                journal,
+                Input::replay(letters),
+                "replay",
+            )
         }
         Command::Login {
             account,
@@ -401,10 +540,54 @@ fn run(cli: Cli) -> Result<u8> {
             input,
             delivery,
         } => tokio_runtime()?.block_on(demo(&runtime, &config, &input, &delivery)),
-        Command::Simulate(_) | Command::Auth { .. } | Command::Logout { .. } => {
+        Command::Simulate(_)
+        | Command::Auth { .. }
+        | Command::Logout { .. }
+        | Command::Runs { .. }
+        | Command::DeadLetters {
+            command: LettersCommand::List { .. },
+        } => {
             unreachable!("handled above")
         }
     }
+}
+
+/// Delivers `input` (and whatever the journal holds) with the account's
+/// credentials, or a fixed token from the environment.
+fn send_updates(
+    runtime: &Runtime,
+    store: TokenStore,
+    send: SendArgs,
+    journal: Arc<Journal>,
+    input: Input,
+    kind: &str,
+) -> Result<u8> {
+    let api_base = match &send.api_base {
+        Some(base) => base.clone(),
+        None => runtime.describe().default_api_base.clone(),
+    };
+    let tokio = tokio_runtime()?;
+    let job = Job {
+        runtime,
+        config: &send.config,
+        api_base: &api_base,
+        args: &send.delivery,
+        journal,
+        kind,
+    };
+    if let Some(token) = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return tokio.block_on(deliver(job, input, &StaticToken(token)));
+    }
+    let account = match &send.account {
+        Some(a) => a.clone(),
+        None => config_text_field(&send.config, "account")?.unwrap_or_else(|| "default".into()),
+    };
+    let client = oauth_client(runtime, &send.oauth, None, false)?;
+    let credentials = OAuthCredentials::load(client, store, &account)?;
+    tokio.block_on(deliver(job, input, &credentials))
 }
 
 /// The configured destination, or `None` after printing its errors.
@@ -464,40 +647,53 @@ fn dry_run(runtime: &Runtime, config: &Path, input: &Path) -> Result<u8> {
     Ok(if invalid > 0 { EXIT_PARTIAL } else { 0 })
 }
 
-fn delivery_options(args: &DeliveryArgs) -> DeliveryOptions {
-    DeliveryOptions {
+fn delivery_options(
+    args: &DeliveryArgs,
+    journal: Arc<Journal>,
+    kind: &str,
+    destination: String,
+) -> Result<DeliveryOptions> {
+    let alerting = args.alert_webhook.is_some() || args.alert_command.is_some();
+    let alerts = Alerts::new(AlertSettings {
+        webhook: args.alert_webhook.clone(),
+        command: args.alert_command.clone(),
+        stall_after: alerting.then(|| Duration::from_secs(args.stall_alert_secs)),
+    })?;
+    Ok(DeliveryOptions {
         concurrency: args.concurrency as usize,
         max_attempts: args.max_attempts,
-        dead_letters: Some(args.dead_letters.clone()),
+        journal: Some(journal),
+        dead_letters: args.dead_letters.clone(),
         progress: !args.json,
+        kind: kind.into(),
+        destination,
+        alerts: Arc::new(alerts),
         ..DeliveryOptions::default()
-    }
+    })
 }
 
-async fn deliver<C: Credentials>(
-    runtime: &Runtime,
-    config: &Path,
-    input: &Path,
-    api_base: &str,
-    credentials: &C,
-    args: &DeliveryArgs,
-) -> Result<u8> {
-    let Some(mut destination) = configure(runtime, config)? else {
+/// What a delivery needs besides its input and credentials.
+struct Job<'a> {
+    runtime: &'a Runtime,
+    config: &'a Path,
+    api_base: &'a str,
+    args: &'a DeliveryArgs,
+    journal: Arc<Journal>,
+    kind: &'a str,
+}
+
+async fn deliver<C: Credentials>(job: Job<'_>, input: Input, credentials: &C) -> Result<u8> {
+    let Some(mut destination) = configure(job.runtime, job.config)? else {
         return Ok(EXIT_INVALID_CONFIG);
     };
-    let descriptor = runtime.describe();
+    let descriptor = job.runtime.describe();
     let limiter = Limiter::new(&descriptor.rate_limit)?;
-    let api = ApiClient::new(api_base, Duration::from_secs(args.timeout_secs))?;
-    let summary = delivery::run(
-        &mut destination,
-        &api,
-        &limiter,
-        credentials,
-        open_input(input)?,
-        &delivery_options(args),
-    )
-    .await?;
-    print_summary(&summary, api.base().as_str(), args.json)?;
+    let api = ApiClient::new(job.api_base, Duration::from_secs(job.args.timeout_secs))?;
+    let name = config_text_field(job.config, "name")?.unwrap_or_default();
+    let options = delivery_options(job.args, job.journal, job.kind, name)?;
+    let summary =
+        delivery::run(&mut destination, &api, &limiter, credentials, input, &options).await?;
+    print_summary(&summary, api.base().as_str(), job.args.json)?;
     Ok(exit_code(&summary))
 }
 
@@ -532,17 +728,32 @@ async fn demo(runtime: &Runtime, config: &Path, input: &Path, args: &DeliveryArg
     if !args.json {
         eprintln!("Outreach simulator listening on {}", simulator.api_base());
     }
+    // The simulator lives as long as the demo, and so does its journal.
+    let journal_file = std::env::temp_dir().join(format!(
+        "outreach-demo-{}-{}.sqlite",
+        std::process::id(),
+        outreach_host::limiter::now_epoch_ms()
+    ));
+    let journal = Arc::new(Journal::open(&journal_file)?);
+    let input = Input::file(input, &journal, true)?;
     // The example data contains bad records on purpose: the demo succeeds
     // when the run completes, whatever it rejected.
-    let code = deliver(
+    let api_base = simulator.api_base();
+    let job = Job {
         runtime,
         config,
-        input,
-        &simulator.api_base(),
-        &StaticToken(token),
+        api_base: &api_base,
         args,
-    )
-    .await?;
+        journal,
+        kind: "demo",
+    };
+    let code = deliver(job, input, &StaticToken(token)).await?;
+    if !args.json {
+        println!(
+            "demo journal (runs, dead letters): outreach-host --journal {} runs show last",
+            journal_file.display()
+        );
+    }
     if !args.json {
         let stats = simulator.stats();
         println!(
@@ -604,7 +815,8 @@ fn print_summary(summary: &Summary, api_base: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{} of {} records delivered to {api_base} in {:.1} s: {} rejected, {} skipped, {} not sent",
+        "run {}: {} of {} records delivered to {api_base} in {:.1} s: {} rejected, {} skipped, {} not sent",
+        summary.run,
         summary.delivered,
         summary.received,
         summary.elapsed_ms as f64 / 1000.0,
@@ -613,43 +825,229 @@ fn print_summary(summary: &Summary, api_base: &str, json: bool) -> Result<()> {
         summary.not_sent
     );
     println!(
-        "{} requests sent, {} rate-limited (waited out), {} retries, {} credential refreshes",
-        summary.requests_sent, summary.rate_limited, summary.retries, summary.credential_refreshes
+        "{} requests sent, {} updates delivered ({} records coalesced into queued updates), {} rate-limited (waited out), {} retries, {} credential refreshes",
+        summary.requests_sent,
+        summary.updates_delivered,
+        summary.coalesced,
+        summary.rate_limited,
+        summary.retries,
+        summary.credential_refreshes
     );
-    if !summary.audiences.is_empty() {
-        let width = summary
-            .audiences
-            .keys()
-            .map(String::len)
-            .max()
-            .unwrap_or(8)
-            .max(8);
+    if summary.input_already_journaled > 0 {
         println!(
-            "\n{:<width$}  {:>9}  {:>9}  {:>8}  {:>7}",
-            "audience", "received", "delivered", "rejected", "skipped"
+            "input: the first {} lines were journaled by an earlier run and not read again (--from-start to re-read)",
+            summary.input_already_journaled
         );
-        for (audience, c) in &summary.audiences {
-            println!(
-                "{audience:<width$}  {:>9}  {:>9}  {:>8}  {:>7}",
-                c.received, c.delivered, c.rejected, c.skipped
-            );
-        }
     }
-    if !summary.failures.is_empty() {
-        println!("\nrecords not delivered, by reason:");
-        for (reason, count) in &summary.failures {
-            println!("  {reason:<28} {count:>7}");
-        }
+    if summary.resumed > 0 {
+        println!(
+            "{} records queued by earlier runs were taken over (their counts go to those runs: `outreach-host runs`)",
+            summary.resumed
+        );
     }
-    if let Some(path) = &summary.dead_letters
-        && (summary.rejected > 0 || summary.not_sent > 0 || summary.skipped > 0)
-    {
-        println!("dead letters: {}", path.display());
+    print_audiences(&summary.audiences);
+    print_failures(&summary.failures);
+    if summary.rejected > 0 || summary.skipped > summary.failures.get("nothing-to-write").copied().unwrap_or(0) {
+        println!(
+            "dead letters: `outreach-host dead-letters list --run {}`{}",
+            summary.run,
+            summary
+                .dead_letters
+                .as_ref()
+                .map(|p| format!(", also written to {}", p.display()))
+                .unwrap_or_default()
+        );
     }
     if let Some(fatal) = &summary.fatal {
         println!("\nrun stopped: {fatal}");
+        println!(
+            "{} records stay queued in {}; `outreach-host resume` (or the next run) sends them",
+            summary.pending,
+            summary.journal.display()
+        );
     }
     Ok(())
+}
+
+fn print_audiences(audiences: &std::collections::BTreeMap<String, journal::Counts>) {
+    if audiences.is_empty() {
+        return;
+    }
+    let width = audiences.keys().map(String::len).max().unwrap_or(8).max(8);
+    println!(
+        "\n{:<width$}  {:>9}  {:>9}  {:>8}  {:>7}",
+        "audience", "received", "delivered", "rejected", "skipped"
+    );
+    for (audience, c) in audiences {
+        println!(
+            "{audience:<width$}  {:>9}  {:>9}  {:>8}  {:>7}",
+            c.received, c.delivered, c.rejected, c.skipped
+        );
+    }
+}
+
+fn print_failures(failures: &std::collections::BTreeMap<String, u64>) {
+    if failures.is_empty() {
+        return;
+    }
+    println!("\nrecords not delivered, by reason:");
+    for (reason, count) in failures {
+        println!("  {reason:<28} {count:>7}");
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) for an epoch-milliseconds time.
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+fn duration(run: &RunRecord) -> String {
+    match run.ended_ms {
+        Some(end) => format!("{:.1} s", end.saturating_sub(run.started_ms) as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+/// A run id, or `last`.
+fn run_id(journal: &Journal, text: &str) -> Result<i64> {
+    if text == "last" {
+        return journal.last_run()?.context("the journal has no runs yet");
+    }
+    text.parse()
+        .with_context(|| format!("{text:?} is not a run id (a number, or `last`)"))
+}
+
+fn letter_filter(journal: &Journal, which: &LetterArgs, all: bool) -> Result<LetterFilter> {
+    Ok(LetterFilter {
+        run: which
+            .run
+            .as_deref()
+            .map(|r| run_id(journal, r))
+            .transpose()?,
+        code: which.code.clone(),
+        ids: which.ids.clone(),
+        include_replayed: all,
+    })
+}
+
+fn runs_list(journal: &Journal, limit: usize, json: bool) -> Result<u8> {
+    let runs = journal.runs(limit)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(0);
+    }
+    if runs.is_empty() {
+        println!("no runs yet in {}", journal.path().display());
+        return Ok(0);
+    }
+    println!(
+        "{:>5}  {:<7}  {:<23}  {:<19}  {:>9}  {:>9}  {:>9}  {:>8}  {:>7}  {:>7}",
+        "run", "kind", "status", "started (UTC)", "duration", "received", "delivered", "rejected", "skipped", "pending"
+    );
+    for run in &runs {
+        println!(
+            "{:>5}  {:<7}  {:<23}  {:<19}  {:>9}  {:>9}  {:>9}  {:>8}  {:>7}  {:>7}",
+            run.id,
+            run.kind,
+            run.status,
+            utc(run.started_ms),
+            duration(run),
+            run.counts.received,
+            run.counts.delivered,
+            run.counts.rejected,
+            run.counts.skipped,
+            run.pending
+        );
+    }
+    Ok(0)
+}
+
+fn runs_show(run: &RunRecord, json: bool) -> Result<u8> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(run)?);
+        return Ok(0);
+    }
+    println!("run {} ({}): {}", run.id, run.kind, run.status);
+    println!("destination: {}  api: {}", run.destination, run.api_base);
+    if let Some(input) = &run.input {
+        println!("input: {input}");
+    }
+    println!(
+        "started {} UTC, {}",
+        utc(run.started_ms),
+        match run.ended_ms {
+            Some(end) => format!("ended {} UTC ({})", utc(end), duration(run)),
+            None => "not ended".into(),
+        }
+    );
+    println!(
+        "records: {} received, {} delivered, {} rejected, {} skipped, {} still queued",
+        run.counts.received, run.counts.delivered, run.counts.rejected, run.counts.skipped, run.pending
+    );
+    println!(
+        "{} updates delivered, {} records coalesced; {} requests sent, {} rate-limited, {} retries, {} credential refreshes; {} records of earlier runs taken over",
+        run.updates_delivered,
+        run.coalesced,
+        run.requests_sent,
+        run.rate_limited,
+        run.retries,
+        run.credential_refreshes,
+        run.resumed
+    );
+    print_audiences(&run.audiences);
+    print_failures(&run.failures);
+    if let Some(fatal) = &run.fatal {
+        println!("\nstopped: {fatal}");
+    }
+    Ok(0)
+}
+
+fn letters_list(journal: &Journal, filter: &LetterFilter, table: bool) -> Result<u8> {
+    let letters = journal.dead_letters(filter)?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    if table {
+        writeln!(
+            out,
+            "{:>7}  {:>5}  {:>7}  {:<24}  {:>6}  reason",
+            "id", "run", "line", "code", "status"
+        )?;
+    }
+    for letter in &letters {
+        if table {
+            writeln!(
+                out,
+                "{:>7}  {:>5}  {:>7}  {:<24}  {:>6}  {}",
+                letter.id,
+                letter.run,
+                letter.line,
+                letter.code,
+                letter.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                letter.reason
+            )?;
+        } else {
+            writeln!(out, "{}", serde_json::to_string(letter)?)?;
+        }
+    }
+    out.flush()?;
+    eprintln!("{} dead letters", letters.len());
+    Ok(0)
 }
 
 #[derive(serde::Deserialize)]
@@ -713,12 +1111,12 @@ fn oauth_client(
     Ok(OAuthClient::new(settings)?)
 }
 
-/// The `account` field of a destination configuration, else "default".
-fn account_in_config(path: &Path) -> Result<String> {
+/// A text field of a destination configuration (`account`, `name`).
+fn config_text_field(path: &Path, field: &str) -> Result<Option<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration {}", path.display()))?;
     let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    Ok(value["account"].as_str().unwrap_or("default").to_owned())
+    Ok(value[field].as_str().map(str::to_owned))
 }
 
 async fn login(

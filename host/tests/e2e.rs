@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use destination_types::PlanOutcome;
 use outreach_host::BUILT_COMPONENT;
-use outreach_host::delivery::{self, DeliveryOptions, StaticToken, Summary};
+use outreach_host::delivery::{self, DeliveryOptions, Input, StaticToken, Summary};
+use outreach_host::journal::Journal;
+use std::sync::Arc;
 use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::limiter::Limiter;
@@ -77,7 +79,7 @@ async fn run_job(
         dead_letters: Some(letters_path.clone()),
         ..options
     };
-    let input = Cursor::new(records.join("\n"));
+    let input = Input::reader(Cursor::new(records.join("\n")), None);
     let summary = delivery::run(
         &mut destination,
         &api,
@@ -376,34 +378,53 @@ async fn refused_credentials_stop_the_run_and_keep_every_record() {
         .await
         .unwrap();
     let records: Vec<String> = (1..=20).map(|id| profile(id, "Nope", "realized")).collect();
+    let journal_file = temp_file(&format!("refused-{}.sqlite", rand_suffix()));
+    let journal = Arc::new(Journal::open(&journal_file).unwrap());
+    let options = DeliveryOptions {
+        concurrency: 2,
+        journal: Some(journal.clone()),
+        ..DeliveryOptions::default()
+    };
     let job = run_job(
         &simulator,
         CONFIG,
         &records,
-        DeliveryOptions {
-            concurrency: 2,
-            ..DeliveryOptions::default()
-        },
+        options.clone(),
         "not-a-valid-token".into(),
     )
     .await;
     let s = &job.summary;
     assert_eq!(s.delivered, 0);
     assert_eq!(s.not_sent, 20);
+    assert_eq!(s.pending, 20);
+    assert!(s.login_required);
     assert!(
-        s.fatal.as_deref().unwrap().contains("log in again"),
+        s.fatal.as_deref().unwrap().contains("`outreach-host login` again"),
         "{s:?}"
     );
-    assert_eq!(job.dead_letters.len(), 20);
-    assert!(job.dead_letters.iter().all(|l| l["code"] == "not-sent"));
+    // Nothing was refused by the API: the updates wait in the journal.
+    assert!(job.dead_letters.is_empty(), "{:?}", job.dead_letters);
+    assert_eq!(journal.pending_records(None).unwrap(), 20);
     // One refresh per in-flight request at most, then the run stopped.
     assert!(
         simulator.stats().unauthorized <= 4,
         "{:?}",
         simulator.stats()
     );
-    let letters = serde_json::to_string(&job.dead_letters).unwrap();
-    assert!(!letters.contains("not-a-valid-token"));
+    let stopped = journal.run(s.run).unwrap();
+    assert_eq!(stopped.status, "stopped");
+    assert!(!serde_json::to_string(&stopped).unwrap().contains("not-a-valid-token"));
+
+    // With working credentials the next run (no new input) delivers them,
+    // credited to the run that received them.
+    let token = simulator.issue_token("ada@example.com");
+    let next = run_job(&simulator, CONFIG, &[], options, token).await;
+    assert_eq!(next.summary.resumed, 20);
+    assert_eq!(next.summary.received, 0);
+    assert_eq!(next.summary.pending, 0);
+    assert_eq!(next.summary.updates_delivered, 20);
+    assert_eq!(journal.run(s.run).unwrap().counts.delivered, 20);
+    assert_eq!(simulator.stats().updates_applied, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

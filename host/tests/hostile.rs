@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use destination_types::PlanOutcome;
-use outreach_host::delivery::{self, DeliveryOptions, StaticToken, Summary};
+use outreach_host::delivery::{self, DeliveryOptions, Input, StaticToken, Summary};
 use outreach_host::engine::{GuestError, Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::limiter::Limiter;
@@ -72,7 +72,7 @@ async fn attack(runtime: &Runtime, attack: &str, n: u64, batch: usize) -> Outcom
         &api,
         &limiter,
         &StaticToken(token),
-        Cursor::new(records(n).join("\n")),
+        Input::reader(Cursor::new(records(n).join("\n")), None),
         &DeliveryOptions {
             batch,
             dead_letters: Some(letters_path.clone()),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outreach_host::BUILT_COMPONENT;
-use outreach_host::delivery::{self, DeliveryOptions, Summary};
+use outreach_host::delivery::{self, DeliveryOptions, Input, Summary};
 use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::limiter::Limiter;
@@ -195,7 +195,7 @@ async fn run_with(
         &api,
         &limiter,
         credentials,
-        Cursor::new(records(n).join("\n")),
+        Input::reader(Cursor::new(records(n).join("\n")), None),
         &DeliveryOptions {
             concurrency,
             dead_letters,
@@ -510,9 +510,12 @@ async fn a_revoked_refresh_token_stops_the_run_and_keeps_every_update() {
     assert_eq!(summary.not_sent, 25);
     let fatal = summary.fatal.clone().unwrap();
     assert!(fatal.contains("run `outreach-host login` again"), "{fatal}");
+    assert!(summary.login_required);
+    // The API refused nothing: every update waits in the journal for the
+    // next run after a new login, and none is a dead letter.
+    assert_eq!(summary.pending, 25);
     let kept = std::fs::read_to_string(&letters).unwrap();
-    assert_eq!(kept.lines().count(), 25);
-    assert!(kept.lines().all(|l| l.contains("\"code\":\"not-sent\"")));
+    assert_eq!(kept.lines().count(), 0);
     assert_eq!(sim.stats().updates_applied, 0);
     // The stored tokens are left for the user to replace by logging in.
     assert_eq!(store.get("ada").unwrap(), tokens);

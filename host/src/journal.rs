@@ -1,0 +1,1516 @@
+//! The durable journal between input and delivery: an SQLite database in
+//! WAL mode holding every accepted update until the API gave a verdict on
+//! it, the input checkpoints, the dead letters and the run history.
+//!
+//! A record is accepted when the transaction that journals it (together with
+//! the input position after it) commits with `synchronous=FULL`. Delivery
+//! bookkeeping commits with `synchronous=NORMAL`: a kill loses nothing, and
+//! a power cut can at worst forget that an update was delivered, so it is
+//! sent again (at-least-once).
+//!
+//! Coalescing: while an update for a key (a prospect) is queued — not yet
+//! dispatched, or dispatched but waiting for the limiter, a retry or a
+//! refresh — a newer update for the same key merges into it
+//! ([`merge_requests`]); only an update whose body is on the wire makes the
+//! next one queue behind it. Per key, updates go out in journal order.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use destination_types::{Method, PlanOutcome, Request, Response};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::limiter::now_epoch_ms;
+
+/// `PRAGMA application_id` of a journal: "ORCJ".
+const APPLICATION_ID: i64 = 0x4F52_434A;
+/// The schema this host writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE runs(
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    status TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    api_base TEXT NOT NULL,
+    input TEXT,
+    received INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    updates_delivered INTEGER NOT NULL DEFAULT 0,
+    coalesced INTEGER NOT NULL DEFAULT 0,
+    requests_sent INTEGER NOT NULL DEFAULT 0,
+    rate_limited INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    credential_refreshes INTEGER NOT NULL DEFAULT 0,
+    resumed INTEGER NOT NULL DEFAULT 0,
+    fatal TEXT
+);
+CREATE TABLE run_audiences(
+    run_id INTEGER NOT NULL,
+    audience TEXT NOT NULL,
+    received INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    rejected INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(run_id, audience)
+) WITHOUT ROWID;
+CREATE TABLE run_failures(
+    run_id INTEGER NOT NULL,
+    code TEXT NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(run_id, code)
+) WITHOUT ROWID;
+CREATE TABLE updates(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    request TEXT NOT NULL
+);
+CREATE INDEX updates_by_key ON updates(key, seq);
+CREATE TABLE sources(
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    run_id INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    first_part INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    audiences TEXT NOT NULL
+);
+CREATE INDEX sources_by_update ON sources(seq);
+CREATE INDEX sources_by_run ON sources(run_id);
+CREATE TABLE dead_letters(
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    request TEXT,
+    status INTEGER,
+    response TEXT,
+    code TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    replayed_by INTEGER
+);
+CREATE INDEX dead_letters_by_run ON dead_letters(run_id);
+CREATE TABLE checkpoints(
+    input TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path} is not a journal of this host ({detail}); refusing to touch it")]
+    NotAJournal { path: PathBuf, detail: String },
+    #[error(
+        "journal {path} is corrupt ({detail}); it was left as it is: move it aside to start an empty journal, or restore a copy"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "journal {path} has schema version {found}, newer than this host's {SCHEMA_VERSION}: use a newer outreach-host"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("journal {path} is in use by another outreach-host process (lock {lock})")]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("journal {path}: stored {what} is unreadable: {detail}")]
+    BadRow {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("no run {0} in the journal")]
+    NoSuchRun(i64),
+}
+
+/// A run's identifier in the journal.
+pub type RunId = i64;
+
+/// One planned record, ready to be journaled.
+pub struct Incoming {
+    /// Input line (or, for a replay, the dead letter's original line).
+    pub line: u64,
+    pub record: String,
+    pub outcome: PlanOutcome,
+    /// The dead letter this record replays, marked replayed in the same
+    /// transaction.
+    pub replays: Option<i64>,
+}
+
+/// Where an input file has been read up to, committed with the records
+/// before it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The input's name (its canonical path).
+    pub input: String,
+    /// What identifies the file's content (device and inode), so a replaced
+    /// file is not skipped into.
+    pub identity: String,
+    /// Bytes consumed.
+    pub offset: u64,
+    /// Lines consumed.
+    pub line: u64,
+}
+
+/// What became of a dispatched update.
+#[derive(Clone, Debug)]
+pub enum Verdict {
+    Delivered,
+    Rejected {
+        code: String,
+        reason: String,
+        request: Option<Request>,
+        response: Option<Response>,
+    },
+}
+
+/// A key handed to one worker: it owns the key's updates until it lets go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub key: String,
+    pub seq: i64,
+}
+
+/// Counters of one run, as stored.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub received: u64,
+    pub delivered: u64,
+    pub rejected: u64,
+    pub skipped: u64,
+}
+
+/// Per-process statistics a run adds to its row when it ends.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub requests_sent: u64,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub credential_refreshes: u64,
+}
+
+/// A run as the `runs` command shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub kind: String,
+    pub status: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub destination: String,
+    pub api_base: String,
+    pub input: Option<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Records of this run still queued in the journal.
+    pub pending: u64,
+    /// Updates (requests) that landed, after coalescing.
+    pub updates_delivered: u64,
+    /// Records merged into an update already queued for the same key.
+    pub coalesced: u64,
+    pub requests_sent: u64,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub credential_refreshes: u64,
+    /// Updates left by earlier runs that this run took over.
+    pub resumed: u64,
+    pub fatal: Option<String>,
+    pub audiences: std::collections::BTreeMap<String, Counts>,
+    pub failures: std::collections::BTreeMap<String, u64>,
+}
+
+/// A dead letter as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub run: RunId,
+    pub created_ms: u64,
+    pub line: u64,
+    pub record: Value,
+    pub request: Option<Value>,
+    pub status: Option<u16>,
+    pub response: Option<String>,
+    pub code: String,
+    pub reason: String,
+    pub replayed_by: Option<RunId>,
+}
+
+/// Which dead letters a command concerns.
+#[derive(Clone, Debug, Default)]
+pub struct LetterFilter {
+    pub run: Option<RunId>,
+    pub code: Option<String>,
+    pub ids: Vec<i64>,
+    /// Include letters already replayed.
+    pub include_replayed: bool,
+}
+
+struct State {
+    conn: Connection,
+    /// Updates whose body is on the wire: nothing may merge into them.
+    sending: HashSet<i64>,
+    /// Keys owned by a worker, and the update it is on.
+    claimed: HashMap<String, i64>,
+    /// Dispatch has looked at every update up to here.
+    cursor: i64,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Held while this process delivers from the journal.
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+/// The default journal: `$OUTREACH_JOURNAL`, else
+/// `$XDG_STATE_HOME/outreach-host/journal.sqlite`, else
+/// `~/.local/state/outreach-host/journal.sqlite`.
+pub fn default_journal_path() -> Option<PathBuf> {
+    crate::user_path(
+        "OUTREACH_JOURNAL",
+        "XDG_STATE_HOME",
+        ".local/state",
+        "journal.sqlite",
+    )
+}
+
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+impl Journal {
+    /// Opens (or creates) the journal for delivery: takes the lock that
+    /// keeps a second host away, checks the file, and marks runs that were
+    /// still running (their process died) as interrupted.
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| JournalError::Io {
+                path: lock_path.clone(),
+                source,
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(JournalError::Locked {
+                path: path.to_owned(),
+                lock: lock_path,
+            });
+        }
+        let journal = Self::open_unlocked(path, true, Some(lock))?;
+        journal.with(|conn| {
+            conn.execute(
+                "UPDATE runs SET status = 'interrupted' WHERE status = 'running'",
+                [],
+            )
+        })?;
+        Ok(journal)
+    }
+
+    /// Opens an existing journal to read runs and dead letters while a host
+    /// may be delivering from it.
+    pub fn open_existing(path: &Path) -> Result<Self, JournalError> {
+        if !path.exists() {
+            return Err(JournalError::Io {
+                path: path.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no journal here yet (it is created by the first run)",
+                ),
+            });
+        }
+        Self::open_unlocked(path, false, None)
+    }
+
+    /// A journal that lives in memory only (tests, dry experiments): it
+    /// loses everything when dropped.
+    pub fn in_memory() -> Result<Self, JournalError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|source| JournalError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let journal = Self::from_connection(path, conn, None);
+        journal.with(|conn| conn.execute_batch(SCHEMA))?;
+        Ok(journal)
+    }
+
+    fn from_connection(path: PathBuf, conn: Connection, lock: Option<File>) -> Self {
+        Self {
+            path,
+            state: Mutex::new(State {
+                conn,
+                sending: HashSet::new(),
+                claimed: HashMap::new(),
+                cursor: 0,
+            }),
+            _lock: lock,
+        }
+    }
+
+    fn open_unlocked(path: &Path, create: bool, lock: Option<File>) -> Result<Self, JournalError> {
+        let existing = check_file(path)?;
+        if !existing && !create {
+            return Err(JournalError::NotAJournal {
+                path: path.to_owned(),
+                detail: "the file is empty".into(),
+            });
+        }
+        let sqlite = |source| JournalError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        let corrupt = |e: rusqlite::Error| match e {
+            rusqlite::Error::SqliteFailure(f, detail)
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                JournalError::Corrupt {
+                    path: path.to_owned(),
+                    detail: detail.unwrap_or_else(|| f.to_string()),
+                }
+            }
+            other => JournalError::Sqlite {
+                path: path.to_owned(),
+                source: other,
+            },
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(sqlite)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(JournalError::NotAJournal {
+                path: path.to_owned(),
+                detail: format!("cannot use write-ahead logging (journal mode {mode})"),
+            });
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+            .map_err(corrupt)?;
+        let application_id: i64 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(corrupt)?;
+        if application_id == 0 && version == 0 && tables == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+            .map_err(corrupt)?;
+        } else if application_id != APPLICATION_ID {
+            return Err(JournalError::NotAJournal {
+                path: path.to_owned(),
+                detail: format!("an SQLite database of another application (id {application_id:#x})"),
+            });
+        } else if version > SCHEMA_VERSION {
+            return Err(JournalError::NewerSchema {
+                path: path.to_owned(),
+                found: version,
+            });
+        } else if version < 1 {
+            return Err(JournalError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("schema version {version}"),
+            });
+        }
+        // Page-level damage (a truncated file, overwritten bytes) shows here
+        // rather than in the middle of a run.
+        let problems: Vec<String> = {
+            let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(corrupt)?;
+            stmt.query_map([], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect())
+                .map_err(corrupt)?
+        };
+        if problems.len() != 1 || problems[0] != "ok" {
+            return Err(JournalError::Corrupt {
+                path: path.to_owned(),
+                detail: problems.join("; "),
+            });
+        }
+        Ok(Self::from_connection(path.to_owned(), conn, lock))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, JournalError> {
+        f(&self.state().conn).map_err(|e| self.err(e))
+    }
+
+    /// Records the start of a run; dispatch starts again from the oldest
+    /// queued update. One run at a time per journal.
+    pub fn start_run(
+        &self,
+        kind: &str,
+        destination: &str,
+        api_base: &str,
+        input: Option<&str>,
+    ) -> Result<RunId, JournalError> {
+        {
+            let mut state = self.state();
+            state.cursor = 0;
+            state.claimed.clear();
+            state.sending.clear();
+        }
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO runs(kind, started_ms, status, destination, api_base, input)
+                 VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+                params![kind, now_ms(), destination, api_base, input],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+    }
+
+    /// Records the end of a run.
+    pub fn end_run(
+        &self,
+        run: RunId,
+        status: &str,
+        stats: &RunStats,
+        resumed: u64,
+        fatal: Option<&str>,
+    ) -> Result<(), JournalError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE runs SET ended_ms = ?2, status = ?3, requests_sent = requests_sent + ?4,
+                    rate_limited = rate_limited + ?5, retries = retries + ?6,
+                    credential_refreshes = credential_refreshes + ?7, resumed = ?8, fatal = ?9
+                 WHERE id = ?1",
+                params![
+                    run,
+                    now_ms(),
+                    status,
+                    stats.requests_sent as i64,
+                    stats.rate_limited as i64,
+                    stats.retries as i64,
+                    stats.credential_refreshes as i64,
+                    resumed as i64,
+                    fatal
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    /// The API base that queued updates were planned for, if any are
+    /// queued: they must not be sent anywhere else.
+    pub fn pending_api_base(&self) -> Result<Option<(String, u64)>, JournalError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT r.api_base, count(*) FROM sources s JOIN runs r ON r.id = s.run_id
+                 GROUP BY r.api_base ORDER BY count(*) DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()
+        })
+    }
+
+    /// Updates (after coalescing) still queued.
+    pub fn pending_updates(&self) -> Result<u64, JournalError> {
+        self.with(|conn| conn.query_row("SELECT count(*) FROM updates", [], |r| r.get::<_, i64>(0)))
+            .map(|n| n as u64)
+    }
+
+    /// Records still queued, per run.
+    pub fn pending_records(&self, run: Option<RunId>) -> Result<u64, JournalError> {
+        self.with(|conn| match run {
+            Some(run) => conn.query_row(
+                "SELECT count(*) FROM sources WHERE run_id = ?1",
+                [run],
+                |r| r.get::<_, i64>(0),
+            ),
+            None => conn.query_row("SELECT count(*) FROM sources", [], |r| r.get::<_, i64>(0)),
+        })
+        .map(|n| n as u64)
+    }
+
+    /// Where an input file was read up to.
+    pub fn checkpoint(&self, input: &str) -> Result<Option<Checkpoint>, JournalError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT identity, offset, line FROM checkpoints WHERE input = ?1",
+                [input],
+                |r| {
+                    Ok(Checkpoint {
+                        input: input.to_owned(),
+                        identity: r.get(0)?,
+                        offset: r.get::<_, i64>(1)? as u64,
+                        line: r.get::<_, i64>(2)? as u64,
+                    })
+                },
+            )
+            .optional()
+        })
+    }
+
+    /// Forgets where an input was read up to (to read it again).
+    pub fn forget_checkpoint(&self, input: &str) -> Result<(), JournalError> {
+        self.with(|conn| {
+            conn.execute("DELETE FROM checkpoints WHERE input = ?1", [input])
+                .map(drop)
+        })
+    }
+
+    /// Journals a batch of planned records, and the input position after
+    /// them, in one durable transaction. Returns how many records were
+    /// merged into an update already queued.
+    pub fn ingest(
+        &self,
+        run: RunId,
+        batch: Vec<Incoming>,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<u64, JournalError> {
+        let mut state = self.state();
+        let State { conn, sending, .. } = &mut *state;
+        // Accepted means on disk, whatever happens to the machine next.
+        conn.execute_batch("PRAGMA synchronous = FULL")
+            .map_err(|e| self.err(e))?;
+        let result = ingest_batch(conn, sending, run, batch, checkpoint, &self.path);
+        let restore = conn.execute_batch("PRAGMA synchronous = NORMAL");
+        let coalesced = result?;
+        restore.map_err(|e| self.err(e))?;
+        Ok(coalesced)
+    }
+
+    /// Hands out the oldest queued update whose key no worker owns, and
+    /// claims its key.
+    pub fn claim_next(&self) -> Result<Option<Claim>, JournalError> {
+        let mut state = self.state();
+        let State {
+            conn,
+            claimed,
+            cursor,
+            ..
+        } = &mut *state;
+        loop {
+            let rows: Vec<(i64, String)> = {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT seq, key FROM updates WHERE seq > ?1 ORDER BY seq LIMIT 256",
+                    )
+                    .map_err(|e| self.err(e))?;
+                stmt.query_map([*cursor], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .and_then(|rows| rows.collect())
+                    .map_err(|e| self.err(e))?
+            };
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            for (seq, key) in rows {
+                *cursor = seq;
+                // A key's owner takes its later updates itself, in order.
+                if claimed.contains_key(&key) {
+                    continue;
+                }
+                claimed.insert(key.clone(), seq);
+                return Ok(Some(Claim { key, seq }));
+            }
+        }
+    }
+
+    /// Starts an attempt at `claim`: newer updates queued behind it fold in,
+    /// and the request to send now (the newest state) is returned. Until
+    /// [`Journal::attempt_failed`] or [`Journal::finish`], nothing merges
+    /// into it.
+    pub fn begin_attempt(&self, claim: &Claim) -> Result<Request, JournalError> {
+        let mut state = self.state();
+        let State { conn, sending, .. } = &mut *state;
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        let mut request = load_request(&tx, claim.seq, &self.path)?;
+        let later: Vec<(i64, String)> = {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, request FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq",
+                )
+                .map_err(|e| self.err(e))?;
+            stmt.query_map(params![claim.key, claim.seq], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err(e))?
+        };
+        let mut folded = false;
+        for (seq, text) in later {
+            let newer = parse_request(&text, &self.path)?;
+            let Some(merged) = merge_requests(&request, &newer) else {
+                break;
+            };
+            request = merged;
+            tx.execute(
+                "UPDATE sources SET seq = ?1 WHERE seq = ?2",
+                params![claim.seq, seq],
+            )
+            .map_err(|e| self.err(e))?;
+            tx.execute("DELETE FROM updates WHERE seq = ?1", [seq])
+                .map_err(|e| self.err(e))?;
+            folded = true;
+        }
+        if folded {
+            store_request(&tx, claim.seq, &request, &self.path)?;
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        sending.insert(claim.seq);
+        Ok(request)
+    }
+
+    /// The attempt did not reach a verdict (a 429, a transient failure, a
+    /// refresh): newer updates may merge into it again while it waits.
+    pub fn attempt_failed(&self, claim: &Claim) {
+        self.state().sending.remove(&claim.seq);
+    }
+
+    /// Records the verdict on `claim` and credits its records to the runs
+    /// that received them. Returns the key's next queued update, still
+    /// claimed, or `None` after letting the key go.
+    pub fn finish(
+        &self,
+        claim: &Claim,
+        verdict: &Verdict,
+        current_run: RunId,
+    ) -> Result<Option<Claim>, JournalError> {
+        let mut state = self.state();
+        let State {
+            conn,
+            sending,
+            claimed,
+            ..
+        } = &mut *state;
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        finish_update(&tx, claim.seq, verdict, current_run, &self.path)?;
+        let next: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1",
+                [&claim.key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        sending.remove(&claim.seq);
+        Ok(match next {
+            Some(seq) => {
+                claimed.insert(claim.key.clone(), seq);
+                Some(Claim {
+                    key: claim.key.clone(),
+                    seq,
+                })
+            }
+            None => {
+                claimed.remove(&claim.key);
+                None
+            }
+        })
+    }
+
+    /// Lets a key go without a verdict (the run stopped): its updates stay
+    /// queued for the next run.
+    pub fn release(&self, claim: &Claim) {
+        let mut state = self.state();
+        state.sending.remove(&claim.seq);
+        state.claimed.remove(&claim.key);
+    }
+
+    /// Updates queued by earlier runs (taken over by a new run).
+    pub fn records_of_other_runs(&self, run: RunId) -> Result<u64, JournalError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT count(*) FROM sources WHERE run_id <> ?1",
+                [run],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n as u64)
+    }
+
+    /// One run with its counts.
+    pub fn run(&self, id: RunId) -> Result<RunRecord, JournalError> {
+        let state = self.state();
+        let conn = &state.conn;
+        let mut record = conn
+            .query_row(
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+                [id],
+                run_from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or(JournalError::NoSuchRun(id))?;
+        fill_run_details(conn, &mut record).map_err(|e| self.err(e))?;
+        Ok(record)
+    }
+
+    /// The newest runs first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, JournalError> {
+        let state = self.state();
+        let conn = &state.conn;
+        let mut runs: Vec<RunRecord> = {
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1"
+                ))
+                .map_err(|e| self.err(e))?;
+            stmt.query_map([limit as i64], run_from_row)
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.err(e))?
+        };
+        for run in &mut runs {
+            fill_run_details(conn, run).map_err(|e| self.err(e))?;
+        }
+        Ok(runs)
+    }
+
+    /// The id of the newest run.
+    pub fn last_run(&self) -> Result<Option<RunId>, JournalError> {
+        self.with(|conn| {
+            conn.query_row("SELECT max(id) FROM runs", [], |r| r.get::<_, Option<i64>>(0))
+        })
+    }
+
+    /// Dead letters matching `filter`, oldest first.
+    pub fn dead_letters(&self, filter: &LetterFilter) -> Result<Vec<DeadLetter>, JournalError> {
+        let state = self.state();
+        let mut sql = String::from(
+            "SELECT id, run_id, created_ms, line, record, request, status, response, code, reason, replayed_by
+             FROM dead_letters WHERE 1 = 1",
+        );
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(run) = filter.run {
+            sql.push_str(" AND run_id = ?");
+            args.push(run.into());
+        }
+        if let Some(code) = &filter.code {
+            sql.push_str(" AND code = ?");
+            args.push(code.clone().into());
+        }
+        if !filter.ids.is_empty() {
+            sql.push_str(" AND id IN (");
+            sql.push_str(&vec!["?"; filter.ids.len()].join(","));
+            sql.push(')');
+            args.extend(filter.ids.iter().map(|&id| id.into()));
+        }
+        if !filter.include_replayed {
+            sql.push_str(" AND replayed_by IS NULL");
+        }
+        sql.push_str(" ORDER BY id");
+        let mut stmt = state.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        stmt.query_map(rusqlite::params_from_iter(args), |r| {
+            let record: String = r.get(4)?;
+            let request: Option<String> = r.get(5)?;
+            Ok(DeadLetter {
+                id: r.get(0)?,
+                run: r.get(1)?,
+                created_ms: r.get::<_, i64>(2)? as u64,
+                line: r.get::<_, i64>(3)? as u64,
+                record: json_or_text(&record),
+                request: request.as_deref().map(json_or_text),
+                status: r.get::<_, Option<i64>>(6)?.map(|s| s as u16),
+                response: r.get(7)?,
+                code: r.get(8)?,
+                reason: r.get(9)?,
+                replayed_by: r.get(10)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
+    }
+
+    /// The raw record texts of dead letters, for a replay.
+    pub fn letter_records(
+        &self,
+        filter: &LetterFilter,
+    ) -> Result<Vec<(i64, u64, String)>, JournalError> {
+        let letters = self.dead_letters(filter)?;
+        let state = self.state();
+        letters
+            .iter()
+            .map(|l| {
+                state
+                    .conn
+                    .query_row(
+                        "SELECT record FROM dead_letters WHERE id = ?1",
+                        [l.id],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .map(|text| (l.id, l.line, text))
+                    .map_err(|e| self.err(e))
+            })
+            .collect()
+    }
+
+    /// Seconds-resolution timestamp of the newest verdict, for stall alerts.
+    pub fn has_pending(&self) -> Result<bool, JournalError> {
+        self.with(|conn| {
+            conn.query_row("SELECT EXISTS(SELECT 1 FROM updates)", [], |r| r.get(0))
+        })
+    }
+}
+
+const RUN_COLUMNS: &str = "id, kind, status, started_ms, ended_ms, destination, api_base, input,
+    received, delivered, rejected, skipped, updates_delivered, coalesced, requests_sent,
+    rate_limited, retries, credential_refreshes, resumed, fatal";
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+    Ok(RunRecord {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        status: r.get(2)?,
+        started_ms: n(3)?,
+        ended_ms: r.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        destination: r.get(5)?,
+        api_base: r.get(6)?,
+        input: r.get(7)?,
+        counts: Counts {
+            received: n(8)?,
+            delivered: n(9)?,
+            rejected: n(10)?,
+            skipped: n(11)?,
+        },
+        pending: 0,
+        updates_delivered: n(12)?,
+        coalesced: n(13)?,
+        requests_sent: n(14)?,
+        rate_limited: n(15)?,
+        retries: n(16)?,
+        credential_refreshes: n(17)?,
+        resumed: n(18)?,
+        fatal: r.get(19)?,
+        audiences: Default::default(),
+        failures: Default::default(),
+    })
+}
+
+fn fill_run_details(conn: &Connection, run: &mut RunRecord) -> rusqlite::Result<()> {
+    run.pending = conn.query_row(
+        "SELECT count(*) FROM sources WHERE run_id = ?1 AND first_part = 1",
+        [run.id],
+        |r| r.get::<_, i64>(0),
+    )? as u64;
+    let mut stmt = conn.prepare_cached(
+        "SELECT audience, received, delivered, rejected, skipped FROM run_audiences WHERE run_id = ?1",
+    )?;
+    let audiences = stmt.query_map([run.id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Counts {
+                received: r.get::<_, i64>(1)? as u64,
+                delivered: r.get::<_, i64>(2)? as u64,
+                rejected: r.get::<_, i64>(3)? as u64,
+                skipped: r.get::<_, i64>(4)? as u64,
+            },
+        ))
+    })?;
+    run.audiences = audiences.collect::<rusqlite::Result<_>>()?;
+    let mut stmt =
+        conn.prepare_cached("SELECT code, count FROM run_failures WHERE run_id = ?1")?;
+    let failures = stmt.query_map([run.id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    run.failures = failures.collect::<rusqlite::Result<_>>()?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(now_epoch_ms()).unwrap_or(i64::MAX)
+}
+
+fn json_or_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+/// Refuses a file that is not an SQLite database or is shorter than its
+/// header says, before SQLite gets to it. Returns whether it has content.
+fn check_file(path: &Path) -> Result<bool, JournalError> {
+    let io = |source| JournalError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io(e)),
+    };
+    let len = file.metadata().map_err(io)?.len();
+    if len == 0 {
+        // SQLite itself leaves a 0-byte file before the first write, and
+        // then nothing can have been accepted into it.
+        return Ok(false);
+    }
+    let mut header = [0u8; 100];
+    let read = read_up_to(&mut file, &mut header).map_err(io)?;
+    if read < 16 || &header[..16] != SQLITE_MAGIC {
+        return Err(JournalError::NotAJournal {
+            path: path.to_owned(),
+            detail: "not an SQLite database".into(),
+        });
+    }
+    if read < 100 {
+        return Err(JournalError::Corrupt {
+            path: path.to_owned(),
+            detail: format!("truncated to {len} bytes, inside the database header"),
+        });
+    }
+    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65_536u64,
+        n => u64::from(n),
+    };
+    let pages = u64::from(be32(28));
+    // The in-header size is valid when the change counter matches the
+    // version it was written at (SQLite file format §1.3.7).
+    if be32(24) == be32(92) && pages > 0 && page_size >= 512 && pages * page_size > len {
+        return Err(JournalError::Corrupt {
+            path: path.to_owned(),
+            detail: format!(
+                "truncated: the header says {} bytes ({pages} pages of {page_size}), the file has {len}",
+                pages * page_size
+            ),
+        });
+    }
+    Ok(true)
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+fn parse_request(text: &str, path: &Path) -> Result<Request, JournalError> {
+    serde_json::from_str(text).map_err(|e| JournalError::BadRow {
+        path: path.to_owned(),
+        what: "update",
+        detail: e.to_string(),
+    })
+}
+
+fn load_request(tx: &Transaction<'_>, seq: i64, path: &Path) -> Result<Request, JournalError> {
+    let text: String = tx
+        .query_row("SELECT request FROM updates WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .map_err(|source| JournalError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+    parse_request(&text, path)
+}
+
+fn store_request(
+    tx: &Transaction<'_>,
+    seq: i64,
+    request: &Request,
+    path: &Path,
+) -> Result<(), JournalError> {
+    let text = serde_json::to_string(request).map_err(|e| JournalError::BadRow {
+        path: path.to_owned(),
+        what: "update",
+        detail: e.to_string(),
+    })?;
+    tx.execute(
+        "UPDATE updates SET request = ?1 WHERE seq = ?2",
+        params![text, seq],
+    )
+    .map(drop)
+    .map_err(|source| JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Which count a record's fate adds to.
+#[derive(Clone, Copy)]
+enum Fate {
+    Delivered,
+    Rejected,
+    Skipped,
+}
+
+/// Adds one record's fate to its run's counters.
+fn credit(
+    tx: &Transaction<'_>,
+    run: RunId,
+    audiences: &[String],
+    fate: Fate,
+    received: bool,
+    record_level: bool,
+    failure: Option<&str>,
+) -> rusqlite::Result<()> {
+    let column = match fate {
+        Fate::Delivered => "delivered",
+        Fate::Rejected => "rejected",
+        Fate::Skipped => "skipped",
+    };
+    let received = i64::from(received);
+    for audience in audiences {
+        tx.prepare_cached(&format!(
+            "INSERT INTO run_audiences(run_id, audience, received, {column}) VALUES (?1, ?2, ?3, 1)
+             ON CONFLICT(run_id, audience) DO UPDATE SET received = received + ?3, {column} = {column} + 1"
+        ))?
+        .execute(params![run, audience, received])?;
+    }
+    if record_level {
+        tx.prepare_cached(&format!(
+            "UPDATE runs SET received = received + ?2, {column} = {column} + 1 WHERE id = ?1"
+        ))?
+        .execute(params![run, received])?;
+    }
+    if let Some(code) = failure {
+        tx.prepare_cached(
+            "INSERT INTO run_failures(run_id, code, count) VALUES (?1, ?2, 1)
+             ON CONFLICT(run_id, code) DO UPDATE SET count = count + 1",
+        )?
+        .execute(params![run, code])?;
+    }
+    Ok(())
+}
+
+fn credit_received(tx: &Transaction<'_>, run: RunId, audiences: &[String]) -> rusqlite::Result<()> {
+    for audience in audiences {
+        tx.prepare_cached(
+            "INSERT INTO run_audiences(run_id, audience, received) VALUES (?1, ?2, 1)
+             ON CONFLICT(run_id, audience) DO UPDATE SET received = received + 1",
+        )?
+        .execute(params![run, audience])?;
+    }
+    tx.prepare_cached("UPDATE runs SET received = received + 1 WHERE id = ?1")?
+        .execute([run])?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_letter(
+    tx: &Transaction<'_>,
+    run: RunId,
+    line: u64,
+    record: &str,
+    request: Option<&str>,
+    status: Option<u16>,
+    response: Option<&str>,
+    code: &str,
+    reason: &str,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO dead_letters(run_id, created_ms, line, record, request, status, response, code, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        run,
+        now_ms(),
+        line as i64,
+        record,
+        request,
+        status,
+        response,
+        code,
+        reason
+    ])
+    .map(drop)
+}
+
+fn ingest_batch(
+    conn: &mut Connection,
+    sending: &HashSet<i64>,
+    run: RunId,
+    batch: Vec<Incoming>,
+    checkpoint: Option<&Checkpoint>,
+    path: &Path,
+) -> Result<u64, JournalError> {
+    let sqlite = |source| JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let tx = conn.transaction().map_err(sqlite)?;
+    let mut coalesced = 0u64;
+    for incoming in batch {
+        if let Some(letter) = incoming.replays {
+            tx.prepare_cached("UPDATE dead_letters SET replayed_by = ?1 WHERE id = ?2")
+                .and_then(|mut s| s.execute(params![run, letter]))
+                .map_err(sqlite)?;
+        }
+        match incoming.outcome {
+            PlanOutcome::Skip(_) => {
+                credit(&tx, run, &[], Fate::Skipped, true, true, Some("nothing-to-write"))
+                    .map_err(sqlite)?;
+            }
+            PlanOutcome::Invalid(error) => {
+                // A record without a usable prospect id cannot be matched to
+                // a prospect: it is skipped, as the original product says.
+                let fate = if error.code.starts_with("identity-") {
+                    Fate::Skipped
+                } else {
+                    Fate::Rejected
+                };
+                credit(&tx, run, &error.audiences, fate, true, true, Some(&error.code))
+                    .map_err(sqlite)?;
+                insert_letter(
+                    &tx,
+                    run,
+                    incoming.line,
+                    &incoming.record,
+                    None,
+                    None,
+                    None,
+                    &error.code,
+                    &error.message,
+                )
+                .map_err(sqlite)?;
+            }
+            PlanOutcome::Send(requests) => {
+                let mut all_audiences: Vec<String> = Vec::new();
+                for request in &requests {
+                    for a in &request.audiences {
+                        if !all_audiences.contains(a) {
+                            all_audiences.push(a.clone());
+                        }
+                    }
+                }
+                credit_received(&tx, run, &all_audiences).map_err(sqlite)?;
+                for (part, request) in requests.into_iter().enumerate() {
+                    let audiences = serde_json::to_string(&request.audiences)
+                        .unwrap_or_else(|_| "[]".into());
+                    let seq = match enqueue(&tx, sending, request, path)? {
+                        Enqueued::Merged(seq) => {
+                            coalesced += 1;
+                            seq
+                        }
+                        Enqueued::New(seq) => seq,
+                    };
+                    tx.prepare_cached(
+                        "INSERT INTO sources(seq, run_id, line, first_part, record, audiences)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            seq,
+                            run,
+                            incoming.line as i64,
+                            part == 0,
+                            incoming.record,
+                            audiences
+                        ])
+                    })
+                    .map_err(sqlite)?;
+                }
+            }
+        }
+    }
+    if coalesced > 0 {
+        tx.execute(
+            "UPDATE runs SET coalesced = coalesced + ?2 WHERE id = ?1",
+            params![run, coalesced as i64],
+        )
+        .map_err(sqlite)?;
+    }
+    if let Some(c) = checkpoint {
+        tx.execute(
+            "INSERT INTO checkpoints(input, identity, offset, line, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(input) DO UPDATE SET identity = ?2, offset = ?3, line = ?4, updated_ms = ?5",
+            params![c.input, c.identity, c.offset as i64, c.line as i64, now_ms()],
+        )
+        .map_err(sqlite)?;
+    }
+    tx.commit().map_err(sqlite)?;
+    Ok(coalesced)
+}
+
+enum Enqueued {
+    Merged(i64),
+    New(i64),
+}
+
+/// Merges `request` into the newest queued update for its key when that one
+/// is not on the wire and the two merge; otherwise queues it behind.
+fn enqueue(
+    tx: &Transaction<'_>,
+    sending: &HashSet<i64>,
+    request: Request,
+    path: &Path,
+) -> Result<Enqueued, JournalError> {
+    let sqlite = |source| JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let newest: Option<(i64, String)> = tx
+        .prepare_cached("SELECT seq, request FROM updates WHERE key = ?1 ORDER BY seq DESC LIMIT 1")
+        .and_then(|mut s| {
+            s.query_row([&request.key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(sqlite)?;
+    if let Some((seq, text)) = newest
+        && !sending.contains(&seq)
+    {
+        let older = parse_request(&text, path)?;
+        if let Some(merged) = merge_requests(&older, &request) {
+            store_request(tx, seq, &merged, path)?;
+            return Ok(Enqueued::Merged(seq));
+        }
+    }
+    let text = serde_json::to_string(&request).map_err(|e| JournalError::BadRow {
+        path: path.to_owned(),
+        what: "update",
+        detail: e.to_string(),
+    })?;
+    tx.prepare_cached("INSERT INTO updates(key, request) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![request.key, text]))
+        .map_err(sqlite)?;
+    Ok(Enqueued::New(tx.last_insert_rowid()))
+}
+
+fn finish_update(
+    tx: &Transaction<'_>,
+    seq: i64,
+    verdict: &Verdict,
+    current_run: RunId,
+    path: &Path,
+) -> Result<(), JournalError> {
+    let sqlite = |source| JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    type SourceRow = (i64, i64, bool, String, String);
+    let sources: Vec<SourceRow> = tx
+        .prepare_cached(
+            "SELECT run_id, line, first_part, record, audiences FROM sources WHERE seq = ?1 ORDER BY id",
+        )
+        .and_then(|mut s| {
+            s.query_map([seq], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .and_then(|rows| rows.collect())
+        })
+        .map_err(sqlite)?;
+    let (request_text, status, response) = match verdict {
+        Verdict::Delivered => (None, None, None),
+        Verdict::Rejected {
+            request, response, ..
+        } => (
+            request
+                .as_ref()
+                .map(|r| request_summary(r).to_string()),
+            response.as_ref().map(|r| r.status),
+            response.as_ref().map(|r| r.body.clone()),
+        ),
+    };
+    for (run, line, first_part, record, audiences) in &sources {
+        let audiences: Vec<String> = serde_json::from_str(audiences).unwrap_or_default();
+        match verdict {
+            Verdict::Delivered => {
+                credit(tx, *run, &audiences, Fate::Delivered, false, *first_part, None)
+                    .map_err(sqlite)?;
+            }
+            Verdict::Rejected { code, reason, .. } => {
+                credit(tx, *run, &audiences, Fate::Rejected, false, *first_part, Some(code))
+                    .map_err(sqlite)?;
+                insert_letter(
+                    tx,
+                    *run,
+                    *line as u64,
+                    record,
+                    request_text.as_deref(),
+                    status,
+                    response.as_deref(),
+                    code,
+                    reason,
+                )
+                .map_err(sqlite)?;
+            }
+        }
+    }
+    if matches!(verdict, Verdict::Delivered) {
+        tx.prepare_cached("UPDATE runs SET updates_delivered = updates_delivered + 1 WHERE id = ?1")
+            .and_then(|mut s| s.execute([current_run]))
+            .map_err(sqlite)?;
+    }
+    tx.prepare_cached("DELETE FROM sources WHERE seq = ?1")
+        .and_then(|mut s| s.execute([seq]))
+        .map_err(sqlite)?;
+    tx.prepare_cached("DELETE FROM updates WHERE seq = ?1")
+        .and_then(|mut s| s.execute([seq]))
+        .map_err(sqlite)?;
+    Ok(())
+}
+
+/// The request as a dead letter shows it: method, path, body as JSON.
+pub fn request_summary(request: &Request) -> Value {
+    json!({
+        "method": request.method,
+        "path": request.path,
+        "body": json_or_text(&request.body),
+    })
+}
+
+/// Merges a newer update into an older one queued for the same resource:
+/// two JSON:API `PATCH` documents for the same `data.type` and `data.id`
+/// combine member by member in `data.attributes` and `data.relationships`,
+/// the newer value winning (a `PATCH` leaves members it does not name
+/// unchanged, so sending the merge equals sending both in order). Anything
+/// else — another method, path or headers, a body that is not such a
+/// document — does not merge, and the newer update is queued behind.
+pub fn merge_requests(older: &Request, newer: &Request) -> Option<Request> {
+    if older.method != Method::Patch
+        || newer.method != Method::Patch
+        || older.key != newer.key
+        || older.path != newer.path
+        || older.headers != newer.headers
+    {
+        return None;
+    }
+    let old: Value = serde_json::from_str(&older.body).ok()?;
+    let mut new: Value = serde_json::from_str(&newer.body).ok()?;
+    let old_data = old.get("data")?.as_object()?;
+    let new_data = new.get_mut("data")?.as_object_mut()?;
+    if old_data.get("type") != new_data.get("type") || old_data.get("id") != new_data.get("id") {
+        return None;
+    }
+    for member in ["attributes", "relationships"] {
+        match (old_data.get(member), new_data.get_mut(member)) {
+            (None, _) => {}
+            (Some(Value::Object(old_members)), Some(Value::Object(new_members))) => {
+                for (name, value) in old_members {
+                    new_members
+                        .entry(name.clone())
+                        .or_insert_with(|| value.clone());
+                }
+            }
+            (Some(old_members @ Value::Object(_)), None) => {
+                new_data.insert(member.to_owned(), old_members.clone());
+            }
+            _ => return None,
+        }
+    }
+    // Any other member of the older `data` (links, meta) must not be lost.
+    if old_data.keys().any(|name| !new_data.contains_key(name)) {
+        return None;
+    }
+    let mut audiences = older.audiences.clone();
+    for a in &newer.audiences {
+        if !audiences.contains(a) {
+            audiences.push(a.clone());
+        }
+    }
+    Some(Request {
+        method: newer.method,
+        path: newer.path.clone(),
+        headers: newer.headers.clone(),
+        body: serde_json::to_string(&new).ok()?,
+        key: newer.key.clone(),
+        audiences,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use destination_types::Header;
+
+    fn patch(id: u64, attributes: Value, audiences: &[&str]) -> Request {
+        Request {
+            method: Method::Patch,
+            path: format!("/prospects/{id}"),
+            headers: vec![Header {
+                name: "Content-Type".into(),
+                value: "application/vnd.api+json".into(),
+            }],
+            body: json!({"data": {"type": "prospect", "id": id, "attributes": attributes}})
+                .to_string(),
+            key: id.to_string(),
+            audiences: audiences.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    fn attributes(r: &Request) -> Value {
+        serde_json::from_str::<Value>(&r.body).unwrap()["data"]["attributes"].clone()
+    }
+
+    #[test]
+    fn newer_values_win_per_attribute_and_older_ones_stay() {
+        let older = patch(7, json!({"firstName": "Ada", "custom4": "Active"}), &["news"]);
+        let newer = patch(7, json!({"custom4": "Removed", "title": "CTO"}), &["vip"]);
+        let merged = merge_requests(&older, &newer).unwrap();
+        assert_eq!(
+            attributes(&merged),
+            json!({"firstName": "Ada", "custom4": "Removed", "title": "CTO"})
+        );
+        assert_eq!(merged.audiences, ["news", "vip"]);
+        // A null is a value: it clears the field, and wins.
+        let cleared = merge_requests(&merged, &patch(7, json!({"title": null}), &[])).unwrap();
+        assert_eq!(attributes(&cleared)["title"], Value::Null);
+    }
+
+    #[test]
+    fn different_resources_or_methods_do_not_merge() {
+        let a = patch(7, json!({"firstName": "Ada"}), &[]);
+        let mut other_id = patch(8, json!({"firstName": "Bob"}), &[]);
+        other_id.key = a.key.clone();
+        assert!(merge_requests(&a, &other_id).is_none());
+        let mut post = a.clone();
+        post.method = Method::Post;
+        assert!(merge_requests(&a, &post).is_none());
+        let mut not_json = a.clone();
+        not_json.body = "not json".into();
+        assert!(merge_requests(&a, &not_json).is_none());
+    }
+}
