@@ -65,9 +65,8 @@ impl Alerts {
         let client = match &settings.webhook {
             None => None,
             Some(url) => {
-                let parsed = reqwest::Url::parse(url).map_err(|_| AlertError::BadWebhook {
-                    url: url.clone(),
-                })?;
+                let parsed = reqwest::Url::parse(url)
+                    .map_err(|_| AlertError::BadWebhook { url: url.clone() })?;
                 if !matches!(parsed.scheme(), "http" | "https") {
                     return Err(AlertError::BadWebhook { url: url.clone() });
                 }
@@ -125,7 +124,10 @@ impl Alerts {
                 tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
             }
             if !delivered {
-                tracing::error!("the {:?} alert could not be posted to the webhook", alert.event);
+                tracing::error!(
+                    "the {:?} alert could not be posted to the webhook",
+                    alert.event
+                );
             }
         }
         if let Some(command) = &self.settings.command {

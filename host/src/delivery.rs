@@ -469,7 +469,11 @@ impl<C: Credentials> Shared<'_, '_, C> {
 
     /// Reads input, plans it in batches and journals each batch with the
     /// input position after it.
-    async fn ingest(&self, mut items: mpsc::Receiver<Result<Item, RunError>>, checkpoint: Option<(String, String)>) {
+    async fn ingest(
+        &self,
+        mut items: mpsc::Receiver<Result<Item, RunError>>,
+        checkpoint: Option<(String, String)>,
+    ) {
         let batch_size = self.options.batch.max(1);
         let mut coalesced = 0u64;
         // Input keeps being journaled after delivery stopped (say, for a
@@ -550,7 +554,10 @@ impl<C: Credentials> Shared<'_, '_, C> {
             }
         };
         let outcomes = planned.unwrap_or_else(|failure| {
-            tracing::error!("planning a batch of {} records failed: {failure}", texts.len());
+            tracing::error!(
+                "planning a batch of {} records failed: {failure}",
+                texts.len()
+            );
             texts
                 .iter()
                 .map(|_| {
@@ -618,7 +625,8 @@ impl<C: Credentials> Shared<'_, '_, C> {
                 return;
             };
             let next = self.journal.finish(&claim, &verdict, self.run);
-            self.last_verdict_ms.store(now_epoch_ms(), Ordering::Relaxed);
+            self.last_verdict_ms
+                .store(now_epoch_ms(), Ordering::Relaxed);
             if let Some(bar) = &self.progress {
                 bar.inc(1);
             }
@@ -655,7 +663,7 @@ impl<C: Credentials> Shared<'_, '_, C> {
             if self.stopped().is_some() {
                 return None;
             }
-            let request = match self.journal.begin_attempt(claim) {
+            let request = match self.journal.begin_attempt(claim, self.run) {
                 Ok(request) => request,
                 Err(e) => {
                     self.stop_run(format!("the journal failed: {e}"));
@@ -676,7 +684,9 @@ impl<C: Credentials> Shared<'_, '_, C> {
                     self.journal.attempt_failed(claim);
                     let reason = transport.to_string();
                     tracing::debug!(key = %request.key, "transport failure: {reason}");
-                    if let Some(gave_up) = self.transient(&mut failures, &reason, None, &request).await {
+                    if let Some(gave_up) =
+                        self.transient(&mut failures, &reason, None, &request).await
+                    {
                         return Some(gave_up);
                     }
                     continue;

@@ -441,7 +441,9 @@ impl Journal {
         } else if application_id != APPLICATION_ID {
             return Err(JournalError::NotAJournal {
                 path: path.to_owned(),
-                detail: format!("an SQLite database of another application (id {application_id:#x})"),
+                detail: format!(
+                    "an SQLite database of another application (id {application_id:#x})"
+                ),
             });
         } else if version > SCHEMA_VERSION {
             return Err(JournalError::NewerSchema {
@@ -670,7 +672,11 @@ impl Journal {
     /// and the request to send now (the newest state) is returned. Until
     /// [`Journal::attempt_failed`] or [`Journal::finish`], nothing merges
     /// into it.
-    pub fn begin_attempt(&self, claim: &Claim) -> Result<Request, JournalError> {
+    pub fn begin_attempt(
+        &self,
+        claim: &Claim,
+        current_run: RunId,
+    ) -> Result<Request, JournalError> {
         let mut state = self.state();
         let State { conn, sending, .. } = &mut *state;
         let tx = conn.transaction().map_err(|e| self.err(e))?;
@@ -681,11 +687,13 @@ impl Journal {
                     "SELECT seq, request FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq",
                 )
                 .map_err(|e| self.err(e))?;
-            stmt.query_map(params![claim.key, claim.seq], |r| Ok((r.get(0)?, r.get(1)?)))
-                .and_then(|rows| rows.collect())
-                .map_err(|e| self.err(e))?
+            stmt.query_map(params![claim.key, claim.seq], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))?
         };
-        let mut folded = false;
+        let mut folded = 0i64;
         for (seq, text) in later {
             let newer = parse_request(&text, &self.path)?;
             let Some(merged) = merge_requests(&request, &newer) else {
@@ -699,10 +707,15 @@ impl Journal {
             .map_err(|e| self.err(e))?;
             tx.execute("DELETE FROM updates WHERE seq = ?1", [seq])
                 .map_err(|e| self.err(e))?;
-            folded = true;
+            folded += 1;
         }
-        if folded {
+        if folded > 0 {
             store_request(&tx, claim.seq, &request, &self.path)?;
+            tx.execute(
+                "UPDATE runs SET coalesced = coalesced + ?2 WHERE id = ?1",
+                params![current_run, folded],
+            )
+            .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         sending.insert(claim.seq);
@@ -818,7 +831,9 @@ impl Journal {
     /// The id of the newest run.
     pub fn last_run(&self) -> Result<Option<RunId>, JournalError> {
         self.with(|conn| {
-            conn.query_row("SELECT max(id) FROM runs", [], |r| r.get::<_, Option<i64>>(0))
+            conn.query_row("SELECT max(id) FROM runs", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
         })
     }
 
@@ -895,9 +910,7 @@ impl Journal {
 
     /// Seconds-resolution timestamp of the newest verdict, for stall alerts.
     pub fn has_pending(&self) -> Result<bool, JournalError> {
-        self.with(|conn| {
-            conn.query_row("SELECT EXISTS(SELECT 1 FROM updates)", [], |r| r.get(0))
-        })
+        self.with(|conn| conn.query_row("SELECT EXISTS(SELECT 1 FROM updates)", [], |r| r.get(0)))
     }
 }
 
@@ -957,8 +970,7 @@ fn fill_run_details(conn: &Connection, run: &mut RunRecord) -> rusqlite::Result<
         ))
     })?;
     run.audiences = audiences.collect::<rusqlite::Result<_>>()?;
-    let mut stmt =
-        conn.prepare_cached("SELECT code, count FROM run_failures WHERE run_id = ?1")?;
+    let mut stmt = conn.prepare_cached("SELECT code, count FROM run_failures WHERE run_id = ?1")?;
     let failures = stmt.query_map([run.id], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
     })?;
@@ -1006,7 +1018,9 @@ fn check_file(path: &Path) -> Result<bool, JournalError> {
             detail: format!("truncated to {len} bytes, inside the database header"),
         });
     }
-    let be32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    let be32 = |at: usize| {
+        u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
+    };
     let page_size = match u16::from_be_bytes([header[16], header[17]]) {
         1 => 65_536u64,
         n => u64::from(n),
@@ -1191,8 +1205,16 @@ fn ingest_batch(
         }
         match incoming.outcome {
             PlanOutcome::Skip(_) => {
-                credit(&tx, run, &[], Fate::Skipped, true, true, Some("nothing-to-write"))
-                    .map_err(sqlite)?;
+                credit(
+                    &tx,
+                    run,
+                    &[],
+                    Fate::Skipped,
+                    true,
+                    true,
+                    Some("nothing-to-write"),
+                )
+                .map_err(sqlite)?;
             }
             PlanOutcome::Invalid(error) => {
                 // A record without a usable prospect id cannot be matched to
@@ -1202,8 +1224,16 @@ fn ingest_batch(
                 } else {
                     Fate::Rejected
                 };
-                credit(&tx, run, &error.audiences, fate, true, true, Some(&error.code))
-                    .map_err(sqlite)?;
+                credit(
+                    &tx,
+                    run,
+                    &error.audiences,
+                    fate,
+                    true,
+                    true,
+                    Some(&error.code),
+                )
+                .map_err(sqlite)?;
                 insert_letter(
                     &tx,
                     run,
@@ -1228,8 +1258,8 @@ fn ingest_batch(
                 }
                 credit_received(&tx, run, &all_audiences).map_err(sqlite)?;
                 for (part, request) in requests.into_iter().enumerate() {
-                    let audiences = serde_json::to_string(&request.audiences)
-                        .unwrap_or_else(|_| "[]".into());
+                    let audiences =
+                        serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
                     let seq = match enqueue(&tx, sending, request, path)? {
                         Enqueued::Merged(seq) => {
                             coalesced += 1;
@@ -1347,9 +1377,7 @@ fn finish_update(
         Verdict::Rejected {
             request, response, ..
         } => (
-            request
-                .as_ref()
-                .map(|r| request_summary(r).to_string()),
+            request.as_ref().map(|r| request_summary(r).to_string()),
             response.as_ref().map(|r| r.status),
             response.as_ref().map(|r| r.body.clone()),
         ),
@@ -1358,12 +1386,28 @@ fn finish_update(
         let audiences: Vec<String> = serde_json::from_str(audiences).unwrap_or_default();
         match verdict {
             Verdict::Delivered => {
-                credit(tx, *run, &audiences, Fate::Delivered, false, *first_part, None)
-                    .map_err(sqlite)?;
+                credit(
+                    tx,
+                    *run,
+                    &audiences,
+                    Fate::Delivered,
+                    false,
+                    *first_part,
+                    None,
+                )
+                .map_err(sqlite)?;
             }
             Verdict::Rejected { code, reason, .. } => {
-                credit(tx, *run, &audiences, Fate::Rejected, false, *first_part, Some(code))
-                    .map_err(sqlite)?;
+                credit(
+                    tx,
+                    *run,
+                    &audiences,
+                    Fate::Rejected,
+                    false,
+                    *first_part,
+                    Some(code),
+                )
+                .map_err(sqlite)?;
                 insert_letter(
                     tx,
                     *run,
@@ -1380,9 +1424,11 @@ fn finish_update(
         }
     }
     if matches!(verdict, Verdict::Delivered) {
-        tx.prepare_cached("UPDATE runs SET updates_delivered = updates_delivered + 1 WHERE id = ?1")
-            .and_then(|mut s| s.execute([current_run]))
-            .map_err(sqlite)?;
+        tx.prepare_cached(
+            "UPDATE runs SET updates_delivered = updates_delivered + 1 WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute([current_run]))
+        .map_err(sqlite)?;
     }
     tx.prepare_cached("DELETE FROM sources WHERE seq = ?1")
         .and_then(|mut s| s.execute([seq]))
@@ -1487,7 +1533,11 @@ mod tests {
 
     #[test]
     fn newer_values_win_per_attribute_and_older_ones_stay() {
-        let older = patch(7, json!({"firstName": "Ada", "custom4": "Active"}), &["news"]);
+        let older = patch(
+            7,
+            json!({"firstName": "Ada", "custom4": "Active"}),
+            &["news"],
+        );
         let newer = patch(7, json!({"custom4": "Removed", "title": "CTO"}), &["vip"]);
         let merged = merge_requests(&older, &newer).unwrap();
         assert_eq!(

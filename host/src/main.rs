@@ -119,6 +119,13 @@ struct DeliveryArgs {
     /// standard input, the event in $OUTREACH_ALERT).
     #[arg(long, value_name = "COMMAND")]
     alert_command: Option<String>,
+    /// Requests allowed per rate-limit window (default: the component's
+    /// declared policy; Outreach: 10,000 per hour per user).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_limit: Option<u32>,
+    /// The rate-limit window in seconds (default: the component's).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
+    rate_window_secs: Option<u32>,
     /// Seconds without any update reaching a verdict, while updates are
     /// queued, before a `stalled` alert.
     #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
@@ -438,7 +445,10 @@ fn run(cli: Cli) -> Result<u8> {
             let journal = Journal::open_existing(&journal_file)?;
             return match command {
                 None | Some(RunsCommand::List) => runs_list(&journal, limit, json),
-                Some(RunsCommand::Show { run, json: show_json }) => {
+                Some(RunsCommand::Show {
+                    run,
+                    json: show_json,
+                }) => {
                     let id = run_id(&journal, &run)?;
                     runs_show(&journal.run(id)?, json || show_json)
                 }
@@ -686,13 +696,26 @@ async fn deliver<C: Credentials>(job: Job<'_>, input: Input, credentials: &C) ->
     let Some(mut destination) = configure(job.runtime, job.config)? else {
         return Ok(EXIT_INVALID_CONFIG);
     };
-    let descriptor = job.runtime.describe();
-    let limiter = Limiter::new(&descriptor.rate_limit)?;
+    let mut policy = job.runtime.describe().rate_limit.clone();
+    if let Some(requests) = job.args.rate_limit {
+        policy.requests = requests;
+    }
+    if let Some(seconds) = job.args.rate_window_secs {
+        policy.window_seconds = seconds;
+    }
+    let limiter = Limiter::new(&policy)?;
     let api = ApiClient::new(job.api_base, Duration::from_secs(job.args.timeout_secs))?;
     let name = config_text_field(job.config, "name")?.unwrap_or_default();
     let options = delivery_options(job.args, job.journal, job.kind, name)?;
-    let summary =
-        delivery::run(&mut destination, &api, &limiter, credentials, input, &options).await?;
+    let summary = delivery::run(
+        &mut destination,
+        &api,
+        &limiter,
+        credentials,
+        input,
+        &options,
+    )
+    .await?;
     print_summary(&summary, api.base().as_str(), job.args.json)?;
     Ok(exit_code(&summary))
 }
@@ -847,7 +870,14 @@ fn print_summary(summary: &Summary, api_base: &str, json: bool) -> Result<()> {
     }
     print_audiences(&summary.audiences);
     print_failures(&summary.failures);
-    if summary.rejected > 0 || summary.skipped > summary.failures.get("nothing-to-write").copied().unwrap_or(0) {
+    if summary.rejected > 0
+        || summary.skipped
+            > summary
+                .failures
+                .get("nothing-to-write")
+                .copied()
+                .unwrap_or(0)
+    {
         println!(
             "dead letters: `outreach-host dead-letters list --run {}`{}",
             summary.run,
@@ -920,7 +950,10 @@ fn utc(ms: u64) -> String {
 
 fn duration(run: &RunRecord) -> String {
     match run.ended_ms {
-        Some(end) => format!("{:.1} s", end.saturating_sub(run.started_ms) as f64 / 1000.0),
+        Some(end) => format!(
+            "{:.1} s",
+            end.saturating_sub(run.started_ms) as f64 / 1000.0
+        ),
         None => "-".into(),
     }
 }
@@ -959,7 +992,16 @@ fn runs_list(journal: &Journal, limit: usize, json: bool) -> Result<u8> {
     }
     println!(
         "{:>5}  {:<7}  {:<23}  {:<19}  {:>9}  {:>9}  {:>9}  {:>8}  {:>7}  {:>7}",
-        "run", "kind", "status", "started (UTC)", "duration", "received", "delivered", "rejected", "skipped", "pending"
+        "run",
+        "kind",
+        "status",
+        "started (UTC)",
+        "duration",
+        "received",
+        "delivered",
+        "rejected",
+        "skipped",
+        "pending"
     );
     for run in &runs {
         println!(
@@ -999,7 +1041,11 @@ fn runs_show(run: &RunRecord, json: bool) -> Result<u8> {
     );
     println!(
         "records: {} received, {} delivered, {} rejected, {} skipped, {} still queued",
-        run.counts.received, run.counts.delivered, run.counts.rejected, run.counts.skipped, run.pending
+        run.counts.received,
+        run.counts.delivered,
+        run.counts.rejected,
+        run.counts.skipped,
+        run.pending
     );
     println!(
         "{} updates delivered, {} records coalesced; {} requests sent, {} rate-limited, {} retries, {} credential refreshes; {} records of earlier runs taken over",
@@ -1038,7 +1084,10 @@ fn letters_list(journal: &Journal, filter: &LetterFilter, table: bool) -> Result
                 letter.run,
                 letter.line,
                 letter.code,
-                letter.status.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                letter
+                    .status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 letter.reason
             )?;
         } else {

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use destination_types::PlanOutcome;
 use outreach_host::BUILT_COMPONENT;
 use outreach_host::delivery::{self, DeliveryOptions, Input, StaticToken, Summary};
-use outreach_host::journal::Journal;
-use std::sync::Arc;
 use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
+use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
 use outreach_host::simulator::{Faults, Simulator, SimulatorConfig};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -399,7 +399,10 @@ async fn refused_credentials_stop_the_run_and_keep_every_record() {
     assert_eq!(s.pending, 20);
     assert!(s.login_required);
     assert!(
-        s.fatal.as_deref().unwrap().contains("`outreach-host login` again"),
+        s.fatal
+            .as_deref()
+            .unwrap()
+            .contains("`outreach-host login` again"),
         "{s:?}"
     );
     // Nothing was refused by the API: the updates wait in the journal.
@@ -413,7 +416,11 @@ async fn refused_credentials_stop_the_run_and_keep_every_record() {
     );
     let stopped = journal.run(s.run).unwrap();
     assert_eq!(stopped.status, "stopped");
-    assert!(!serde_json::to_string(&stopped).unwrap().contains("not-a-valid-token"));
+    assert!(
+        !serde_json::to_string(&stopped)
+            .unwrap()
+            .contains("not-a-valid-token")
+    );
 
     // With working credentials the next run (no new input) delivers them,
     // credited to the run that received them.
