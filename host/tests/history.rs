@@ -1,0 +1,348 @@
+//! The run history, dead letters, replay and alerts, driven through the
+//! `outreach-host` command against the simulator.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outreach_host::simulator::{Simulator, SimulatorConfig};
+use serde_json::{Value, json};
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("outreach-history-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn config(mapping_id: u32) -> String {
+    json!({
+        "name": "history",
+        "identityMapping": { "source": "Oid", "target": "OutreachId" },
+        "attributeMappings": [ { "source": "person.name.firstName", "target": "firstName" } ],
+        "audiences": [ { "id": "aud-webinar", "name": "Webinar", "mappingId": mapping_id } ]
+    })
+    .to_string()
+}
+
+fn profile(id: u64) -> String {
+    json!({
+        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
+        "person": { "name": { "firstName": format!("Name{id}") } },
+        "segmentMembership": { "ups": { "aud-webinar": { "status": "realized" } } }
+    })
+    .to_string()
+}
+
+struct Cli {
+    dir: PathBuf,
+    token: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+            .arg("--journal")
+            .arg(self.dir.join("journal.sqlite"))
+            .arg("--cache-dir")
+            .arg(self.dir.join("cache"))
+            .args(args)
+            .env("OUTREACH_ACCESS_TOKEN", &self.token)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn lines(&self, args: &[&str]) -> Vec<Value> {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn runs_dead_letters_and_replay_after_fixing_a_mapping_id() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The account has 10 custom fields: Mapping ID 33 is refused.
+    let simulator = runtime
+        .block_on(Simulator::start(
+            SimulatorConfig {
+                prospect_ids: 1..=100,
+                custom_fields: 10,
+                ..SimulatorConfig::default()
+            },
+            loopback(),
+        ))
+        .unwrap();
+    let dir = scratch("replay");
+    let cli = Cli {
+        dir: dir.clone(),
+        token: simulator.issue_token("ada@example.com"),
+    };
+    let api = simulator.api_base();
+    let wrong = write(&dir, "wrong.json", &config(33));
+    let fixed = write(&dir, "fixed.json", &config(5));
+    let mut lines: Vec<String> = (1..=30).map(profile).collect();
+    lines.insert(10, "{\"not\": \"a profile\"".into());
+    let input = write(&dir, "profiles.ndjson", &(lines.join("\n") + "\n"));
+
+    let out = cli.run(&[
+        "run",
+        "--config",
+        &wrong,
+        "--input",
+        &input,
+        "--api-base",
+        &api,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The history: one run, its counts per audience and per reason.
+    let runs = cli.json(&["runs", "--json"]);
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    let run = cli.json(&["runs", "show", "last", "--json"]);
+    assert_eq!(run["id"], 1);
+    assert_eq!(run["status"], "completed-with-failures");
+    assert_eq!(run["received"], 31);
+    assert_eq!(run["delivered"], 0);
+    assert_eq!(run["rejected"], 31);
+    assert_eq!(run["pending"], 0);
+    assert_eq!(run["audiences"]["aud-webinar"]["received"], 30);
+    assert_eq!(run["audiences"]["aud-webinar"]["rejected"], 30);
+    assert_eq!(run["failures"]["validation-error"], 30);
+    assert_eq!(run["failures"]["not-json"], 1);
+    let table = String::from_utf8(cli.run(&["runs"]).stdout).unwrap();
+    assert!(table.contains("completed-with-failures"), "{table}");
+
+    // Dead letters name the audience and its Mapping ID.
+    let letters = cli.lines(&["dead-letters", "list", "--run", "1"]);
+    assert_eq!(letters.len(), 31);
+    let rejected: Vec<&Value> = letters
+        .iter()
+        .filter(|l| l["code"] == "validation-error")
+        .collect();
+    assert_eq!(rejected.len(), 30);
+    assert!(
+        rejected[0]["reason"].as_str().unwrap().contains("33"),
+        "{}",
+        rejected[0]
+    );
+    assert_eq!(rejected[0]["status"], 422);
+    assert_eq!(rejected[0]["request"]["method"], "PATCH");
+    assert_eq!(simulator.stats().updates_applied, 0);
+
+    // Fix the Mapping ID and replay the rejected ones.
+    let out = cli.run(&[
+        "dead-letters",
+        "replay",
+        "--code",
+        "validation-error",
+        "--config",
+        &fixed,
+        "--api-base",
+        &api,
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["run"], 2);
+    assert_eq!(summary["delivered"], 30);
+    let held = (1..=100)
+        .filter(|id| simulator.prospect(*id).unwrap().get("custom5") == Some(&json!("realized")))
+        .count();
+    assert_eq!(held, 30);
+    let replay = cli.json(&["runs", "show", "2", "--json"]);
+    assert_eq!(replay["kind"], "replay");
+    // The activated count per audience is what the simulator holds.
+    assert_eq!(replay["audiences"]["aud-webinar"]["delivered"], json!(held));
+    assert_eq!(simulator.prospect(7).unwrap()["firstName"], "Name7");
+
+    // Replayed letters are done; the unparseable record remains.
+    let left = cli.lines(&["dead-letters", "list"]);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["code"], "not-json");
+    let all = cli.lines(&["dead-letters", "list", "--all"]);
+    assert_eq!(all.iter().filter(|l| l["replayed_by"] == 2).count(), 30);
+    // Nothing left to replay with that code.
+    let again = cli.run(&[
+        "dead-letters",
+        "replay",
+        "--code",
+        "validation-error",
+        "--config",
+        &fixed,
+        "--api-base",
+        &api,
+    ]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("no dead letters to replay"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A local webhook receiver collecting the alerts posted to it.
+async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(body.0);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+fn events(received: &Mutex<Vec<Value>>) -> Vec<String> {
+    received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn alerts_reach_a_webhook_and_a_command() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // 5 requests per 3-second window: delivery of 12 updates stalls.
+    let simulator = runtime
+        .block_on(Simulator::start(
+            SimulatorConfig {
+                prospect_ids: 1..=100,
+                rate_limit: 5,
+                rate_window: Duration::from_secs(3),
+                ..SimulatorConfig::default()
+            },
+            loopback(),
+        ))
+        .unwrap();
+    let (url, received) = runtime.block_on(receiver());
+    let dir = scratch("alerts");
+    let api = simulator.api_base();
+    let fixed = write(&dir, "config.json", &config(5));
+    let input = write(
+        &dir,
+        "profiles.ndjson",
+        &(1..=12).map(|id| profile(id) + "\n").collect::<String>(),
+    );
+    let command_log = dir.join("alerts.ndjson");
+    let alert_command = format!(
+        "{{ printf '%s ' \"$OUTREACH_ALERT\"; cat; echo; }} >> '{}'",
+        command_log.display()
+    );
+
+    // Refused credentials: a login is needed and the run fails.
+    let cli = Cli {
+        dir: dir.clone(),
+        token: "bad-token-5f3e9a".into(),
+    };
+    let alert_args = [
+        "--alert-webhook",
+        &url,
+        "--alert-command",
+        &alert_command,
+        "--stall-alert-secs",
+        "1",
+    ];
+    let mut args = vec![
+        "run",
+        "--config",
+        &fixed,
+        "--input",
+        &input,
+        "--api-base",
+        &api,
+    ];
+    args.extend(alert_args);
+    let out = cli.run(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(events(&received), ["login-required", "run-failed"]);
+    let login = received.lock().unwrap()[0].clone();
+    assert_eq!(login["run"], 1);
+    assert_eq!(login["destination"], "history");
+    assert!(
+        login["message"].as_str().unwrap().contains("login"),
+        "{login}"
+    );
+    assert_eq!(login["summary"]["pending"], 12);
+    let logged = std::fs::read_to_string(&command_log).unwrap();
+    let logged: Vec<&str> = logged.lines().collect();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(logged[0].starts_with("login-required {"), "{}", logged[0]);
+    let body: Value = serde_json::from_str(logged[1].trim_start_matches("run-failed ")).unwrap();
+    assert_eq!(body["event"], "run-failed");
+    // No secret in any alert.
+    let posted = serde_json::to_string(&*received.lock().unwrap()).unwrap();
+    assert!(!posted.contains("bad-token-5f3e9a"));
+    assert!(!logged.concat().contains("bad-token-5f3e9a"));
+
+    // With a good token the queued updates go out under a tight rate limit:
+    // delivery stalls on the window, which is alerted, and the run then
+    // completes without a failure alert.
+    received.lock().unwrap().clear();
+    let cli = Cli {
+        dir: dir.clone(),
+        token: simulator.issue_token("ada@example.com"),
+    };
+    let mut args = vec!["resume", "--config", &fixed, "--api-base", &api];
+    args.extend(alert_args);
+    let out = cli.run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen = events(&received);
+    assert!(seen.contains(&"stalled".to_owned()), "{seen:?}");
+    assert!(!seen.contains(&"run-failed".to_owned()), "{seen:?}");
+    assert!(simulator.stats().rate_limited > 0);
+    assert_eq!(simulator.stats().updates_applied, 12);
+    let _ = std::fs::remove_dir_all(&dir);
+}
