@@ -174,6 +174,9 @@ pub struct Checkpoint {
 }
 
 /// What became of a dispatched update.
+// A verdict lives for one call into the journal; boxing the rejection
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Verdict {
     Delivered,

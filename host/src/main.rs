@@ -281,6 +281,8 @@ struct LetterArgs {
     ids: Vec<i64>,
 }
 
+// Parsed once per process: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum LettersCommand {
     /// Dead letters not replayed yet, one JSON line each (`--all`: also

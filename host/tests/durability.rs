@@ -40,10 +40,10 @@ fn scratch(name: &str) -> PathBuf {
 /// several updates when they coalesce), the audience status flips.
 fn record(id: u64, version: u64) -> String {
     let mut person = json!({ "name": { "firstName": format!("F{id}v{version}") } });
-    if version % 2 == 0 {
+    if version.is_multiple_of(2) {
         person["jobTitle"] = json!(format!("T{id}v{version}"));
     }
-    let status = if (id + version) % 3 == 0 {
+    let status = if (id + version).is_multiple_of(3) {
         "exited"
     } else {
         "realized"
@@ -59,8 +59,12 @@ fn record(id: u64, version: u64) -> String {
 /// What prospect `id` must hold after versions `0..versions` in order.
 fn expected(id: u64, versions: u64) -> (String, String, String) {
     let last = versions - 1;
-    let last_even = if last % 2 == 0 { last } else { last - 1 };
-    let status = if (id + last) % 3 == 0 {
+    let last_even = if last.is_multiple_of(2) {
+        last
+    } else {
+        last - 1
+    };
+    let status = if (id + last).is_multiple_of(3) {
         "exited"
     } else {
         "realized"
