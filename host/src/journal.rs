@@ -911,7 +911,7 @@ impl Journal {
             .collect()
     }
 
-    /// Seconds-resolution timestamp of the newest verdict, for stall alerts.
+    /// Whether any update is queued (for stall alerts).
     pub fn has_pending(&self) -> Result<bool, JournalError> {
         self.with(|conn| conn.query_row("SELECT EXISTS(SELECT 1 FROM updates)", [], |r| r.get(0)))
     }
@@ -1003,9 +1003,12 @@ fn check_file(path: &Path) -> Result<bool, JournalError> {
     };
     let len = file.metadata().map_err(io)?.len();
     if len == 0 {
-        // SQLite itself leaves a 0-byte file before the first write, and
-        // then nothing can have been accepted into it.
-        return Ok(false);
+        // The host never leaves an empty journal behind (the schema is
+        // written when the file is created): an empty one was truncated.
+        return Err(JournalError::Corrupt {
+            path: path.to_owned(),
+            detail: "truncated to 0 bytes".into(),
+        });
     }
     let mut header = [0u8; 100];
     let read = read_up_to(&mut file, &mut header).map_err(io)?;

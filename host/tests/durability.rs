@@ -370,7 +370,8 @@ fn a_damaged_journal_is_refused_never_emptied() {
     let pristine = std::fs::read(&host.journal).unwrap();
     assert!(pristine.len() > 100_000, "{} bytes", pristine.len());
 
-    let cases: [(&str, Vec<u8>); 4] = [
+    let cases: [(&str, Vec<u8>); 5] = [
+        ("truncated to nothing", Vec::new()),
         ("truncated", pristine[..pristine.len() / 2].to_vec()),
         ("truncated inside the header", pristine[..60].to_vec()),
         ("overwritten", {
