@@ -22,39 +22,12 @@ use outreach_host::http::ApiClient;
 use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
 use outreach_host::simulator::{Simulator, SimulatorConfig};
-use serde_json::json;
 
-const CONFIG: &str = r#"{
-  "name": "bench",
-  "identityMapping": { "source": "Oid", "target": "OutreachId" },
-  "attributeMappings": [
-    { "source": "person.name.firstName", "target": "firstName" },
-    { "source": "person.name.lastName", "target": "lastName" },
-    { "source": "person.jobTitle", "target": "title" },
-    { "source": "personalEmail.address", "target": "emails" },
-    { "source": "workAddress.city", "target": "addressCity" }
-  ],
-  "audiences": [
-    { "id": "a1", "mappingId": 1 }, { "id": "a2", "mappingId": 2 }, { "id": "a3", "mappingId": 3 },
-    { "id": "a4", "mappingId": 4 }, { "id": "a5", "mappingId": 5 }
-  ]
-}"#;
+mod common;
+use common::{CONFIG, record};
 
 fn records(n: u64) -> Vec<String> {
-    (1..=n)
-        .map(|id| {
-            json!({
-                "identityMap": { "Oid": [ { "id": id.to_string() } ] },
-                "person": { "name": { "firstName": "Bench", "lastName": format!("Mark {id}") }, "jobTitle": "Engineer" },
-                "personalEmail": { "address": format!("bench{id}@example.com") },
-                "workAddress": { "city": "Berlin" },
-                "segmentMembership": { "ups": {
-                    "a1": { "status": "realized" }, "a2": { "status": "existing" }, "a3": { "status": "exited" },
-                    "a4": { "status": "realized" }, "a5": { "status": "realized" } } }
-            })
-            .to_string()
-        })
-        .collect()
+    (1..=n).map(record).collect()
 }
 
 struct Args {

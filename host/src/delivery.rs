@@ -811,6 +811,17 @@ impl<C: Credentials> Shared<'_, '_, C> {
         }
     }
 
+    /// Commits grouped verdicts even when no new verdict comes to fill the
+    /// group.
+    async fn commit_verdicts(&self) {
+        loop {
+            tokio::time::sleep(crate::journal::GROUP_COMMIT_WINDOW).await;
+            if let Err(e) = self.journal.flush() {
+                self.stop_run(format!("the journal failed: {e}"));
+            }
+        }
+    }
+
     async fn alert(&self, event: AlertKind, message: String) {
         let summary = self
             .journal
@@ -924,6 +935,7 @@ pub async fn run<C: Credentials>(
     tokio::select! {
         () = delivery => {}
         () = shared.watch_stalls() => {}
+        () = shared.commit_verdicts() => {}
     }
     stop_reading.store(true, Ordering::Relaxed);
     if reader.is_finished() {

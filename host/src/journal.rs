@@ -2,11 +2,13 @@
 //! WAL mode holding every accepted update until the API gave a verdict on
 //! it, the input checkpoints, the dead letters and the run history.
 //!
-//! A record is accepted when the transaction that journals it (together with
-//! the input position after it) commits with `synchronous=FULL`. Delivery
-//! bookkeeping commits with `synchronous=NORMAL`: a kill loses nothing, and
-//! a power cut can at worst forget that an update was delivered, so it is
-//! sent again (at-least-once).
+//! Every commit is durable (`synchronous=FULL`: fsynced before it returns).
+//! A record is accepted when the transaction that journals it, together
+//! with the input position after it, has committed. Verdicts are
+//! group-committed — every [`GROUP_COMMIT_OPS`] verdicts or
+//! [`GROUP_COMMIT_WINDOW`], whichever comes first, and with every intake —
+//! so a crash can at worst forget the verdicts of the last group, whose
+//! updates are then sent again (at-least-once).
 //!
 //! Coalescing: while an update for a key (a prospect) is queued — not yet
 //! dispatched, or dispatched but waiting for the limiter, a retry or a
@@ -21,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use destination_types::{Method, PlanOutcome, Request, Response};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -31,6 +33,10 @@ use crate::limiter::now_epoch_ms;
 const APPLICATION_ID: i64 = 0x4F52_434A;
 /// The schema this host writes.
 const SCHEMA_VERSION: i64 = 1;
+/// Verdicts committed together at most.
+pub const GROUP_COMMIT_OPS: u32 = 64;
+/// The longest a verdict waits for its commit.
+pub const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 const SCHEMA: &str = "
 CREATE TABLE runs(
@@ -277,6 +283,49 @@ struct State {
     claimed: HashMap<String, i64>,
     /// Dispatch has looked at every update up to here.
     cursor: i64,
+    /// A group of verdicts not committed yet: since when, and how many.
+    group: Option<(std::time::Instant, u32)>,
+}
+
+impl State {
+    /// Joins (or opens) the group transaction.
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        if self.group.is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.group = Some((std::time::Instant::now(), 0));
+        }
+        Ok(())
+    }
+
+    /// Counts an operation in the group, committing it when it is full or
+    /// old enough.
+    fn done(&mut self) -> rusqlite::Result<()> {
+        if let Some((since, ops)) = &mut self.group {
+            *ops += 1;
+            if *ops >= GROUP_COMMIT_OPS || since.elapsed() >= GROUP_COMMIT_WINDOW {
+                return self.commit();
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the group (`synchronous=FULL`: on disk when this returns).
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        if self.group.is_none() {
+            return Ok(());
+        }
+        self.conn.execute_batch("COMMIT")?;
+        self.group = None;
+        Ok(())
+    }
+
+    /// Abandons the group after a failed operation: its verdicts are lost
+    /// (their updates will be sent again), nothing half-done is kept.
+    fn abandon(&mut self) {
+        if self.group.take().is_some() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
 }
 
 pub struct Journal {
@@ -284,6 +333,17 @@ pub struct Journal {
     state: Mutex<State>,
     /// Held while this process delivers from the journal.
     _lock: Option<File>,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Err(e) = self.state().commit() {
+            tracing::warn!(
+                "journal {}: last verdicts not committed: {e}",
+                self.path.display()
+            );
+        }
+    }
 }
 
 impl std::fmt::Debug for Journal {
@@ -379,6 +439,7 @@ impl Journal {
                 sending: HashSet::new(),
                 claimed: HashMap::new(),
                 cursor: 0,
+                group: None,
             }),
             _lock: lock,
         }
@@ -425,7 +486,7 @@ impl Journal {
                 detail: format!("cannot use write-ahead logging (journal mode {mode})"),
             });
         }
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;")
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")
             .map_err(corrupt)?;
         let application_id: i64 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
@@ -491,11 +552,19 @@ impl Journal {
         }
     }
 
+    /// Runs `f` outside any group: pending verdicts are committed first.
     fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, JournalError> {
-        f(&self.state().conn).map_err(|e| self.err(e))
+        let mut state = self.state();
+        state.commit().map_err(|e| self.err(e))?;
+        f(&state.conn).map_err(|e| self.err(e))
+    }
+
+    /// Commits the verdicts of the current group.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        self.state().commit().map_err(|e| self.err(e))
     }
 
     /// Records the start of a run; dispatch starts again from the oldest
@@ -624,15 +693,18 @@ impl Journal {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<u64, JournalError> {
         let mut state = self.state();
+        state.begin().map_err(|e| self.err(e))?;
         let State { conn, sending, .. } = &mut *state;
-        // Accepted means on disk, whatever happens to the machine next.
-        conn.execute_batch("PRAGMA synchronous = FULL")
-            .map_err(|e| self.err(e))?;
-        let result = ingest_batch(conn, sending, run, batch, checkpoint, &self.path);
-        let restore = conn.execute_batch("PRAGMA synchronous = NORMAL");
-        let coalesced = result?;
-        restore.map_err(|e| self.err(e))?;
-        Ok(coalesced)
+        let result = ingest_batch(conn, sending, run, batch, checkpoint, &self.path)
+            // Accepted means on disk, whatever happens to the machine next.
+            .and_then(|coalesced| {
+                state.commit().map_err(|e| self.err(e))?;
+                Ok(coalesced)
+            });
+        if result.is_err() {
+            state.abandon();
+        }
+        result
     }
 
     /// Hands out the oldest queued update whose key no worker owns, and
@@ -645,30 +717,23 @@ impl Journal {
             cursor,
             ..
         } = &mut *state;
-        loop {
-            let rows: Vec<(i64, String)> = {
-                let mut stmt = conn
-                    .prepare_cached(
-                        "SELECT seq, key FROM updates WHERE seq > ?1 ORDER BY seq LIMIT 256",
-                    )
-                    .map_err(|e| self.err(e))?;
-                stmt.query_map([*cursor], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .and_then(|rows| rows.collect())
-                    .map_err(|e| self.err(e))?
-            };
-            if rows.is_empty() {
-                return Ok(None);
+        let mut stmt = conn
+            .prepare_cached("SELECT seq, key FROM updates WHERE seq > ?1 ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let mut rows = stmt.query([*cursor]).map_err(|e| self.err(e))?;
+        // Rows are read one at a time, only as far as the first free key.
+        while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+            let seq: i64 = row.get(0).map_err(|e| self.err(e))?;
+            let key: String = row.get(1).map_err(|e| self.err(e))?;
+            *cursor = seq;
+            // A key's owner takes its later updates itself, in order.
+            if claimed.contains_key(&key) {
+                continue;
             }
-            for (seq, key) in rows {
-                *cursor = seq;
-                // A key's owner takes its later updates itself, in order.
-                if claimed.contains_key(&key) {
-                    continue;
-                }
-                claimed.insert(key.clone(), seq);
-                return Ok(Some(Claim { key, seq }));
-            }
+            claimed.insert(key.clone(), seq);
+            return Ok(Some(Claim { key, seq }));
         }
+        Ok(None)
     }
 
     /// Starts an attempt at `claim`: newer updates queued behind it fold in,
@@ -681,9 +746,27 @@ impl Journal {
         current_run: RunId,
     ) -> Result<Request, JournalError> {
         let mut state = self.state();
-        let State { conn, sending, .. } = &mut *state;
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        let mut request = load_request(&tx, claim.seq, &self.path)?;
+        let result = self.fold_later_updates(&mut state, claim, current_run);
+        match result {
+            Ok(request) => {
+                state.sending.insert(claim.seq);
+                Ok(request)
+            }
+            Err(e) => {
+                state.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    fn fold_later_updates(
+        &self,
+        state: &mut State,
+        claim: &Claim,
+        current_run: RunId,
+    ) -> Result<Request, JournalError> {
+        let tx = &state.conn;
+        let mut request = load_request(tx, claim.seq, &self.path)?;
         let later: Vec<(i64, String)> = {
             let mut stmt = tx
                 .prepare_cached(
@@ -696,6 +779,11 @@ impl Journal {
             .and_then(|rows| rows.collect())
             .map_err(|e| self.err(e))?
         };
+        if later.is_empty() {
+            return Ok(request);
+        }
+        state.begin().map_err(|e| self.err(e))?;
+        let tx = &state.conn;
         let mut folded = 0i64;
         for (seq, text) in later {
             let newer = parse_request(&text, &self.path)?;
@@ -713,15 +801,14 @@ impl Journal {
             folded += 1;
         }
         if folded > 0 {
-            store_request(&tx, claim.seq, &request, &self.path)?;
+            store_request(tx, claim.seq, &request, &self.path)?;
             tx.execute(
                 "UPDATE runs SET coalesced = coalesced + ?2 WHERE id = ?1",
                 params![current_run, folded],
             )
             .map_err(|e| self.err(e))?;
         }
-        tx.commit().map_err(|e| self.err(e))?;
-        sending.insert(claim.seq);
+        state.done().map_err(|e| self.err(e))?;
         Ok(request)
     }
 
@@ -741,23 +828,31 @@ impl Journal {
         current_run: RunId,
     ) -> Result<Option<Claim>, JournalError> {
         let mut state = self.state();
+        let recorded = state
+            .begin()
+            .map_err(|e| self.err(e))
+            .and_then(|()| finish_update(&state.conn, claim.seq, verdict, current_run, &self.path))
+            .and_then(|()| {
+                state
+                    .conn
+                    .prepare_cached("SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1")
+                    .and_then(|mut s| s.query_row([&claim.key], |r| r.get(0)).optional())
+                    .map_err(|e| self.err(e))
+            })
+            .and_then(|next| {
+                state.done().map_err(|e| self.err(e))?;
+                Ok(next)
+            });
+        let next: Option<i64> = match recorded {
+            Ok(next) => next,
+            Err(e) => {
+                state.abandon();
+                return Err(e);
+            }
+        };
         let State {
-            conn,
-            sending,
-            claimed,
-            ..
+            sending, claimed, ..
         } = &mut *state;
-        let tx = conn.transaction().map_err(|e| self.err(e))?;
-        finish_update(&tx, claim.seq, verdict, current_run, &self.path)?;
-        let next: Option<i64> = tx
-            .query_row(
-                "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1",
-                [&claim.key],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
         sending.remove(&claim.seq);
         Ok(match next {
             Some(seq) => {
@@ -1065,7 +1160,7 @@ fn parse_request(text: &str, path: &Path) -> Result<Request, JournalError> {
     })
 }
 
-fn load_request(tx: &Transaction<'_>, seq: i64, path: &Path) -> Result<Request, JournalError> {
+fn load_request(tx: &Connection, seq: i64, path: &Path) -> Result<Request, JournalError> {
     let text: String = tx
         .query_row("SELECT request FROM updates WHERE seq = ?1", [seq], |r| {
             r.get(0)
@@ -1078,7 +1173,7 @@ fn load_request(tx: &Transaction<'_>, seq: i64, path: &Path) -> Result<Request, 
 }
 
 fn store_request(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     seq: i64,
     request: &Request,
     path: &Path,
@@ -1109,7 +1204,7 @@ enum Fate {
 
 /// Adds one record's fate to its run's counters.
 fn credit(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run: RunId,
     audiences: &[String],
     fate: Fate,
@@ -1146,7 +1241,7 @@ fn credit(
     Ok(())
 }
 
-fn credit_received(tx: &Transaction<'_>, run: RunId, audiences: &[String]) -> rusqlite::Result<()> {
+fn credit_received(tx: &Connection, run: RunId, audiences: &[String]) -> rusqlite::Result<()> {
     for audience in audiences {
         tx.prepare_cached(
             "INSERT INTO run_audiences(run_id, audience, received) VALUES (?1, ?2, 1)
@@ -1161,7 +1256,7 @@ fn credit_received(tx: &Transaction<'_>, run: RunId, audiences: &[String]) -> ru
 
 #[allow(clippy::too_many_arguments)]
 fn insert_letter(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     run: RunId,
     line: u64,
     record: &str,
@@ -1201,7 +1296,7 @@ fn ingest_batch(
         path: path.to_owned(),
         source,
     };
-    let tx = conn.transaction().map_err(sqlite)?;
+    let tx: &Connection = conn;
     let mut coalesced = 0u64;
     for incoming in batch {
         if let Some(letter) = incoming.replays {
@@ -1307,7 +1402,6 @@ fn ingest_batch(
         )
         .map_err(sqlite)?;
     }
-    tx.commit().map_err(sqlite)?;
     Ok(coalesced)
 }
 
@@ -1319,7 +1413,7 @@ enum Enqueued {
 /// Merges `request` into the newest queued update for its key when that one
 /// is not on the wire and the two merge; otherwise queues it behind.
 fn enqueue(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     sending: &HashSet<i64>,
     request: Request,
     path: &Path,
@@ -1356,7 +1450,7 @@ fn enqueue(
 }
 
 fn finish_update(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     seq: i64,
     verdict: &Verdict,
     current_run: RunId,

@@ -33,3 +33,24 @@ pub(crate) fn user_path(
 /// The Outreach component built from this workspace's `guest/` by
 /// `host/build.rs`.
 pub const BUILT_COMPONENT: &str = env!("OUTREACH_COMPONENT_PATH");
+
+/// `YYYY-MM-DD<separator>HH:MM:SS`, UTC, for a time in epoch seconds.
+pub fn format_utc(epoch_secs: u64, separator: char) -> String {
+    let (days, rem) = (epoch_secs / 86_400, epoch_secs % 86_400);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}{separator}{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
