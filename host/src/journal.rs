@@ -1307,7 +1307,7 @@ fn ingest_batch(
         match incoming.outcome {
             PlanOutcome::Skip(_) => {
                 credit(
-                    &tx,
+                    tx,
                     run,
                     &[],
                     Fate::Skipped,
@@ -1326,7 +1326,7 @@ fn ingest_batch(
                     Fate::Rejected
                 };
                 credit(
-                    &tx,
+                    tx,
                     run,
                     &error.audiences,
                     fate,
@@ -1336,7 +1336,7 @@ fn ingest_batch(
                 )
                 .map_err(sqlite)?;
                 insert_letter(
-                    &tx,
+                    tx,
                     run,
                     incoming.line,
                     &incoming.record,
@@ -1357,11 +1357,11 @@ fn ingest_batch(
                         }
                     }
                 }
-                credit_received(&tx, run, &all_audiences).map_err(sqlite)?;
+                credit_received(tx, run, &all_audiences).map_err(sqlite)?;
                 for (part, request) in requests.into_iter().enumerate() {
                     let audiences =
                         serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
-                    let seq = match enqueue(&tx, sending, request, path)? {
+                    let seq = match enqueue(tx, sending, request, path)? {
                         Enqueued::Merged(seq) => {
                             coalesced += 1;
                             seq
