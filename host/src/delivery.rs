@@ -76,6 +76,9 @@ pub struct DeliveryOptions {
     /// The destination's name, for the history and alerts.
     pub destination: String,
     pub alerts: Arc<Alerts>,
+    /// Stop cleanly on SIGINT/SIGTERM: journal what was read, stop sending,
+    /// keep everything else queued (the command line sets this).
+    pub stop_on_signals: bool,
 }
 
 impl Default for DeliveryOptions {
@@ -92,6 +95,7 @@ impl Default for DeliveryOptions {
             kind: "run".into(),
             destination: String::new(),
             alerts: Arc::new(Alerts::none()),
+            stop_on_signals: false,
         }
     }
 }
@@ -423,6 +427,10 @@ struct Shared<'a, 'r, C> {
     journal: &'a Journal,
     run: RunId,
     stop: Mutex<Option<String>>,
+    /// Woken when the run stops, so that no wait outlives it.
+    stopping: Notify,
+    /// Stopped by a signal: intake stops too.
+    interrupted: AtomicBool,
     login_required: AtomicBool,
     /// No more input will be journaled.
     ingest_done: AtomicBool,
@@ -450,6 +458,63 @@ impl<C: Credentials> Shared<'_, '_, C> {
         }
         drop(stop);
         self.wake.notify_waiters();
+        self.stopping.notify_waiters();
+    }
+
+    /// Completes once the run has stopped.
+    async fn until_stopped(&self) {
+        loop {
+            let notified = self.stopping.notified();
+            if self.stopped().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Completes once a signal interrupted the run.
+    async fn until_interrupted(&self) {
+        loop {
+            let notified = self.stopping.notified();
+            if self.interrupted.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs `work` unless the run stops first (`None`).
+    async fn unless_stopped<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            value = work => Some(value),
+            () = self.until_stopped() => None,
+        }
+    }
+
+    /// On SIGINT or SIGTERM: stop the run, keeping everything queued.
+    async fn watch_signals(&self) {
+        if !self.options.stop_on_signals {
+            return std::future::pending().await;
+        }
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        self.interrupted.store(true, Ordering::Release);
+        self.stop_run(
+            "interrupted by a signal; every update not yet delivered stays queued in the journal"
+                .into(),
+        );
+        std::future::pending().await
     }
 
     fn stop_for_login(&self, why: String) {
@@ -479,7 +544,17 @@ impl<C: Credentials> Shared<'_, '_, C> {
         // Input keeps being journaled after delivery stopped (say, for a
         // new login): the journal is where it waits.
         loop {
-            let Some(first) = items.recv().await else {
+            let interrupted = self.interrupted.load(Ordering::Acquire);
+            let first = if interrupted {
+                // What was already read is journaled; nothing more is read.
+                items.try_recv().ok()
+            } else {
+                tokio::select! {
+                    item = items.recv() => item,
+                    () = self.until_interrupted() => continue,
+                }
+            };
+            let Some(first) = first else {
                 break;
             };
             let mut batch = vec![first];
@@ -652,17 +727,14 @@ impl<C: Credentials> Shared<'_, '_, C> {
             if self.stopped().is_some() {
                 return None;
             }
-            let token = match self.credentials.token().await {
+            let token = match self.unless_stopped(self.credentials.token()).await? {
                 Ok(token) => token,
                 Err(why) => {
                     self.stop_for_login(why);
                     return None;
                 }
             };
-            self.limiter.acquire().await;
-            if self.stopped().is_some() {
-                return None;
-            }
+            self.unless_stopped(self.limiter.acquire()).await?;
             let request = match self.journal.begin_attempt(claim, self.run) {
                 Ok(request) => request,
                 Err(e) => {
@@ -671,7 +743,14 @@ impl<C: Credentials> Shared<'_, '_, C> {
                 }
             };
             self.requests_sent.fetch_add(1, Ordering::Relaxed);
-            let response = match self.api.send(&request, &token).await {
+            // Stopping abandons a request on the wire: it stays queued, and
+            // is sent again (at-least-once).
+            let sent = self.unless_stopped(self.api.send(&request, &token)).await;
+            let Some(sent) = sent else {
+                self.journal.attempt_failed(claim);
+                return None;
+            };
+            let response = match sent {
                 Err(violation) => {
                     return Some(Verdict::Rejected {
                         code: "refused-by-host".into(),
@@ -778,7 +857,10 @@ impl<C: Credentials> Shared<'_, '_, C> {
         if let Some(at) = not_before_ms {
             wait = wait.max(Duration::from_millis(at.saturating_sub(now_epoch_ms())));
         }
-        tokio::time::sleep(wait.min(crate::limiter::MAX_SERVER_WAIT)).await;
+        self.unless_stopped(tokio::time::sleep(
+            wait.min(crate::limiter::MAX_SERVER_WAIT),
+        ))
+        .await;
         None
     }
 
@@ -918,6 +1000,8 @@ pub async fn run<C: Credentials>(
         journal: &journal,
         run: run_id,
         stop: Mutex::new(None),
+        stopping: Notify::new(),
+        interrupted: AtomicBool::new(false),
         login_required: AtomicBool::new(false),
         ingest_done: AtomicBool::new(false),
         wake: Notify::new(),
@@ -936,6 +1020,7 @@ pub async fn run<C: Credentials>(
         () = delivery => {}
         () = shared.watch_stalls() => {}
         () = shared.commit_verdicts() => {}
+        () = shared.watch_signals() => {}
     }
     stop_reading.store(true, Ordering::Relaxed);
     if reader.is_finished() {
@@ -953,7 +1038,9 @@ pub async fn run<C: Credentials>(
         credential_refreshes: shared.refreshes.load(Ordering::Relaxed),
     };
     let before = journal.run(run_id)?;
-    let status = if fatal.is_some() {
+    let status = if shared.interrupted.load(Ordering::Acquire) {
+        "interrupted"
+    } else if fatal.is_some() {
         "stopped"
     } else if before.counts.rejected > 0 {
         "completed-with-failures"

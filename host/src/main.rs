@@ -680,6 +680,7 @@ fn delivery_options(
         kind: kind.into(),
         destination,
         alerts: Arc::new(alerts),
+        stop_on_signals: true,
         ..DeliveryOptions::default()
     })
 }

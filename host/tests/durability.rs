@@ -405,3 +405,83 @@ fn a_damaged_journal_is_refused_never_emptied() {
     assert_eq!(simulator.stats().updates_applied, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_signal_stops_the_run_cleanly_and_resume_finishes_it() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // 30 requests per 2-second window: 120 updates take four windows.
+    let simulator = runtime
+        .block_on(Simulator::start(
+            SimulatorConfig {
+                prospect_ids: 1..=120,
+                rate_limit: 30,
+                rate_window: Duration::from_secs(2),
+                ..SimulatorConfig::default()
+            },
+            loopback(),
+        ))
+        .unwrap();
+    let dir = scratch("signal");
+    let host = Host::new(&dir, &simulator, CONFIG);
+    let input = dir.join("profiles.ndjson");
+    let text: String = (1..=120).map(|id| record(id, 0) + "\n").collect();
+    std::fs::write(&input, text).unwrap();
+    let child = host
+        .command(&args(&host.run_args(&input)))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = child.wait_with_output().unwrap();
+    // It does not wait for the rate-limit window to end.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        summary["fatal"].as_str().unwrap().contains("interrupted"),
+        "{summary}"
+    );
+    let queued = summary["pending"].as_u64().unwrap();
+    assert!(queued > 0 && queued < 120, "{summary}");
+    assert_eq!(summary["received"], 120);
+    let journal = Journal::open_existing(&host.journal).unwrap();
+    assert_eq!(journal.run(1).unwrap().status, "interrupted");
+    drop(journal);
+
+    let resume = host
+        .command(&[
+            "resume",
+            "--config",
+            &host.config.display().to_string(),
+            "--api-base",
+            &host.api_base,
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        resume.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&resume.stdout).unwrap();
+    assert_eq!(summary["resumed"], json!(queued));
+    assert_eq!(summary["pending"], 0);
+    for id in 1..=120 {
+        let (first, _, _) = expected(id, 1);
+        assert_eq!(simulator.prospect(id).unwrap()["firstName"], json!(first));
+    }
+    let journal = Journal::open_existing(&host.journal).unwrap();
+    assert_eq!(journal.run(1).unwrap().counts.delivered, 120);
+    let _ = std::fs::remove_dir_all(&dir);
+}
