@@ -420,9 +420,33 @@ fn journal_path(args: &ComponentArgs) -> Result<PathBuf> {
         .context("no journal location: set OUTREACH_JOURNAL or HOME")
 }
 
+/// Commands that only print (`runs`, `dead-letters list`, `plan`,
+/// `describe`) end quietly when their reader goes away (`| head`), as
+/// other command-line tools do. Delivering commands keep SIGPIPE ignored:
+/// a closed connection must be an error there, not the end of the process.
+fn die_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE, before any
+    // thread is started, touches no Rust state.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run(cli: Cli) -> Result<u8> {
     let store = token_store(&cli.component)?;
     let journal_file = journal_path(&cli.component)?;
+    if matches!(
+        cli.command,
+        Command::Runs { .. }
+            | Command::DeadLetters {
+                command: LettersCommand::List { .. }
+            }
+            | Command::Plan { .. }
+            | Command::Describe
+    ) {
+        die_quietly_on_closed_pipe();
+    }
     match cli.command {
         Command::Simulate(args) => return tokio_runtime()?.block_on(simulate(args)),
         Command::Auth {
