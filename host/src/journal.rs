@@ -371,11 +371,24 @@ impl Journal {
     /// keeps a second host away, checks the file, and marks runs that were
     /// still running (their process died) as interrupted.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        // The journal holds customer profiles: only its owner may read it
+        // (SQLite gives the -wal and -shm files the same permissions).
+        let mut private = File::options();
+        private.create_new(true).write(true);
+        let mut private_dir = std::fs::DirBuilder::new();
+        private_dir.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            private.mode(0o600);
+            private_dir.mode(0o700);
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
-                path: path.to_owned(),
-                source,
-            })?;
+            private_dir.create(dir).map_err(io)?;
         }
         let lock_path = PathBuf::from(format!("{}.lock", path.display()));
         let lock = File::options()
@@ -393,7 +406,12 @@ impl Journal {
                 lock: lock_path,
             });
         }
-        let journal = Self::open_unlocked(path, true, Some(lock))?;
+        let created = match private.open(path) {
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(io(e)),
+        };
+        let journal = Self::open_unlocked(path, created, Some(lock))?;
         journal.with(|conn| {
             conn.execute(
                 "UPDATE runs SET status = 'interrupted' WHERE status = 'running'",
@@ -445,13 +463,11 @@ impl Journal {
         }
     }
 
-    fn open_unlocked(path: &Path, create: bool, lock: Option<File>) -> Result<Self, JournalError> {
-        let existing = check_file(path)?;
-        if !existing && !create {
-            return Err(JournalError::NotAJournal {
-                path: path.to_owned(),
-                detail: "the file is empty".into(),
-            });
+    /// Opens the journal at `path`; `created`: this process has just
+    /// created the (empty) file.
+    fn open_unlocked(path: &Path, created: bool, lock: Option<File>) -> Result<Self, JournalError> {
+        if !created {
+            check_file(path)?;
         }
         let sqlite = |source| JournalError::Sqlite {
             path: path.to_owned(),

@@ -133,6 +133,14 @@ fn runs_dead_letters_and_replay_after_fixing_a_mapping_id() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The journal holds customer profiles: owner-only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(dir.join("journal.sqlite")), 0o600);
+    }
+
     // The history: one run, its counts per audience and per reason.
     let runs = cli.json(&["runs", "--json"]);
     assert_eq!(runs.as_array().unwrap().len(), 1);
