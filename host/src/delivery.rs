@@ -240,11 +240,18 @@ impl Input {
             path: path.to_owned(),
             source,
         };
-        let canonical = std::fs::canonicalize(path).map_err(open)?;
-        let mut file = std::fs::File::open(&canonical).map_err(open)?;
+        let mut file = std::fs::File::open(path).map_err(open)?;
         let metadata = file.metadata().map_err(open)?;
+        if !metadata.is_file() {
+            // A pipe or a device cannot be read again from a position.
+            let name = path.display().to_string();
+            return Ok(Self::reader(std::io::BufReader::new(file), Some(name)));
+        }
+        let name = std::fs::canonicalize(path)
+            .map_err(open)?
+            .display()
+            .to_string();
         let identity = file_identity(&metadata);
-        let name = canonical.display().to_string();
         let (mut offset, mut line) = (0, 0);
         if let Some(checkpoint) = journal.checkpoint(&name)? {
             if from_start {
@@ -258,8 +265,10 @@ impl Input {
                 (offset, line) = (checkpoint.offset, checkpoint.line);
             }
         }
-        use std::io::Seek;
-        file.seek(std::io::SeekFrom::Start(offset)).map_err(open)?;
+        if offset > 0 {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Start(offset)).map_err(open)?;
+        }
         Ok(Self {
             items: Box::new(Lines {
                 reader: std::io::BufReader::with_capacity(1 << 16, file),
@@ -611,9 +620,11 @@ impl<C: Credentials> Shared<'_, '_, C> {
     /// records a record error with the reason: nothing is lost, and the
     /// next batch gets a fresh instance.
     fn plan(&self, lines: Vec<Item>) -> Vec<Incoming> {
-        let (readable, unreadable): (Vec<Item>, Vec<Item>) =
-            lines.into_iter().partition(|item| !item.not_utf8);
-        let texts: Vec<String> = readable.iter().map(|item| item.text.clone()).collect();
+        let texts: Vec<String> = lines
+            .iter()
+            .filter(|item| !item.not_utf8)
+            .map(|item| item.text.clone())
+            .collect();
         let planned = if texts.is_empty() {
             Ok(Vec::new())
         } else {
@@ -644,29 +655,26 @@ impl<C: Credentials> Shared<'_, '_, C> {
                 })
                 .collect()
         });
-        let mut incoming: Vec<Incoming> = readable
-            .into_iter()
-            .zip(outcomes)
-            .map(|(item, outcome)| Incoming {
-                line: item.line,
-                record: item.text,
-                outcome,
-                replays: item.replays,
-            })
-            .collect();
-        incoming.extend(unreadable.into_iter().map(|item| Incoming {
-            line: item.line,
-            record: item.text,
-            outcome: PlanOutcome::Invalid(RecordError {
-                code: "invalid-record".into(),
-                message: format!("line {} is not valid UTF-8", item.line),
-                audiences: Vec::new(),
-            }),
-            replays: item.replays,
-        }));
         // The journal's order is the input's order.
-        incoming.sort_by_key(|i| i.line);
-        incoming
+        let mut outcomes = outcomes.into_iter();
+        lines
+            .into_iter()
+            .map(|item| {
+                let outcome = if item.not_utf8 { None } else { outcomes.next() };
+                Incoming {
+                    line: item.line,
+                    outcome: outcome.unwrap_or_else(|| {
+                        PlanOutcome::Invalid(RecordError {
+                            code: "invalid-record".into(),
+                            message: format!("line {} is not valid UTF-8", item.line),
+                            audiences: Vec::new(),
+                        })
+                    }),
+                    record: item.text,
+                    replays: item.replays,
+                }
+            })
+            .collect()
     }
 
     /// Takes queued keys one at a time until the input is exhausted and
