@@ -1679,4 +1679,172 @@ mod tests {
         not_json.body = "not json".into();
         assert!(merge_requests(&a, &not_json).is_none());
     }
+
+    fn incoming(line: u64, request: Request) -> Incoming {
+        Incoming {
+            line,
+            record: format!("{{\"line\": {line}}}"),
+            outcome: PlanOutcome::Send(vec![request]),
+            replays: None,
+        }
+    }
+
+    fn journal_with_run() -> (Journal, RunId) {
+        let journal = Journal::in_memory().unwrap();
+        let run = journal
+            .start_run("run", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        (journal, run)
+    }
+
+    #[test]
+    fn updates_queued_for_one_key_merge_until_one_is_on_the_wire() {
+        let (journal, run) = journal_with_run();
+        let merged = journal
+            .ingest(
+                run,
+                vec![
+                    incoming(
+                        1,
+                        patch(7, json!({"firstName": "A", "title": "T"}), &["news"]),
+                    ),
+                    incoming(2, patch(8, json!({"firstName": "Other"}), &[])),
+                    incoming(3, patch(7, json!({"firstName": "B"}), &["vip"])),
+                ],
+                None,
+            )
+            .unwrap();
+        assert_eq!(merged, 1);
+        assert_eq!(journal.pending_updates().unwrap(), 2);
+        assert_eq!(journal.pending_records(Some(run)).unwrap(), 3);
+
+        // Dispatch in journal order; a claimed update still takes merges
+        // while it waits for the limiter.
+        let seven = journal.claim_next().unwrap().unwrap();
+        assert_eq!(seven.key, "7");
+        let eight = journal.claim_next().unwrap().unwrap();
+        assert_eq!(eight.key, "8");
+        assert_eq!(journal.claim_next().unwrap(), None);
+        journal
+            .ingest(
+                run,
+                vec![incoming(4, patch(7, json!({"title": "U"}), &[]))],
+                None,
+            )
+            .unwrap();
+        let on_the_wire = journal.begin_attempt(&seven, run).unwrap();
+        assert_eq!(
+            attributes(&on_the_wire),
+            json!({"firstName": "B", "title": "U"})
+        );
+        assert_eq!(on_the_wire.audiences, ["news", "vip"]);
+
+        // Once on the wire, a newer update queues behind it instead ...
+        journal
+            .ingest(
+                run,
+                vec![incoming(5, patch(7, json!({"title": "V"}), &[]))],
+                None,
+            )
+            .unwrap();
+        assert_eq!(journal.pending_updates().unwrap(), 3);
+        // ... and dispatch leaves it to the key's owner.
+        assert_eq!(journal.claim_next().unwrap(), None);
+
+        // A retry folds it in: the next attempt carries the newest state.
+        journal.attempt_failed(&seven);
+        let retried = journal.begin_attempt(&seven, run).unwrap();
+        assert_eq!(
+            attributes(&retried),
+            json!({"firstName": "B", "title": "V"})
+        );
+        assert_eq!(journal.pending_updates().unwrap(), 2);
+
+        // The verdict credits all five records to their run.
+        assert_eq!(
+            journal.finish(&seven, &Verdict::Delivered, run).unwrap(),
+            None
+        );
+        assert_eq!(
+            journal.finish(&eight, &Verdict::Delivered, run).unwrap(),
+            None
+        );
+        let record = journal.run(run).unwrap();
+        assert_eq!(record.counts.received, 5);
+        assert_eq!(record.counts.delivered, 5);
+        assert_eq!(record.updates_delivered, 2);
+        assert_eq!(record.coalesced, 3);
+        assert_eq!(record.pending, 0);
+        assert_eq!(record.audiences["news"].delivered, 1);
+        assert_eq!(journal.pending_updates().unwrap(), 0);
+    }
+
+    #[test]
+    fn the_owner_of_a_key_takes_the_next_update_after_a_verdict() {
+        let (journal, run) = journal_with_run();
+        journal
+            .ingest(
+                run,
+                vec![incoming(1, patch(7, json!({"firstName": "A"}), &["news"]))],
+                None,
+            )
+            .unwrap();
+        let claim = journal.claim_next().unwrap().unwrap();
+        journal.begin_attempt(&claim, run).unwrap();
+        journal
+            .ingest(
+                run,
+                vec![incoming(2, patch(7, json!({"firstName": "B"}), &["news"]))],
+                None,
+            )
+            .unwrap();
+        let rejected = Verdict::Rejected {
+            code: "validation-error".into(),
+            reason: "custom4 is not a field".into(),
+            request: None,
+            response: None,
+        };
+        let next = journal.finish(&claim, &rejected, run).unwrap().unwrap();
+        assert_eq!(next.key, "7");
+        assert_eq!(journal.claim_next().unwrap(), None);
+        let request = journal.begin_attempt(&next, run).unwrap();
+        assert_eq!(attributes(&request), json!({"firstName": "B"}));
+        assert_eq!(
+            journal.finish(&next, &Verdict::Delivered, run).unwrap(),
+            None
+        );
+
+        let letters = journal.dead_letters(&LetterFilter::default()).unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].line, 1);
+        assert_eq!(letters[0].code, "validation-error");
+        let record = journal.run(run).unwrap();
+        assert_eq!((record.counts.delivered, record.counts.rejected), (1, 1));
+        assert_eq!(record.failures["validation-error"], 1);
+    }
+
+    #[test]
+    fn a_new_run_takes_over_what_a_stopped_one_left() {
+        let (journal, first) = journal_with_run();
+        journal
+            .ingest(
+                first,
+                vec![incoming(1, patch(7, json!({"firstName": "A"}), &[]))],
+                None,
+            )
+            .unwrap();
+        let claim = journal.claim_next().unwrap().unwrap();
+        journal.begin_attempt(&claim, first).unwrap();
+        journal.release(&claim);
+        let second = journal
+            .start_run("resume", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        assert_eq!(journal.records_of_other_runs(second).unwrap(), 1);
+        let again = journal.claim_next().unwrap().unwrap();
+        assert_eq!(again, claim);
+        journal.begin_attempt(&again, second).unwrap();
+        journal.finish(&again, &Verdict::Delivered, second).unwrap();
+        assert_eq!(journal.run(first).unwrap().counts.delivered, 1);
+        assert_eq!(journal.run(second).unwrap().updates_delivered, 1);
+    }
 }
