@@ -365,10 +365,40 @@ impl<R: BufRead> Iterator for Lines<R> {
     }
 }
 
-/// Reads and plans every record. A batch the component fails on (a trap,
-/// a deadline, the memory cap, an answer of the wrong length) makes each of
-/// its records a record error with the reason: nothing is lost, and the
-/// next batch gets a fresh instance.
+/// Plans a batch: one outcome per record. A batch the component fails on
+/// (a trap, a deadline, the memory cap, an answer of the wrong length)
+/// makes each of its records a record error with the reason: nothing is
+/// lost, and the next batch gets a fresh instance.
+fn plan_batch(destination: &mut Destination<'_>, texts: &[String]) -> Vec<PlanOutcome> {
+    if texts.is_empty() {
+        return Vec::new();
+    }
+    let failure = match destination.plan(texts) {
+        Ok(outcomes) if outcomes.len() == texts.len() => return outcomes,
+        Ok(outcomes) => format!(
+            "the component returned {} outcomes for {} records",
+            outcomes.len(),
+            texts.len()
+        ),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(
+        "planning a batch of {} records failed: {failure}",
+        texts.len()
+    );
+    texts
+        .iter()
+        .map(|_| {
+            PlanOutcome::Invalid(RecordError {
+                code: "component-error".into(),
+                message: format!("the record could not be planned: {failure}"),
+                audiences: Vec::new(),
+            })
+        })
+        .collect()
+}
+
+/// Reads and plans every record, in batches (see [`plan_batch`]).
 pub fn plan_input(
     destination: &mut Destination<'_>,
     input: impl BufRead,
@@ -378,34 +408,9 @@ pub fn plan_input(
     let mut pending: Vec<(usize, String)> = Vec::new();
     let mut flush = |pending: &mut Vec<(usize, String)>,
                      planned: &mut Vec<(usize, String, PlanOutcome)>| {
-        if pending.is_empty() {
-            return;
-        }
         let texts: Vec<String> = pending.iter().map(|(_, t)| t.clone()).collect();
-        let failure = match destination.plan(&texts) {
-            Ok(outcomes) if outcomes.len() == texts.len() => {
-                for ((line, text), outcome) in pending.drain(..).zip(outcomes) {
-                    planned.push((line, text, outcome));
-                }
-                return;
-            }
-            Ok(outcomes) => format!(
-                "the component returned {} outcomes for {} records",
-                outcomes.len(),
-                texts.len()
-            ),
-            Err(e) => e.to_string(),
-        };
-        tracing::error!(
-            "planning a batch of {} records failed: {failure}",
-            texts.len()
-        );
-        for (line, text) in pending.drain(..) {
-            let outcome = PlanOutcome::Invalid(RecordError {
-                code: "component-error".into(),
-                message: format!("the record could not be planned: {failure}"),
-                audiences: Vec::new(),
-            });
+        let outcomes = plan_batch(destination, &texts);
+        for ((line, text), outcome) in pending.drain(..).zip(outcomes) {
             planned.push((line, text, outcome));
         }
     };
@@ -615,46 +620,18 @@ impl<C: Credentials> Shared<'_, '_, C> {
         self.wake.notify_waiters();
     }
 
-    /// Plans a batch. A batch the component fails on (a trap, a deadline,
-    /// the memory cap, an answer of the wrong length) makes each of its
-    /// records a record error with the reason: nothing is lost, and the
-    /// next batch gets a fresh instance.
+    /// Plans a batch ([`plan_batch`]); lines that are not UTF-8 are
+    /// record errors without asking the component.
     fn plan(&self, lines: Vec<Item>) -> Vec<Incoming> {
         let texts: Vec<String> = lines
             .iter()
             .filter(|item| !item.not_utf8)
             .map(|item| item.text.clone())
             .collect();
-        let planned = if texts.is_empty() {
-            Ok(Vec::new())
-        } else {
+        let outcomes = {
             let mut destination = self.destination.lock().unwrap_or_else(|p| p.into_inner());
-            match destination.plan(&texts) {
-                Ok(outcomes) if outcomes.len() == texts.len() => Ok(outcomes),
-                Ok(outcomes) => Err(format!(
-                    "the component returned {} outcomes for {} records",
-                    outcomes.len(),
-                    texts.len()
-                )),
-                Err(e) => Err(e.to_string()),
-            }
+            plan_batch(&mut destination, &texts)
         };
-        let outcomes = planned.unwrap_or_else(|failure| {
-            tracing::error!(
-                "planning a batch of {} records failed: {failure}",
-                texts.len()
-            );
-            texts
-                .iter()
-                .map(|_| {
-                    PlanOutcome::Invalid(RecordError {
-                        code: "component-error".into(),
-                        message: format!("the record could not be planned: {failure}"),
-                        audiences: Vec::new(),
-                    })
-                })
-                .collect()
-        });
         // The journal's order is the input's order.
         let mut outcomes = outcomes.into_iter();
         lines

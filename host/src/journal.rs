@@ -691,14 +691,6 @@ impl Journal {
         })
     }
 
-    /// Forgets where an input was read up to (to read it again).
-    pub fn forget_checkpoint(&self, input: &str) -> Result<(), JournalError> {
-        self.with(|conn| {
-            conn.execute("DELETE FROM checkpoints WHERE input = ?1", [input])
-                .map(drop)
-        })
-    }
-
     /// Journals a batch of planned records, and the input position after
     /// them, in one durable transaction. Returns how many records were
     /// merged into an update already queued.
@@ -953,11 +945,48 @@ impl Journal {
 
     /// Dead letters matching `filter`, oldest first.
     pub fn dead_letters(&self, filter: &LetterFilter) -> Result<Vec<DeadLetter>, JournalError> {
+        self.query_letters(
+            "id, run_id, created_ms, line, record, request, status, response, code, reason, replayed_by",
+            filter,
+            |r| {
+                let record: String = r.get(4)?;
+                let request: Option<String> = r.get(5)?;
+                Ok(DeadLetter {
+                    id: r.get(0)?,
+                    run: r.get(1)?,
+                    created_ms: r.get::<_, i64>(2)? as u64,
+                    line: r.get::<_, i64>(3)? as u64,
+                    record: json_or_text(&record),
+                    request: request.as_deref().map(json_or_text),
+                    status: r.get::<_, Option<i64>>(6)?.map(|s| s as u16),
+                    response: r.get(7)?,
+                    code: r.get(8)?,
+                    reason: r.get(9)?,
+                    replayed_by: r.get(10)?,
+                })
+            },
+        )
+    }
+
+    /// `(letter id, line, raw record text)` of dead letters, for a replay.
+    pub fn letter_records(
+        &self,
+        filter: &LetterFilter,
+    ) -> Result<Vec<(i64, u64, String)>, JournalError> {
+        self.query_letters("id, line, record", filter, |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+        })
+    }
+
+    /// `columns` of the dead letters matching `filter`, oldest first.
+    fn query_letters<T>(
+        &self,
+        columns: &str,
+        filter: &LetterFilter,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, JournalError> {
         let state = self.state();
-        let mut sql = String::from(
-            "SELECT id, run_id, created_ms, line, record, request, status, response, code, reason, replayed_by
-             FROM dead_letters WHERE 1 = 1",
-        );
+        let mut sql = format!("SELECT {columns} FROM dead_letters WHERE 1 = 1");
         let mut args: Vec<rusqlite::types::Value> = Vec::new();
         if let Some(run) = filter.run {
             sql.push_str(" AND run_id = ?");
@@ -978,48 +1007,9 @@ impl Journal {
         }
         sql.push_str(" ORDER BY id");
         let mut stmt = state.conn.prepare(&sql).map_err(|e| self.err(e))?;
-        stmt.query_map(rusqlite::params_from_iter(args), |r| {
-            let record: String = r.get(4)?;
-            let request: Option<String> = r.get(5)?;
-            Ok(DeadLetter {
-                id: r.get(0)?,
-                run: r.get(1)?,
-                created_ms: r.get::<_, i64>(2)? as u64,
-                line: r.get::<_, i64>(3)? as u64,
-                record: json_or_text(&record),
-                request: request.as_deref().map(json_or_text),
-                status: r.get::<_, Option<i64>>(6)?.map(|s| s as u16),
-                response: r.get(7)?,
-                code: r.get(8)?,
-                reason: r.get(9)?,
-                replayed_by: r.get(10)?,
-            })
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(|e| self.err(e))
-    }
-
-    /// The raw record texts of dead letters, for a replay.
-    pub fn letter_records(
-        &self,
-        filter: &LetterFilter,
-    ) -> Result<Vec<(i64, u64, String)>, JournalError> {
-        let letters = self.dead_letters(filter)?;
-        let state = self.state();
-        letters
-            .iter()
-            .map(|l| {
-                state
-                    .conn
-                    .query_row(
-                        "SELECT record FROM dead_letters WHERE id = ?1",
-                        [l.id],
-                        |r| r.get::<_, String>(0),
-                    )
-                    .map(|text| (l.id, l.line, text))
-                    .map_err(|e| self.err(e))
-            })
-            .collect()
+        stmt.query_map(rusqlite::params_from_iter(args), row)
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.err(e))
     }
 
     /// Whether any update is queued (for stall alerts).
