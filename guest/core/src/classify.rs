@@ -71,11 +71,11 @@ fn read_budget(headers: &[Header], now_ms: u64) -> Budget {
 fn time_in_message(body: &str) -> Option<u64> {
     const MARKER: &str = "try again at ";
     let start = body.find(MARKER)? + MARKER.len();
-    let rest = &body[start..];
+    let rest = body.get(start..)?;
     let end = rest
         .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '+' | '.' | ' ')))
         .unwrap_or(rest.len());
-    let mut candidate = rest[..end].trim();
+    let mut candidate = rest.get(..end)?.trim();
     // The sentence's full stop is not part of the time.
     while let Some(shorter) = candidate.strip_suffix('.') {
         candidate = shorter;

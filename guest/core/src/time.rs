@@ -48,9 +48,9 @@ pub fn parse_date(s: &str) -> Option<Date> {
     if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
-    let year = i64::from(digits(&s[0..4])?);
-    let month = digits(&s[5..7])?;
-    let day = digits(&s[8..10])?;
+    let year = i64::from(digits(s.get(0..4)?)?);
+    let month = digits(s.get(5..7)?)?;
+    let day = digits(s.get(8..10)?)?;
     if !(1..=12).contains(&month) || day == 0 || day > days_in_month(year, month) {
         return None;
     }
@@ -94,22 +94,27 @@ pub fn parse_datetime_ms(s: &str) -> Option<u64> {
         if n == 0 {
             return None;
         }
-        let ms_digits = &frac[..n.min(3)];
+        let ms_digits = frac.get(..n.min(3))?;
         millis = u64::from(digits(ms_digits)?) * 10u64.pow(3 - ms_digits.len() as u32);
-        rest = &frac[n..];
+        rest = frac.get(n..)?;
     }
     let offset_minutes: i64 = match rest {
         "" | "Z" | "z" => 0,
         _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
+            let (sign, body) = if let Some(body) = rest.strip_prefix('+') {
+                (1, body)
+            } else if let Some(body) = rest.strip_prefix('-') {
+                (-1, body)
+            } else {
+                return None;
             };
-            let body = &rest[1..];
+            // `get` rather than indexing: a non-ASCII character where a
+            // digit belongs must be a parse failure, never a panic.
             let (oh, om) = match body.len() {
-                5 if body.as_bytes()[2] == b':' => (digits(&body[0..2])?, digits(&body[3..5])?),
-                4 => (digits(&body[0..2])?, digits(&body[2..4])?),
+                5 if body.get(2..3) == Some(":") => {
+                    (digits(body.get(0..2)?)?, digits(body.get(3..5)?)?)
+                }
+                4 => (digits(body.get(0..2)?)?, digits(body.get(2..4)?)?),
                 2 => (digits(body)?, 0),
                 _ => return None,
             };
@@ -197,5 +202,22 @@ mod tests {
         assert_eq!(parse_date("2024-02-29").map(|d| d.day), Some(29));
         assert_eq!(parse_date("2023-02-29"), None);
         assert_eq!(parse_datetime_ms("2017-13-01T00:00:00Z"), None);
+    }
+
+    #[test]
+    fn non_ascii_where_digits_belong_is_refused_without_panicking() {
+        for text in [
+            "2017-01-01T00:00:00+0\u{e9}0",
+            "2017-01-01T00:00:00-\u{e9}00",
+            "2017-01-01T00:00:00+\u{e9}:00",
+            "2017-01-01T00:00:00+0\u{1F600}",
+            "2017-01-01T00:00:00.\u{e9}",
+            "2017-01-01T00:\u{e9}:00Z",
+            "2\u{e9}7-01-01",
+            "2017-01-01T00:00:00\u{e9}",
+        ] {
+            assert_eq!(parse_datetime_ms(text), None, "{text}");
+            assert_eq!(parse_date_prefix(text), None, "{text}");
+        }
     }
 }
