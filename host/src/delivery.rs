@@ -36,6 +36,12 @@ pub trait Credentials {
     /// The API refused `rejected`: obtain a new token, unless another
     /// request already did.
     fn refresh(&self, rejected: &str) -> impl Future<Output = Result<(), String>>;
+    /// Completes once no credential work that must not be cut short (a
+    /// refresh whose new tokens are being stored) is in flight; a run
+    /// waits for it before it returns.
+    fn settle(&self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
 }
 
 /// A fixed token (from the environment); a refresh cannot produce a new one.
@@ -1007,6 +1013,8 @@ pub async fn run<C: Credentials>(
         () = shared.commit_verdicts() => {}
         () = shared.watch_signals() => {}
     }
+    // A refresh the stop cut off from its caller still stores its tokens.
+    credentials.settle().await;
     stop_reading.store(true, Ordering::Relaxed);
     if reader.is_finished() {
         let _ = reader.join();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outreach_host::BUILT_COMPONENT;
-use outreach_host::delivery::{self, DeliveryOptions, Input, Summary};
+use outreach_host::delivery::{self, Credentials, DeliveryOptions, Input, Summary};
 use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::limiter::Limiter;
@@ -596,5 +596,101 @@ async fn a_cli_run_never_prints_or_writes_a_secret() {
     }
     for path in [&config, &input, &letters, store.path()] {
         std::fs::remove_file(path).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_cut_off_by_a_stop_still_stores_the_rotated_refresh_token() {
+    let app = OAuthApp {
+        mint_interval: Duration::ZERO,
+        // The endpoint rotates at once and answers late.
+        answer_delay: Duration::from_millis(800),
+        ..OAuthApp::default()
+    };
+    let sim = simulator(app, Duration::ZERO).await;
+    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
+    let mut tokens = login(&sim, &client).await;
+    tokens.expires_at = Some(1);
+    let store = TokenStore::new(temp_path("tokens.json"));
+    store.put("ada", &tokens).unwrap();
+    let credentials = stored_credentials(&sim, &store, Duration::ZERO);
+    // The caller goes away (a run stopping) while the refresh is on the wire.
+    let cut_off = tokio::time::timeout(Duration::from_millis(200), credentials.token()).await;
+    assert!(cut_off.is_err(), "the refresh answered before the stop");
+    credentials.settle().await;
+    let stored = store.get("ada").unwrap();
+    assert_ne!(stored.refresh_token, tokens.refresh_token, "rotation lost");
+    // What is stored is the live refresh token: a new process refreshes
+    // with it (the old one is dead at the server).
+    let next = stored_credentials(&sim, &store, Duration::ZERO);
+    next.refresh(&stored.access_token).await.unwrap();
+    assert_eq!(next.refreshes(), 1);
+    assert_eq!(sim.stats().invalid_grants, 0);
+    std::fs::remove_file(store.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_account_use_each_others_refresh() {
+    let interval = Duration::from_millis(300);
+    let app = OAuthApp {
+        mint_interval: interval,
+        ..OAuthApp::default()
+    };
+    let sim = simulator(app, Duration::ZERO).await;
+    let client = client(&sim, "http://127.0.0.1:9/callback", interval);
+    let mut tokens = login(&sim, &client).await;
+    tokens.expires_at = Some(1);
+    let store = TokenStore::new(temp_path("tokens.json"));
+    store.put("ada", &tokens).unwrap();
+    // Two processes loaded the same expired tokens.
+    let first = stored_credentials(&sim, &store, interval);
+    let second = stored_credentials(&sim, &store, interval);
+    let first_token = first.token().await.unwrap();
+    assert_eq!(first.refreshes(), 1);
+    // The second must not present the refresh token the first rotated.
+    let second_token = second.token().await.unwrap();
+    assert_eq!(second_token, first_token);
+    assert_eq!(second.refreshes(), 0);
+    let stats = sim.stats();
+    assert_eq!(stats.invalid_grants, 0, "{stats:?}");
+    assert_eq!(stats.tokens_minted, 2, "login + one refresh: {stats:?}");
+    std::fs::remove_file(store.path()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_expires_in_values_keep_the_tokens_with_a_sane_expiry() {
+    for (expires_in, sane) in [
+        (json!(u64::MAX), true),
+        (json!(1e300), true),
+        (json!(-5), false),
+        (json!("soon"), false),
+    ] {
+        let app = OAuthApp {
+            mint_interval: Duration::ZERO,
+            expires_in: Some(expires_in.clone()),
+            ..OAuthApp::default()
+        };
+        let sim = simulator(app, Duration::ZERO).await;
+        let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
+        let tokens = login(&sim, &client).await;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        match tokens.expires_at {
+            Some(at) => {
+                assert!(sane, "{expires_in}: expiry {at} from a nonsensical lifetime");
+                assert!(at <= now + 24 * 3600 + 5, "{expires_in}: {at}");
+            }
+            None => assert!(!sane, "{expires_in}: the lifetime was dropped"),
+        }
+        // The refresh path reads the same answers.
+        let store = TokenStore::new(temp_path("tokens.json"));
+        store.put("ada", &tokens).unwrap();
+        let credentials = stored_credentials(&sim, &store, Duration::ZERO);
+        credentials.refresh(&tokens.access_token).await.unwrap();
+        assert_eq!(credentials.refreshes(), 1, "{expires_in}");
+        assert_ne!(store.get("ada").unwrap().refresh_token, tokens.refresh_token);
+        std::fs::remove_file(store.path()).unwrap();
     }
 }

@@ -6,6 +6,8 @@
 //!
 //! Endpoints and scopes come from the component's `describe`.
 
+mod credentials;
+mod response;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -16,26 +18,42 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use axum::routing::get;
-use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse,
+};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
-    Scope, TokenResponse, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, Client, ClientId, ClientSecret, CsrfToken,
+    EndpointNotSet, EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
 };
 use reqwest::Url;
 use serde::Deserialize;
 use thiserror::Error;
 use tokio::sync::oneshot;
 
+pub use credentials::OAuthCredentials;
 pub use store::{TokenSet, TokenStore};
 
-use crate::delivery::Credentials;
+use response::IssuedTokens;
 
 /// Refresh this long before the access token expires.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
-type ConfiguredClient =
-    BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+/// oauth2's basic client, with a token response that tolerates odd
+/// `expires_in` values (see [`response`]).
+type ConfiguredClient = Client<
+    BasicErrorResponse,
+    IssuedTokens,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
 
 /// The registered OAuth application. `Debug` hides the secret.
 #[derive(Clone)]
@@ -85,13 +103,14 @@ pub enum OAuthError {
     Store(#[from] store::StoreError),
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
 /// An OAuth client for one application.
+#[derive(Clone)]
 pub struct OAuthClient {
     client: ConfiguredClient,
     http: reqwest::Client,
@@ -102,7 +121,13 @@ impl OAuthClient {
     pub fn new(settings: OAuthSettings) -> Result<Self, OAuthError> {
         let setting =
             |name: &str, e: &dyn std::fmt::Display| OAuthError::Setting(format!("{name}: {e}"));
-        let client = BasicClient::new(ClientId::new(settings.app.client_id.clone()))
+        let client = Client::<
+            BasicErrorResponse,
+            IssuedTokens,
+            BasicTokenIntrospectionResponse,
+            StandardRevocableToken,
+            BasicRevocationErrorResponse,
+        >::new(ClientId::new(settings.app.client_id.clone()))
             .set_client_secret(ClientSecret::new(settings.app.client_secret.clone()))
             .set_auth_uri(
                 AuthUrl::new(settings.authorize_url.clone())
@@ -199,10 +224,7 @@ impl OAuthClient {
     }
 }
 
-fn token_set(
-    response: &oauth2::basic::BasicTokenResponse,
-    previous_refresh: Option<&str>,
-) -> TokenSet {
+fn token_set(response: &IssuedTokens, previous_refresh: Option<&str>) -> TokenSet {
     let now = now_secs();
     TokenSet {
         access_token: response.access_token().secret().clone(),
@@ -212,7 +234,7 @@ fn token_set(
             .refresh_token()
             .map(|r| r.secret().clone())
             .or_else(|| previous_refresh.map(str::to_owned)),
-        expires_at: response.expires_in().map(|d| now + d.as_secs()),
+        expires_at: response.expires_in().map(|d| now.saturating_add(d.as_secs())),
         scope: response.scopes().map(|scopes| {
             scopes
                 .iter()
@@ -369,121 +391,4 @@ async fn receive_redirect(
         "<!doctype html><title>outreach-host</title>\
          <p>Login received. You can close this window and return to the terminal.</p>",
     )
-}
-
-/// Credentials backed by the token store: refreshed before expiry and after
-/// a 401, one refresh at a time, at most one new token per interval.
-pub struct OAuthCredentials {
-    client: OAuthClient,
-    store: TokenStore,
-    account: String,
-    current: Mutex<TokenSet>,
-    /// Held while refreshing, so concurrent callers share one refresh.
-    refreshing: tokio::sync::Mutex<Option<tokio::time::Instant>>,
-    refreshes: std::sync::atomic::AtomicU64,
-}
-
-impl OAuthCredentials {
-    pub fn load(client: OAuthClient, store: TokenStore, account: &str) -> Result<Self, OAuthError> {
-        let current = store.get(account)?;
-        // The stored tokens were minted by an earlier process (a login, an
-        // earlier run): that mint counts against the interval too.
-        let age = crate::limiter::now_epoch_ms().saturating_sub(current.obtained_at_ms);
-        let last_mint = tokio::time::Instant::now().checked_sub(Duration::from_millis(age));
-        Ok(Self {
-            client,
-            store,
-            account: account.to_owned(),
-            current: Mutex::new(current),
-            refreshing: tokio::sync::Mutex::new(last_mint),
-            refreshes: std::sync::atomic::AtomicU64::new(0),
-        })
-    }
-
-    fn current(&self) -> TokenSet {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Tokens minted by refresh during this process.
-    pub fn refreshes(&self) -> u64 {
-        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn expires_soon(tokens: &TokenSet) -> bool {
-        tokens
-            .expires_at
-            .is_some_and(|at| at <= now_secs() + REFRESH_MARGIN.as_secs())
-    }
-
-    /// Refreshes unless the token was already replaced since `seen` was
-    /// read. `forced`: the API refused `seen` (a 401), so waiting for the
-    /// mint interval is better than giving up.
-    async fn refresh_from(&self, seen: &str, forced: bool) -> Result<(), OAuthError> {
-        let mut last_mint = self.refreshing.lock().await;
-        let tokens = self.current();
-        if tokens.access_token != seen {
-            return Ok(()); // another request refreshed meanwhile
-        }
-        let interval = self.client.settings.min_interval_between_tokens;
-        if let Some(last) = *last_mint {
-            let next_allowed = last + interval;
-            if next_allowed > tokio::time::Instant::now() {
-                if !forced {
-                    return Ok(()); // still valid; refresh later
-                }
-                tokio::time::sleep_until(next_allowed).await;
-            }
-        }
-        let refresh_token = tokens
-            .refresh_token
-            .clone()
-            .ok_or_else(|| OAuthError::InvalidGrant("no refresh token is stored".into()))?;
-        tracing::info!(account = %self.account, "refreshing the access token");
-        let fresh = match self.client.refresh(&refresh_token).await {
-            // Another client of this app minted a token for the user (a
-            // login, another host). The current token still works: try
-            // again after the interval.
-            Err(OAuthError::Throttled(_)) if !forced => {
-                *last_mint = Some(tokio::time::Instant::now());
-                return Ok(());
-            }
-            // It does not: wait out the interval once.
-            Err(OAuthError::Throttled(why)) => {
-                tracing::warn!("token endpoint throttled ({why}); retrying in {interval:?}");
-                tokio::time::sleep(interval).await;
-                self.client.refresh(&refresh_token).await?
-            }
-            other => other?,
-        };
-        *last_mint = Some(tokio::time::Instant::now());
-        // Store first: if the process dies now, the newest refresh token
-        // (the old one no longer works) must already be on disk.
-        self.store.put(&self.account, &fresh)?;
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
-        self.refreshes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-}
-
-impl Credentials for OAuthCredentials {
-    async fn token(&self) -> Result<String, String> {
-        let tokens = self.current();
-        if Self::expires_soon(&tokens) {
-            let expired = tokens.expires_at.is_some_and(|at| at <= now_secs());
-            self.refresh_from(&tokens.access_token, expired)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        Ok(self.current().access_token)
-    }
-
-    async fn refresh(&self, rejected: &str) -> Result<(), String> {
-        self.refresh_from(rejected, true)
-            .await
-            .map_err(|e| e.to_string())
-    }
 }

@@ -2,12 +2,20 @@
 //! (0600) and replaced atomically (temp file, fsync, rename, fsync of the
 //! directory), so a crash never leaves a half-written file and the newest
 //! refresh token is never lost.
+//!
+//! Several processes may share the store (two runs on one account, a run
+//! and a `login`): every load-modify-save holds an advisory lock on
+//! `FILE.lock`, and a refresh holds it from re-reading the account's tokens
+//! to saving the rotated ones ([`TokenStore::lock`]), so no process
+//! refreshes with a refresh token another one already used, and no save
+//! undoes another account's.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -56,6 +64,11 @@ pub enum StoreError {
     },
     #[error("no tokens for account {account:?} in {path}; run `outreach-host login`")]
     NoAccount { account: String, path: PathBuf },
+    #[error("cannot lock the token store ({path}): {source}")]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Default, Serialize, Deserialize)]
@@ -125,13 +138,12 @@ impl TokenStore {
 
     /// Stores `tokens` for `account`, replacing what was there.
     pub fn put(&self, account: &str, tokens: &TokenSet) -> Result<(), StoreError> {
-        let mut file = self.load()?;
-        file.accounts.insert(account.to_owned(), tokens.clone());
-        self.save(&file)
+        self.lock()?.put(account, tokens)
     }
 
     /// Removes `account`; `false` when it had no entry.
     pub fn remove(&self, account: &str) -> Result<bool, StoreError> {
+        let _lock = self.lock()?;
         let mut file = self.load()?;
         let removed = file.accounts.remove(account).is_some();
         if removed {
@@ -140,26 +152,62 @@ impl TokenStore {
         Ok(removed)
     }
 
+    /// Waits for the store's advisory lock (other processes' and this
+    /// one's), and holds it until the returned guard is dropped. Blocking:
+    /// call it off the async runtime.
+    pub fn lock(&self) -> Result<LockedStore, StoreError> {
+        let dir = self.dir();
+        let lock_path = self.lock_path();
+        let error = |source| StoreError::Lock {
+            path: lock_path.clone(),
+            source,
+        };
+        create_private_dir(dir).map_err(error)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(error)?;
+        file.lock().map_err(error)?;
+        Ok(LockedStore {
+            store: self.clone(),
+            _lock: file,
+        })
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    fn dir(&self) -> &Path {
+        self.path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+
     fn save(&self, file: &StoreFile) -> Result<(), StoreError> {
+        static SAVES: AtomicU64 = AtomicU64::new(0);
         let error = |source| StoreError::Write {
             path: self.path.clone(),
             source,
         };
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(error)?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(error)?;
-        }
+        let dir = self.dir();
+        create_private_dir(dir).map_err(error)?;
         let data = serde_json::to_vec_pretty(file).map_err(|e| error(std::io::Error::other(e)))?;
         let name = self.path.file_name().map_or_else(
             || "tokens.json".into(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let tmp = dir.join(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            SAVES.fetch_add(1, Ordering::Relaxed)
+        ));
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -179,6 +227,36 @@ impl TokenStore {
         }
         result.map_err(error)
     }
+}
+
+/// The store while this process holds its lock: what is read here cannot
+/// change until the guard is dropped, except by this guard's own writes.
+pub struct LockedStore {
+    store: TokenStore,
+    _lock: File,
+}
+
+impl LockedStore {
+    /// The tokens of `account`, as they are on disk now.
+    pub fn get(&self, account: &str) -> Result<TokenSet, StoreError> {
+        self.store.get(account)
+    }
+
+    /// Stores `tokens` for `account`, keeping every other account as it is
+    /// on disk now.
+    pub fn put(&self, account: &str, tokens: &TokenSet) -> Result<(), StoreError> {
+        let mut file = self.store.load()?;
+        file.accounts.insert(account.to_owned(), tokens.clone());
+        self.store.save(&file)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -213,8 +291,12 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(dir_mode, 0o700);
-        let entries: Vec<_> = fs::read_dir(dir.join("nested")).unwrap().collect();
-        assert_eq!(entries.len(), 1, "temp files left behind");
+        let mut entries: Vec<String> = fs::read_dir(dir.join("nested"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        entries.sort();
+        assert_eq!(entries, ["tokens.json", "tokens.json.lock"], "temp files left behind");
         assert!(store.remove("bob").unwrap());
         assert!(!store.remove("bob").unwrap());
         assert!(matches!(
@@ -237,6 +319,36 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             "{\"accounts\": {\"ada\": "
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_writers_of_different_accounts_lose_nothing() {
+        let dir = std::env::temp_dir().join(format!("outreach-store-race-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let path = dir.join("tokens.json");
+        // Each writer is its own store value, as another process would be.
+        let writers: Vec<_> = ["ada", "bob", "cy"]
+            .into_iter()
+            .map(|account| {
+                let store = TokenStore::new(&path);
+                std::thread::spawn(move || {
+                    for n in 0..150 {
+                        store.put(account, &tokens(n)).unwrap();
+                        // Nobody else writes this account: it must read back
+                        // as just written, never as an older copy.
+                        assert_eq!(store.get(account).unwrap(), tokens(n), "{account}");
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("a writer lost an update");
+        }
+        let store = TokenStore::new(&path);
+        for account in ["ada", "bob", "cy"] {
+            assert_eq!(store.get(account).unwrap(), tokens(149));
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -33,6 +33,13 @@ pub struct OAuthApp {
     pub refresh_lifetime: Duration,
     /// At most one new access token per user per this interval.
     pub mint_interval: Duration,
+    /// How long the token endpoint takes to answer after it has minted new
+    /// tokens and retired the presented refresh token (a slow network: the
+    /// client may give up while the rotation has already happened).
+    pub answer_delay: Duration,
+    /// What the token endpoint says in `expires_in` instead of the access
+    /// lifetime (servers that send odd values).
+    pub expires_in: Option<serde_json::Value>,
 }
 
 impl Default for OAuthApp {
@@ -45,6 +52,8 @@ impl Default for OAuthApp {
             access_lifetime: Duration::from_secs(7_200),
             refresh_lifetime: Duration::from_secs(14 * 86_400),
             mint_interval: Duration::from_secs(60),
+            answer_delay: Duration::ZERO,
+            expires_in: None,
         }
     }
 }
@@ -317,11 +326,20 @@ pub(super) async fn token(
     State(shared): State<Arc<Shared>>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    let answer = mint(&shared, &form);
+    tokio::time::sleep(shared.config.oauth.answer_delay).await;
+    answer.unwrap_or_else(|refused| refused)
+}
+
+/// Checks a token request and mints its tokens: `Err` is the error answer.
+// Both sides are HTTP answers of the same size; boxing one buys nothing.
+#[allow(clippy::result_large_err)]
+fn mint(shared: &Shared, form: &HashMap<String, String>) -> Result<Response, Response> {
     let app = &shared.config.oauth;
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
     let checked = match grant_type.as_str() {
         "authorization_code" => strict_params(
-            &form,
+            form,
             &[
                 "client_id",
                 "client_secret",
@@ -332,7 +350,7 @@ pub(super) async fn token(
             &["code_verifier"],
         ),
         "refresh_token" => strict_params(
-            &form,
+            form,
             &["client_id", "client_secret", "grant_type", "refresh_token"],
             &["redirect_uri"],
         ),
@@ -342,17 +360,15 @@ pub(super) async fn token(
             "grant_type must be authorization_code or refresh_token",
         )),
     };
-    if let Err(response) = checked {
-        return response;
-    }
+    checked?;
     if form.get("client_id") != Some(&app.client_id)
         || form.get("client_secret") != Some(&app.client_secret)
     {
-        return token_error(
+        return Err(token_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "client authentication failed",
-        );
+        ));
     }
     let now = SystemTime::now();
     let mut store = shared.store();
@@ -361,32 +377,32 @@ pub(super) async fn token(
     let user = if grant_type == "authorization_code" {
         let code = form.get("code").cloned().unwrap_or_default();
         let Some(grant) = store.oauth.codes.get(&code) else {
-            return token_error(
+            return Err(token_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
                 "unknown or used code",
-            );
+            ));
         };
         if grant.expires < now {
-            return token_error(StatusCode::BAD_REQUEST, "invalid_grant", "the code expired");
+            return Err(token_error(StatusCode::BAD_REQUEST, "invalid_grant", "the code expired"));
         }
         if form.get("redirect_uri") != Some(&grant.redirect_uri) {
-            return token_error(
+            return Err(token_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
                 "redirect_uri does not match the authorization request",
-            );
+            ));
         }
         if let Some(challenge) = &grant.challenge {
             let verifier = form.get("code_verifier").cloned().unwrap_or_default();
             let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(Sha256::digest(verifier.as_bytes()));
             if computed != *challenge {
-                return token_error(
+                return Err(token_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_grant",
                     "code_verifier does not match the code_challenge",
-                );
+                ));
             }
         }
         grant.user.clone()
@@ -399,11 +415,11 @@ pub(super) async fn token(
             .filter(|g| g.expires > now && !store.oauth.revoked_users.contains(&g.user));
         let Some(grant) = grant else {
             store.stats.invalid_grants += 1;
-            return token_error(
+            return Err(token_error(
                 StatusCode::BAD_REQUEST,
                 "invalid_grant",
                 "the refresh token is invalid, expired, revoked or already used",
-            );
+            ));
         };
         grant.user.clone()
     };
@@ -412,11 +428,11 @@ pub(super) async fn token(
         && instant.duration_since(*last) < app.mint_interval
     {
         store.stats.mint_throttled += 1;
-        return token_error(
+        return Err(token_error(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             "at most one access token per user per application per minute",
-        );
+        ));
     }
     // Consume the grant: codes are single-use, refresh tokens rotate.
     let scope = if grant_type == "authorization_code" {
@@ -451,20 +467,24 @@ pub(super) async fn token(
         },
     );
     let created_at = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    (
+    let expires_in = app
+        .expires_in
+        .clone()
+        .unwrap_or_else(|| app.access_lifetime.as_secs().into());
+    Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         json!({
             "access_token": access,
             "token_type": "bearer",
-            "expires_in": app.access_lifetime.as_secs(),
+            "expires_in": expires_in,
             "refresh_token": refresh,
             "scope": scope,
             "created_at": created_at,
         })
         .to_string(),
     )
-        .into_response()
+        .into_response())
 }
 
 impl OAuthState {
