@@ -1,6 +1,7 @@
-//! Outbound HTTP for a destination: only to the configured API origin, with
-//! the bearer token added by the host (the guest never sees it), timeouts
-//! and connection reuse.
+//! Outbound HTTP for a destination: only what the egress policy allows
+//! ([`crate::egress`]), with the bearer token added by the host (the guest
+//! never sees it), timeouts, connection reuse, and a bound on what is read
+//! of an answer.
 
 use std::time::Duration;
 
@@ -9,34 +10,13 @@ use reqwest::Url;
 use reqwest::header::{HeaderName, HeaderValue};
 use thiserror::Error;
 
-/// Headers a component may not set: credentials and connection framing are
-/// the host's business.
-const FORBIDDEN_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-];
+use crate::egress::EgressPolicy;
+pub use crate::egress::PolicyViolation;
 
-/// Methods a destination may use. `DELETE` is refused: a profile sync
-/// writes data and never needs to destroy records.
-const ALLOWED_METHODS: &[Method] = &[Method::Get, Method::Post, Method::Put, Method::Patch];
-
-/// A request the host refuses to send (a bug or hostile component).
-#[derive(Debug, Error)]
-pub enum PolicyViolation {
-    #[error("the method {0:?} is not allowed")]
-    Method(Method),
-    #[error("request path {0:?} is not a path under the API base")]
-    Path(String),
-    #[error("the component may not set the {0} header")]
-    Header(String),
-    #[error("invalid header {0:?}")]
-    InvalidHeader(String),
-}
+/// The most of a response body that is read; the rest is dropped (an API
+/// answer that long is not one the component needs whole, and a hostile or
+/// broken server must not fill the host's memory).
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
 /// A failure to get any response.
 #[derive(Debug, Error)]
@@ -47,9 +27,9 @@ pub enum TransportError {
     Connection(String),
 }
 
-/// The configured API: base URL and client.
+/// The configured API: its egress policy and client.
 pub struct ApiClient {
-    base: Url,
+    policy: EgressPolicy,
     client: reqwest::Client,
 }
 
@@ -63,10 +43,8 @@ pub enum ClientError {
 
 impl ApiClient {
     pub fn new(api_base: &str, timeout: Duration) -> Result<Self, ClientError> {
-        let base = Url::parse(api_base.trim_end_matches('/'))
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| ClientError::Base(api_base.to_owned()))?;
+        let policy =
+            EgressPolicy::new(api_base).map_err(|_| ClientError::Base(api_base.to_owned()))?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -75,59 +53,16 @@ impl ApiClient {
             .user_agent(concat!("outreach-host/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
-        Ok(Self { base, client })
+        Ok(Self { policy, client })
     }
 
     pub fn base(&self) -> &Url {
-        &self.base
-    }
-
-    /// The absolute URL for a component's relative path, refusing anything
-    /// that would leave the API base (absolute URLs, `..`, `//host`, …).
-    pub fn url_for(&self, path: &str) -> Result<Url, PolicyViolation> {
-        let violation = || PolicyViolation::Path(path.to_owned());
-        if !path.starts_with('/')
-            || path.starts_with("//")
-            || path.contains('\\')
-            || path.chars().any(|c| c.is_control() || c == ' ' || c == '#')
-        {
-            return Err(violation());
-        }
-        let (path_part, _query) = path.split_once('?').unwrap_or((path, ""));
-        if path_part
-            .split('/')
-            .any(|segment| matches!(segment, "." | "..") || segment.eq_ignore_ascii_case("%2e%2e"))
-        {
-            return Err(violation());
-        }
-        let url = Url::parse(&format!(
-            "{}{path}",
-            self.base.as_str().trim_end_matches('/')
-        ))
-        .map_err(|_| violation())?;
-        let same_origin = url.origin() == self.base.origin();
-        if !same_origin
-            || !url
-                .path()
-                .starts_with(self.base.path().trim_end_matches('/'))
-        {
-            return Err(violation());
-        }
-        Ok(url)
+        self.policy.base()
     }
 
     /// Checks a planned request against the policy without sending it.
     pub fn check(&self, request: &Request) -> Result<Url, PolicyViolation> {
-        if !ALLOWED_METHODS.contains(&request.method) {
-            return Err(PolicyViolation::Method(request.method));
-        }
-        for header in &request.headers {
-            let name = header.name.to_ascii_lowercase();
-            if FORBIDDEN_HEADERS.contains(&name.as_str()) {
-                return Err(PolicyViolation::Header(header.name.clone()));
-            }
-        }
-        self.url_for(&request.path)
+        self.policy.check(request)
     }
 
     /// Sends `request` with `token` as bearer credentials.
@@ -147,15 +82,15 @@ impl ApiClient {
         let mut builder = self.client.request(method, url).bearer_auth(token);
         for h in &request.headers {
             let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| PolicyViolation::InvalidHeader(h.name.clone()))?;
+                .map_err(|_| PolicyViolation::Header(h.name.clone()))?;
             let value = HeaderValue::from_str(&h.value)
-                .map_err(|_| PolicyViolation::InvalidHeader(h.name.clone()))?;
+                .map_err(|_| PolicyViolation::Header(h.name.clone()))?;
             builder = builder.header(name, value);
         }
         if !request.body.is_empty() {
             builder = builder.body(request.body.clone());
         }
-        let response = match builder.send().await {
+        let mut response = match builder.send().await {
             Ok(r) => r,
             Err(e) => return Ok(Err(transport_error(e))),
         };
@@ -168,10 +103,27 @@ impl ApiClient {
                 value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
             })
             .collect();
-        let body = match response.bytes().await {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(e) => return Ok(Err(transport_error(e))),
-        };
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_RESPONSE_BYTES - bytes.len();
+                    bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if chunk.len() >= room {
+                        // Dropping the response closes the connection: the
+                        // rest is never read.
+                        tracing::debug!(
+                            "response body cut at {MAX_RESPONSE_BYTES} bytes ({})",
+                            request.path
+                        );
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Ok(Err(transport_error(e))),
+            }
+        }
+        let body = String::from_utf8_lossy(&bytes).into_owned();
         Ok(Ok(Response {
             status,
             headers,
@@ -201,51 +153,6 @@ fn transport_error(e: reqwest::Error) -> TransportError {
 mod tests {
     use super::*;
 
-    fn client() -> ApiClient {
-        ApiClient::new("https://api.outreach.io/api/v2", Duration::from_secs(5)).unwrap()
-    }
-
-    #[test]
-    fn paths_stay_under_the_base() {
-        let c = client();
-        assert_eq!(
-            c.url_for("/prospects/12").unwrap().as_str(),
-            "https://api.outreach.io/api/v2/prospects/12"
-        );
-        for bad in [
-            "https://evil.example/x",
-            "//evil.example/x",
-            "/../oauth/token",
-            "/prospects/../../oauth",
-            "/prospects/%2e%2e/x",
-            "prospects/1",
-            "/a b",
-            "/x\\y",
-            "",
-        ] {
-            assert!(c.url_for(bad).is_err(), "{bad} was accepted");
-        }
-    }
-
-    #[test]
-    fn credential_headers_are_refused() {
-        let c = client();
-        let mut request = Request {
-            method: Method::Patch,
-            path: "/prospects/1".into(),
-            headers: vec![Header {
-                name: "AUTHORIZATION".into(),
-                value: "Bearer stolen".into(),
-            }],
-            body: String::new(),
-            key: "1".into(),
-            audiences: vec![],
-        };
-        assert!(matches!(c.check(&request), Err(PolicyViolation::Header(_))));
-        request.headers.clear();
-        assert!(c.check(&request).is_ok());
-    }
-
     #[test]
     fn bases_must_be_absolute_http() {
         for bad in ["api.outreach.io", "ftp://x/y", "file:///etc", ""] {
@@ -254,5 +161,35 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_read_only_up_to_the_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/api/v2/prospects/1",
+            axum::routing::patch(|| async {
+                (
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "x".repeat(8 << 20),
+                )
+            }),
+        );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let api =
+            ApiClient::new(&format!("http://{addr}/api/v2"), Duration::from_secs(10)).unwrap();
+        let request = Request {
+            method: Method::Patch,
+            path: "/prospects/1".into(),
+            headers: vec![],
+            body: "{}".into(),
+            key: "1".into(),
+            audiences: vec![],
+        };
+        let response = api.send(&request, "token").await.unwrap().unwrap();
+        assert_eq!(response.status, 422);
+        assert_eq!(response.body.len(), MAX_RESPONSE_BYTES);
+        server.abort();
     }
 }

@@ -1290,6 +1290,23 @@ fn insert_letter(
     .map(drop)
 }
 
+/// The most of an API answer a dead letter keeps: enough for any error
+/// document, not a copy of whatever a broken server sent.
+pub const MAX_STORED_RESPONSE_BYTES: usize = 64 << 10;
+
+/// `text` cut to [`MAX_STORED_RESPONSE_BYTES`] at a character boundary,
+/// saying how long it was.
+fn bounded_response(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_STORED_RESPONSE_BYTES {
+        return text.into();
+    }
+    let mut end = MAX_STORED_RESPONSE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [{} bytes in all; cut]", &text[..end], text.len()).into()
+}
+
 fn ingest_batch(
     conn: &mut Connection,
     sending: &HashSet<i64>,
@@ -1485,7 +1502,9 @@ fn finish_update(
         } => (
             request.as_ref().map(|r| request_summary(r).to_string()),
             response.as_ref().map(|r| r.status),
-            response.as_ref().map(|r| r.body.clone()),
+            response
+                .as_ref()
+                .map(|r| bounded_response(&r.body).into_owned()),
         ),
     };
     for (run, line, first_part, record, audiences) in &sources {
@@ -1767,6 +1786,37 @@ mod tests {
         assert_eq!(record.pending, 0);
         assert_eq!(record.audiences["news"].delivered, 1);
         assert_eq!(journal.pending_updates().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_a_bounded_part_of_a_huge_answer() {
+        let (journal, run) = journal_with_run();
+        let request = patch(7, json!({"firstName": "A"}), &[]);
+        journal
+            .ingest(run, vec![incoming(1, request.clone())], None)
+            .unwrap();
+        let claim = journal.claim_next().unwrap().unwrap();
+        journal.begin_attempt(&claim, run).unwrap();
+        let body = "é".repeat(1 << 20); // 2 MiB of two-byte characters
+        let rejected = Verdict::Rejected {
+            code: "validation-error".into(),
+            reason: "refused".into(),
+            request: Some(request),
+            response: Some(Response {
+                status: 422,
+                headers: vec![],
+                body,
+            }),
+        };
+        journal.finish(&claim, &rejected, run).unwrap();
+        let letters = journal.dead_letters(&LetterFilter::default()).unwrap();
+        let stored = letters[0].response.as_deref().unwrap();
+        assert!(
+            stored.len() <= MAX_STORED_RESPONSE_BYTES + 64,
+            "{}",
+            stored.len()
+        );
+        assert!(stored.ends_with("[2097152 bytes in all; cut]"));
     }
 
     #[test]

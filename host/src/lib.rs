@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod delivery;
+pub mod egress;
 pub mod engine;
 pub mod http;
 pub mod journal;

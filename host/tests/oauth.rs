@@ -679,7 +679,10 @@ async fn odd_expires_in_values_keep_the_tokens_with_a_sane_expiry() {
             .as_secs();
         match tokens.expires_at {
             Some(at) => {
-                assert!(sane, "{expires_in}: expiry {at} from a nonsensical lifetime");
+                assert!(
+                    sane,
+                    "{expires_in}: expiry {at} from a nonsensical lifetime"
+                );
                 assert!(at <= now + 24 * 3600 + 5, "{expires_in}: {at}");
             }
             None => assert!(!sane, "{expires_in}: the lifetime was dropped"),
@@ -690,7 +693,10 @@ async fn odd_expires_in_values_keep_the_tokens_with_a_sane_expiry() {
         let credentials = stored_credentials(&sim, &store, Duration::ZERO);
         credentials.refresh(&tokens.access_token).await.unwrap();
         assert_eq!(credentials.refreshes(), 1, "{expires_in}");
-        assert_ne!(store.get("ada").unwrap().refresh_token, tokens.refresh_token);
+        assert_ne!(
+            store.get("ada").unwrap().refresh_token,
+            tokens.refresh_token
+        );
         std::fs::remove_file(store.path()).unwrap();
     }
 }

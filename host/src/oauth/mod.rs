@@ -128,20 +128,20 @@ impl OAuthClient {
             StandardRevocableToken,
             BasicRevocationErrorResponse,
         >::new(ClientId::new(settings.app.client_id.clone()))
-            .set_client_secret(ClientSecret::new(settings.app.client_secret.clone()))
-            .set_auth_uri(
-                AuthUrl::new(settings.authorize_url.clone())
-                    .map_err(|e| setting("authorize URL", &e))?,
-            )
-            .set_token_uri(
-                TokenUrl::new(settings.token_url.clone()).map_err(|e| setting("token URL", &e))?,
-            )
-            .set_redirect_uri(
-                RedirectUrl::new(settings.redirect_uri.clone())
-                    .map_err(|e| setting("redirect URI", &e))?,
-            )
-            // Outreach expects client_id and client_secret in the form body.
-            .set_auth_type(AuthType::RequestBody);
+        .set_client_secret(ClientSecret::new(settings.app.client_secret.clone()))
+        .set_auth_uri(
+            AuthUrl::new(settings.authorize_url.clone())
+                .map_err(|e| setting("authorize URL", &e))?,
+        )
+        .set_token_uri(
+            TokenUrl::new(settings.token_url.clone()).map_err(|e| setting("token URL", &e))?,
+        )
+        .set_redirect_uri(
+            RedirectUrl::new(settings.redirect_uri.clone())
+                .map_err(|e| setting("redirect URI", &e))?,
+        )
+        // Outreach expects client_id and client_secret in the form body.
+        .set_auth_type(AuthType::RequestBody);
         let http = reqwest::Client::builder()
             // Following redirects from a token endpoint would be an SSRF hole.
             .redirect(reqwest::redirect::Policy::none())
@@ -234,7 +234,9 @@ fn token_set(response: &IssuedTokens, previous_refresh: Option<&str>) -> TokenSe
             .refresh_token()
             .map(|r| r.secret().clone())
             .or_else(|| previous_refresh.map(str::to_owned)),
-        expires_at: response.expires_in().map(|d| now.saturating_add(d.as_secs())),
+        expires_at: response
+            .expires_in()
+            .map(|d| now.saturating_add(d.as_secs())),
         scope: response.scopes().map(|scopes| {
             scopes
                 .iter()

@@ -78,7 +78,10 @@ mod tests {
         );
         let tokens: IssuedTokens = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("expires_in {expires_in} refused: {e}"));
-        assert_eq!(tokens.refresh_token().map(|r| r.secret().as_str()), Some("r"));
+        assert_eq!(
+            tokens.refresh_token().map(|r| r.secret().as_str()),
+            Some("r")
+        );
         tokens.expires_in()
     }
 
@@ -90,7 +93,15 @@ mod tests {
         for huge in ["18446744073709551615", "1e300", "99999999999999999999999"] {
             assert_eq!(lifetime_of(huge), Some(MAX_TOKEN_LIFETIME), "{huge}");
         }
-        for unknown in ["-1", "-9223372036854775808", "0", "0.5", "null", "\"soon\"", "[]"] {
+        for unknown in [
+            "-1",
+            "-9223372036854775808",
+            "0",
+            "0.5",
+            "null",
+            "\"soon\"",
+            "[]",
+        ] {
             assert_eq!(lifetime_of(unknown), None, "{unknown}");
         }
     }

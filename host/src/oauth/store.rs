@@ -296,7 +296,11 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         entries.sort();
-        assert_eq!(entries, ["tokens.json", "tokens.json.lock"], "temp files left behind");
+        assert_eq!(
+            entries,
+            ["tokens.json", "tokens.json.lock"],
+            "temp files left behind"
+        );
         assert!(store.remove("bob").unwrap());
         assert!(!store.remove("bob").unwrap());
         assert!(matches!(

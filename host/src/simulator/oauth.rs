@@ -384,7 +384,11 @@ fn mint(shared: &Shared, form: &HashMap<String, String>) -> Result<Response, Res
             ));
         };
         if grant.expires < now {
-            return Err(token_error(StatusCode::BAD_REQUEST, "invalid_grant", "the code expired"));
+            return Err(token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the code expired",
+            ));
         }
         if form.get("redirect_uri") != Some(&grant.redirect_uri) {
             return Err(token_error(
