@@ -516,19 +516,7 @@ impl<C: Credentials> Shared<'_, '_, C> {
         if !self.options.stop_on_signals {
             return std::future::pending().await;
         }
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut terminate) = signal(SignalKind::terminate()) else {
-                return std::future::pending().await;
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = tokio::signal::ctrl_c().await;
+        until_signal().await;
         self.interrupted.store(true, Ordering::Release);
         self.stop_run(
             "interrupted by a signal; every update not yet delivered stays queued in the journal"
@@ -916,6 +904,23 @@ impl<C: Credentials> Shared<'_, '_, C> {
     }
 }
 
+/// Completes on SIGINT or SIGTERM.
+async fn until_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut terminate) = signal(SignalKind::terminate()) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 /// Delivers `input` through the journal: every record is journaled (with
 /// the input position) before it counts as accepted, updates left by
 /// earlier runs are delivered too, and the run is recorded in the journal's
@@ -1069,27 +1074,39 @@ pub async fn run<C: Credentials>(
     if let Some(path) = &options.dead_letters {
         export_dead_letters(&journal, run_id, path)?;
     }
-    if summary.login_required {
-        let why = fatal.clone().unwrap_or_default();
-        shared
-            .alert(
-                AlertKind::LoginRequired,
-                format!("the account needs a new login (`outreach-host login`): {why}"),
-            )
-            .await;
-    }
-    if summary.has_failures() {
-        let message = match &fatal {
-            Some(why) => format!(
-                "run {run_id} stopped: {why}; {} records stay queued for the next run",
-                summary.pending
-            ),
-            None => format!(
-                "run {run_id} ended with {} of {} records rejected (see `outreach-host dead-letters list --run {run_id}`)",
-                summary.rejected, summary.received
-            ),
-        };
-        shared.alert(AlertKind::RunFailed, message).await;
+    let end_alerts = async {
+        if summary.login_required {
+            let why = fatal.clone().unwrap_or_default();
+            shared
+                .alert(
+                    AlertKind::LoginRequired,
+                    format!("the account needs a new login (`outreach-host login`): {why}"),
+                )
+                .await;
+        }
+        if summary.has_failures() {
+            let message = match &fatal {
+                Some(why) => format!(
+                    "run {run_id} stopped: {why}; {} records stay queued for the next run",
+                    summary.pending
+                ),
+                None => format!(
+                    "run {run_id} ended with {} of {} records rejected (see `outreach-host dead-letters list --run {run_id}`)",
+                    summary.rejected, summary.received
+                ),
+            };
+            shared.alert(AlertKind::RunFailed, message).await;
+        }
+    };
+    // The run is recorded: a signal now abandons the alerts (their
+    // commands are killed) rather than going unheard.
+    if options.stop_on_signals {
+        tokio::select! {
+            () = end_alerts => {}
+            () = until_signal() => tracing::warn!("interrupted by a signal: alerts abandoned"),
+        }
+    } else {
+        end_alerts.await;
     }
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(summary)

@@ -126,6 +126,10 @@ struct DeliveryArgs {
     /// The rate-limit window in seconds (default: the component's).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u32).range(1..))]
     rate_window_secs: Option<u32>,
+    /// Seconds an alert may take: the webhook's tries together, and the
+    /// command (killed, with its children, when the time is up).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    alert_timeout_secs: u64,
     /// Seconds without any update reaching a verdict, while updates are
     /// queued, before a `stalled` alert.
     #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..))]
@@ -703,6 +707,7 @@ fn delivery_options(
         webhook: args.alert_webhook.clone(),
         command: args.alert_command.clone(),
         stall_after: alerting.then(|| Duration::from_secs(args.stall_alert_secs)),
+        timeout: Duration::from_secs(args.alert_timeout_secs),
     })?;
     Ok(DeliveryOptions {
         concurrency: args.concurrency as usize,

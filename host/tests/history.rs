@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use outreach_host::simulator::{Simulator, SimulatorConfig};
 use serde_json::{Value, json};
@@ -352,5 +352,152 @@ fn alerts_reach_a_webhook_and_a_command() {
     assert!(!seen.contains(&"run-failed".to_owned()), "{seen:?}");
     assert!(simulator.stats().rate_limited > 0);
     assert_eq!(simulator.stats().updates_applied, 12);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Processes whose command line contains `marker`.
+fn processes_running(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(marker) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+/// A `run` with refused credentials (so it raises `login-required` and
+/// `run-failed`), secrets in its environment and the given alert options.
+fn failing_run_with_alerts(dir: &Path, api: &str, alert_args: &[&str]) -> Command {
+    let config = write(dir, "config.json", &config(5));
+    let input = write(dir, "profiles.ndjson", &(profile(1) + "\n"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outreach-host"));
+    command
+        .arg("--journal")
+        .arg(dir.join("journal.sqlite"))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args([
+            "run",
+            "--config",
+            &config,
+            "--input",
+            &input,
+            "--api-base",
+            api,
+        ])
+        .args(alert_args)
+        .env("OUTREACH_ACCESS_TOKEN", "bad-token-5f3e9a")
+        .env("OUTREACH_CLIENT_SECRET", "client-secret-91be")
+        .env("OUTREACH_ALERT_CHANNEL", "#ops")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    command
+}
+
+#[test]
+fn alert_commands_get_no_secrets_and_a_deadline_and_webhook_keys_stay_out_of_logs() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let simulator = runtime
+        .block_on(Simulator::start(SimulatorConfig::default(), loopback()))
+        .unwrap();
+    let dir = scratch("alert-limits");
+    // The webhook's path is its key; nothing listens on port 9.
+    let webhook = "http://127.0.0.1:9/services/T0/B0/webhook-key-7c1d";
+    let command = format!(
+        "env > '{}'.$OUTREACH_ALERT; sleep 30.4172",
+        dir.join("env").display()
+    );
+    let started = Instant::now();
+    let out = failing_run_with_alerts(
+        &dir,
+        &simulator.api_base(),
+        &[
+            "--alert-webhook",
+            webhook,
+            "--alert-command",
+            &command,
+            "--alert-timeout-secs",
+            "1",
+        ],
+    )
+    .output()
+    .unwrap();
+    let elapsed = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Two alerts, each given one second for the webhook and one for the
+    // command, instead of the 30 s the command would take.
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+    assert!(
+        stderr.contains("ran longer than 1s and was killed"),
+        "{stderr}"
+    );
+    assert!(
+        processes_running("sleep 30.4172").is_empty(),
+        "a timed-out alert command was left running"
+    );
+    for event in ["login-required", "run-failed"] {
+        let env = std::fs::read_to_string(dir.join(format!("env.{event}"))).unwrap();
+        assert!(!env.contains("bad-token-5f3e9a"), "{env}");
+        assert!(!env.contains("client-secret-91be"), "{env}");
+        assert!(env.contains("OUTREACH_ALERT_CHANNEL=#ops"), "{env}");
+        assert!(env.contains(&format!("OUTREACH_ALERT={event}")), "{env}");
+        assert!(env.contains("PATH="), "{env}");
+    }
+    assert!(!stderr.contains("webhook-key-7c1d"), "{stderr}");
+    assert!(stderr.contains("webhook at 127.0.0.1"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_signal_ends_a_run_whose_alert_command_hangs() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let simulator = runtime
+        .block_on(Simulator::start(SimulatorConfig::default(), loopback()))
+        .unwrap();
+    let dir = scratch("alert-signal");
+    let started_marker = dir.join("alert-started");
+    let command = format!("touch '{}'; sleep 600.9183", started_marker.display());
+    let mut child = failing_run_with_alerts(
+        &dir,
+        &simulator.api_base(),
+        &["--alert-command", &command, "--alert-timeout-secs", "600"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !started_marker.exists() {
+        assert!(Instant::now() < deadline, "the alert command never started");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let signalled = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("SIGTERM did not end the run while an alert hung");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert_eq!(status.code(), Some(1));
+    assert!(processes_running("sleep 600.9183").is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
