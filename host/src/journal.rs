@@ -128,8 +128,10 @@ pub enum JournalError {
         "journal {path} has schema version {found}, newer than this host's {SCHEMA_VERSION}: use a newer outreach-host"
     )]
     NewerSchema { path: PathBuf, found: i64 },
-    #[error("journal {path} is in use by another outreach-host process (lock {lock})")]
-    Locked { path: PathBuf, lock: PathBuf },
+    #[error(
+        "journal {path} is in use by another outreach-host process (the file is locked, whatever path reached it)"
+    )]
+    Locked { path: PathBuf },
     #[error("journal {path}: {source}")]
     Io {
         path: PathBuf,
@@ -331,7 +333,8 @@ impl State {
 pub struct Journal {
     path: PathBuf,
     state: Mutex<State>,
-    /// Held while this process delivers from the journal.
+    /// The database file, locked while this process delivers from it
+    /// (after `state`: dropped once the connection is closed).
     _lock: Option<File>,
 }
 
@@ -390,27 +393,28 @@ impl Journal {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             private_dir.create(dir).map_err(io)?;
         }
-        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| JournalError::Io {
-                path: lock_path.clone(),
-                source,
-            })?;
-        if lock.try_lock().is_err() {
-            return Err(JournalError::Locked {
-                path: path.to_owned(),
-                lock: lock_path,
-            });
-        }
-        let created = match private.open(path) {
-            Ok(_) => true,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        let (file, created) = match private.open(path) {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => (
+                File::options()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(io)?,
+                false,
+            ),
             Err(e) => return Err(io(e)),
         };
+        // The lock is on the database file itself, so a symlink, a hard
+        // link or another spelling of the path meets the same lock. (SQLite
+        // locks with fcntl; flock is independent of it on Linux, and this
+        // descriptor stays open for as long as the connection.)
+        if file.try_lock().is_err() {
+            return Err(JournalError::Locked {
+                path: path.to_owned(),
+            });
+        }
+        let lock = file;
         let journal = Self::open_unlocked(path, created, Some(lock))?;
         journal.with(|conn| {
             conn.execute(
@@ -1786,6 +1790,32 @@ mod tests {
         assert_eq!(record.pending, 0);
         assert_eq!(record.audiences["news"].delivered, 1);
         assert_eq!(journal.pending_updates().unwrap(), 0);
+    }
+
+    #[test]
+    fn one_deliverer_per_journal_file_whatever_path_reaches_it() {
+        let dir =
+            std::env::temp_dir().join(format!("outreach-journal-lock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let path = dir.join("real").join("journal.sqlite");
+        let first = Journal::open(&path).unwrap();
+        std::os::unix::fs::symlink(dir.join("real"), dir.join("link")).unwrap();
+        std::fs::hard_link(&path, dir.join("hard.sqlite")).unwrap();
+        for other in [
+            dir.join("link").join("journal.sqlite"),
+            dir.join("real").join(".").join("journal.sqlite"),
+            dir.join("hard.sqlite"),
+        ] {
+            assert!(
+                matches!(Journal::open(&other), Err(JournalError::Locked { .. })),
+                "{} opened a second deliverer",
+                other.display()
+            );
+        }
+        drop(first);
+        Journal::open(&dir.join("link").join("journal.sqlite")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

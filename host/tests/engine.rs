@@ -160,3 +160,55 @@ fn deadline_stops_a_call_that_runs_too_long() {
     let outcomes = destination.plan(&[record(10)]).unwrap();
     assert!(matches!(&outcomes[0], PlanOutcome::Send(r) if r[0].key == "10"));
 }
+
+#[test]
+fn a_cache_directory_other_users_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = temp_dir("shared");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for _ in 0..2 {
+        let (_, source) =
+            Runtime::load_reporting(component(), Some(&cache), Limits::default()).unwrap();
+        assert_eq!(source, CompileSource::Compiled);
+    }
+    assert_eq!(
+        std::fs::read_dir(&cache).unwrap().count(),
+        0,
+        "wrote into it"
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+}
+
+#[test]
+fn a_cached_artifact_swapped_for_other_native_code_is_not_run() {
+    // Another component's artifact, compiled by this very engine: wasmtime's
+    // own header check accepts it.
+    let cache = temp_dir("swapped");
+    let other = temp_dir("swapped-other");
+    Runtime::load(component(), Some(&cache), Limits::default()).unwrap();
+    Runtime::load(
+        Path::new(env!("HOSTILE_COMPONENT_PATH")),
+        Some(&other),
+        Limits::default(),
+    )
+    .unwrap();
+    let artifact = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .expect("an artifact was cached")
+    };
+    std::fs::copy(artifact(&other), artifact(&cache)).unwrap();
+    let (runtime, source) =
+        Runtime::load_reporting(component(), Some(&cache), Limits::default()).unwrap();
+    assert_eq!(source, CompileSource::Compiled);
+    assert!(
+        runtime.describe().name.to_lowercase().contains("outreach"),
+        "{}",
+        runtime.describe().name
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+    std::fs::remove_dir_all(&other).unwrap();
+}
