@@ -52,7 +52,7 @@ fn update(id: u64, version: u64) -> Incoming {
             key: id.to_string(),
             audiences: (1..=5).map(|a| format!("a{a}")).collect(),
         }]),
-        replays: None,
+        replay: None,
     }
 }
 

@@ -5,7 +5,7 @@
 //! merging into a queued one); different keys go concurrently.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,8 +20,10 @@ use tokio::sync::{Notify, mpsc};
 use crate::alerts::{Alert, AlertKind, Alerts};
 use crate::engine::Destination;
 use crate::http::ApiClient;
+pub use crate::input::Input;
+use crate::input::{InputError, InputInfo, Item};
 use crate::journal::{
-    Checkpoint, Claim, Counts, Incoming, Journal, JournalError, LetterFilter, RunId, RunStats,
+    Claim, Counts, HeldBack, Incoming, Journal, JournalError, LetterFilter, RunId, RunStats,
     Verdict,
 };
 use crate::limiter::{Limiter, now_epoch_ms};
@@ -149,6 +151,9 @@ pub struct Summary {
     pub elapsed_ms: u64,
     /// Why the run stopped early, if it did.
     pub fatal: Option<String>,
+    /// Replayed dead letters not sent because their prospects have newer
+    /// updates (`dead-letters replay --force` sends them anyway).
+    pub held_back: Vec<HeldBack>,
     /// The run stopped because the account must log in again.
     pub login_required: bool,
     pub journal: PathBuf,
@@ -165,13 +170,10 @@ impl Summary {
 /// Problems that end a run before or outside delivery.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot read input line {line}: {source}")]
-    Input { line: u64, source: std::io::Error },
-    #[error("cannot open input {path}: {source}")]
-    OpenInput {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("cannot write the planned requests: {0}")]
+    Output(std::io::Error),
     #[error("cannot write dead letters to {path}: {source}")]
     DeadLetters {
         path: PathBuf,
@@ -190,192 +192,34 @@ pub enum RunError {
     },
 }
 
-/// One line of input on its way to the journal.
-struct Item {
-    line: u64,
-    text: String,
-    /// Bytes of input consumed once this line is journaled.
-    end_offset: u64,
-    /// The line is not UTF-8 (`text` is a lossy rendering of it).
-    not_utf8: bool,
-    replays: Option<i64>,
+/// A record error for a record the component could not plan.
+fn component_error(failure: &str) -> PlanOutcome {
+    PlanOutcome::Invalid(RecordError {
+        code: "component-error".into(),
+        message: format!("the record could not be planned: {failure}"),
+        audiences: Vec::new(),
+    })
 }
 
-/// Where a run's records come from.
-pub struct Input {
-    items: Box<dyn Iterator<Item = Result<Item, RunError>> + Send>,
-    /// Shown in the run history.
-    name: Option<String>,
-    /// Checkpointed input: its name and content identity.
-    checkpoint: Option<(String, String)>,
-    /// Lines an earlier run already journaled.
-    skipped_lines: u64,
-}
-
-impl Input {
-    /// Records from any reader (stdin, a pipe, a buffer): not checkpointed,
-    /// every record is durable once journaled.
-    pub fn reader(reader: impl BufRead + Send + 'static, name: Option<String>) -> Self {
-        Self {
-            items: Box::new(Lines {
-                reader,
-                offset: 0,
-                line: 0,
-                done: false,
-            }),
-            name,
-            checkpoint: None,
-            skipped_lines: 0,
-        }
-    }
-
-    /// No new records: the run delivers what the journal holds.
-    pub fn nothing() -> Self {
-        Self {
-            items: Box::new(std::iter::empty()),
-            name: None,
-            checkpoint: None,
-            skipped_lines: 0,
-        }
-    }
-
-    /// A file, read from where the journal's checkpoint for it says (unless
-    /// `from_start`, or the file was replaced or shortened since).
-    pub fn file(path: &Path, journal: &Journal, from_start: bool) -> Result<Self, RunError> {
-        let open = |source| RunError::OpenInput {
-            path: path.to_owned(),
-            source,
-        };
-        let mut file = std::fs::File::open(path).map_err(open)?;
-        let metadata = file.metadata().map_err(open)?;
-        if !metadata.is_file() {
-            // A pipe or a device cannot be read again from a position.
-            let name = path.display().to_string();
-            return Ok(Self::reader(std::io::BufReader::new(file), Some(name)));
-        }
-        let name = std::fs::canonicalize(path)
-            .map_err(open)?
-            .display()
-            .to_string();
-        let identity = file_identity(&metadata);
-        let (mut offset, mut line) = (0, 0);
-        if let Some(checkpoint) = journal.checkpoint(&name)? {
-            if from_start {
-                tracing::info!("reading {name} from the start, as asked");
-            } else if checkpoint.identity != identity || checkpoint.offset > metadata.len() {
-                tracing::warn!(
-                    "{name} was replaced or shortened since it was journaled up to line {}: reading it from the start",
-                    checkpoint.line
-                );
-            } else {
-                (offset, line) = (checkpoint.offset, checkpoint.line);
-            }
-        }
-        if offset > 0 {
-            use std::io::Seek;
-            file.seek(std::io::SeekFrom::Start(offset)).map_err(open)?;
-        }
-        Ok(Self {
-            items: Box::new(Lines {
-                reader: std::io::BufReader::with_capacity(1 << 16, file),
-                offset,
-                line,
-                done: false,
-            }),
-            name: Some(name.clone()),
-            checkpoint: Some((name, identity)),
-            skipped_lines: line,
-        })
-    }
-
-    /// Dead letters to send again: `(letter id, original line, record)`.
-    pub fn replay(letters: Vec<(i64, u64, String)>) -> Self {
-        Self {
-            items: Box::new(letters.into_iter().map(|(id, line, text)| {
-                Ok(Item {
-                    line,
-                    text,
-                    end_offset: 0,
-                    not_utf8: false,
-                    replays: Some(id),
-                })
-            })),
-            name: Some("dead letters".into()),
-            checkpoint: None,
-            skipped_lines: 0,
-        }
-    }
-}
-
-#[cfg(unix)]
-fn file_identity(metadata: &std::fs::Metadata) -> String {
-    use std::os::unix::fs::MetadataExt;
-    format!("dev {} inode {}", metadata.dev(), metadata.ino())
-}
-
-#[cfg(not(unix))]
-fn file_identity(_metadata: &std::fs::Metadata) -> String {
-    "unknown".into()
-}
-
-/// Non-blank lines with their end offsets.
-struct Lines<R> {
-    reader: R,
-    offset: u64,
-    line: u64,
-    done: bool,
-}
-
-impl<R: BufRead> Iterator for Lines<R> {
-    type Item = Result<Item, RunError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let mut bytes = Vec::new();
-        while !self.done {
-            bytes.clear();
-            let read = match self.reader.read_until(b'\n', &mut bytes) {
-                Ok(n) => n,
-                Err(source) => {
-                    self.done = true;
-                    return Some(Err(RunError::Input {
-                        line: self.line + 1,
-                        source,
-                    }));
-                }
-            };
-            if read == 0 {
-                self.done = true;
-                return None;
-            }
-            self.offset += read as u64;
-            self.line += 1;
-            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                bytes.pop();
-            }
-            if bytes.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let (text, not_utf8) = match String::from_utf8(bytes) {
-                Ok(text) => (text, false),
-                Err(e) => (String::from_utf8_lossy(e.as_bytes()).into_owned(), true),
-            };
-            return Some(Ok(Item {
-                line: self.line,
-                text,
-                end_offset: self.offset,
-                not_utf8,
-                replays: None,
-            }));
-        }
-        None
-    }
-}
-
-/// Plans a batch: one outcome per record. A batch the component fails on
-/// (a trap, a deadline, the memory cap, an answer of the wrong length)
-/// makes each of its records a record error with the reason: nothing is
-/// lost, and the next batch gets a fresh instance.
+/// Plans a batch: one outcome per record. When the component fails on a
+/// batch (a trap, a deadline, the memory cap, an answer of the wrong
+/// length), the batch is planned again in halves, down to single records,
+/// so that only the records it fails on become `component-error` record
+/// errors; after a trap the next call gets a fresh instance. Halving stops
+/// after a few failed calls more than one bad record needs (a component
+/// that fails on everything would otherwise cost a deadline per record):
+/// what is left then fails whole.
 fn plan_batch(destination: &mut Destination<'_>, texts: &[String]) -> Vec<PlanOutcome> {
+    let depth = usize::BITS - texts.len().leading_zeros();
+    let mut failures_left = 4 * depth as usize + 8;
+    plan_halving(destination, texts, &mut failures_left)
+}
+
+fn plan_halving(
+    destination: &mut Destination<'_>,
+    texts: &[String],
+    failures_left: &mut usize,
+) -> Vec<PlanOutcome> {
     if texts.is_empty() {
         return Vec::new();
     }
@@ -388,53 +232,83 @@ fn plan_batch(destination: &mut Destination<'_>, texts: &[String]) -> Vec<PlanOu
         ),
         Err(e) => e.to_string(),
     };
-    tracing::error!(
-        "planning a batch of {} records failed: {failure}",
+    *failures_left = failures_left.saturating_sub(1);
+    if texts.len() == 1 || *failures_left == 0 {
+        tracing::error!("planning {} records failed: {failure}", texts.len());
+        return texts.iter().map(|_| component_error(&failure)).collect();
+    }
+    tracing::warn!(
+        "planning a batch of {} records failed ({failure}); planning it in halves",
         texts.len()
     );
-    texts
+    let (first, second) = texts.split_at(texts.len() / 2);
+    let mut outcomes = plan_halving(destination, first, failures_left);
+    outcomes.extend(plan_halving(destination, second, failures_left));
+    outcomes
+}
+
+/// Plans input records ([`plan_batch`]); records the reader refused are
+/// record errors without asking the component. Input order is kept.
+fn plan_items(destination: &mut Destination<'_>, items: Vec<Item>) -> Vec<(Item, PlanOutcome)> {
+    let texts: Vec<String> = items
         .iter()
-        .map(|_| {
-            PlanOutcome::Invalid(RecordError {
-                code: "component-error".into(),
-                message: format!("the record could not be planned: {failure}"),
-                audiences: Vec::new(),
-            })
+        .filter(|item| item.refused.is_none())
+        .map(|item| item.text.clone())
+        .collect();
+    let mut outcomes = plan_batch(destination, &texts).into_iter();
+    items
+        .into_iter()
+        .map(|item| {
+            let outcome = match &item.refused {
+                Some(refused) => PlanOutcome::Invalid(RecordError {
+                    code: refused.code.into(),
+                    message: refused.message.clone(),
+                    audiences: Vec::new(),
+                }),
+                None => outcomes
+                    .next()
+                    .unwrap_or_else(|| component_error("no outcome for the record")),
+            };
+            (item, outcome)
         })
         .collect()
 }
 
-/// Reads and plans every record, in batches (see [`plan_batch`]).
-pub fn plan_input(
+/// Plans every record of `input` in batches and hands each outcome to
+/// `emit` as it comes (a dry run), reading the input exactly as a run does.
+pub fn plan_stream(
     destination: &mut Destination<'_>,
-    input: impl BufRead,
+    input: Input,
     batch: usize,
-) -> Result<Vec<(usize, String, PlanOutcome)>, RunError> {
-    let mut planned = Vec::new();
-    let mut pending: Vec<(usize, String)> = Vec::new();
-    let mut flush = |pending: &mut Vec<(usize, String)>,
-                     planned: &mut Vec<(usize, String, PlanOutcome)>| {
-        let texts: Vec<String> = pending.iter().map(|(_, t)| t.clone()).collect();
-        let outcomes = plan_batch(destination, &texts);
-        for ((line, text), outcome) in pending.drain(..).zip(outcomes) {
-            planned.push((line, text, outcome));
+    mut emit: impl FnMut(&Item, &PlanOutcome) -> std::io::Result<()>,
+) -> Result<(), RunError> {
+    let mut items = input.into_items();
+    loop {
+        let mut pending = Vec::with_capacity(batch.max(1));
+        let mut failure = None;
+        for item in items.by_ref() {
+            match item {
+                Ok(item) => pending.push(item),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            if pending.len() >= batch.max(1) {
+                break;
+            }
         }
-    };
-    for (index, line) in input.lines().enumerate() {
-        let line = line.map_err(|source| RunError::Input {
-            line: index as u64 + 1,
-            source,
-        })?;
-        if line.trim().is_empty() {
-            continue;
+        if pending.is_empty() && failure.is_none() {
+            return Ok(());
         }
-        pending.push((index + 1, line));
-        if pending.len() >= batch.max(1) {
-            flush(&mut pending, &mut planned);
+        // What was read before a read error is still shown.
+        for (item, outcome) in plan_items(destination, pending) {
+            emit(&item, &outcome).map_err(RunError::Output)?;
+        }
+        if let Some(e) = failure {
+            return Err(e.into());
         }
     }
-    flush(&mut pending, &mut planned);
-    Ok(planned)
 }
 
 /// Shared state of a run.
@@ -462,6 +336,8 @@ struct Shared<'a, 'r, C> {
     rate_limited: AtomicU64,
     retries: AtomicU64,
     refreshes: AtomicU64,
+    /// Replayed letters not sent: their prospects have newer updates.
+    held_back: Mutex<Vec<HeldBack>>,
     progress: Option<indicatif::ProgressBar>,
 }
 
@@ -542,11 +418,7 @@ impl<C: Credentials> Shared<'_, '_, C> {
 
     /// Reads input, plans it in batches and journals each batch with the
     /// input position after it.
-    async fn ingest(
-        &self,
-        mut items: mpsc::Receiver<Result<Item, RunError>>,
-        checkpoint: Option<(String, String)>,
-    ) {
+    async fn ingest(&self, mut items: mpsc::Receiver<Result<Item, InputError>>, info: &InputInfo) {
         let batch_size = self.options.batch.max(1);
         let mut coalesced = 0u64;
         // Input keeps being journaled after delivery stopped (say, for a
@@ -584,17 +456,23 @@ impl<C: Credentials> Shared<'_, '_, C> {
                 }
             }
             if !lines.is_empty() {
-                let position = checkpoint.as_ref().and_then(|(input, identity)| {
-                    lines.last().map(|last| Checkpoint {
-                        input: input.clone(),
-                        identity: identity.clone(),
-                        offset: last.end_offset,
-                        line: last.line,
-                    })
-                });
+                let position = info.checkpoint_after(lines.iter());
                 let incoming = self.plan(lines);
                 match self.journal.ingest(self.run, incoming, position.as_ref()) {
-                    Ok(merged) => coalesced += merged,
+                    Ok(report) => {
+                        coalesced += report.coalesced;
+                        for held in &report.held_back {
+                            tracing::warn!(
+                                "dead letter {} held back: {}",
+                                held.letter,
+                                held.reason
+                            );
+                        }
+                        self.held_back
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(report.held_back);
+                    }
                     Err(e) => {
                         self.stop_run(format!("cannot journal input: {e}"));
                         break;
@@ -614,36 +492,19 @@ impl<C: Credentials> Shared<'_, '_, C> {
         self.wake.notify_waiters();
     }
 
-    /// Plans a batch ([`plan_batch`]); lines that are not UTF-8 are
-    /// record errors without asking the component.
-    fn plan(&self, lines: Vec<Item>) -> Vec<Incoming> {
-        let texts: Vec<String> = lines
-            .iter()
-            .filter(|item| !item.not_utf8)
-            .map(|item| item.text.clone())
-            .collect();
-        let outcomes = {
+    /// Plans a batch ([`plan_items`]) for the journal, in input order.
+    fn plan(&self, items: Vec<Item>) -> Vec<Incoming> {
+        let planned = {
             let mut destination = self.destination.lock().unwrap_or_else(|p| p.into_inner());
-            plan_batch(&mut destination, &texts)
+            plan_items(&mut destination, items)
         };
-        // The journal's order is the input's order.
-        let mut outcomes = outcomes.into_iter();
-        lines
+        planned
             .into_iter()
-            .map(|item| {
-                let outcome = if item.not_utf8 { None } else { outcomes.next() };
-                Incoming {
-                    line: item.line,
-                    outcome: outcome.unwrap_or_else(|| {
-                        PlanOutcome::Invalid(RecordError {
-                            code: "invalid-record".into(),
-                            message: format!("line {} is not valid UTF-8", item.line),
-                            audiences: Vec::new(),
-                        })
-                    }),
-                    record: item.text,
-                    replays: item.replays,
-                }
+            .map(|(item, outcome)| Incoming {
+                line: item.line,
+                outcome,
+                record: item.text,
+                replay: item.replay,
             })
             .collect()
     }
@@ -939,6 +800,7 @@ pub async fn run<C: Credentials>(
         None => Arc::new(Journal::in_memory()?),
     };
     let api_base = api.base().as_str().to_owned();
+    let (items, input) = input.into_parts();
     if let Some((queued_for, records)) = journal.pending_api_base()?
         && queued_for != api_base
     {
@@ -964,7 +826,6 @@ pub async fn run<C: Credentials>(
     let stop_reading = Arc::new(AtomicBool::new(false));
     let reader = {
         let stop_reading = stop_reading.clone();
-        let items = input.items;
         // A blocking read (an idle stdin) must not hold up delivery.
         std::thread::spawn(move || {
             for item in items {
@@ -1006,11 +867,12 @@ pub async fn run<C: Credentials>(
         rate_limited: AtomicU64::new(0),
         retries: AtomicU64::new(0),
         refreshes: AtomicU64::new(0),
+        held_back: Mutex::new(Vec::new()),
         progress,
     };
     let workers = futures::future::join_all((0..options.concurrency.max(1)).map(|_| shared.work()));
     let delivery = async {
-        futures::join!(shared.ingest(receiver, input.checkpoint), workers);
+        futures::join!(shared.ingest(receiver, &input), workers);
     };
     tokio::select! {
         () = delivery => {}
@@ -1067,6 +929,7 @@ pub async fn run<C: Credentials>(
         credential_refreshes: stats.credential_refreshes,
         elapsed_ms: 0,
         fatal: fatal.clone(),
+        held_back: std::mem::take(&mut *shared.held_back.lock().unwrap_or_else(|p| p.into_inner())),
         login_required: shared.login_required.load(Ordering::Relaxed),
         journal: journal.path().to_owned(),
         dead_letters: options.dead_letters.clone(),

@@ -32,7 +32,7 @@ use crate::limiter::now_epoch_ms;
 /// `PRAGMA application_id` of a journal: "ORCJ".
 const APPLICATION_ID: i64 = 0x4F52_434A;
 /// The schema this host writes.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// Verdicts committed together at most.
 pub const GROUP_COMMIT_OPS: u32 = 64;
 /// The longest a verdict waits for its commit.
@@ -89,7 +89,8 @@ CREATE TABLE sources(
     line INTEGER NOT NULL,
     first_part INTEGER NOT NULL,
     record TEXT NOT NULL,
-    audiences TEXT NOT NULL
+    audiences TEXT NOT NULL,
+    received_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX sources_by_update ON sources(seq);
 CREATE INDEX sources_by_run ON sources(run_id);
@@ -104,7 +105,8 @@ CREATE TABLE dead_letters(
     response TEXT,
     code TEXT NOT NULL,
     reason TEXT NOT NULL,
-    replayed_by INTEGER
+    replayed_by INTEGER,
+    received_ms INTEGER
 );
 CREATE INDEX dead_letters_by_run ON dead_letters(run_id);
 CREATE TABLE checkpoints(
@@ -112,8 +114,29 @@ CREATE TABLE checkpoints(
     identity TEXT NOT NULL,
     offset INTEGER NOT NULL,
     line INTEGER NOT NULL,
-    updated_ms INTEGER NOT NULL
+    updated_ms INTEGER NOT NULL,
+    digest TEXT
 ) WITHOUT ROWID;
+CREATE TABLE delivered(
+    key TEXT PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    delivered_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// From schema 1: checkpoints gain a content digest; records and dead
+/// letters when they were received; `delivered` remembers, per key, the
+/// newest record delivered (replays must not send older values over it).
+const MIGRATE_FROM_1: &str = "
+ALTER TABLE checkpoints ADD COLUMN digest TEXT;
+ALTER TABLE sources ADD COLUMN received_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE dead_letters ADD COLUMN received_ms INTEGER;
+CREATE TABLE delivered(
+    key TEXT PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    delivered_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+PRAGMA user_version = 2;
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +186,35 @@ pub struct Incoming {
     pub outcome: PlanOutcome,
     /// The dead letter this record replays, marked replayed in the same
     /// transaction.
-    pub replays: Option<i64>,
+    pub replay: Option<Replay>,
+}
+
+/// What an intake batch did besides journaling.
+#[derive(Debug, Default)]
+pub struct IngestReport {
+    /// Records merged into an update already queued.
+    pub coalesced: u64,
+    pub held_back: Vec<HeldBack>,
+}
+
+/// A replayed dead letter not sent: its prospect has a newer update.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldBack {
+    pub letter: i64,
+    pub line: u64,
+    pub key: String,
+    pub reason: String,
+}
+
+/// A dead letter being replayed.
+#[derive(Clone, Copy, Debug)]
+pub struct Replay {
+    pub letter: i64,
+    /// When its record was first received (epoch ms): a prospect that got a
+    /// newer delivered or queued update since is not sent its old values.
+    pub received_ms: u64,
+    /// Send it whatever happened since (`--force`).
+    pub force: bool,
 }
 
 /// Where an input file has been read up to, committed with the records
@@ -179,6 +230,9 @@ pub struct Checkpoint {
     pub offset: u64,
     /// Lines consumed.
     pub line: u64,
+    /// SHA-256 (hex) of the bytes before `offset`, so a file rewritten in
+    /// place is not resumed into; `None` from a host that did not record it.
+    pub digest: Option<String>,
 }
 
 /// What became of a dispatched update.
@@ -539,6 +593,9 @@ impl Journal {
                 path: path.to_owned(),
                 detail: format!("schema version {version}"),
             });
+        } else if version == 1 {
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_FROM_1} COMMIT;"))
+                .map_err(corrupt)?;
         }
         // Page-level damage (a truncated file, overwritten bytes) shows here
         // rather than in the middle of a run.
@@ -680,7 +737,7 @@ impl Journal {
     pub fn checkpoint(&self, input: &str) -> Result<Option<Checkpoint>, JournalError> {
         self.with(|conn| {
             conn.query_row(
-                "SELECT identity, offset, line FROM checkpoints WHERE input = ?1",
+                "SELECT identity, offset, line, digest FROM checkpoints WHERE input = ?1",
                 [input],
                 |r| {
                     Ok(Checkpoint {
@@ -688,6 +745,7 @@ impl Journal {
                         identity: r.get(0)?,
                         offset: r.get::<_, i64>(1)? as u64,
                         line: r.get::<_, i64>(2)? as u64,
+                        digest: r.get(3)?,
                     })
                 },
             )
@@ -696,14 +754,15 @@ impl Journal {
     }
 
     /// Journals a batch of planned records, and the input position after
-    /// them, in one durable transaction. Returns how many records were
-    /// merged into an update already queued.
+    /// them, in one durable transaction. A replayed record whose prospect
+    /// has a newer update is held back (unless forced): not journaled, its
+    /// letter not marked replayed.
     pub fn ingest(
         &self,
         run: RunId,
         batch: Vec<Incoming>,
         checkpoint: Option<&Checkpoint>,
-    ) -> Result<u64, JournalError> {
+    ) -> Result<IngestReport, JournalError> {
         let mut state = self.state();
         state.begin().map_err(|e| self.err(e))?;
         let State { conn, sending, .. } = &mut *state;
@@ -972,14 +1031,25 @@ impl Journal {
         )
     }
 
-    /// `(letter id, line, raw record text)` of dead letters, for a replay.
+    /// `(letter id, line, raw record text, when the record was received)`
+    /// of dead letters, for a replay. Letters of an older host, which did
+    /// not record the time, count as received when they died.
     pub fn letter_records(
         &self,
         filter: &LetterFilter,
-    ) -> Result<Vec<(i64, u64, String)>, JournalError> {
-        self.query_letters("id, line, record", filter, |r| {
-            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
-        })
+    ) -> Result<Vec<(i64, u64, String, u64)>, JournalError> {
+        self.query_letters(
+            "id, line, record, COALESCE(received_ms, created_ms)",
+            filter,
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get(2)?,
+                    r.get::<_, i64>(3)?.max(0) as u64,
+                ))
+            },
+        )
     }
 
     /// `columns` of the dead letters matching `filter`, oldest first.
@@ -1275,10 +1345,11 @@ fn insert_letter(
     response: Option<&str>,
     code: &str,
     reason: &str,
+    received_ms: i64,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO dead_letters(run_id, created_ms, line, record, request, status, response, code, reason)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO dead_letters(run_id, created_ms, line, record, request, status, response, code, reason, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         run,
@@ -1289,7 +1360,8 @@ fn insert_letter(
         status,
         response,
         code,
-        reason
+        reason,
+        received_ms
     ])
     .map(drop)
 }
@@ -1318,17 +1390,39 @@ fn ingest_batch(
     batch: Vec<Incoming>,
     checkpoint: Option<&Checkpoint>,
     path: &Path,
-) -> Result<u64, JournalError> {
+) -> Result<IngestReport, JournalError> {
     let sqlite = |source| JournalError::Sqlite {
         path: path.to_owned(),
         source,
     };
     let tx: &Connection = conn;
-    let mut coalesced = 0u64;
+    let mut report = IngestReport::default();
+    let now = now_ms();
     for incoming in batch {
-        if let Some(letter) = incoming.replays {
+        let received_ms = incoming
+            .replay
+            .map_or(now, |r| i64::try_from(r.received_ms).unwrap_or(i64::MAX));
+        if let (Some(replay), PlanOutcome::Send(requests)) = (&incoming.replay, &incoming.outcome)
+            && !replay.force
+            && let Some(held) = newer_update(tx, requests, received_ms).map_err(sqlite)?
+        {
+            let (key, newer_ms) = held;
+            let reason = format!(
+                "prospect {key} has a newer update (received {}) than this record (received {}); replaying would overwrite it (--force sends it anyway)",
+                crate::format_utc(u64::try_from(newer_ms).unwrap_or(0) / 1000, ' '),
+                crate::format_utc(u64::try_from(received_ms).unwrap_or(0) / 1000, ' '),
+            );
+            report.held_back.push(HeldBack {
+                letter: replay.letter,
+                line: incoming.line,
+                key,
+                reason,
+            });
+            continue;
+        }
+        if let Some(replay) = incoming.replay {
             tx.prepare_cached("UPDATE dead_letters SET replayed_by = ?1 WHERE id = ?2")
-                .and_then(|mut s| s.execute(params![run, letter]))
+                .and_then(|mut s| s.execute(params![run, replay.letter]))
                 .map_err(sqlite)?;
         }
         match incoming.outcome {
@@ -1372,6 +1466,7 @@ fn ingest_batch(
                     None,
                     &error.code,
                     &error.message,
+                    received_ms,
                 )
                 .map_err(sqlite)?;
             }
@@ -1390,14 +1485,14 @@ fn ingest_batch(
                         serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
                     let seq = match enqueue(tx, sending, request, path)? {
                         Enqueued::Merged(seq) => {
-                            coalesced += 1;
+                            report.coalesced += 1;
                             seq
                         }
                         Enqueued::New(seq) => seq,
                     };
                     tx.prepare_cached(
-                        "INSERT INTO sources(seq, run_id, line, first_part, record, audiences)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO sources(seq, run_id, line, first_part, record, audiences, received_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )
                     .and_then(|mut s| {
                         s.execute(params![
@@ -1406,7 +1501,8 @@ fn ingest_batch(
                             incoming.line as i64,
                             part == 0,
                             incoming.record,
-                            audiences
+                            audiences,
+                            received_ms
                         ])
                     })
                     .map_err(sqlite)?;
@@ -1414,22 +1510,47 @@ fn ingest_batch(
             }
         }
     }
-    if coalesced > 0 {
+    if report.coalesced > 0 {
         tx.execute(
             "UPDATE runs SET coalesced = coalesced + ?2 WHERE id = ?1",
-            params![run, coalesced as i64],
+            params![run, report.coalesced as i64],
         )
         .map_err(sqlite)?;
     }
     if let Some(c) = checkpoint {
         tx.execute(
-            "INSERT INTO checkpoints(input, identity, offset, line, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(input) DO UPDATE SET identity = ?2, offset = ?3, line = ?4, updated_ms = ?5",
-            params![c.input, c.identity, c.offset as i64, c.line as i64, now_ms()],
+            "INSERT INTO checkpoints(input, identity, offset, line, updated_ms, digest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(input) DO UPDATE SET identity = ?2, offset = ?3, line = ?4, updated_ms = ?5, digest = ?6",
+            params![c.input, c.identity, c.offset as i64, c.line as i64, now_ms(), c.digest],
         )
         .map_err(sqlite)?;
     }
-    Ok(coalesced)
+    Ok(report)
+}
+
+/// The key and time of the newest update — delivered, or queued — that
+/// one of `requests`' keys received after `received_ms`.
+fn newer_update(
+    tx: &Connection,
+    requests: &[Request],
+    received_ms: i64,
+) -> rusqlite::Result<Option<(String, i64)>> {
+    for request in requests {
+        let delivered: Option<i64> = tx
+            .prepare_cached("SELECT received_ms FROM delivered WHERE key = ?1")?
+            .query_row([&request.key], |r| r.get(0))
+            .optional()?;
+        let queued: Option<i64> = tx
+            .prepare_cached(
+                "SELECT max(s.received_ms) FROM sources s JOIN updates u ON u.seq = s.seq WHERE u.key = ?1",
+            )?
+            .query_row([&request.key], |r| r.get(0))?;
+        if let Some(newest) = delivered.max(queued).filter(|t| *t > received_ms) {
+            return Ok(Some((request.key.clone(), newest)));
+        }
+    }
+    Ok(None)
 }
 
 enum Enqueued {
@@ -1487,18 +1608,30 @@ fn finish_update(
         path: path.to_owned(),
         source,
     };
-    type SourceRow = (i64, i64, bool, String, String);
+    type SourceRow = (i64, i64, bool, String, String, i64);
     let sources: Vec<SourceRow> = tx
         .prepare_cached(
-            "SELECT run_id, line, first_part, record, audiences FROM sources WHERE seq = ?1 ORDER BY id",
+            "SELECT run_id, line, first_part, record, audiences, received_ms FROM sources WHERE seq = ?1 ORDER BY id",
         )
         .and_then(|mut s| {
             s.query_map([seq], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
             })
             .and_then(|rows| rows.collect())
         })
         .map_err(sqlite)?;
+    if matches!(verdict, Verdict::Delivered)
+        && let Some(newest) = sources.iter().map(|s| s.5).max()
+    {
+        tx.prepare_cached(
+            "INSERT INTO delivered(key, received_ms, delivered_ms)
+             SELECT key, ?2, ?3 FROM updates WHERE seq = ?1
+             ON CONFLICT(key) DO UPDATE SET received_ms = max(received_ms, excluded.received_ms),
+                 delivered_ms = excluded.delivered_ms",
+        )
+        .and_then(|mut s| s.execute(params![seq, newest, now_ms()]))
+        .map_err(sqlite)?;
+    }
     let (request_text, status, response) = match verdict {
         Verdict::Delivered => (None, None, None),
         Verdict::Rejected {
@@ -1511,7 +1644,7 @@ fn finish_update(
                 .map(|r| bounded_response(&r.body).into_owned()),
         ),
     };
-    for (run, line, first_part, record, audiences) in &sources {
+    for (run, line, first_part, record, audiences, received_ms) in &sources {
         let audiences: Vec<String> = serde_json::from_str(audiences).unwrap_or_default();
         match verdict {
             Verdict::Delivered => {
@@ -1547,6 +1680,7 @@ fn finish_update(
                     response.as_deref(),
                     code,
                     reason,
+                    *received_ms,
                 )
                 .map_err(sqlite)?;
             }
@@ -1698,7 +1832,7 @@ mod tests {
             line,
             record: format!("{{\"line\": {line}}}"),
             outcome: PlanOutcome::Send(vec![request]),
-            replays: None,
+            replay: None,
         }
     }
 
@@ -1727,7 +1861,7 @@ mod tests {
                 None,
             )
             .unwrap();
-        assert_eq!(merged, 1);
+        assert_eq!(merged.coalesced, 1);
         assert_eq!(journal.pending_updates().unwrap(), 2);
         assert_eq!(journal.pending_records(Some(run)).unwrap(), 3);
 

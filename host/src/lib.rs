@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod egress;
 pub mod engine;
 pub mod http;
+pub mod input;
 pub mod journal;
 pub mod limiter;
 pub mod oauth;

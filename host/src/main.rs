@@ -1,6 +1,6 @@
 //! `outreach-host`: run a profile-destination component from the command line.
 
-use std::io::{BufRead, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,6 +68,10 @@ struct ComponentArgs {
     /// ~/.config/outreach-host/tokens.json).
     #[arg(long, global = true, value_name = "FILE")]
     token_store: Option<PathBuf>,
+    /// Records (input lines) longer than this many bytes are refused as
+    /// `record-too-large` record errors, without being read into memory.
+    #[arg(long, global = true, default_value_t = outreach_host::input::DEFAULT_MAX_RECORD_BYTES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(64..=1 << 30))]
+    max_record_bytes: usize,
     /// Journal of queued updates, dead letters and run history (default:
     /// $OUTREACH_JOURNAL, $XDG_STATE_HOME/outreach-host/journal.sqlite or
     /// ~/.local/state/outreach-host/journal.sqlite).
@@ -302,9 +306,17 @@ enum LettersCommand {
     },
     /// Plan the letters' records again with the current configuration (say,
     /// after fixing a Mapping ID) and deliver them, as a new run.
+    ///
+    /// A letter whose prospect has had a newer update since its record was
+    /// received (delivered, or still queued) is held back, so last week's
+    /// values never overwrite today's; the summary lists what was held back
+    /// and why.
     Replay {
         #[command(flatten)]
         which: LetterArgs,
+        /// Replay held-back letters too, overwriting newer values.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         send: SendArgs,
     },
@@ -448,6 +460,7 @@ fn die_quietly_on_closed_pipe() {
 
 fn run(cli: Cli) -> Result<u8> {
     let store = token_store(&cli.component)?;
+    let max_record_bytes = cli.component.max_record_bytes;
     let journal_file = journal_path(&cli.component)?;
     if matches!(
         cli.command,
@@ -515,13 +528,13 @@ fn run(cli: Cli) -> Result<u8> {
             println!("{}: valid", config.display());
             Ok(0)
         }
-        Command::Plan { config, input } => dry_run(&runtime, &config, &input),
+        Command::Plan { config, input } => dry_run(&runtime, &config, &input, max_record_bytes),
         Command::Run {
             send,
             input,
             dry_run: true,
             ..
-        } => dry_run(&runtime, &send.config, &input),
+        } => dry_run(&runtime, &send.config, &input, max_record_bytes),
         Command::Run {
             input,
             from_start,
@@ -537,6 +550,7 @@ fn run(cli: Cli) -> Result<u8> {
             } else {
                 Input::file(&input, &journal, from_start)?
             };
+            let input = input.max_record_bytes(max_record_bytes);
             send_updates(&runtime, store, send, journal, input, "run")
         }
         Command::Resume { send } => {
@@ -544,7 +558,7 @@ fn run(cli: Cli) -> Result<u8> {
             send_updates(&runtime, store, send, journal, Input::nothing(), "resume")
         }
         Command::DeadLetters {
-            command: LettersCommand::Replay { which, send },
+            command: LettersCommand::Replay { which, force, send },
         } => {
             let journal = Arc::new(Journal::open(&journal_file)?);
             let filter = letter_filter(&journal, &which, false)?;
@@ -563,7 +577,7 @@ fn run(cli: Cli) -> Result<u8> {
                 store,
                 send,
                 journal,
-                Input::replay(letters),
+                Input::replay(letters, force),
                 "replay",
             )
         }
@@ -588,7 +602,9 @@ fn run(cli: Cli) -> Result<u8> {
             config,
             input,
             delivery,
-        } => tokio_runtime()?.block_on(demo(&runtime, &config, &input, &delivery)),
+        } => {
+            tokio_runtime()?.block_on(demo(&runtime, &config, &input, &delivery, max_record_bytes))
+        }
         Command::Simulate(_)
         | Command::Auth { .. }
         | Command::Logout { .. }
@@ -659,25 +675,22 @@ fn report_config_errors(path: &Path, errors: &[ConfigError]) {
     }
 }
 
-fn open_input(input: &Path) -> Result<Box<dyn BufRead>> {
-    Ok(if input == Path::new("-") {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(
-            std::fs::File::open(input)
-                .with_context(|| format!("cannot open input {}", input.display()))?,
-        ))
-    })
-}
-
-fn dry_run(runtime: &Runtime, config: &Path, input: &Path) -> Result<u8> {
+fn dry_run(runtime: &Runtime, config: &Path, input: &Path, max_record_bytes: usize) -> Result<u8> {
     let Some(mut destination) = configure(runtime, config)? else {
         return Ok(EXIT_INVALID_CONFIG);
     };
-    let planned = delivery::plan_input(&mut destination, open_input(input)?, 500)?;
+    // Read exactly as a run reads (one reader), but never checkpointed.
+    let input = if input == Path::new("-") {
+        Input::reader(std::io::BufReader::new(std::io::stdin()), None)
+    } else {
+        let file = std::fs::File::open(input)
+            .with_context(|| format!("cannot open input {}", input.display()))?;
+        Input::reader(std::io::BufReader::with_capacity(1 << 16, file), None)
+    }
+    .max_record_bytes(max_record_bytes);
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (mut sends, mut skips, mut invalid) = (0usize, 0usize, 0usize);
-    for (line, _, outcome) in &planned {
+    delivery::plan_stream(&mut destination, input, 500, |item, outcome| {
         match outcome {
             PlanOutcome::Send(_) => sends += 1,
             PlanOutcome::Skip(_) => skips += 1,
@@ -686,9 +699,9 @@ fn dry_run(runtime: &Runtime, config: &Path, input: &Path) -> Result<u8> {
         writeln!(
             out,
             "{}",
-            serde_json::json!({ "line": line, "outcome": outcome })
-        )?;
-    }
+            serde_json::json!({ "line": item.line, "outcome": outcome })
+        )
+    })?;
     out.flush()?;
     eprintln!(
         "dry run: {sends} requests planned, nothing sent; {skips} records skipped, {invalid} invalid"
@@ -771,7 +784,13 @@ fn exit_code(summary: &Summary) -> u8 {
     }
 }
 
-async fn demo(runtime: &Runtime, config: &Path, input: &Path, args: &DeliveryArgs) -> Result<u8> {
+async fn demo(
+    runtime: &Runtime,
+    config: &Path,
+    input: &Path,
+    args: &DeliveryArgs,
+    max_record_bytes: usize,
+) -> Result<u8> {
     if !input.is_file() {
         bail!(
             "{} not found: run the demo from the repository root",
@@ -799,7 +818,7 @@ async fn demo(runtime: &Runtime, config: &Path, input: &Path, args: &DeliveryArg
         outreach_host::limiter::now_epoch_ms()
     ));
     let journal = Arc::new(Journal::open(&journal_file)?);
-    let input = Input::file(input, &journal, true)?;
+    let input = Input::file(input, &journal, true)?.max_record_bytes(max_record_bytes);
     // The example data contains bad records on purpose: the demo succeeds
     // when the run completes, whatever it rejected.
     let api_base = simulator.api_base();
@@ -911,6 +930,18 @@ fn print_summary(summary: &Summary, api_base: &str, json: bool) -> Result<()> {
     }
     print_audiences(&summary.audiences);
     print_failures(&summary.failures);
+    if !summary.held_back.is_empty() {
+        println!(
+            "{} dead letters held back (not sent, still listed by `dead-letters list`):",
+            summary.held_back.len()
+        );
+        for held in &summary.held_back {
+            println!(
+                "  letter {} (line {}): {}",
+                held.letter, held.line, held.reason
+            );
+        }
+    }
     if summary.rejected > 0
         || summary.skipped
             > summary
