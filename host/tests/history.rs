@@ -1,24 +1,19 @@
 //! The run history, dead letters, replay and alerts, driven through the
 //! `outreach-host` command against the simulator.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use outreach_host::simulator::{Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
+mod common;
+use common::{Cli, loopback, write};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("outreach-history-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("history", name)
 }
 
 fn config(mapping_id: u32) -> String {
@@ -38,57 +33,6 @@ fn profile(id: u64) -> String {
         "segmentMembership": { "ups": { "aud-webinar": { "status": "realized" } } }
     })
     .to_string()
-}
-
-struct Cli {
-    dir: PathBuf,
-    token: String,
-}
-
-impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_outreach-host"))
-            .arg("--journal")
-            .arg(self.dir.join("journal.sqlite"))
-            .arg("--cache-dir")
-            .arg(self.dir.join("cache"))
-            .args(args)
-            .env("OUTREACH_ACCESS_TOKEN", &self.token)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn lines(&self, args: &[&str]) -> Vec<Value> {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
 }
 
 #[test]

@@ -179,6 +179,25 @@ async fn a_panic_is_contained_and_the_host_stays_usable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_component_fails_on_loses_only_the_record_it_fails_on() {
+    let runtime = hostile(Limits::default());
+    // Panics on any batch holding record 7: the batch of 10 is planned
+    // again in halves until record 7 stands alone.
+    let outcome = attack(&runtime, "panic-on :\"7\"", 10, 10).await;
+    assert_eq!(outcome.summary.received, 10);
+    assert_eq!(outcome.summary.delivered, 9, "{:?}", outcome.summary);
+    assert_eq!(outcome.letters.len(), 1, "{:?}", outcome.letters);
+    assert_eq!(outcome.letters[0]["line"], 7);
+    assert_eq!(outcome.letters[0]["code"], "component-error");
+    assert!(
+        outcome.letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("trapped")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_to_other_hosts_are_never_sent() {
     let (addr, hits) = elsewhere().await;
     let runtime = hostile(Limits::default());
@@ -212,6 +231,17 @@ async fn credentials_paths_and_methods_are_policed() {
             "may not set the Authorization header",
         ),
         ("escape-path", "is not a path under the API base"),
+        // Dot segments the URL parser would normalise, and encoded slashes.
+        ("path /.%2e/v2-evil/x", "is not a path under the API base"),
+        ("path /%2E./x", "is not a path under the API base"),
+        (
+            "path /prospects%2F..%2F..%2Foauth",
+            "is not a path under the API base",
+        ),
+        (
+            "path /prospects/1?_method=DELETE",
+            "may not set the query parameter",
+        ),
         ("delete-method", "the method Delete is not allowed"),
     ] {
         let outcome = attack(&runtime, attack_name, 2, 500).await;

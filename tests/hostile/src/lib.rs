@@ -6,7 +6,10 @@
 //! - `huge-result`: `plan` returns far more outcomes than records;
 //! - `absolute-url URL`, `authorization-header`, `escape-path`,
 //!   `delete-method`: `plan` returns requests the host must refuse to send;
+//! - `path PATH`: `plan` returns PATCH requests to PATH as given;
 //! - `panic`: `plan` panics (a trap);
+//! - `panic-on MARKER`: `plan` panics on any batch holding a record that
+//!   contains MARKER, and behaves otherwise;
 //! - anything else: behaves (one harmless PATCH per record).
 #![cfg_attr(target_arch = "wasm32", no_std)]
 
@@ -97,6 +100,9 @@ impl GuestConfigured for Configured {
                 .map(|i| wit::PlanOutcome::Skip(alloc::format!("outcome {i} of far too many")))
                 .collect(),
             "panic" => panic!("hostile panic"),
+            "panic-on" if records.iter().any(|r| r.contains(self.argument.as_str())) => {
+                panic!("hostile panic on a marked record")
+            }
             attack => records
                 .iter()
                 .enumerate()
@@ -119,6 +125,7 @@ impl GuestConfigured for Configured {
                         "delete-method" => {
                             request(wit::Method::Delete, "/prospects/1", vec![], &key)
                         }
+                        "path" => request(wit::Method::Patch, &self.argument, vec![], &key),
                         _ => request(wit::Method::Patch, "/prospects/1", vec![], &key),
                     };
                     wit::PlanOutcome::Send(vec![r])
