@@ -155,6 +155,10 @@ pub enum JournalError {
         "journal {path} is in use by another outreach-host process (the file is locked, whatever path reached it)"
     )]
     Locked { path: PathBuf },
+    #[error(
+        "journal {path} lost a transaction ({why}); nothing more is sent until it is opened again (the next run or `resume` sends what is queued)"
+    )]
+    Failed { path: PathBuf, why: String },
     #[error("journal {path}: {source}")]
     Io {
         path: PathBuf,
@@ -341,6 +345,15 @@ struct State {
     cursor: i64,
     /// A group of verdicts not committed yet: since when, and how many.
     group: Option<(std::time::Instant, u32)>,
+    /// Why a transaction holding verdicts was lost. Workers had already
+    /// acted on those verdicts (taken a key's next update, sent it), so
+    /// committing anything after them could let an older update be sent
+    /// again over a newer one after a restart: the queue refuses all work
+    /// until the journal is opened again, from what is on disk.
+    failed: Option<String>,
+    /// Tests: make the next commit fail.
+    #[cfg(test)]
+    fail_next_commit: bool,
 }
 
 impl State {
@@ -366,20 +379,48 @@ impl State {
     }
 
     /// Commits the group (`synchronous=FULL`: on disk when this returns).
+    /// A failed commit abandons the group.
     fn commit(&mut self) -> rusqlite::Result<()> {
         if self.group.is_none() {
             return Ok(());
         }
-        self.conn.execute_batch("COMMIT")?;
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_commit) {
+            self.abandon("injected commit failure");
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some("injected commit failure".into()),
+            ));
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            self.abandon(&e.to_string());
+            return Err(e);
+        }
         self.group = None;
         Ok(())
     }
 
-    /// Abandons the group after a failed operation: its verdicts are lost
-    /// (their updates will be sent again), nothing half-done is kept.
-    fn abandon(&mut self) {
+    /// Abandons the group after a failed operation: nothing half-done is
+    /// kept, its verdicts are lost (their updates will be sent again), and
+    /// the queue takes no more work ([`State::failed`]).
+    fn abandon(&mut self, why: &str) {
         if self.group.take().is_some() {
             let _ = self.conn.execute_batch("ROLLBACK");
+            if self.failed.is_none() {
+                tracing::error!("journal transaction lost ({why}): delivery stops");
+                self.failed = Some(why.to_owned());
+            }
+        }
+    }
+
+    /// Refuses queue work after a lost transaction.
+    fn healthy(&self, path: &Path) -> Result<(), JournalError> {
+        match &self.failed {
+            None => Ok(()),
+            Some(why) => Err(JournalError::Failed {
+                path: path.to_owned(),
+                why: why.clone(),
+            }),
         }
     }
 }
@@ -516,6 +557,9 @@ impl Journal {
                 claimed: HashMap::new(),
                 cursor: 0,
                 group: None,
+                failed: None,
+                #[cfg(test)]
+                fail_next_commit: false,
             }),
             _lock: lock,
         }
@@ -641,7 +685,15 @@ impl Journal {
 
     /// Commits the verdicts of the current group.
     pub fn flush(&self) -> Result<(), JournalError> {
-        self.state().commit().map_err(|e| self.err(e))
+        let mut state = self.state();
+        state.healthy(&self.path)?;
+        state.commit().map_err(|e| self.err(e))
+    }
+
+    /// Tests: the next commit fails (as a full disk or an I/O error would).
+    #[cfg(test)]
+    fn fail_next_commit(&self) {
+        self.state().fail_next_commit = true;
     }
 
     /// Records the start of a run; dispatch starts again from the oldest
@@ -764,6 +816,7 @@ impl Journal {
         checkpoint: Option<&Checkpoint>,
     ) -> Result<IngestReport, JournalError> {
         let mut state = self.state();
+        state.healthy(&self.path)?;
         state.begin().map_err(|e| self.err(e))?;
         let State { conn, sending, .. } = &mut *state;
         let result = ingest_batch(conn, sending, run, batch, checkpoint, &self.path)
@@ -772,8 +825,8 @@ impl Journal {
                 state.commit().map_err(|e| self.err(e))?;
                 Ok(coalesced)
             });
-        if result.is_err() {
-            state.abandon();
+        if let Err(e) = &result {
+            state.abandon(&e.to_string());
         }
         result
     }
@@ -782,6 +835,7 @@ impl Journal {
     /// claims its key.
     pub fn claim_next(&self) -> Result<Option<Claim>, JournalError> {
         let mut state = self.state();
+        state.healthy(&self.path)?;
         let State {
             conn,
             claimed,
@@ -817,6 +871,7 @@ impl Journal {
         current_run: RunId,
     ) -> Result<Request, JournalError> {
         let mut state = self.state();
+        state.healthy(&self.path)?;
         let result = self.fold_later_updates(&mut state, claim, current_run);
         match result {
             Ok(request) => {
@@ -824,7 +879,7 @@ impl Journal {
                 Ok(request)
             }
             Err(e) => {
-                state.abandon();
+                state.abandon(&e.to_string());
                 Err(e)
             }
         }
@@ -899,6 +954,7 @@ impl Journal {
         current_run: RunId,
     ) -> Result<Option<Claim>, JournalError> {
         let mut state = self.state();
+        state.healthy(&self.path)?;
         let recorded = state
             .begin()
             .map_err(|e| self.err(e))
@@ -917,7 +973,7 @@ impl Journal {
         let next: Option<i64> = match recorded {
             Ok(next) => next,
             Err(e) => {
-                state.abandon();
+                state.abandon(&e.to_string());
                 return Err(e);
             }
         };
@@ -1949,6 +2005,64 @@ mod tests {
         }
         drop(first);
         Journal::open(&dir.join("link").join("journal.sqlite")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lost_verdict_stops_the_queue_so_no_older_update_overtakes_a_newer_one() {
+        let dir =
+            std::env::temp_dir().join(format!("outreach-journal-lost-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("journal.sqlite");
+        {
+            let journal = Journal::open(&path).unwrap();
+            let run = journal
+                .start_run("run", "t", "http://127.0.0.1/api/v2", None)
+                .unwrap();
+            let older = patch(7, json!({"firstName": "Older"}), &[]);
+            journal.ingest(run, vec![incoming(1, older)], None).unwrap();
+            let claim = journal.claim_next().unwrap().unwrap();
+            journal.begin_attempt(&claim, run).unwrap();
+            // A newer update queues behind the one on the wire.
+            let newer = patch(7, json!({"firstName": "Newer"}), &[]);
+            journal.ingest(run, vec![incoming(2, newer)], None).unwrap();
+            // The older one is delivered; its verdict waits in the group
+            // while the worker moves on to the newer one.
+            let next = journal
+                .finish(&claim, &Verdict::Delivered, run)
+                .unwrap()
+                .unwrap();
+            journal.fail_next_commit();
+            assert!(journal.flush().is_err());
+            // The older update's verdict is lost: nothing further may be
+            // sent or recorded, or the newer one could be marked done while
+            // the older one is still queued.
+            assert!(matches!(
+                journal.begin_attempt(&next, run),
+                Err(JournalError::Failed { .. })
+            ));
+            assert!(journal.finish(&next, &Verdict::Delivered, run).is_err());
+            assert!(journal.claim_next().is_err());
+            let late = patch(8, json!({"firstName": "Late"}), &[]);
+            assert!(journal.ingest(run, vec![incoming(3, late)], None).is_err());
+        }
+        // Opened again, the queue holds both, in order: the older one, with
+        // the newer one folded in (newer values win), so the prospect ends
+        // with the newer values — never the older ones over them.
+        let journal = Journal::open(&path).unwrap();
+        let run = journal
+            .start_run("resume", "t", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        assert_eq!(journal.pending_updates().unwrap(), 2);
+        let first = journal.claim_next().unwrap().unwrap();
+        let request = journal.begin_attempt(&first, run).unwrap();
+        assert_eq!(attributes(&request), json!({"firstName": "Newer"}));
+        assert_eq!(
+            journal.finish(&first, &Verdict::Delivered, run).unwrap(),
+            None
+        );
+        assert_eq!(journal.claim_next().unwrap(), None);
+        drop(journal);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
