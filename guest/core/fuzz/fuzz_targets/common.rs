@@ -1,5 +1,6 @@
 //! Shared by the plan targets: a configuration exercising every attribute
-//! type, and the invariants every plan must keep.
+//! type (strings, string lists, booleans, numbers, whole numbers, dates,
+//! custom fields), and the invariants every plan must keep.
 
 use outreach_core::Destination;
 use outreach_core::types::PlanOutcome;
@@ -14,14 +15,21 @@ pub const CONFIG: &str = r#"{
     { "source": "person.score", "target": "score" },
     { "source": "person.connections", "target": "linkedInConnections" },
     { "source": "person.birthDate", "target": "dateOfBirth" },
+    { "source": "person.graduation", "target": "graduationDate" },
+    { "source": "person.jobStart", "target": "jobStartDate" },
+    { "source": "person.tags", "target": "tags" },
+    { "source": "person.site", "target": "websiteUrl1" },
     { "source": "person.list.0.x", "target": "custom9" }
   ],
   "audiences": [ { "id": "aud", "mappingId": 4 }, { "id": "b", "mappingId": 150 } ],
   "statusLabels": { "exited": "Removed" }
 }"#;
 
-pub fn destination() -> Destination {
-    Destination::new(CONFIG).expect("the fuzz configuration is valid")
+/// The configured destination, built once: planning is pure, so every
+/// input can share it (and the fuzzer spends its time in the planner).
+pub fn destination() -> &'static Destination {
+    static DESTINATION: std::sync::OnceLock<Destination> = std::sync::OnceLock::new();
+    DESTINATION.get_or_init(|| Destination::new(CONFIG).expect("the fuzz configuration is valid"))
 }
 
 /// One outcome per record; requests are well-formed JSON:API writes.

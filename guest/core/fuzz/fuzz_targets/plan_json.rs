@@ -16,6 +16,9 @@ enum Json {
     Float(f64),
     Str(String),
     Digits(u64),
+    /// A date-time that is well formed up to its seconds, then anything:
+    /// reaches the fraction and offset parsing.
+    DateTime(u16, u8, u8, String),
     Arr(Vec<Json>),
     Obj(Vec<(String, Json)>),
 }
@@ -32,6 +35,9 @@ impl Json {
             Json::Float(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
             Json::Str(s) => json!(s),
             Json::Digits(d) => json!(d.to_string()),
+            Json::DateTime(y, m, d, tail) => {
+                json!(format!("{:04}-{:02}-{:02}T10:00:00{tail}", y % 10_000, m % 13, d % 32))
+            }
             Json::Arr(items) => Value::Array(items.iter().map(|j| j.value(depth + 1)).collect()),
             Json::Obj(fields) => Value::Object(
                 fields
@@ -48,6 +54,9 @@ struct Record {
     identity: Json,
     person: Json,
     first_name: Json,
+    birth_date: Json,
+    graduation: Json,
+    job_start: Json,
     status: Json,
     other_status: Json,
     extra: Json,
@@ -60,6 +69,9 @@ fuzz_target!(|records: Vec<Record>| {
             let mut person = r.person.value(0);
             if let Value::Object(p) = &mut person {
                 p.insert("name".into(), json!({ "firstName": r.first_name.value(0) }));
+                p.insert("birthDate".into(), r.birth_date.value(0));
+                p.insert("graduation".into(), r.graduation.value(0));
+                p.insert("jobStart".into(), r.job_start.value(0));
             }
             json!({
                 "identityMap": { "Oid": [ { "id": r.identity.value(0) } ] },
