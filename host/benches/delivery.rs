@@ -98,7 +98,7 @@ async fn deliver(
     .unwrap();
     let elapsed = start.elapsed();
     drop(options);
-    for suffix in ["", "-wal", "-shm", ".lock"] {
+    for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", journal_file.display()));
     }
     (summary, elapsed)

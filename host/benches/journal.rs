@@ -66,7 +66,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn remove(path: &Path) {
-    for suffix in ["", "-wal", "-shm", ".lock"] {
+    for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
