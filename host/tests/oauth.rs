@@ -620,6 +620,9 @@ async fn a_refresh_cut_off_by_a_stop_still_stores_the_rotated_refresh_token() {
     credentials.settle().await;
     let stored = store.get("ada").unwrap();
     assert_ne!(stored.refresh_token, tokens.refresh_token, "rotation lost");
+    // And in use by this process, without another mint.
+    assert_eq!(credentials.token().await.unwrap(), stored.access_token);
+    assert_eq!(credentials.refreshes(), 1);
     // What is stored is the live refresh token: a new process refreshes
     // with it (the old one is dead at the server).
     let next = stored_credentials(&sim, &store, Duration::ZERO);

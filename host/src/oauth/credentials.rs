@@ -37,12 +37,19 @@ struct Inner {
     refreshes: AtomicU64,
 }
 
-/// What an exchange ended with.
+/// What an exchange ended with; either way the new tokens are in use.
 enum Exchange {
     /// New tokens were minted and stored.
-    Refreshed(TokenSet),
-    /// Another process had refreshed already: its tokens are the ones.
-    Adopted(TokenSet),
+    Refreshed,
+    /// Another process had refreshed already (its tokens were minted at
+    /// this epoch ms): its tokens are the ones.
+    Adopted(u64),
+}
+
+impl Inner {
+    fn replace(&self, tokens: TokenSet) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = tokens;
+    }
 }
 
 /// When tokens obtained at `obtained_at_ms` were minted, on this process's
@@ -89,7 +96,7 @@ impl OAuthCredentials {
     }
 
     fn replace(&self, tokens: TokenSet) {
-        *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) = tokens;
+        self.inner.replace(tokens);
     }
 
     fn expires_soon(tokens: &TokenSet) -> bool {
@@ -135,15 +142,12 @@ impl OAuthCredentials {
                 }
             }
             match self.exchange(seen).await {
-                Ok(Exchange::Refreshed(fresh)) => {
+                Ok(Exchange::Refreshed) => {
                     *last_mint = Some(Instant::now());
-                    self.replace(fresh);
-                    self.inner.refreshes.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-                Ok(Exchange::Adopted(tokens)) => {
-                    *last_mint = minted_at(tokens.obtained_at_ms).max(*last_mint);
-                    self.replace(tokens);
+                Ok(Exchange::Adopted(obtained_at_ms)) => {
+                    *last_mint = minted_at(obtained_at_ms).max(*last_mint);
                     return Ok(());
                 }
                 // Another client of this app minted a token for the user (a
@@ -166,9 +170,9 @@ impl OAuthCredentials {
         ))
     }
 
-    /// Exchanges the stored refresh token and stores the result, holding
-    /// the store's lock throughout, in a task that runs to completion even
-    /// if the caller is dropped.
+    /// Exchanges the stored refresh token, stores the result and puts it in
+    /// use, holding the store's lock throughout, in a task that runs to
+    /// completion even if the caller is dropped.
     async fn exchange(&self, seen: &str) -> Result<Exchange, OAuthError> {
         let in_flight = self.inner.exchange.clone().lock_owned().await;
         let inner = self.inner.clone();
@@ -188,7 +192,9 @@ impl OAuthCredentials {
             .map_err(task_failed)?;
             let stored = stored?;
             if stored.access_token != seen {
-                return Ok(Exchange::Adopted(stored));
+                let minted = stored.obtained_at_ms;
+                inner.replace(stored);
+                return Ok(Exchange::Adopted(minted));
             }
             let refresh_token = stored
                 .refresh_token
@@ -204,7 +210,10 @@ impl OAuthCredentials {
             })
             .await
             .map_err(task_failed)??;
-            Ok(Exchange::Refreshed(fresh))
+            // In use even if the caller is gone: later callers see it.
+            inner.replace(fresh);
+            inner.refreshes.fetch_add(1, Ordering::Relaxed);
+            Ok(Exchange::Refreshed)
         });
         task.await.map_err(task_failed)?
     }
