@@ -1263,9 +1263,23 @@ fn check_file(path: &Path) -> Result<bool, JournalError> {
         n => u64::from(n),
     };
     let pages = u64::from(be32(28));
+    // A crash in the middle of a checkpoint leaves the header (page 1 is
+    // copied first) ahead of the file; the write-ahead log still holds
+    // every page, and SQLite completes the checkpoint from it. Only with
+    // no log left is a file shorter than its header truncated.
+    let wal_has_frames = {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        std::fs::metadata(PathBuf::from(wal)).is_ok_and(|m| m.len() > 32)
+    };
     // The in-header size is valid when the change counter matches the
     // version it was written at (SQLite file format §1.3.7).
-    if be32(24) == be32(92) && pages > 0 && page_size >= 512 && pages * page_size > len {
+    if !wal_has_frames
+        && be32(24) == be32(92)
+        && pages > 0
+        && page_size >= 512
+        && pages * page_size > len
+    {
         return Err(JournalError::Corrupt {
             path: path.to_owned(),
             detail: format!(
@@ -1980,6 +1994,52 @@ mod tests {
         assert_eq!(record.pending, 0);
         assert_eq!(record.audiences["news"].delivered, 1);
         assert_eq!(journal.pending_updates().unwrap(), 0);
+    }
+
+    /// The journal files as a crash in the middle of a checkpoint leaves
+    /// them: the log holds every committed page, and page 1 (with the new
+    /// size) has already been copied into a main file that has not grown.
+    #[test]
+    fn a_crash_during_a_checkpoint_is_not_mistaken_for_truncation() {
+        let dir =
+            std::env::temp_dir().join(format!("outreach-journal-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (live, crashed) = (dir.join("live.sqlite"), dir.join("crashed.sqlite"));
+        let journal = Journal::open(&live).unwrap();
+        let run = journal
+            .start_run("run", "t", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        let batch = (1..=300)
+            .map(|id| incoming(id, patch(id, json!({"firstName": "x".repeat(200)}), &[])))
+            .collect();
+        journal.ingest(run, batch, None).unwrap();
+        // What is on disk now, as a SIGKILL would leave it.
+        std::fs::copy(&live, &crashed).unwrap();
+        let wal = std::fs::read(dir.join("live.sqlite-wal")).unwrap();
+        std::fs::write(dir.join("crashed.sqlite-wal"), &wal).unwrap();
+        drop(journal);
+        // The checkpoint had copied the newest page 1 from the log.
+        let page_size = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+        let frame = 24 + page_size;
+        let newest_page_one = wal[32..]
+            .chunks_exact(frame)
+            .filter(|f| u32::from_be_bytes(f[..4].try_into().unwrap()) == 1)
+            .last()
+            .expect("page 1 is in the log");
+        let mut main = std::fs::read(&crashed).unwrap();
+        main[..page_size].copy_from_slice(&newest_page_one[24..]);
+        std::fs::write(&crashed, &main).unwrap();
+        let header_pages = u32::from_be_bytes(main[28..32].try_into().unwrap()) as usize;
+        assert!(
+            header_pages * page_size > main.len(),
+            "the header must run ahead"
+        );
+
+        let journal = Journal::open(&crashed).unwrap();
+        assert_eq!(journal.pending_updates().unwrap(), 300);
+        drop(journal);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
