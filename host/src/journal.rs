@@ -2024,8 +2024,7 @@ mod tests {
         let frame = 24 + page_size;
         let newest_page_one = wal[32..]
             .chunks_exact(frame)
-            .filter(|f| u32::from_be_bytes(f[..4].try_into().unwrap()) == 1)
-            .last()
+            .rfind(|f| u32::from_be_bytes(f[..4].try_into().unwrap()) == 1)
             .expect("page 1 is in the log");
         let mut main = std::fs::read(&crashed).unwrap();
         main[..page_size].copy_from_slice(&newest_page_one[24..]);
