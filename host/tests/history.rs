@@ -313,6 +313,21 @@ fn processes_running(marker: &str) -> Vec<String> {
     found
 }
 
+/// Whether no process with `marker` in its command line is left, allowing
+/// a moment for killed ones to be torn down.
+fn none_left_running(marker: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if processes_running(marker).is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A `run` with refused credentials (so it raises `login-required` and
 /// `run-failed`), secrets in its environment and the given alert options.
 fn failing_run_with_alerts(dir: &Path, api: &str, alert_args: &[&str]) -> Command {
@@ -381,7 +396,7 @@ fn alert_commands_get_no_secrets_and_a_deadline_and_webhook_keys_stay_out_of_log
         "{stderr}"
     );
     assert!(
-        processes_running("sleep 30.4172").is_empty(),
+        none_left_running("sleep 30.4172"),
         "a timed-out alert command was left running"
     );
     for event in ["login-required", "run-failed"] {
@@ -442,6 +457,6 @@ fn a_signal_ends_a_run_whose_alert_command_hangs() {
         signalled.elapsed()
     );
     assert_eq!(status.code(), Some(1));
-    assert!(processes_running("sleep 600.9183").is_empty());
+    assert!(none_left_running("sleep 600.9183"));
     let _ = std::fs::remove_dir_all(&dir);
 }
