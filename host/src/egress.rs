@@ -172,15 +172,14 @@ fn segments(url: &Url) -> Vec<String> {
     segments
 }
 
-/// `.` or `..`, in any mix of literal and percent-encoded dots.
+/// `.` or `..` as written; encoded spellings are refused by
+/// [`hides_a_separator_or_dot`].
 fn is_dot_segment(segment: &str) -> bool {
-    let lower = segment.to_ascii_lowercase();
-    let decoded = lower.replace("%2e", ".");
-    decoded == "." || decoded == ".."
+    segment == "." || segment == ".."
 }
 
 /// A percent-encoded dot, slash or backslash: a parser or server may turn
-/// it into a separator or a dot segment after the check.
+/// it into a separator or a dot segment (`.%2e` → `..`) after the check.
 fn hides_a_separator_or_dot(segment: &str) -> bool {
     let lower = segment.to_ascii_lowercase();
     ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))

@@ -144,6 +144,18 @@ fn stored_credentials(sim: &Simulator, store: &TokenStore, interval: Duration) -
     .unwrap()
 }
 
+/// Logs in through `sim` and stores the tokens for account "ada" as
+/// already expired: the first use must refresh. The tokens as logged in,
+/// and the store.
+async fn expired_login(sim: &Simulator, interval: Duration) -> (TokenSet, TokenStore) {
+    let client = client(sim, "http://127.0.0.1:9/callback", interval);
+    let mut tokens = login(sim, &client).await;
+    tokens.expires_at = Some(1);
+    let store = TokenStore::new(temp_path("tokens.json"));
+    store.put("ada", &tokens).unwrap();
+    (tokens, store)
+}
+
 /// Reads the `login` command's output up to the authorize URL it prints;
 /// returns the URL and the rest of the output.
 async fn authorize_url_printed_by(
@@ -608,11 +620,7 @@ async fn a_refresh_cut_off_by_a_stop_still_stores_the_rotated_refresh_token() {
         ..OAuthApp::default()
     };
     let sim = simulator(app, Duration::ZERO).await;
-    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
-    let mut tokens = login(&sim, &client).await;
-    tokens.expires_at = Some(1);
-    let store = TokenStore::new(temp_path("tokens.json"));
-    store.put("ada", &tokens).unwrap();
+    let (tokens, store) = expired_login(&sim, Duration::ZERO).await;
     let credentials = stored_credentials(&sim, &store, Duration::ZERO);
     // The caller goes away (a run stopping) while the refresh is on the wire.
     let cut_off = tokio::time::timeout(Duration::from_millis(200), credentials.token()).await;
@@ -640,11 +648,7 @@ async fn two_processes_on_one_account_use_each_others_refresh() {
         ..OAuthApp::default()
     };
     let sim = simulator(app, Duration::ZERO).await;
-    let client = client(&sim, "http://127.0.0.1:9/callback", interval);
-    let mut tokens = login(&sim, &client).await;
-    tokens.expires_at = Some(1);
-    let store = TokenStore::new(temp_path("tokens.json"));
-    store.put("ada", &tokens).unwrap();
+    let (_, store) = expired_login(&sim, interval).await;
     // Two processes loaded the same expired tokens.
     let first = stored_credentials(&sim, &store, interval);
     let second = stored_credentials(&sim, &store, interval);

@@ -3,7 +3,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use outreach_core::types::{Header, Method, Request, Response, Verdict};
+use outreach_core::types::{Header, Response, Verdict};
 
 mod common;
 
@@ -18,14 +18,7 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     let destination = common::destination();
-    let request = Request {
-        method: Method::Patch,
-        path: "/prospects/1".into(),
-        headers: vec![],
-        body: r#"{"data":{"type":"prospect","id":1,"attributes":{"custom4":"realized"}}}"#.into(),
-        key: "1".into(),
-        audiences: vec!["aud".into()],
-    };
+    let request = common::request();
     let mut headers: Vec<Header> = input
         .headers
         .into_iter()

@@ -3,7 +3,7 @@
 //! custom fields), and the invariants every plan must keep.
 
 use outreach_core::Destination;
-use outreach_core::types::PlanOutcome;
+use outreach_core::types::{Method, PlanOutcome, Request};
 
 pub const CONFIG: &str = r#"{
   "name": "fuzz",
@@ -54,5 +54,19 @@ pub fn check(records: &[String], outcomes: &[PlanOutcome]) {
             PlanOutcome::Skip(why) => assert!(!why.is_empty()),
             PlanOutcome::Invalid(e) => assert!(!e.code.is_empty() && !e.message.is_empty()),
         }
+    }
+}
+
+/// The request the classify targets answer: an audience status for
+/// prospect 1.
+#[allow(dead_code)] // not every target classifies
+pub fn request() -> Request {
+    Request {
+        method: Method::Patch,
+        path: "/prospects/1".into(),
+        headers: vec![],
+        body: r#"{"data":{"type":"prospect","id":1,"attributes":{"custom4":"realized"}}}"#.into(),
+        key: "1".into(),
+        audiences: vec!["aud".into()],
     }
 }
