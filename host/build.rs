@@ -1,8 +1,9 @@
 //! Builds the Outreach guest component (`guest/`) for `wasm32-wasip2` so that
 //! `cargo build`/`cargo test` always run against a component made from the
 //! current sources. The path of the built `.wasm` reaches the crate as
-//! `OUTREACH_COMPONENT_PATH`; the hostile test component (`tests/hostile/`)
-//! is built alongside, as `HOSTILE_COMPONENT_PATH`.
+//! `OUTREACH_COMPONENT_PATH`. Built alongside: the same destination under
+//! contract 0.1.0 (`guest/v0_1/`, `OUTREACH_COMPONENT_V0_1_PATH`) and the
+//! hostile test component (`tests/hostile/`, `HOSTILE_COMPONENT_PATH`).
 
 use std::env;
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ fn main() {
         "guest/core/src",
         "guest/core/schema",
         "guest/core/Cargo.toml",
+        "guest/v0_1",
         "guest/rt",
         "tests/hostile/src",
         "tests/hostile/Cargo.toml",
@@ -64,6 +66,8 @@ fn main() {
             "build",
             "--package",
             "outreach-guest",
+            "--package",
+            "outreach-guest-v0-1",
             "--package",
             "hostile-guest",
         ])
@@ -87,6 +91,12 @@ fn main() {
         .join(GUEST_PROFILE)
         .join("outreach_guest.wasm");
     println!("cargo:rustc-env=OUTREACH_COMPONENT_PATH={}", wasm.display());
+    // The same destination under contract 0.1.0 (guest/v0_1), to prove
+    // that 0.1 components keep running.
+    println!(
+        "cargo:rustc-env=OUTREACH_COMPONENT_V0_1_PATH={}",
+        wasm.with_file_name("outreach_guest_v0_1.wasm").display()
+    );
     // The hostile test component (tests/hostile), for containment tests.
     let hostile = wasm.with_file_name("hostile_guest.wasm");
     println!(

@@ -1,5 +1,7 @@
-//! The Outreach destination as a WebAssembly component: a thin export layer
-//! that converts between the WIT types and `outreach-core`'s plain types.
+//! The Outreach destination as a WebAssembly component implementing
+//! `profile-sync:destination@0.2.0`: a thin export layer that converts
+//! between the WIT types and `outreach-core`'s plain types. (`guest/v0_1/`
+//! exports the same core under contract 0.1.0.)
 //!
 //! On wasm32 the crate is `no_std` (runtime support from `component-rt`), so
 //! the component imports nothing at all.
@@ -15,7 +17,7 @@ use alloc::vec::Vec;
 use outreach_core::types as core_types;
 
 wit_bindgen::generate!({
-    path: "../wit/since_v0.1.0",
+    path: "../wit/since_v0.2.0",
     world: "profile-destination",
 });
 
@@ -40,6 +42,12 @@ impl Guest for Component {
                 token_url: d.oauth.token_url,
                 scopes: d.oauth.scopes,
                 min_seconds_between_tokens: d.oauth.min_seconds_between_tokens,
+                client_authentication: match d.oauth.client_authentication {
+                    core_types::ClientAuthentication::RequestBody => {
+                        wit::ClientAuthentication::RequestBody
+                    }
+                    core_types::ClientAuthentication::Basic => wit::ClientAuthentication::Basic,
+                },
             },
             rate_limit: wit::RateLimitPolicy {
                 requests: d.rate_limit.requests,
@@ -93,6 +101,20 @@ impl GuestConfigured for Configured {
             },
         }
     }
+
+    fn identity(&self) -> wit::ConfigurationIdentity {
+        let identity = self.0.identity();
+        wit::ConfigurationIdentity {
+            name: identity.name,
+            account: identity.account,
+        }
+    }
+
+    fn merge(&self, older: wit::Request, newer: wit::Request) -> Option<wit::Request> {
+        self.0
+            .merge(&from_wit_request(older), &from_wit_request(newer))
+            .map(to_wit_request)
+    }
 }
 
 fn plan_outcome(outcome: core_types::PlanOutcome) -> wit::PlanOutcome {
@@ -105,6 +127,10 @@ fn plan_outcome(outcome: core_types::PlanOutcome) -> wit::PlanOutcome {
             code: e.code,
             message: e.message,
             audiences: e.audiences,
+            fate: match e.fate {
+                core_types::RecordFate::Skipped => wit::RecordFate::Skipped,
+                core_types::RecordFate::Rejected => wit::RecordFate::Rejected,
+            },
         }),
     }
 }
@@ -133,7 +159,6 @@ fn to_wit_request(r: core_types::Request) -> wit::Request {
             core_types::Method::Post => wit::Method::Post,
             core_types::Method::Put => wit::Method::Put,
             core_types::Method::Patch => wit::Method::Patch,
-            core_types::Method::Delete => wit::Method::Delete,
         },
         path: r.path,
         headers: r.headers.into_iter().map(to_wit_header).collect(),
@@ -164,7 +189,6 @@ fn from_wit_request(r: wit::Request) -> core_types::Request {
             wit::Method::Post => core_types::Method::Post,
             wit::Method::Put => core_types::Method::Put,
             wit::Method::Patch => core_types::Method::Patch,
-            wit::Method::Delete => core_types::Method::Delete,
         },
         path: r.path,
         headers: r.headers.into_iter().map(from_wit_header).collect(),

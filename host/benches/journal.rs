@@ -84,12 +84,19 @@ fn journal_ingest(records: u64, per_prospect: u64) -> f64 {
         batch.push(update(n % prospects + 1, n / prospects));
         if batch.len() == 500 {
             journal
-                .ingest(run, std::mem::take(&mut batch), None)
+                .ingest(
+                    run,
+                    std::mem::take(&mut batch),
+                    None,
+                    &outreach_core::merge::merge,
+                )
                 .unwrap();
         }
     }
     if !batch.is_empty() {
-        journal.ingest(run, batch, None).unwrap();
+        journal
+            .ingest(run, batch, None, &outreach_core::merge::merge)
+            .unwrap();
     }
     let elapsed = start.elapsed();
     let queued = journal.pending_updates().unwrap();

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use destination_types::{PlanOutcome, RecordError, Request, Verdict as ApiVerdict};
+use destination_types::{PlanOutcome, RecordError, RecordFate, Request, Verdict as ApiVerdict};
 use rand::Rng;
 use serde::Serialize;
 use serde_json::Value;
@@ -198,6 +198,7 @@ fn component_error(failure: &str) -> PlanOutcome {
         code: "component-error".into(),
         message: format!("the record could not be planned: {failure}"),
         audiences: Vec::new(),
+        fate: RecordFate::Rejected,
     })
 }
 
@@ -209,14 +210,14 @@ fn component_error(failure: &str) -> PlanOutcome {
 /// after a few failed calls more than one bad record needs (a component
 /// that fails on everything would otherwise cost a deadline per record):
 /// what is left then fails whole.
-fn plan_batch(destination: &mut Destination<'_>, texts: &[String]) -> Vec<PlanOutcome> {
+fn plan_batch(destination: &mut Destination, texts: &[String]) -> Vec<PlanOutcome> {
     let depth = usize::BITS - texts.len().leading_zeros();
     let mut failures_left = 4 * depth as usize + 8;
     plan_halving(destination, texts, &mut failures_left)
 }
 
 fn plan_halving(
-    destination: &mut Destination<'_>,
+    destination: &mut Destination,
     texts: &[String],
     failures_left: &mut usize,
 ) -> Vec<PlanOutcome> {
@@ -249,7 +250,7 @@ fn plan_halving(
 
 /// Plans input records ([`plan_batch`]); records the reader refused are
 /// record errors without asking the component. Input order is kept.
-fn plan_items(destination: &mut Destination<'_>, items: Vec<Item>) -> Vec<(Item, PlanOutcome)> {
+fn plan_items(destination: &mut Destination, items: Vec<Item>) -> Vec<(Item, PlanOutcome)> {
     let texts: Vec<String> = items
         .iter()
         .filter(|item| item.refused.is_none())
@@ -264,6 +265,7 @@ fn plan_items(destination: &mut Destination<'_>, items: Vec<Item>) -> Vec<(Item,
                     code: refused.code.into(),
                     message: refused.message.clone(),
                     audiences: Vec::new(),
+                    fate: RecordFate::Rejected,
                 }),
                 None => outcomes
                     .next()
@@ -277,7 +279,7 @@ fn plan_items(destination: &mut Destination<'_>, items: Vec<Item>) -> Vec<(Item,
 /// Plans every record of `input` in batches and hands each outcome to
 /// `emit` as it comes (a dry run), reading the input exactly as a run does.
 pub fn plan_stream(
-    destination: &mut Destination<'_>,
+    destination: &mut Destination,
     input: Input,
     batch: usize,
     mut emit: impl FnMut(&Item, &PlanOutcome) -> std::io::Result<()>,
@@ -312,11 +314,11 @@ pub fn plan_stream(
 }
 
 /// Shared state of a run.
-struct Shared<'a, 'r, C> {
+struct Shared<'a, C> {
     api: &'a ApiClient,
     limiter: &'a Limiter,
     credentials: &'a C,
-    destination: Mutex<&'a mut Destination<'r>>,
+    destination: Mutex<&'a mut Destination>,
     options: &'a DeliveryOptions,
     journal: &'a Journal,
     run: RunId,
@@ -341,7 +343,7 @@ struct Shared<'a, 'r, C> {
     progress: Option<indicatif::ProgressBar>,
 }
 
-impl<C: Credentials> Shared<'_, '_, C> {
+impl<C: Credentials> Shared<'_, C> {
     fn stopped(&self) -> Option<String> {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -458,7 +460,11 @@ impl<C: Credentials> Shared<'_, '_, C> {
             if !lines.is_empty() {
                 let position = info.checkpoint_after(lines.iter());
                 let incoming = self.plan(lines);
-                match self.journal.ingest(self.run, incoming, position.as_ref()) {
+                match self
+                    .journal
+                    .ingest(self.run, incoming, position.as_ref(), &|o, n| {
+                        self.merge(o, n)
+                    }) {
                     Ok(report) => {
                         coalesced += report.coalesced;
                         for held in &report.held_back {
@@ -490,6 +496,16 @@ impl<C: Credentials> Shared<'_, '_, C> {
         tracing::debug!(coalesced, "input journaled");
         self.ingest_done.store(true, Ordering::Release);
         self.wake.notify_waiters();
+    }
+
+    /// The destination's merge of two updates queued for one key; a
+    /// component failure means they are sent one after the other.
+    fn merge(&self, older: &Request, newer: &Request) -> Option<Request> {
+        let mut destination = self.destination.lock().unwrap_or_else(|p| p.into_inner());
+        destination.merge(older, newer).unwrap_or_else(|e| {
+            tracing::warn!(key = %older.key, "the component failed to merge two updates: {e}");
+            None
+        })
     }
 
     /// Plans a batch ([`plan_items`]) for the journal, in input order.
@@ -575,7 +591,10 @@ impl<C: Credentials> Shared<'_, '_, C> {
                 }
             };
             self.unless_stopped(self.limiter.acquire()).await?;
-            let request = match self.journal.begin_attempt(claim, self.run) {
+            let request = match self
+                .journal
+                .begin_attempt(claim, self.run, &|o, n| self.merge(o, n))
+            {
                 Ok(request) => request,
                 Err(e) => {
                     self.stop_run(format!("the journal failed: {e}"));
@@ -787,7 +806,7 @@ async fn until_signal() {
 /// earlier runs are delivered too, and the run is recorded in the journal's
 /// history. Returns the summary of this run.
 pub async fn run<C: Credentials>(
-    destination: &mut Destination<'_>,
+    destination: &mut Destination,
     api: &ApiClient,
     limiter: &Limiter,
     credentials: &C,

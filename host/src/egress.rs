@@ -36,8 +36,9 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 /// method on many frameworks.
 const FORBIDDEN_QUERY_KEYS: &[&str] = &["_method"];
 
-/// Methods a destination may use. `DELETE` is refused: a profile sync
-/// writes data and never needs to destroy records.
+/// Methods a destination may use unless the policy is narrowed. The
+/// contract cannot express `DELETE` (a sync writes, it never destroys);
+/// method overrides that would smuggle one in are refused below.
 pub const ALLOWED_METHODS: &[Method] = &[Method::Get, Method::Post, Method::Put, Method::Patch];
 
 /// A request the host refuses to send (a bug or hostile component).
@@ -63,6 +64,7 @@ pub struct EgressPolicy {
     base: Url,
     /// The base path's segments (`/api/v2` → `["api", "v2"]`).
     base_segments: Vec<String>,
+    methods: Vec<Method>,
 }
 
 impl EgressPolicy {
@@ -83,7 +85,14 @@ impl EgressPolicy {
         Ok(Self {
             base,
             base_segments,
+            methods: ALLOWED_METHODS.to_vec(),
         })
+    }
+
+    /// The policy allowing only `methods`.
+    pub fn with_methods(mut self, methods: &[Method]) -> Self {
+        self.methods = methods.to_vec();
+        self
     }
 
     pub fn base(&self) -> &Url {
@@ -146,7 +155,7 @@ impl EgressPolicy {
 
     /// Checks a planned request against the policy; the URL to send it to.
     pub fn check(&self, request: &Request) -> Result<Url, PolicyViolation> {
-        if !ALLOWED_METHODS.contains(&request.method) {
+        if !self.methods.contains(&request.method) {
             return Err(PolicyViolation::Method(request.method));
         }
         for header in &request.headers {
@@ -215,14 +224,14 @@ mod tests {
     fn paths_under_the_base_are_sent_as_written() {
         let p = policy();
         assert_eq!(
-            p.url_for("/prospects/12").unwrap().as_str(),
-            "https://api.outreach.io/api/v2/prospects/12"
+            p.url_for("/items/12").unwrap().as_str(),
+            "https://api.outreach.io/api/v2/items/12"
         );
         assert_eq!(
-            p.url_for("/prospects/12?include=account").unwrap().as_str(),
-            "https://api.outreach.io/api/v2/prospects/12?include=account"
+            p.url_for("/items/12?include=account").unwrap().as_str(),
+            "https://api.outreach.io/api/v2/items/12?include=account"
         );
-        assert!(p.url_for("/prospects/v1.2").is_ok());
+        assert!(p.url_for("/items/v1.2").is_ok());
     }
 
     #[test]
@@ -232,12 +241,12 @@ mod tests {
             "https://evil.example/x",
             "//evil.example/x",
             "/../oauth/token",
-            "/prospects/../../oauth",
-            "/prospects/%2e%2e/x",
-            "/prospects/.%2e/x",
-            "/prospects/%2e./x",
-            "/prospects/.%2E/../x",
-            "/prospects/%2E%2e/x",
+            "/items/../../oauth",
+            "/items/%2e%2e/x",
+            "/items/.%2e/x",
+            "/items/%2e./x",
+            "/items/.%2E/../x",
+            "/items/%2E%2e/x",
             "/.%2e/.%2e/oauth/token",
             "/./prospects",
             "/%2e/prospects",
@@ -275,22 +284,26 @@ mod tests {
             "X-Method-Override",
             "Cookie",
         ] {
-            let r = request(Method::Patch, "/prospects/1", &[(header, "DELETE")]);
+            let r = request(Method::Patch, "/items/1", &[(header, "DELETE")]);
             assert!(
                 matches!(p.check(&r), Err(PolicyViolation::Header(_))),
                 "{header} was accepted"
             );
         }
         for query in ["_method=DELETE", "a=1&_METHOD=delete", "%5Fmethod=DELETE"] {
-            let r = request(Method::Post, &format!("/prospects/1?{query}"), &[]);
+            let r = request(Method::Post, &format!("/items/1?{query}"), &[]);
             assert!(
                 matches!(p.check(&r), Err(PolicyViolation::Query(_))),
                 "{query} was accepted"
             );
         }
-        let r = request(Method::Delete, "/prospects/1", &[]);
-        assert_eq!(p.check(&r), Err(PolicyViolation::Method(Method::Delete)));
-        let r = request(Method::Patch, "/prospects/1", &[("Content-Type", "x")]);
+        let r = request(Method::Post, "/items/1", &[]);
+        let patch_only = p.clone().with_methods(&[Method::Patch]);
+        assert_eq!(
+            patch_only.check(&r),
+            Err(PolicyViolation::Method(Method::Post))
+        );
+        let r = request(Method::Patch, "/items/1", &[("Content-Type", "x")]);
         assert!(p.check(&r).is_ok());
     }
 

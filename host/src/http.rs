@@ -77,7 +77,6 @@ impl ApiClient {
             Method::Post => reqwest::Method::POST,
             Method::Put => reqwest::Method::PUT,
             Method::Patch => reqwest::Method::PATCH,
-            Method::Delete => reqwest::Method::DELETE,
         };
         let mut builder = self.client.request(method, url).bearer_auth(token);
         for h in &request.headers {

@@ -10,10 +10,10 @@
 //! so a crash can at worst forget the verdicts of the last group, whose
 //! updates are then sent again (at-least-once).
 //!
-//! Coalescing: while an update for a key (a prospect) is queued — not yet
+//! Coalescing: while an update for a key (one object in the destination) is queued — not yet
 //! dispatched, or dispatched but waiting for the limiter, a retry or a
 //! refresh — a newer update for the same key merges into it
-//! ([`merge_requests`]); only an update whose body is on the wire makes the
+//! (the destination's [`Merge`]); only an update whose body is on the wire makes the
 //! next one queue behind it. Per key, updates go out in journal order.
 
 use std::collections::{HashMap, HashSet};
@@ -22,7 +22,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use destination_types::{Method, PlanOutcome, Request, Response};
+use destination_types::{PlanOutcome, RecordFate, Request, Response};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -182,6 +182,11 @@ pub enum JournalError {
 /// A run's identifier in the journal.
 pub type RunId = i64;
 
+/// The destination's way to combine two updates queued for one key into
+/// one (`None`: they do not combine and are sent in order). The journal
+/// knows nothing of what a request means; it asks.
+pub type Merge<'a> = &'a dyn Fn(&Request, &Request) -> Option<Request>;
+
 /// One planned record, ready to be journaled.
 pub struct Incoming {
     /// Input line (or, for a replay, the dead letter's original line).
@@ -201,7 +206,7 @@ pub struct IngestReport {
     pub held_back: Vec<HeldBack>,
 }
 
-/// A replayed dead letter not sent: its prospect has a newer update.
+/// A replayed dead letter not sent: its key has a newer update.
 #[derive(Clone, Debug, Serialize)]
 pub struct HeldBack {
     pub letter: i64,
@@ -214,7 +219,7 @@ pub struct HeldBack {
 #[derive(Clone, Copy, Debug)]
 pub struct Replay {
     pub letter: i64,
-    /// When its record was first received (epoch ms): a prospect that got a
+    /// When its record was first received (epoch ms): a key that got a
     /// newer delivered or queued update since is not sent its old values.
     pub received_ms: u64,
     /// Send it whatever happened since (`--force`).
@@ -806,7 +811,7 @@ impl Journal {
     }
 
     /// Journals a batch of planned records, and the input position after
-    /// them, in one durable transaction. A replayed record whose prospect
+    /// them, in one durable transaction. A replayed record whose key
     /// has a newer update is held back (unless forced): not journaled, its
     /// letter not marked replayed.
     pub fn ingest(
@@ -814,12 +819,13 @@ impl Journal {
         run: RunId,
         batch: Vec<Incoming>,
         checkpoint: Option<&Checkpoint>,
+        merge: Merge<'_>,
     ) -> Result<IngestReport, JournalError> {
         let mut state = self.state();
         state.healthy(&self.path)?;
         state.begin().map_err(|e| self.err(e))?;
         let State { conn, sending, .. } = &mut *state;
-        let result = ingest_batch(conn, sending, run, batch, checkpoint, &self.path)
+        let result = ingest_batch(conn, sending, run, batch, checkpoint, merge, &self.path)
             // Accepted means on disk, whatever happens to the machine next.
             .and_then(|coalesced| {
                 state.commit().map_err(|e| self.err(e))?;
@@ -869,10 +875,11 @@ impl Journal {
         &self,
         claim: &Claim,
         current_run: RunId,
+        merge: Merge<'_>,
     ) -> Result<Request, JournalError> {
         let mut state = self.state();
         state.healthy(&self.path)?;
-        let result = self.fold_later_updates(&mut state, claim, current_run);
+        let result = self.fold_later_updates(&mut state, claim, current_run, merge);
         match result {
             Ok(request) => {
                 state.sending.insert(claim.seq);
@@ -890,6 +897,7 @@ impl Journal {
         state: &mut State,
         claim: &Claim,
         current_run: RunId,
+        merge: Merge<'_>,
     ) -> Result<Request, JournalError> {
         let tx = &state.conn;
         let mut request = load_request(tx, claim.seq, &self.path)?;
@@ -913,7 +921,7 @@ impl Journal {
         let mut folded = 0i64;
         for (seq, text) in later {
             let newer = parse_request(&text, &self.path)?;
-            let Some(merged) = merge_requests(&request, &newer) else {
+            let Some(merged) = merge(&request, &newer) else {
                 break;
             };
             request = merged;
@@ -1459,6 +1467,7 @@ fn ingest_batch(
     run: RunId,
     batch: Vec<Incoming>,
     checkpoint: Option<&Checkpoint>,
+    merge: Merge<'_>,
     path: &Path,
 ) -> Result<IngestReport, JournalError> {
     let sqlite = |source| JournalError::Sqlite {
@@ -1478,7 +1487,7 @@ fn ingest_batch(
         {
             let (key, newer_ms) = held;
             let reason = format!(
-                "prospect {key} has a newer update (received {}) than this record (received {}); replaying would overwrite it (--force sends it anyway)",
+                "key {key} has a newer update (received {}) than this record (received {}); replaying would overwrite it (--force sends it anyway)",
                 crate::format_utc(u64::try_from(newer_ms).unwrap_or(0) / 1000, ' '),
                 crate::format_utc(u64::try_from(received_ms).unwrap_or(0) / 1000, ' '),
             );
@@ -1509,12 +1518,9 @@ fn ingest_batch(
                 .map_err(sqlite)?;
             }
             PlanOutcome::Invalid(error) => {
-                // A record without a usable prospect id cannot be matched to
-                // a prospect: it is skipped, as the original product says.
-                let fate = if error.code.starts_with("identity-") {
-                    Fate::Skipped
-                } else {
-                    Fate::Rejected
+                let fate = match error.fate {
+                    RecordFate::Skipped => Fate::Skipped,
+                    RecordFate::Rejected => Fate::Rejected,
                 };
                 credit(
                     tx,
@@ -1553,7 +1559,7 @@ fn ingest_batch(
                 for (part, request) in requests.into_iter().enumerate() {
                     let audiences =
                         serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
-                    let seq = match enqueue(tx, sending, request, path)? {
+                    let seq = match enqueue(tx, sending, request, merge, path)? {
                         Enqueued::Merged(seq) => {
                             report.coalesced += 1;
                             seq
@@ -1634,6 +1640,7 @@ fn enqueue(
     tx: &Connection,
     sending: &HashSet<i64>,
     request: Request,
+    merge: Merge<'_>,
     path: &Path,
 ) -> Result<Enqueued, JournalError> {
     let sqlite = |source| JournalError::Sqlite {
@@ -1651,7 +1658,7 @@ fn enqueue(
         && !sending.contains(&seq)
     {
         let older = parse_request(&text, path)?;
-        if let Some(merged) = merge_requests(&older, &request) {
+        if let Some(merged) = merge(&older, &request) {
             store_request(tx, seq, &merged, path)?;
             return Ok(Enqueued::Merged(seq));
         }
@@ -1781,120 +1788,53 @@ pub fn request_summary(request: &Request) -> Value {
     })
 }
 
-/// Merges a newer update into an older one queued for the same resource:
-/// two JSON:API `PATCH` documents for the same `data.type` and `data.id`
-/// combine member by member in `data.attributes` and `data.relationships`,
-/// the newer value winning (a `PATCH` leaves members it does not name
-/// unchanged, so sending the merge equals sending both in order). Anything
-/// else — another method, path or headers, a body that is not such a
-/// document — does not merge, and the newer update is queued behind.
-pub fn merge_requests(older: &Request, newer: &Request) -> Option<Request> {
-    if older.method != Method::Patch
-        || newer.method != Method::Patch
-        || older.key != newer.key
-        || older.path != newer.path
-        || older.headers != newer.headers
-    {
-        return None;
-    }
-    let old: Value = serde_json::from_str(&older.body).ok()?;
-    let mut new: Value = serde_json::from_str(&newer.body).ok()?;
-    let old_data = old.get("data")?.as_object()?;
-    let new_data = new.get_mut("data")?.as_object_mut()?;
-    if old_data.get("type") != new_data.get("type") || old_data.get("id") != new_data.get("id") {
-        return None;
-    }
-    for member in ["attributes", "relationships"] {
-        match (old_data.get(member), new_data.get_mut(member)) {
-            (None, _) => {}
-            (Some(Value::Object(old_members)), Some(Value::Object(new_members))) => {
-                for (name, value) in old_members {
-                    new_members
-                        .entry(name.clone())
-                        .or_insert_with(|| value.clone());
-                }
-            }
-            (Some(old_members @ Value::Object(_)), None) => {
-                new_data.insert(member.to_owned(), old_members.clone());
-            }
-            _ => return None,
-        }
-    }
-    // Any other member of the older `data` (links, meta) must not be lost.
-    if old_data.keys().any(|name| !new_data.contains_key(name)) {
-        return None;
-    }
-    let mut audiences = older.audiences.clone();
-    for a in &newer.audiences {
-        if !audiences.contains(a) {
-            audiences.push(a.clone());
-        }
-    }
-    Some(Request {
-        method: newer.method,
-        path: newer.path.clone(),
-        headers: newer.headers.clone(),
-        body: serde_json::to_string(&new).ok()?,
-        key: newer.key.clone(),
-        audiences,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use destination_types::Header;
+    use destination_types::{Header, Method};
 
+    /// An update of item `id` setting `attributes` (a JSON object).
     fn patch(id: u64, attributes: Value, audiences: &[&str]) -> Request {
         Request {
             method: Method::Patch,
-            path: format!("/prospects/{id}"),
+            path: format!("/items/{id}"),
             headers: vec![Header {
                 name: "Content-Type".into(),
-                value: "application/vnd.api+json".into(),
+                value: "application/json".into(),
             }],
-            body: json!({"data": {"type": "prospect", "id": id, "attributes": attributes}})
-                .to_string(),
+            body: attributes.to_string(),
             key: id.to_string(),
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
         }
     }
 
     fn attributes(r: &Request) -> Value {
-        serde_json::from_str::<Value>(&r.body).unwrap()["data"]["attributes"].clone()
+        serde_json::from_str::<Value>(&r.body).unwrap()
     }
 
-    #[test]
-    fn newer_values_win_per_attribute_and_older_ones_stay() {
-        let older = patch(
-            7,
-            json!({"firstName": "Ada", "custom4": "Active"}),
-            &["news"],
+    /// A destination's merge for these tests: two bodies that are JSON
+    /// objects combine member by member, the newer winning.
+    fn merge(older: &Request, newer: &Request) -> Option<Request> {
+        let Value::Object(mut members) = serde_json::from_str(&older.body).ok()? else {
+            return None;
+        };
+        let Value::Object(newer_members) = serde_json::from_str(&newer.body).ok()? else {
+            return None;
+        };
+        members.extend(newer_members);
+        let mut audiences = older.audiences.clone();
+        audiences.extend(
+            newer
+                .audiences
+                .iter()
+                .filter(|a| !older.audiences.contains(a))
+                .cloned(),
         );
-        let newer = patch(7, json!({"custom4": "Removed", "title": "CTO"}), &["vip"]);
-        let merged = merge_requests(&older, &newer).unwrap();
-        assert_eq!(
-            attributes(&merged),
-            json!({"firstName": "Ada", "custom4": "Removed", "title": "CTO"})
-        );
-        assert_eq!(merged.audiences, ["news", "vip"]);
-        // A null is a value: it clears the field, and wins.
-        let cleared = merge_requests(&merged, &patch(7, json!({"title": null}), &[])).unwrap();
-        assert_eq!(attributes(&cleared)["title"], Value::Null);
-    }
-
-    #[test]
-    fn different_resources_or_methods_do_not_merge() {
-        let a = patch(7, json!({"firstName": "Ada"}), &[]);
-        let mut other_id = patch(8, json!({"firstName": "Bob"}), &[]);
-        other_id.key = a.key.clone();
-        assert!(merge_requests(&a, &other_id).is_none());
-        let mut post = a.clone();
-        post.method = Method::Post;
-        assert!(merge_requests(&a, &post).is_none());
-        let mut not_json = a.clone();
-        not_json.body = "not json".into();
-        assert!(merge_requests(&a, &not_json).is_none());
+        Some(Request {
+            body: Value::Object(members).to_string(),
+            audiences,
+            ..newer.clone()
+        })
     }
 
     fn incoming(line: u64, request: Request) -> Incoming {
@@ -1929,6 +1869,7 @@ mod tests {
                     incoming(3, patch(7, json!({"firstName": "B"}), &["vip"])),
                 ],
                 None,
+                &merge,
             )
             .unwrap();
         assert_eq!(merged.coalesced, 1);
@@ -1947,9 +1888,10 @@ mod tests {
                 run,
                 vec![incoming(4, patch(7, json!({"title": "U"}), &[]))],
                 None,
+                &merge,
             )
             .unwrap();
-        let on_the_wire = journal.begin_attempt(&seven, run).unwrap();
+        let on_the_wire = journal.begin_attempt(&seven, run, &merge).unwrap();
         assert_eq!(
             attributes(&on_the_wire),
             json!({"firstName": "B", "title": "U"})
@@ -1962,6 +1904,7 @@ mod tests {
                 run,
                 vec![incoming(5, patch(7, json!({"title": "V"}), &[]))],
                 None,
+                &merge,
             )
             .unwrap();
         assert_eq!(journal.pending_updates().unwrap(), 3);
@@ -1970,7 +1913,7 @@ mod tests {
 
         // A retry folds it in: the next attempt carries the newest state.
         journal.attempt_failed(&seven);
-        let retried = journal.begin_attempt(&seven, run).unwrap();
+        let retried = journal.begin_attempt(&seven, run, &merge).unwrap();
         assert_eq!(
             attributes(&retried),
             json!({"firstName": "B", "title": "V"})
@@ -2013,7 +1956,7 @@ mod tests {
         let batch = (1..=300)
             .map(|id| incoming(id, patch(id, json!({"firstName": "x".repeat(200)}), &[])))
             .collect();
-        journal.ingest(run, batch, None).unwrap();
+        journal.ingest(run, batch, None, &merge).unwrap();
         // What is on disk now, as a SIGKILL would leave it.
         std::fs::copy(&live, &crashed).unwrap();
         let wal = std::fs::read(dir.join("live.sqlite-wal")).unwrap();
@@ -2079,12 +2022,16 @@ mod tests {
                 .start_run("run", "t", "http://127.0.0.1/api/v2", None)
                 .unwrap();
             let older = patch(7, json!({"firstName": "Older"}), &[]);
-            journal.ingest(run, vec![incoming(1, older)], None).unwrap();
+            journal
+                .ingest(run, vec![incoming(1, older)], None, &merge)
+                .unwrap();
             let claim = journal.claim_next().unwrap().unwrap();
-            journal.begin_attempt(&claim, run).unwrap();
+            journal.begin_attempt(&claim, run, &merge).unwrap();
             // A newer update queues behind the one on the wire.
             let newer = patch(7, json!({"firstName": "Newer"}), &[]);
-            journal.ingest(run, vec![incoming(2, newer)], None).unwrap();
+            journal
+                .ingest(run, vec![incoming(2, newer)], None, &merge)
+                .unwrap();
             // The older one is delivered; its verdict waits in the group
             // while the worker moves on to the newer one.
             let next = journal
@@ -2097,13 +2044,17 @@ mod tests {
             // sent or recorded, or the newer one could be marked done while
             // the older one is still queued.
             assert!(matches!(
-                journal.begin_attempt(&next, run),
+                journal.begin_attempt(&next, run, &merge),
                 Err(JournalError::Failed { .. })
             ));
             assert!(journal.finish(&next, &Verdict::Delivered, run).is_err());
             assert!(journal.claim_next().is_err());
             let late = patch(8, json!({"firstName": "Late"}), &[]);
-            assert!(journal.ingest(run, vec![incoming(3, late)], None).is_err());
+            assert!(
+                journal
+                    .ingest(run, vec![incoming(3, late)], None, &merge)
+                    .is_err()
+            );
         }
         // Opened again, the queue holds both, in order: the older one, with
         // the newer one folded in (newer values win), so the prospect ends
@@ -2114,7 +2065,7 @@ mod tests {
             .unwrap();
         assert_eq!(journal.pending_updates().unwrap(), 2);
         let first = journal.claim_next().unwrap().unwrap();
-        let request = journal.begin_attempt(&first, run).unwrap();
+        let request = journal.begin_attempt(&first, run, &merge).unwrap();
         assert_eq!(attributes(&request), json!({"firstName": "Newer"}));
         assert_eq!(
             journal.finish(&first, &Verdict::Delivered, run).unwrap(),
@@ -2130,10 +2081,10 @@ mod tests {
         let (journal, run) = journal_with_run();
         let request = patch(7, json!({"firstName": "A"}), &[]);
         journal
-            .ingest(run, vec![incoming(1, request.clone())], None)
+            .ingest(run, vec![incoming(1, request.clone())], None, &merge)
             .unwrap();
         let claim = journal.claim_next().unwrap().unwrap();
-        journal.begin_attempt(&claim, run).unwrap();
+        journal.begin_attempt(&claim, run, &merge).unwrap();
         let body = "é".repeat(1 << 20); // 2 MiB of two-byte characters
         let rejected = Verdict::Rejected {
             code: "validation-error".into(),
@@ -2164,15 +2115,17 @@ mod tests {
                 run,
                 vec![incoming(1, patch(7, json!({"firstName": "A"}), &["news"]))],
                 None,
+                &merge,
             )
             .unwrap();
         let claim = journal.claim_next().unwrap().unwrap();
-        journal.begin_attempt(&claim, run).unwrap();
+        journal.begin_attempt(&claim, run, &merge).unwrap();
         journal
             .ingest(
                 run,
                 vec![incoming(2, patch(7, json!({"firstName": "B"}), &["news"]))],
                 None,
+                &merge,
             )
             .unwrap();
         let rejected = Verdict::Rejected {
@@ -2184,7 +2137,7 @@ mod tests {
         let next = journal.finish(&claim, &rejected, run).unwrap().unwrap();
         assert_eq!(next.key, "7");
         assert_eq!(journal.claim_next().unwrap(), None);
-        let request = journal.begin_attempt(&next, run).unwrap();
+        let request = journal.begin_attempt(&next, run, &merge).unwrap();
         assert_eq!(attributes(&request), json!({"firstName": "B"}));
         assert_eq!(
             journal.finish(&next, &Verdict::Delivered, run).unwrap(),
@@ -2208,10 +2161,11 @@ mod tests {
                 first,
                 vec![incoming(1, patch(7, json!({"firstName": "A"}), &[]))],
                 None,
+                &merge,
             )
             .unwrap();
         let claim = journal.claim_next().unwrap().unwrap();
-        journal.begin_attempt(&claim, first).unwrap();
+        journal.begin_attempt(&claim, first, &merge).unwrap();
         journal.release(&claim);
         let second = journal
             .start_run("resume", "test", "http://127.0.0.1/api/v2", None)
@@ -2219,7 +2173,7 @@ mod tests {
         assert_eq!(journal.records_of_other_runs(second).unwrap(), 1);
         let again = journal.claim_next().unwrap().unwrap();
         assert_eq!(again, claim);
-        journal.begin_attempt(&again, second).unwrap();
+        journal.begin_attempt(&again, second, &merge).unwrap();
         journal.finish(&again, &Verdict::Delivered, second).unwrap();
         assert_eq!(journal.run(first).unwrap().counts.delivered, 1);
         assert_eq!(journal.run(second).unwrap().updates_delivered, 1);

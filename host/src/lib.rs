@@ -36,6 +36,9 @@ pub(crate) fn user_path(
 /// `host/build.rs`.
 pub const BUILT_COMPONENT: &str = env!("OUTREACH_COMPONENT_PATH");
 
+/// The same destination built against contract 0.1.0 (`guest/v0_1/`).
+pub const BUILT_COMPONENT_V0_1: &str = env!("OUTREACH_COMPONENT_V0_1_PATH");
+
 /// `YYYY-MM-DD<separator>HH:MM:SS`, UTC, for a time in epoch seconds.
 pub fn format_utc(epoch_secs: u64, separator: char) -> String {
     let (days, rem) = (epoch_secs / 86_400, epoch_secs % 86_400);

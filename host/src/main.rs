@@ -631,10 +631,18 @@ fn send_updates(
         Some(base) => base.clone(),
         None => runtime.describe().default_api_base.clone(),
     };
+    let Some(destination) = configure(runtime, &send.config)? else {
+        return Ok(EXIT_INVALID_CONFIG);
+    };
+    let account = send
+        .account
+        .clone()
+        .or_else(|| destination.identity().account.clone())
+        .unwrap_or_else(|| "default".into());
     let tokio = tokio_runtime()?;
     let job = Job {
         runtime,
-        config: &send.config,
+        destination,
         api_base: &api_base,
         args: &send.delivery,
         journal,
@@ -646,17 +654,13 @@ fn send_updates(
     {
         return tokio.block_on(deliver(job, input, &StaticToken(token)));
     }
-    let account = match &send.account {
-        Some(a) => a.clone(),
-        None => config_text_field(&send.config, "account")?.unwrap_or_else(|| "default".into()),
-    };
     let client = oauth_client(runtime, &send.oauth, None, false)?;
     let credentials = OAuthCredentials::load(client, store, &account)?;
     tokio.block_on(deliver(job, input, &credentials))
 }
 
 /// The configured destination, or `None` after printing its errors.
-fn configure<'r>(runtime: &'r Runtime, path: &Path) -> Result<Option<Destination<'r>>> {
+fn configure(runtime: &Runtime, path: &Path) -> Result<Option<Destination>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration {}", path.display()))?;
     match runtime.configure(&text)? {
@@ -739,7 +743,7 @@ fn delivery_options(
 /// What a delivery needs besides its input and credentials.
 struct Job<'a> {
     runtime: &'a Runtime,
-    config: &'a Path,
+    destination: Destination,
     api_base: &'a str,
     args: &'a DeliveryArgs,
     journal: Arc<Journal>,
@@ -747,9 +751,7 @@ struct Job<'a> {
 }
 
 async fn deliver<C: Credentials>(job: Job<'_>, input: Input, credentials: &C) -> Result<u8> {
-    let Some(mut destination) = configure(job.runtime, job.config)? else {
-        return Ok(EXIT_INVALID_CONFIG);
-    };
+    let mut destination = job.destination;
     let mut policy = job.runtime.describe().rate_limit.clone();
     if let Some(requests) = job.args.rate_limit {
         policy.requests = requests;
@@ -759,7 +761,7 @@ async fn deliver<C: Credentials>(job: Job<'_>, input: Input, credentials: &C) ->
     }
     let limiter = Limiter::new(&policy)?;
     let api = ApiClient::new(job.api_base, Duration::from_secs(job.args.timeout_secs))?;
-    let name = config_text_field(job.config, "name")?.unwrap_or_default();
+    let name = destination.identity().name.clone();
     let options = delivery_options(job.args, job.journal, job.kind, name)?;
     let summary = delivery::run(
         &mut destination,
@@ -797,6 +799,9 @@ async fn demo(
             input.display()
         );
     }
+    let Some(destination) = configure(runtime, config)? else {
+        return Ok(EXIT_INVALID_CONFIG);
+    };
     // The example profiles use prospect ids 1000..=3999; the last ten do
     // not exist in the simulated account, so the demo shows 404 handling.
     let simulator = Simulator::start(
@@ -824,7 +829,7 @@ async fn demo(
     let api_base = simulator.api_base();
     let job = Job {
         runtime,
-        config,
+        destination,
         api_base: &api_base,
         args,
         journal,
@@ -1213,14 +1218,6 @@ fn oauth_client(
         ),
     };
     Ok(OAuthClient::new(settings)?)
-}
-
-/// A text field of a destination configuration (`account`, `name`).
-fn config_text_field(path: &Path, field: &str) -> Result<Option<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read configuration {}", path.display()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    Ok(value[field].as_str().map(str::to_owned))
 }
 
 async fn login(

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use destination_types::PlanOutcome;
 use outreach_host::BUILT_COMPONENT;
-use outreach_host::engine::{CONTRACT_VERSION, Limits, LoadError, Runtime};
+use outreach_host::engine::contract::LATEST as CONTRACT_VERSION;
+use outreach_host::engine::{Limits, LoadError, Runtime};
 
 fn with_version(version: &str) -> PathBuf {
     let from = format!("destination@{CONTRACT_VERSION}");
@@ -57,9 +58,9 @@ fn the_contract_constant_matches_the_frozen_wit() {
 
 #[test]
 fn a_compatible_newer_patch_version_is_accepted_and_runs() {
-    let path = with_version("0.1.7");
+    let path = with_version("0.2.7");
     let runtime = Runtime::load(&path, None, Limits::default()).unwrap();
-    assert_eq!(runtime.contract_version().to_string(), "0.1.7");
+    assert_eq!(runtime.contract_version().to_string(), "0.2.7");
     let config = r#"{"name":"v","identityMapping":{"source":"Oid","target":"OutreachId"},
         "audiences":[{"id":"a","mappingId":3}]}"#;
     let mut destination = runtime.configure(config).unwrap().unwrap();
@@ -72,7 +73,7 @@ fn a_compatible_newer_patch_version_is_accepted_and_runs() {
 
 #[test]
 fn incompatible_versions_are_refused_with_a_clear_message() {
-    for version in ["0.2.0", "1.0.0", "0.0.9"] {
+    for version in ["0.3.0", "1.0.0", "0.0.9"] {
         let path = with_version(version);
         let Err(error) = Runtime::load(&path, None, Limits::default()) else {
             panic!("{version} was accepted");
@@ -85,7 +86,8 @@ fn incompatible_versions_are_refused_with_a_clear_message() {
         assert!(
             message.contains(&format!("implements profile-sync:destination@{version}"))
                 && message.contains(
-                    "supports profile-sync:destination@0.1.0 and compatible versions (^0.1.0)"
+                    "supports profile-sync:destination@0.1.0 and profile-sync:destination@0.2.0 \
+                     and their compatible versions (^0.1.0, ^0.2.0)"
                 ),
             "{message}"
         );

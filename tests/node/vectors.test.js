@@ -71,7 +71,14 @@ function comparableOutcome(outcome, expected) {
     case 'skip':
       return { skip: outcome.val };
     case 'invalid':
-      return { invalid: { code: outcome.val.code, message: outcome.val.message, audiences: outcome.val.audiences } };
+      return {
+        invalid: {
+          code: outcome.val.code,
+          fate: outcome.val.fate,
+          message: outcome.val.message,
+          audiences: outcome.val.audiences,
+        },
+      };
     case 'send':
       return {
         send: outcome.val.map((r, i) => {
@@ -155,6 +162,7 @@ test('describe', () => {
         'token-url': d.oauth.tokenUrl,
         scopes: d.oauth.scopes,
         'min-seconds-between-tokens': d.oauth.minSecondsBetweenTokens,
+        'client-authentication': d.oauth.clientAuthentication,
       },
       'rate-limit': {
         requests: d.rateLimit.requests,
@@ -214,6 +222,47 @@ for (const file of jsonFiles(join(vectors, 'classify'))) {
         actual.budget = { limit: num(b.limit), remaining: num(b.remaining), 'reset-at-ms': num(b.resetAtMs) };
       }
       assert.deepEqual(actual, c.expect);
+    });
+  }
+}
+
+// A merge vector's request: the default request with the case's fields
+// (`body` is JSON sent as text, `body_text` text as is).
+function mergeRequest(base, overrides) {
+  const request = { ...base };
+  for (const [name, value] of Object.entries(overrides)) {
+    if (name === 'body') request.body = JSON.stringify(value);
+    else if (name === 'body_text') request.body = value;
+    else request[name] = value;
+  }
+  return request;
+}
+
+function comparableRequest(r) {
+  let body;
+  try {
+    body = JSON.parse(r.body);
+  } catch {
+    body = r.body;
+  }
+  return { ...r, method: r.method.toUpperCase(), body };
+}
+
+for (const file of jsonFiles(join(vectors, 'merge'))) {
+  const vector = readJson(join(vectors, 'merge', file));
+  const { ok: configured } = configure(configText(vector));
+  for (const c of vector.cases) {
+    test(`merge/${file}: ${c.name}`, () => {
+      const older = mergeRequest(vector.request, c.older);
+      const newer = mergeRequest(vector.request, c.newer);
+      const merged = configured.merge(witRequest(older), witRequest(newer));
+      const expected =
+        c.expect.merged === null ? null : comparableRequest(mergeRequest(newer, c.expect.merged));
+      const actual =
+        merged === undefined || merged === null
+          ? null
+          : comparableRequest({ ...merged, headers: merged.headers.map(({ name, value }) => ({ name, value })) });
+      assert.deepEqual(actual, expected);
     });
   }
 }

@@ -14,6 +14,12 @@
 //! - `classify/*.json`: `config_file`, `now_ms`, a default `request`, and
 //!   `cases[]` of `{name, request?, response: {status, headers?, body?},
 //!   expect: {verdict, budget?}}`; a JSON `body` is sent as its text;
+//! - `merge/*.json`: `config_file`, a default `request` (without body), and
+//!   `cases[]` of `{name, older, newer, expect: {merged: request | null}}`;
+//!   `older`/`newer` override fields of the default request, their `body`
+//!   is JSON sent as text (`body_text`: text as is); the expected request
+//!   overrides fields of `newer` and its body is compared as JSON. Only for
+//!   subjects whose contract has `merge`;
 //! - `describe.json`: the expected descriptor fields.
 //!
 //! `*_parts` are lists of strings and `{repeat, times}` objects,
@@ -37,6 +43,10 @@ pub trait Subject {
         &self,
         config: &str,
     ) -> Result<Result<Box<dyn Configured + '_>, Vec<ConfigError>>, String>;
+    /// Whether the subject's contract has `merge` (0.2 and later).
+    fn merges(&self) -> bool {
+        true
+    }
 }
 
 /// A configured destination under test.
@@ -48,6 +58,7 @@ pub trait Configured {
         response: &Response,
         now_ms: u64,
     ) -> Result<Classification, String>;
+    fn merge(&mut self, older: &Request, newer: &Request) -> Result<Option<Request>, String>;
 }
 
 /// The native core.
@@ -83,38 +94,59 @@ impl Configured for NativeConfigured {
     ) -> Result<Classification, String> {
         Ok(self.0.classify(request, response, now_ms))
     }
+    fn merge(&mut self, older: &Request, newer: &Request) -> Result<Option<Request>, String> {
+        Ok(self.0.merge(older, newer))
+    }
 }
 
-/// The built component, run by the reference host's engine.
-pub struct Wasm(pub outreach_host::engine::Runtime);
+/// A built component, run by the reference host's engine.
+pub struct Wasm {
+    name: &'static str,
+    runtime: outreach_host::engine::Runtime,
+}
 
 impl Wasm {
     /// Loads the component `host/build.rs` built from this workspace.
     pub fn built() -> Self {
+        Self::load("component in wasmtime", outreach_host::BUILT_COMPONENT)
+    }
+
+    /// The same destination built against contract 0.1.0.
+    pub fn built_v0_1() -> Self {
+        Self::load(
+            "contract 0.1.0 component in wasmtime",
+            outreach_host::BUILT_COMPONENT_V0_1,
+        )
+    }
+
+    fn load(name: &'static str, path: &str) -> Self {
         let runtime = outreach_host::engine::Runtime::load(
-            Path::new(outreach_host::BUILT_COMPONENT),
+            Path::new(path),
             None,
             outreach_host::engine::Limits::default(),
         )
-        .unwrap_or_else(|e| panic!("loading the built component: {e}"));
-        Self(runtime)
+        .unwrap_or_else(|e| panic!("loading {path}: {e}"));
+        Self { name, runtime }
     }
 }
 
-struct WasmConfigured<'r>(outreach_host::engine::Destination<'r>);
+struct WasmConfigured(outreach_host::engine::Destination);
 
 impl Subject for Wasm {
     fn name(&self) -> &'static str {
-        "component in wasmtime"
+        self.name
     }
     fn describe(&self) -> Result<Descriptor, String> {
-        Ok(self.0.describe().clone())
+        Ok(self.runtime.describe().clone())
+    }
+    fn merges(&self) -> bool {
+        self.runtime.can_merge()
     }
     fn configure(
         &self,
         config: &str,
     ) -> Result<Result<Box<dyn Configured + '_>, Vec<ConfigError>>, String> {
-        match self.0.configure(config) {
+        match self.runtime.configure(config) {
             Ok(Ok(d)) => Ok(Ok(Box::new(WasmConfigured(d)))),
             Ok(Err(errors)) => Ok(Err(errors)),
             Err(e) => Err(e.to_string()),
@@ -122,7 +154,7 @@ impl Subject for Wasm {
     }
 }
 
-impl Configured for WasmConfigured<'_> {
+impl Configured for WasmConfigured {
     fn plan(&mut self, records: &[String]) -> Result<Vec<PlanOutcome>, String> {
         self.0.plan(records).map_err(|e| e.to_string())
     }
@@ -135,6 +167,9 @@ impl Configured for WasmConfigured<'_> {
         self.0
             .classify(request, response, now_ms)
             .map_err(|e| e.to_string())
+    }
+    fn merge(&mut self, older: &Request, newer: &Request) -> Result<Option<Request>, String> {
+        self.0.merge(older, newer).map_err(|e| e.to_string())
     }
 }
 
@@ -247,7 +282,28 @@ pub fn run_all(subject: &dyn Subject) -> Report {
     for file in files_in(&dir.join("classify")) {
         run_classify_file(subject, &dir, &file, &mut report);
     }
+    if subject.merges() {
+        for file in files_in(&dir.join("merge")) {
+            run_merge_file(subject, &dir, &file, &mut report);
+        }
+    }
     report
+}
+
+/// How many cases the vectors on disk hold for a subject: what
+/// [`run_all`] must report having run. (`describe.json` is two: the
+/// fields, and the schema's shape.)
+pub fn cases_on_disk(merges: bool) -> usize {
+    let dir = vectors_dir();
+    let mut kinds = vec!["config", "plan", "classify"];
+    if merges {
+        kinds.push("merge");
+    }
+    2 + kinds
+        .into_iter()
+        .flat_map(|kind| files_in(&dir.join(kind)))
+        .map(|file| read_json(&file)["cases"].as_array().map_or(0, Vec::len))
+        .sum::<usize>()
 }
 
 fn run_describe(subject: &dyn Subject, dir: &Path, report: &mut Report) {
@@ -452,6 +508,63 @@ fn run_classify_file(subject: &dyn Subject, dir: &Path, file: &Path, report: &mu
                 }
                 report.check(&name, &case["expect"], &actual);
             }
+        }
+    }
+}
+
+/// A merge vector's request: the default request with `overrides`' fields.
+fn merge_request(default: &Value, overrides: &Value) -> Request {
+    let mut request = default.clone();
+    let fields = request
+        .as_object_mut()
+        .expect("the default request is an object");
+    for (name, value) in overrides.as_object().expect("a request is an object") {
+        match name.as_str() {
+            "body" => fields.insert("body".into(), Value::String(value.to_string())),
+            "body_text" => fields.insert("body".into(), value.clone()),
+            _ => fields.insert(name.clone(), value.clone()),
+        };
+    }
+    request_from(&request)
+}
+
+fn run_merge_file(subject: &dyn Subject, dir: &Path, file: &Path, report: &mut Report) {
+    let vector = read_json(file);
+    let file_name = file.file_name().unwrap_or_default().to_string_lossy();
+    let config = config_text(dir, &vector).expect("a config for merge vectors");
+    let mut destination = match subject.configure(&config) {
+        Ok(Ok(d)) => d,
+        other => {
+            report.fail(
+                &format!("merge/{file_name}"),
+                format!("configuration refused: {:?}", other.err()),
+            );
+            return;
+        }
+    };
+    for case in vector["cases"].as_array().expect("cases") {
+        let name = format!(
+            "merge/{file_name}: {}",
+            case["name"].as_str().unwrap_or("?")
+        );
+        let older = merge_request(&vector["request"], &case["older"]);
+        let newer = merge_request(&vector["request"], &case["newer"]);
+        let as_json = |request: Request| {
+            let mut value = serde_json::to_value(&request).expect("serialisable");
+            let body = serde_json::from_str(&request.body).unwrap_or(Value::String(request.body));
+            value["body"] = body;
+            value
+        };
+        let expected = match &case["expect"]["merged"] {
+            Value::Null => Value::Null,
+            merged => {
+                let newer_json = serde_json::to_value(&newer).expect("serialisable");
+                as_json(merge_request(&newer_json, merged))
+            }
+        };
+        match destination.merge(&older, &newer) {
+            Err(e) => report.fail(&name, e),
+            Ok(merged) => report.check(&name, &expected, &merged.map_or(Value::Null, as_json)),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Outreach prospect attributes: which can be written, and as what type.
-//! Source: Outreach API v2 reference, Prospect resource (SPEC.md §6).
+//! Source: Outreach API v2 reference, Prospect resource.
 
 /// The JSON type Outreach expects for a writable prospect attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

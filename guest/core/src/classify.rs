@@ -1,5 +1,4 @@
-//! What an Outreach response means for the request that caused it
-//! (SPEC.md §7).
+//! What an Outreach response means for the request that caused it.
 
 use alloc::borrow::ToOwned;
 use alloc::format;

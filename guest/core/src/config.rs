@@ -1,4 +1,4 @@
-//! Destination configuration: parsing and validation (SPEC.md §2).
+//! Destination configuration: parsing and validation.
 //! Every problem is collected, each naming the setting it concerns.
 
 use alloc::format;

@@ -11,6 +11,7 @@ extern crate alloc;
 pub mod catalog;
 pub mod classify;
 pub mod config;
+pub mod merge;
 pub mod plan;
 pub mod time;
 
@@ -20,8 +21,8 @@ use alloc::vec::Vec;
 pub use config::Config;
 pub use destination_types as types;
 use types::{
-    Classification, ConfigError, Descriptor, OauthDescriptor, PlanOutcome, RateLimitPolicy,
-    Request, Response,
+    Classification, ClientAuthentication, ConfigError, ConfigurationIdentity, Descriptor,
+    OauthDescriptor, PlanOutcome, RateLimitPolicy, Request, Response,
 };
 
 /// Production API base; request paths are relative to it.
@@ -39,6 +40,7 @@ pub fn describe() -> Descriptor {
             token_url: "https://api.outreach.io/oauth/token".to_owned(),
             scopes: alloc::vec!["prospects.write".to_owned()],
             min_seconds_between_tokens: 60,
+            client_authentication: ClientAuthentication::RequestBody,
         },
         rate_limit: RateLimitPolicy {
             requests: 10_000,
@@ -75,5 +77,18 @@ impl Destination {
 
     pub fn classify(&self, request: &Request, response: &Response, now_ms: u64) -> Classification {
         classify::classify(&self.config, request, response, now_ms)
+    }
+
+    /// The configuration's name and account.
+    pub fn identity(&self) -> ConfigurationIdentity {
+        ConfigurationIdentity {
+            name: self.config.name.clone(),
+            account: self.config.account.clone(),
+        }
+    }
+
+    /// Two queued updates for one prospect as one ([`merge::merge`]).
+    pub fn merge(&self, older: &Request, newer: &Request) -> Option<Request> {
+        merge::merge(older, newer)
     }
 }

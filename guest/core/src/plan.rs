@@ -1,5 +1,4 @@
-//! From one profile record to the Outreach request that updates its prospect
-//! (SPEC.md §3–§4).
+//! From one profile record to the Outreach request that updates its prospect.
 
 use alloc::borrow::ToOwned;
 use alloc::format;
@@ -11,7 +10,7 @@ use serde_json::{Map, Number, Value};
 use crate::catalog::AttributeKind;
 use crate::config::{AttributeMapping, Audience, Config, STATUSES};
 use crate::time;
-use crate::types::{Header, Method, PlanOutcome, RecordError, Request};
+use crate::types::{Header, Method, PlanOutcome, RecordError, RecordFate, Request};
 
 pub const JSON_API: &str = "application/vnd.api+json";
 
@@ -88,10 +87,18 @@ fn invalid(problems: Vec<Problem>, audiences: Vec<String>) -> PlanOutcome {
         .map(|p| p.message)
         .collect::<Vec<_>>()
         .join("; ");
+    // A record without a usable prospect id cannot be matched to a
+    // prospect: the original product counts it as skipped, not failed.
+    let fate = if code.starts_with("identity-") {
+        RecordFate::Skipped
+    } else {
+        RecordFate::Rejected
+    };
     PlanOutcome::Invalid(RecordError {
         code,
         message,
         audiences,
+        fate,
     })
 }
 

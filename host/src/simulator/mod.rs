@@ -1,5 +1,5 @@
-//! A local stand-in for the parts of the Outreach API the connector uses
-//! (SPEC.md §4–§7): prospects over JSON:API, bearer tokens, the per-user
+//! A local stand-in for the parts of the Outreach API the connector uses:
+//! prospects over JSON:API, bearer tokens, the per-user
 //! rate limit with its headers and 429 text, and fault injection. It lets
 //! the whole job run on one machine, and it is what the end-to-end tests
 //! run against.

@@ -1,4 +1,4 @@
-//! The simulator's OAuth 2 authorization server (SPEC.md §5): an authorize
+//! The simulator's OAuth 2 authorization server: an authorize
 //! page that asks for the email, then the password, and redirects back with
 //! `code` and `state`; a token endpoint with strict parameter matching,
 //! refresh-token rotation, configurable lifetimes, the one-token-per-user-

@@ -1,8 +1,8 @@
-//! Plain Rust mirrors of the WIT contract's types (`wit/destination.wit`),
-//! free of any binding generator. The guest core produces them, the guest
-//! and the host convert them one-to-one to and from their generated
-//! bindings, and they serialise to the JSON shape of the golden vectors in
-//! `tests/vectors/`.
+//! Plain Rust mirrors of the latest WIT contract's types
+//! (`wit/since_v0.2.0/destination.wit`), free of any binding generator. The
+//! guest core produces them, the guest and the host convert them to and
+//! from each contract version's generated bindings, and they serialise to
+//! the JSON shape of the golden vectors in `tests/vectors/`.
 #![no_std]
 
 extern crate alloc;
@@ -11,6 +11,17 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
+/// How the OAuth client authenticates itself to the token endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuthentication {
+    /// `client_id` and `client_secret` in the form body.
+    #[default]
+    RequestBody,
+    /// HTTP Basic authentication.
+    Basic,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct OauthDescriptor {
@@ -18,6 +29,7 @@ pub struct OauthDescriptor {
     pub token_url: String,
     pub scopes: Vec<String>,
     pub min_seconds_between_tokens: u32,
+    pub client_authentication: ClientAuthentication,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,7 +64,6 @@ pub enum Method {
     Post,
     Put,
     Patch,
-    Delete,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,11 +82,27 @@ pub struct Request {
     pub audiences: Vec<String>,
 }
 
+/// Whether a record that cannot be sent counts as skipped or rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordFate {
+    Skipped,
+    Rejected,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordError {
     pub code: String,
     pub message: String,
     pub audiences: Vec<String>,
+    pub fate: RecordFate,
+}
+
+/// A validated configuration's name and account.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigurationIdentity {
+    pub name: String,
+    pub account: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,196 @@
+//! The Outreach destination as a component implementing the frozen
+//! contract `profile-sync:destination@0.1.0`, for hosts that only run 0.1.
+//! Contract 0.1 has no `merge` (such hosts do not coalesce), no record
+//! fate (hosts infer it) and no configuration identity.
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+// Allocator, cabi_realloc and panic handler for the no_std component.
+extern crate component_rt;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use outreach_core::types as core_types;
+
+wit_bindgen::generate!({
+    path: "../../wit/since_v0.1.0",
+    world: "profile-destination",
+});
+
+use exports::profile_sync::destination::destination::{self as wit, Guest, GuestConfigured};
+
+struct Component;
+
+/// A validated Outreach destination configuration.
+pub struct Configured(outreach_core::Destination);
+
+impl Guest for Component {
+    type Configured = Configured;
+
+    fn describe() -> wit::Descriptor {
+        let d = outreach_core::describe();
+        wit::Descriptor {
+            name: d.name,
+            version: d.version,
+            default_api_base: d.default_api_base,
+            oauth: wit::OauthDescriptor {
+                authorize_url: d.oauth.authorize_url,
+                token_url: d.oauth.token_url,
+                scopes: d.oauth.scopes,
+                min_seconds_between_tokens: d.oauth.min_seconds_between_tokens,
+            },
+            rate_limit: wit::RateLimitPolicy {
+                requests: d.rate_limit.requests,
+                window_seconds: d.rate_limit.window_seconds,
+                per: d.rate_limit.per,
+            },
+            config_schema: d.config_schema,
+        }
+    }
+}
+
+impl GuestConfigured for Configured {
+    fn create(config: String) -> Result<wit::Configured, Vec<wit::ConfigError>> {
+        match outreach_core::Destination::new(&config) {
+            Ok(d) => Ok(wit::Configured::new(Configured(d))),
+            Err(errors) => Err(errors
+                .into_iter()
+                .map(|e| wit::ConfigError {
+                    setting: e.setting,
+                    message: e.message,
+                })
+                .collect()),
+        }
+    }
+
+    fn plan(&self, records: Vec<String>) -> Vec<wit::PlanOutcome> {
+        self.0
+            .plan(&records)
+            .into_iter()
+            .map(plan_outcome)
+            .collect()
+    }
+
+    fn classify(
+        &self,
+        request: wit::Request,
+        response: wit::Response,
+        now_ms: u64,
+    ) -> wit::Classification {
+        let Some(request) = from_wit_request(request) else {
+            // Only requests this configuration planned come back, and it
+            // never plans a DELETE.
+            return wit::Classification {
+                verdict: wit::Verdict::Fatal(
+                    "the host classified a DELETE request this destination never planned".into(),
+                ),
+                budget: wit::Budget {
+                    limit: None,
+                    remaining: None,
+                    reset_at_ms: None,
+                },
+            };
+        };
+        let c = self
+            .0
+            .classify(&request, &from_wit_response(response), now_ms);
+        wit::Classification {
+            verdict: verdict(c.verdict),
+            budget: wit::Budget {
+                limit: c.budget.limit,
+                remaining: c.budget.remaining,
+                reset_at_ms: c.budget.reset_at_ms,
+            },
+        }
+    }
+}
+
+fn plan_outcome(outcome: core_types::PlanOutcome) -> wit::PlanOutcome {
+    match outcome {
+        core_types::PlanOutcome::Send(requests) => {
+            wit::PlanOutcome::Send(requests.into_iter().map(to_wit_request).collect())
+        }
+        core_types::PlanOutcome::Skip(why) => wit::PlanOutcome::Skip(why),
+        core_types::PlanOutcome::Invalid(e) => wit::PlanOutcome::Invalid(wit::RecordError {
+            code: e.code,
+            message: e.message,
+            audiences: e.audiences,
+        }),
+    }
+}
+
+fn verdict(v: core_types::Verdict) -> wit::Verdict {
+    match v {
+        core_types::Verdict::Delivered => wit::Verdict::Delivered,
+        core_types::Verdict::Retry(r) => wit::Verdict::Retry(wit::Retry {
+            not_before_ms: r.not_before_ms,
+            reason: r.reason,
+        }),
+        core_types::Verdict::RefreshCredentials => wit::Verdict::RefreshCredentials,
+        core_types::Verdict::Rejected(r) => wit::Verdict::Rejected(wit::Rejection {
+            code: r.code,
+            message: r.message,
+            audience: r.audience,
+        }),
+        core_types::Verdict::Fatal(why) => wit::Verdict::Fatal(why),
+    }
+}
+
+fn to_wit_request(r: core_types::Request) -> wit::Request {
+    wit::Request {
+        method: match r.method {
+            core_types::Method::Get => wit::Method::Get,
+            core_types::Method::Post => wit::Method::Post,
+            core_types::Method::Put => wit::Method::Put,
+            core_types::Method::Patch => wit::Method::Patch,
+        },
+        path: r.path,
+        headers: r.headers.into_iter().map(to_wit_header).collect(),
+        body: r.body,
+        key: r.key,
+        audiences: r.audiences,
+    }
+}
+
+fn to_wit_header(h: core_types::Header) -> wit::Header {
+    wit::Header {
+        name: h.name,
+        value: h.value,
+    }
+}
+
+fn from_wit_header(h: wit::Header) -> core_types::Header {
+    core_types::Header {
+        name: h.name,
+        value: h.value,
+    }
+}
+
+/// `None` for a DELETE, which contract 0.2 (and so the core) cannot express.
+fn from_wit_request(r: wit::Request) -> Option<core_types::Request> {
+    Some(core_types::Request {
+        method: match r.method {
+            wit::Method::Get => core_types::Method::Get,
+            wit::Method::Post => core_types::Method::Post,
+            wit::Method::Put => core_types::Method::Put,
+            wit::Method::Patch => core_types::Method::Patch,
+            wit::Method::Delete => return None,
+        },
+        path: r.path,
+        headers: r.headers.into_iter().map(from_wit_header).collect(),
+        body: r.body,
+        key: r.key,
+        audiences: r.audiences,
+    })
+}
+
+fn from_wit_response(r: wit::Response) -> core_types::Response {
+    core_types::Response {
+        status: r.status,
+        headers: r.headers.into_iter().map(from_wit_header).collect(),
+        body: r.body,
+    }
+}
+
+export!(Component);
