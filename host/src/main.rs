@@ -1216,6 +1216,7 @@ fn oauth_client(
             args.min_token_interval
                 .unwrap_or(u64::from(descriptor.min_seconds_between_tokens)),
         ),
+        client_authentication: descriptor.client_authentication,
     };
     Ok(OAuthClient::new(settings)?)
 }

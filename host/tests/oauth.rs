@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use destination_types::ClientAuthentication;
 use outreach_host::BUILT_COMPONENT;
 use outreach_host::delivery::{self, Credentials, DeliveryOptions, Input, Summary};
 use outreach_host::engine::{Limits, Runtime};
@@ -70,6 +71,20 @@ async fn simulator(app: OAuthApp, latency: Duration) -> Simulator {
 }
 
 fn client(sim: &Simulator, redirect_uri: &str, min_interval: Duration) -> OAuthClient {
+    client_authenticating(
+        sim,
+        redirect_uri,
+        min_interval,
+        ClientAuthentication::RequestBody,
+    )
+}
+
+fn client_authenticating(
+    sim: &Simulator,
+    redirect_uri: &str,
+    min_interval: Duration,
+    client_authentication: ClientAuthentication,
+) -> OAuthClient {
     let app = OAuthApp::default();
     OAuthClient::new(OAuthSettings {
         authorize_url: sim.authorize_url(),
@@ -82,6 +97,7 @@ fn client(sim: &Simulator, redirect_uri: &str, min_interval: Duration) -> OAuthC
         },
         pkce: true,
         min_interval_between_tokens: min_interval,
+        client_authentication,
     })
     .unwrap()
 }
@@ -706,4 +722,43 @@ async fn odd_expires_in_values_keep_the_tokens_with_a_sane_expiry() {
         );
         std::fs::remove_file(store.path()).unwrap();
     }
+}
+
+/// The client authenticates to the token endpoint the way the component's
+/// description says: in the form body (Outreach), or with HTTP Basic. A
+/// server expecting one refuses the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_authenticates_the_way_the_descriptor_says() {
+    let sim = simulator(
+        OAuthApp {
+            basic_auth: true,
+            mint_interval: Duration::ZERO,
+            ..OAuthApp::default()
+        },
+        Duration::ZERO,
+    )
+    .await;
+    let redirect = "http://127.0.0.1:9/callback";
+    let basic = client_authenticating(&sim, redirect, Duration::ZERO, ClientAuthentication::Basic);
+    let tokens = login(&sim, &basic).await;
+    let refreshed = basic
+        .refresh(tokens.refresh_token.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(refreshed.access_token, tokens.access_token);
+
+    let form_body = client(&sim, redirect, Duration::ZERO);
+    let (url, pending) = form_body.authorize_url();
+    let location = browser_login(url.as_str(), USER, PASSWORD).await;
+    let refused = form_body
+        .finish_login(pending, &Redirect::from_url(&location).unwrap())
+        .await
+        .unwrap_err();
+    // Secrets in the body of a Basic-only server are an error, not ignored.
+    assert!(
+        refused
+            .to_string()
+            .contains("unexpected parameter client_secret"),
+        "{refused}"
+    );
 }

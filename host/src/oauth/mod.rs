@@ -18,6 +18,7 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::Html;
 use axum::routing::get;
+use destination_types::ClientAuthentication;
 use oauth2::basic::{
     BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
     BasicTokenIntrospectionResponse,
@@ -83,6 +84,9 @@ pub struct OAuthSettings {
     pub pkce: bool,
     /// The provider mints at most one access token per this interval.
     pub min_interval_between_tokens: Duration,
+    /// How the token endpoint wants the client to authenticate (from the
+    /// component's description).
+    pub client_authentication: ClientAuthentication,
 }
 
 #[derive(Debug, Error)]
@@ -140,8 +144,10 @@ impl OAuthClient {
             RedirectUrl::new(settings.redirect_uri.clone())
                 .map_err(|e| setting("redirect URI", &e))?,
         )
-        // Outreach expects client_id and client_secret in the form body.
-        .set_auth_type(AuthType::RequestBody);
+        .set_auth_type(match settings.client_authentication {
+            ClientAuthentication::RequestBody => AuthType::RequestBody,
+            ClientAuthentication::Basic => AuthType::BasicAuth,
+        });
         let http = reqwest::Client::builder()
             // Following redirects from a token endpoint would be an SSRF hole.
             .redirect(reqwest::redirect::Policy::none())

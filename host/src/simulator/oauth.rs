@@ -40,6 +40,9 @@ pub struct OAuthApp {
     /// What the token endpoint says in `expires_in` instead of the access
     /// lifetime (servers that send odd values).
     pub expires_in: Option<serde_json::Value>,
+    /// The client authenticates with HTTP Basic instead of `client_id` and
+    /// `client_secret` in the form body (Outreach's way).
+    pub basic_auth: bool,
 }
 
 impl Default for OAuthApp {
@@ -54,6 +57,7 @@ impl Default for OAuthApp {
             mint_interval: Duration::from_secs(60),
             answer_delay: Duration::ZERO,
             expires_in: None,
+            basic_auth: false,
         }
     }
 }
@@ -324,34 +328,66 @@ fn strict_params(
 /// `POST /oauth/token`.
 pub(super) async fn token(
     State(shared): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let answer = mint(&shared, &form);
+    let answer = mint(&shared, &form, basic_credentials(&headers));
     tokio::time::sleep(shared.config.oauth.answer_delay).await;
     answer.unwrap_or_else(|refused| refused)
+}
+
+/// The client id and secret of an `Authorization: Basic` header
+/// (RFC 6749 §2.3.1: each form-urlencoded, then joined by a colon).
+fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    let unescape = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    Some((unescape(id), unescape(secret)))
 }
 
 /// Checks a token request and mints its tokens: `Err` is the error answer.
 // Both sides are HTTP answers of the same size; boxing one buys nothing.
 #[allow(clippy::result_large_err)]
-fn mint(shared: &Shared, form: &HashMap<String, String>) -> Result<Response, Response> {
+fn mint(
+    shared: &Shared,
+    form: &HashMap<String, String>,
+    basic: Option<(String, String)>,
+) -> Result<Response, Response> {
     let app = &shared.config.oauth;
     let grant_type = form.get("grant_type").cloned().unwrap_or_default();
+    // The client's credentials travel in the body or in the header, never
+    // in both.
+    let client_params: &[&str] = if app.basic_auth {
+        &[]
+    } else {
+        &["client_id", "client_secret"]
+    };
+    let required = |grant: &[&'static str]| -> Vec<&'static str> {
+        client_params.iter().chain(grant).copied().collect()
+    };
     let checked = match grant_type.as_str() {
         "authorization_code" => strict_params(
             form,
-            &[
-                "client_id",
-                "client_secret",
-                "redirect_uri",
-                "grant_type",
-                "code",
-            ],
+            &required(&["redirect_uri", "grant_type", "code"]),
             &["code_verifier"],
         ),
         "refresh_token" => strict_params(
             form,
-            &["client_id", "client_secret", "grant_type", "refresh_token"],
+            &required(&["grant_type", "refresh_token"]),
             &["redirect_uri"],
         ),
         _ => Err(token_error(
@@ -361,9 +397,15 @@ fn mint(shared: &Shared, form: &HashMap<String, String>) -> Result<Response, Res
         )),
     };
     checked?;
-    if form.get("client_id") != Some(&app.client_id)
-        || form.get("client_secret") != Some(&app.client_secret)
-    {
+    let (client_id, client_secret) = if app.basic_auth {
+        basic.unwrap_or_default()
+    } else {
+        (
+            form.get("client_id").cloned().unwrap_or_default(),
+            form.get("client_secret").cloned().unwrap_or_default(),
+        )
+    };
+    if client_id != app.client_id || client_secret != app.client_secret {
         return Err(token_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
