@@ -70,7 +70,7 @@ async fn deliver(
     concurrency: usize,
     pacing: &RateLimitPolicy,
 ) -> (Summary, Duration) {
-    let mut destination = runtime.configure(CONFIG).unwrap().unwrap();
+    let destination = runtime.configure(CONFIG).unwrap().unwrap();
     let limiter = Limiter::new(pacing).unwrap();
     let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(30)).unwrap();
     let token = simulator.issue_token("bench@example.com");
@@ -87,7 +87,7 @@ async fn deliver(
     };
     let start = Instant::now();
     let summary = delivery::run(
-        &mut destination,
+        destination,
         &api,
         &limiter,
         &StaticToken(token),

@@ -150,7 +150,7 @@ fn queued_intake(queued: u64) {
     }
     let input_mb = std::fs::metadata(&input).unwrap().len() as f64 / 1e6;
     let runtime = Runtime::load(Path::new(BUILT_COMPONENT), None, Limits::default()).unwrap();
-    let mut destination = runtime.configure(CONFIG).unwrap().unwrap();
+    let destination = runtime.configure(CONFIG).unwrap().unwrap();
     let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
     let api = ApiClient::new(
         "http://127.0.0.1:9/api/v2",
@@ -164,7 +164,7 @@ fn queued_intake(queued: u64) {
     let start = Instant::now();
     let summary = tokio
         .block_on(delivery::run(
-            &mut destination,
+            destination,
             &api,
             &limiter,
             &Refused,

@@ -175,6 +175,8 @@ pub enum JournalError {
         what: &'static str,
         detail: String,
     },
+    #[error("the journal's thread failed: {0}")]
+    Thread(String),
     #[error("no run {0} in the journal")]
     NoSuchRun(i64),
 }
@@ -248,7 +250,7 @@ pub struct Checkpoint {
 // A verdict lives for one call into the journal; boxing the rejection
 // would only add an allocation.
 #[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Verdict {
     Delivered,
     Rejected {

@@ -6,11 +6,13 @@ pub mod alerts;
 pub mod delivery;
 pub mod egress;
 pub mod engine;
+pub mod guest;
 pub mod http;
 pub mod input;
 pub mod journal;
 pub mod limiter;
 pub mod oauth;
+pub mod queue;
 pub mod simulator;
 
 /// A per-user file or directory: `$override_var` if set, else

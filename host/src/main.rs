@@ -751,7 +751,7 @@ struct Job<'a> {
 }
 
 async fn deliver<C: Credentials>(job: Job<'_>, input: Input, credentials: &C) -> Result<u8> {
-    let mut destination = job.destination;
+    let destination = job.destination;
     let mut policy = job.runtime.describe().rate_limit.clone();
     if let Some(requests) = job.args.rate_limit {
         policy.requests = requests;
@@ -763,15 +763,7 @@ async fn deliver<C: Credentials>(job: Job<'_>, input: Input, credentials: &C) ->
     let api = ApiClient::new(job.api_base, Duration::from_secs(job.args.timeout_secs))?;
     let name = destination.identity().name.clone();
     let options = delivery_options(job.args, job.journal, job.kind, name)?;
-    let summary = delivery::run(
-        &mut destination,
-        &api,
-        &limiter,
-        credentials,
-        input,
-        &options,
-    )
-    .await?;
+    let summary = delivery::run(destination, &api, &limiter, credentials, input, &options).await?;
     print_summary(&summary, api.base().as_str(), job.args.json)?;
     Ok(exit_code(&summary))
 }

@@ -71,7 +71,7 @@ async fn run_job(
     token: String,
 ) -> Job {
     let runtime = runtime();
-    let mut destination = runtime.configure(config).unwrap().expect("config valid");
+    let destination = runtime.configure(config).unwrap().expect("config valid");
     let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
     let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
     let letters_path = temp_file(&format!("letters-{}.ndjson", rand_suffix()));
@@ -81,7 +81,7 @@ async fn run_job(
     };
     let input = Input::reader(Cursor::new(records.join("\n")), None);
     let summary = delivery::run(
-        &mut destination,
+        destination,
         &api,
         &limiter,
         &StaticToken(token),

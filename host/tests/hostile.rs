@@ -56,7 +56,7 @@ async fn attack(runtime: &Runtime, attack: &str, n: u64, batch: usize) -> Outcom
     .await
     .unwrap();
     let token = simulator.issue_token("ada@example.com");
-    let mut destination = runtime
+    let destination = runtime
         .configure(&format!("\"{attack}\""))
         .unwrap()
         .unwrap();
@@ -68,7 +68,7 @@ async fn attack(runtime: &Runtime, attack: &str, n: u64, batch: usize) -> Outcom
         attack.split(' ').next().unwrap_or("x")
     ));
     let summary = delivery::run(
-        &mut destination,
+        destination,
         &api,
         &limiter,
         &StaticToken(token),

@@ -215,11 +215,11 @@ async fn run_with(
     dead_letters: Option<PathBuf>,
 ) -> Summary {
     let runtime = Runtime::load(Path::new(BUILT_COMPONENT), None, Limits::default()).unwrap();
-    let mut destination = runtime.configure(CONFIG).unwrap().unwrap();
+    let destination = runtime.configure(CONFIG).unwrap().unwrap();
     let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
     let api = ApiClient::new(&sim.api_base(), Duration::from_secs(10)).unwrap();
     delivery::run(
-        &mut destination,
+        destination,
         &api,
         &limiter,
         credentials,

@@ -1,0 +1,195 @@
+//! The workers: each takes a queued key, sends its updates in order under
+//! the rate limiter, and acts on every answer as the retry state machine
+//! ([`super::retry`]) says, until the key has nothing queued.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::guest::Guest;
+use crate::http::ApiClient;
+use crate::journal::{Claim, RunId, Verdict};
+use crate::limiter::{Limiter, now_epoch_ms};
+use crate::queue::Queue;
+
+use super::Credentials;
+use super::control::Control;
+use super::retry::{Action, Attempts, Event, Policy};
+
+/// What the workers counted.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub requests_sent: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub retries: AtomicU64,
+    pub refreshes: AtomicU64,
+}
+
+/// Everything a worker uses, borrowed from the run.
+pub(super) struct Dispatcher<'a, C, Q> {
+    pub api: &'a ApiClient,
+    pub limiter: &'a Limiter,
+    pub credentials: &'a C,
+    pub guest: &'a Guest,
+    pub queue: &'a Q,
+    pub policy: Policy,
+    pub run: RunId,
+    pub control: &'a Control,
+    pub counters: &'a Counters,
+    /// No more input will be queued.
+    pub intake_done: &'a AtomicBool,
+    /// When an update last reached a verdict (or the run started), ms.
+    pub last_verdict_ms: &'a AtomicU64,
+    pub progress: Option<&'a indicatif::ProgressBar>,
+}
+
+impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
+    /// Takes queued keys one at a time until the input is exhausted and
+    /// nothing is left to take, or the run stops.
+    pub async fn work(&self) {
+        loop {
+            if self.control.stopped().is_some() {
+                return;
+            }
+            let woken = self.control.work_available.notified();
+            let done_before = self.intake_done.load(Ordering::Acquire);
+            match self.queue.claim().await {
+                Ok(Some(claim)) => self.work_key(claim).await,
+                Ok(None) if done_before => return,
+                Ok(None) => {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), woken).await;
+                }
+                Err(e) => {
+                    self.control.stop_run(format!("the journal failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Delivers a key's updates in order until none is queued.
+    async fn work_key(&self, mut claim: Claim) {
+        loop {
+            let Some(verdict) = self.deliver(&claim).await else {
+                self.queue.release(claim).await;
+                return;
+            };
+            let next = self.queue.finish(claim.clone(), verdict, self.run).await;
+            self.last_verdict_ms
+                .store(now_epoch_ms(), Ordering::Relaxed);
+            if let Some(bar) = self.progress {
+                bar.inc(1);
+            }
+            match next {
+                Ok(Some(next)) => claim = next,
+                Ok(None) => return,
+                Err(e) => {
+                    self.queue.release(claim).await;
+                    self.control.stop_run(format!("the journal failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends the claimed update (re-read before every attempt, so whatever
+    /// merged into it while it waited goes along) until it has a verdict;
+    /// `None` when the run stopped first.
+    async fn deliver(&self, claim: &Claim) -> Option<Verdict> {
+        let mut attempts = Attempts::default();
+        loop {
+            if self.control.stopped().is_some() {
+                return None;
+            }
+            let token = match self
+                .control
+                .unless_stopped(self.credentials.token())
+                .await?
+            {
+                Ok(token) => token,
+                Err(why) => {
+                    self.control.stop_for_login(why);
+                    return None;
+                }
+            };
+            self.control.unless_stopped(self.limiter.acquire()).await?;
+            let request = match self.queue.attempt(claim.clone(), self.run).await {
+                Ok(request) => request,
+                Err(e) => {
+                    self.control.stop_run(format!("the journal failed: {e}"));
+                    return None;
+                }
+            };
+            self.counters.requests_sent.fetch_add(1, Ordering::Relaxed);
+            // Stopping abandons a request on the wire: it stays queued, and
+            // is sent again (at-least-once).
+            let Some(sent) = self
+                .control
+                .unless_stopped(self.api.send(&request, &token))
+                .await
+            else {
+                self.queue.attempt_failed(claim.clone()).await;
+                return None;
+            };
+            let (event, response) = match sent {
+                Err(violation) => (Event::Refused(violation.to_string()), None),
+                Ok(Err(transport)) => {
+                    tracing::debug!(key = %request.key, "transport failure: {transport}");
+                    (Event::Transport(transport.to_string()), None)
+                }
+                Ok(Ok(response)) => {
+                    match self
+                        .guest
+                        .classify(&request, &response, now_epoch_ms())
+                        .await
+                    {
+                        Ok(classification) => {
+                            self.limiter.observe(&classification.budget);
+                            let event = Event::Classified {
+                                verdict: classification.verdict,
+                                status: response.status,
+                            };
+                            (event, Some(response))
+                        }
+                        Err(e) => (Event::Unclassifiable(e.to_string()), Some(response)),
+                    }
+                }
+            };
+            let jitter = rand::rng().random_range(0.5..=1.0);
+            let action = attempts.next(
+                &self.policy,
+                event,
+                &request,
+                response,
+                now_epoch_ms(),
+                jitter,
+            );
+            if let Action::Finish(verdict) = action {
+                return Some(verdict);
+            }
+            self.queue.attempt_failed(claim.clone()).await;
+            match action {
+                Action::Finish(_) => unreachable!("returned above"),
+                Action::RetryAfter(wait) => {
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    self.control.unless_stopped(tokio::time::sleep(wait)).await;
+                }
+                Action::RateLimited { reset_at_ms } => {
+                    self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(key = %request.key, "rate limited");
+                    self.limiter.rate_limited(reset_at_ms);
+                }
+                Action::Refresh => {
+                    self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+                    if let Err(why) = self.credentials.refresh(&token).await {
+                        self.control
+                            .stop_for_login(format!("credentials cannot be refreshed: {why}"));
+                    }
+                }
+                Action::StopForLogin(why) => self.control.stop_for_login(why),
+                Action::Stop(why) => self.control.stop_run(why),
+            }
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Intake: read input records in batches, have the component plan each
+//! batch, and queue it durably with the input position after it.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+
+use crate::guest::Guest;
+use crate::input::{InputError, InputInfo, Item};
+use crate::journal::{HeldBack, Incoming, RunId};
+use crate::queue::Queue;
+
+use super::control::Control;
+use super::planner;
+
+pub(super) struct Intake<'a, Q> {
+    pub guest: &'a Guest,
+    pub queue: &'a Q,
+    pub run: RunId,
+    pub batch: usize,
+    pub control: &'a Control,
+    /// Set once no more input will be queued.
+    pub done: &'a AtomicBool,
+    /// Replayed letters not sent: their keys have newer updates.
+    pub held_back: &'a Mutex<Vec<HeldBack>>,
+}
+
+impl<Q: Queue> Intake<'_, Q> {
+    /// Reads `items` until they end (or a signal stops the run), planning
+    /// and queueing them batch by batch. Input keeps being queued after
+    /// delivery stopped (say, for a new login): the queue is where it
+    /// waits.
+    pub async fn run(&self, mut items: mpsc::Receiver<Result<Item, InputError>>, info: &InputInfo) {
+        let batch_size = self.batch.max(1);
+        let mut coalesced = 0u64;
+        loop {
+            let first = if self.control.interrupted() {
+                // What was already read is queued; nothing more is read.
+                items.try_recv().ok()
+            } else {
+                tokio::select! {
+                    item = items.recv() => item,
+                    () = self.control.until_interrupted() => continue,
+                }
+            };
+            let Some(first) = first else {
+                break;
+            };
+            let mut batch = vec![first];
+            while batch.len() < batch_size {
+                match items.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let mut lines = Vec::with_capacity(batch.len());
+            let mut failure = None;
+            for item in batch {
+                match item {
+                    Ok(item) => lines.push(item),
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if !lines.is_empty() {
+                let position = info.checkpoint_after(lines.iter());
+                let incoming = match self.plan(lines).await {
+                    Ok(incoming) => incoming,
+                    Err(why) => {
+                        self.control.stop_run(why);
+                        break;
+                    }
+                };
+                match self.queue.enqueue(self.run, incoming, position).await {
+                    Ok(report) => {
+                        coalesced += report.coalesced;
+                        for held in &report.held_back {
+                            tracing::warn!(
+                                "dead letter {} held back: {}",
+                                held.letter,
+                                held.reason
+                            );
+                        }
+                        self.held_back
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(report.held_back);
+                    }
+                    Err(e) => {
+                        self.control.stop_run(format!("cannot journal input: {e}"));
+                        break;
+                    }
+                }
+                self.control.work_available.notify_waiters();
+            }
+            if let Some(why) = failure {
+                self.control.stop_run(why);
+                break;
+            }
+        }
+        tracing::debug!(coalesced, "input journaled");
+        self.done.store(true, Ordering::Release);
+        self.control.work_available.notify_waiters();
+    }
+
+    /// Plans a batch on the component's planning thread, in input order.
+    async fn plan(&self, items: Vec<Item>) -> Result<Vec<Incoming>, String> {
+        let planned = self
+            .guest
+            .with_planner(move |destination| planner::plan_items(destination, items))
+            .await
+            .map_err(|e| format!("the component is gone: {e}"))?;
+        Ok(planned
+            .into_iter()
+            .map(|(item, outcome)| Incoming {
+                line: item.line,
+                outcome,
+                record: item.text,
+                replay: item.replay,
+            })
+            .collect())
+    }
+}

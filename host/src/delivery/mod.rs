@@ -1,0 +1,372 @@
+//! A delivery run: NDJSON records in, planned by the component and
+//! journaled ([`crate::journal`]), sent under the rate limiter with
+//! retries, every outcome accounted for — delivered, skipped, or a dead
+//! letter with its reason. Updates for the same key go in order (newer ones
+//! merging into a queued one); different keys go concurrently.
+
+mod control;
+mod dispatch;
+mod intake;
+pub mod planner;
+mod report;
+pub mod retry;
+mod summary;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::alerts::Alerts;
+use crate::engine::{Destination, GuestError};
+use crate::guest::Guest;
+use crate::http::ApiClient;
+pub use crate::input::Input;
+use crate::input::InputError;
+use crate::journal::{Journal, JournalError, LetterFilter, RunId, RunStats};
+use crate::limiter::{Limiter, now_epoch_ms};
+use crate::queue::{JournalQueue, Merger};
+use control::{Control, until_signal};
+use dispatch::{Counters, Dispatcher};
+use intake::Intake;
+pub use planner::plan_stream;
+use report::Reporter;
+pub use summary::{AudienceCounts, Summary, SummaryExtras};
+
+/// Supplies the bearer token. A refresh is asked for once after a 401.
+/// Errors are messages for the user (never containing a secret); they stop
+/// the run.
+pub trait Credentials {
+    /// The access token to send now (refreshed first if it is about to
+    /// expire).
+    fn token(&self) -> impl Future<Output = Result<String, String>>;
+    /// The API refused `rejected`: obtain a new token, unless another
+    /// request already did.
+    fn refresh(&self, rejected: &str) -> impl Future<Output = Result<(), String>>;
+    /// Completes once no credential work that must not be cut short (a
+    /// refresh whose new tokens are being stored) is in flight; a run
+    /// waits for it before it returns.
+    fn settle(&self) -> impl Future<Output = ()> {
+        std::future::ready(())
+    }
+}
+
+/// A fixed token (from the environment); a refresh cannot produce a new one.
+pub struct StaticToken(pub String);
+
+impl Credentials for StaticToken {
+    async fn token(&self) -> Result<String, String> {
+        Ok(self.0.clone())
+    }
+    async fn refresh(&self, _rejected: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Tuning of a run.
+#[derive(Clone)]
+pub struct DeliveryOptions {
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Attempts per request for transient failures (5xx, timeouts,
+    /// connection errors) before it becomes a dead letter. 429s do not count.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Most records per call into the component (and per journal
+    /// transaction).
+    pub batch: usize,
+    /// The journal to deliver through; `None` uses one in memory (nothing
+    /// survives the process).
+    pub journal: Option<Arc<Journal>>,
+    /// Also export this run's dead letters to this file (NDJSON).
+    pub dead_letters: Option<PathBuf>,
+    /// Show a progress bar (only honoured on a terminal).
+    pub progress: bool,
+    /// How the run is recorded in the history: `run`, `replay`, `demo`.
+    pub kind: String,
+    /// The destination's name, for the history and alerts.
+    pub destination: String,
+    pub alerts: Arc<Alerts>,
+    /// Stop cleanly on SIGINT/SIGTERM: journal what was read, stop sending,
+    /// keep everything else queued (the command line sets this).
+    pub stop_on_signals: bool,
+}
+
+impl Default for DeliveryOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            max_attempts: 6,
+            backoff_base: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            batch: 500,
+            journal: None,
+            dead_letters: None,
+            progress: false,
+            kind: "run".into(),
+            destination: String::new(),
+            alerts: Arc::new(Alerts::none()),
+            stop_on_signals: false,
+        }
+    }
+}
+
+/// Problems that end a run before or outside delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("cannot write the planned requests: {0}")]
+    Output(std::io::Error),
+    #[error("cannot write dead letters to {path}: {source}")]
+    DeadLetters {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error("the component cannot run: {0}")]
+    Component(GuestError),
+    #[error(
+        "journal {journal} holds {records} queued records planned for {queued_for}, not for {api_base}: deliver them there first, or use another --journal"
+    )]
+    OtherApiBase {
+        journal: PathBuf,
+        records: u64,
+        queued_for: String,
+        api_base: String,
+    },
+}
+
+/// Delivers `input` through the journal: every record is journaled (with
+/// the input position) before it counts as accepted, updates left by
+/// earlier runs are delivered too, and the run is recorded in the journal's
+/// history. The component runs on threads of its own ([`Guest`]) and the
+/// journal on another ([`JournalQueue`]). Returns the summary of this run.
+pub async fn run<C: Credentials>(
+    destination: Destination,
+    api: &ApiClient,
+    limiter: &Limiter,
+    credentials: &C,
+    input: Input,
+    options: &DeliveryOptions,
+) -> Result<Summary, RunError> {
+    let started = Instant::now();
+    let journal = match &options.journal {
+        Some(journal) => journal.clone(),
+        None => Arc::new(Journal::in_memory()?),
+    };
+    let guest = Arc::new(Guest::spawn(destination).map_err(RunError::Component)?);
+    let merger: Merger = {
+        let guest = guest.clone();
+        Arc::new(move |older, newer| guest.merge_blocking(older, newer))
+    };
+    let queue = JournalQueue::start(journal.clone(), merger)?;
+    let api_base = api.base().as_str().to_owned();
+    let (items, input) = input.into_parts();
+    let pending = queue.call(|j, _| j.pending_api_base()).await?;
+    if let Some((queued_for, records)) = pending
+        && queued_for != api_base
+    {
+        return Err(RunError::OtherApiBase {
+            journal: journal.path().to_owned(),
+            records,
+            queued_for,
+            api_base,
+        });
+    }
+    let (kind, name, input_name) = (
+        options.kind.clone(),
+        options.destination.clone(),
+        input.name.clone(),
+    );
+    let base = api_base.clone();
+    let run_id = queue
+        .call(move |j, _| j.start_run(&kind, &name, &base, input_name.as_deref()))
+        .await?;
+    let resumed = queue
+        .call(move |j, _| j.records_of_other_runs(run_id))
+        .await?;
+    if resumed > 0 {
+        tracing::info!("resuming {resumed} records queued by earlier runs");
+    }
+
+    let (sender, receiver) = mpsc::channel(options.batch.max(1) * 4);
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop_reading = stop_reading.clone();
+        // A blocking read (an idle stdin) must not hold up delivery.
+        std::thread::spawn(move || {
+            for item in items {
+                if stop_reading.load(Ordering::Relaxed) || sender.blocking_send(item).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let progress = options.progress.then(progress_bar).flatten();
+    let control = Control::default();
+    let counters = Counters::default();
+    let intake_done = AtomicBool::new(false);
+    let last_verdict_ms = AtomicU64::new(now_epoch_ms());
+    let held_back = Mutex::new(Vec::new());
+    let intake = Intake {
+        guest: &guest,
+        queue: &queue,
+        run: run_id,
+        batch: options.batch,
+        control: &control,
+        done: &intake_done,
+        held_back: &held_back,
+    };
+    let dispatcher = Dispatcher {
+        api,
+        limiter,
+        credentials,
+        guest: &guest,
+        queue: &queue,
+        policy: retry::Policy {
+            max_attempts: options.max_attempts,
+            backoff_base: options.backoff_base,
+            backoff_max: options.backoff_max,
+            max_server_wait: crate::limiter::MAX_SERVER_WAIT,
+        },
+        run: run_id,
+        control: &control,
+        counters: &counters,
+        intake_done: &intake_done,
+        last_verdict_ms: &last_verdict_ms,
+        progress: progress.as_ref(),
+    };
+    let reporter = Reporter {
+        queue: &queue,
+        run: run_id,
+        options,
+    };
+    let workers =
+        futures::future::join_all((0..options.concurrency.max(1)).map(|_| dispatcher.work()));
+    let delivery = async {
+        futures::join!(intake.run(receiver, &input), workers);
+    };
+    let signals = async {
+        if !options.stop_on_signals {
+            return std::future::pending().await;
+        }
+        until_signal().await;
+        control.interrupt();
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        () = delivery => {}
+        () = reporter.watch_stalls(&last_verdict_ms) => {}
+        () = signals => {}
+    }
+    // A refresh the stop cut off from its caller still stores its tokens.
+    credentials.settle().await;
+    stop_reading.store(true, Ordering::Relaxed);
+    if reader.is_finished() {
+        let _ = reader.join();
+    }
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+
+    let fatal = control.stopped();
+    let stats = RunStats {
+        requests_sent: counters.requests_sent.load(Ordering::Relaxed),
+        rate_limited: counters.rate_limited.load(Ordering::Relaxed),
+        retries: counters.retries.load(Ordering::Relaxed),
+        credential_refreshes: counters.refreshes.load(Ordering::Relaxed),
+    };
+    let interrupted = control.interrupted();
+    let ended_fatal = fatal.clone();
+    let (record, pending) = queue
+        .call(move |j, _| {
+            let before = j.run(run_id)?;
+            let status = if interrupted {
+                "interrupted"
+            } else if ended_fatal.is_some() {
+                "stopped"
+            } else if before.counts.rejected > 0 {
+                "completed-with-failures"
+            } else {
+                "completed"
+            };
+            j.end_run(run_id, status, &stats, resumed, ended_fatal.as_deref())?;
+            Ok((j.run(run_id)?, j.pending_records(None)?))
+        })
+        .await?;
+    let mut summary = Summary::of_run(
+        &record,
+        SummaryExtras {
+            resumed,
+            input_already_journaled: input.skipped_lines,
+            pending,
+            held_back: std::mem::take(&mut *held_back.lock().unwrap_or_else(|p| p.into_inner())),
+            login_required: control.login_required(),
+            journal: journal.path().to_owned(),
+            dead_letters: options.dead_letters.clone(),
+        },
+    );
+    if let Some(path) = &options.dead_letters {
+        let path = path.clone();
+        queue
+            .call(move |j, _| Ok(export_dead_letters(j, run_id, &path)))
+            .await??;
+    }
+    let end_alerts = reporter.end_of_run(&summary);
+    // The run is recorded: a signal now abandons the alerts (their
+    // commands are killed) rather than going unheard.
+    if options.stop_on_signals {
+        tokio::select! {
+            () = end_alerts => {}
+            () = until_signal() => tracing::warn!("interrupted by a signal: alerts abandoned"),
+        }
+    } else {
+        end_alerts.await;
+    }
+    summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    Ok(summary)
+}
+
+/// A spinner of delivered updates, on a terminal only.
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos} updates delivered  {per_sec}  {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    Some(bar)
+}
+
+/// Writes the dead letters of `run` to `path` as NDJSON.
+pub fn export_dead_letters(journal: &Journal, run: RunId, path: &Path) -> Result<(), RunError> {
+    let error = |source| RunError::DeadLetters {
+        path: path.to_owned(),
+        source,
+    };
+    let letters = journal.dead_letters(&LetterFilter {
+        run: Some(run),
+        include_replayed: true,
+        ..LetterFilter::default()
+    })?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(error)?);
+    for letter in letters {
+        let line = serde_json::to_string(&letter).map_err(|e| error(std::io::Error::other(e)))?;
+        writeln!(out, "{line}").map_err(error)?;
+    }
+    out.flush().map_err(error)?;
+    out.get_ref().sync_all().map_err(error)
+}

@@ -1,0 +1,154 @@
+//! A configured destination as actors: each guest instance lives on its own
+//! thread and is called over a channel, so no wasm call ever runs on an
+//! async runtime's worker thread. Planning and classifying use separate
+//! instances of the same configuration, so a `classify` never queues
+//! behind a long `plan`.
+
+use std::sync::mpsc;
+use std::thread;
+
+use destination_types::{Classification, ConfigurationIdentity, PlanOutcome, Request, Response};
+use tokio::sync::oneshot;
+
+use crate::engine::{Destination, GuestError};
+
+type Job = Box<dyn FnOnce(&mut Destination) + Send>;
+
+/// One instance on its own thread; the thread ends when the last handle
+/// is dropped.
+struct Actor {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// The actor's thread is gone (it panicked).
+fn gone() -> GuestError {
+    GuestError::Trapped("the component's thread ended".into())
+}
+
+impl Actor {
+    fn spawn(name: &str, mut destination: Destination) -> Result<Self, GuestError> {
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for job in inbox {
+                    job(&mut destination);
+                }
+            })
+            .map_err(|e| GuestError::Trapped(format!("cannot start a component thread: {e}")))?;
+        Ok(Self { jobs })
+    }
+
+    /// Runs `call` on the actor's instance and awaits its answer.
+    async fn call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut Destination) -> T + Send + 'static,
+    ) -> Result<T, GuestError> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |d| {
+                let _ = answer.send(call(d));
+            }))
+            .map_err(|_| gone())?;
+        answered.await.map_err(|_| gone())
+    }
+
+    /// [`Actor::call`] from a thread that may block (never an async
+    /// runtime's).
+    fn call_blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut Destination) -> T + Send + 'static,
+    ) -> Result<T, GuestError> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |d| {
+                let _ = answer.send(call(d));
+            }))
+            .map_err(|_| gone())?;
+        answered.blocking_recv().map_err(|_| gone())
+    }
+}
+
+/// A configured destination, callable from async code and from blocking
+/// threads alike. Cheap to share behind an `Arc`.
+pub struct Guest {
+    planner: Actor,
+    classifier: Actor,
+    identity: ConfigurationIdentity,
+    can_merge: bool,
+}
+
+impl Guest {
+    /// Moves `destination` to a planning thread and a second instance of
+    /// it to a classifying thread.
+    pub fn spawn(destination: Destination) -> Result<Self, GuestError> {
+        let identity = destination.identity().clone();
+        let can_merge = destination.can_merge();
+        let classifier = Actor::spawn("guest-classify", destination.replicate())?;
+        let planner = Actor::spawn("guest-plan", destination)?;
+        Ok(Self {
+            planner,
+            classifier,
+            identity,
+            can_merge,
+        })
+    }
+
+    /// The configuration's name and account.
+    pub fn identity(&self) -> &ConfigurationIdentity {
+        &self.identity
+    }
+
+    /// Whether the destination's contract lets updates be combined.
+    pub fn can_merge(&self) -> bool {
+        self.can_merge
+    }
+
+    /// Runs `call` on the planning instance: planning, and anything that
+    /// needs the instance for longer (batch halving).
+    pub async fn with_planner<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut Destination) -> T + Send + 'static,
+    ) -> Result<T, GuestError> {
+        self.planner.call(call).await
+    }
+
+    /// Plans a batch of records: one outcome per record.
+    pub async fn plan(&self, records: Vec<String>) -> Result<Vec<PlanOutcome>, GuestError> {
+        self.planner.call(move |d| d.plan(&records)).await?
+    }
+
+    /// Classifies `response` to `request`.
+    pub async fn classify(
+        &self,
+        request: &Request,
+        response: &Response,
+        now_ms: u64,
+    ) -> Result<Classification, GuestError> {
+        let (request, response) = (request.clone(), response.clone());
+        self.classifier
+            .call(move |d| d.classify(&request, &response, now_ms))
+            .await?
+    }
+
+    /// `older` and `newer` as one request (`None`: they do not combine),
+    /// from a thread that may block. A component failure means they stay
+    /// apart.
+    pub fn merge_blocking(&self, older: &Request, newer: &Request) -> Option<Request> {
+        if !self.can_merge {
+            return None;
+        }
+        let (older_key, older, newer) = (older.key.clone(), older.clone(), newer.clone());
+        match self
+            .classifier
+            .call_blocking(move |d| d.merge(&older, &newer))
+            .and_then(|merged| merged)
+        {
+            Ok(merged) => merged,
+            Err(e) => {
+                tracing::warn!(key = %older_key, "the component failed to merge two updates: {e}");
+                None
+            }
+        }
+    }
+}
