@@ -1,0 +1,380 @@
+//! The durable journal between input and delivery: an SQLite database in
+//! WAL mode holding every accepted update until the API gave a verdict on
+//! it, the input checkpoints, the dead letters and the run history.
+//!
+//! Every commit is durable (`synchronous=FULL`: fsynced before it returns).
+//! A record is accepted when the transaction that journals it, together
+//! with the input position after it, has committed. Verdicts are
+//! group-committed — every [`GROUP_COMMIT_OPS`] verdicts or
+//! [`GROUP_COMMIT_WINDOW`], whichever comes first, and with every intake —
+//! so a crash can at worst forget the verdicts of the last group, whose
+//! updates are then sent again (at-least-once).
+//!
+//! Coalescing: while an update for a key (one object in the destination)
+//! is queued — not yet dispatched, or dispatched but waiting for the
+//! limiter, a retry or a refresh — a newer update for the same key merges
+//! into it (the destination's [`Merge`]); only an update whose body is on
+//! the wire makes the next one queue behind it. Per key, updates go out in
+//! journal order.
+//!
+//! One module per concern: `store` (opening, locking, integrity, schema),
+//! `updates` (the queue: intake, claims, attempts, verdicts), `history`
+//! (runs and their counts), `letters` (dead letters), `checkpoints` (input
+//! positions); this file holds the types and the group commit.
+
+mod checkpoints;
+mod history;
+mod letters;
+mod store;
+#[cfg(test)]
+mod tests;
+mod updates;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use destination_types::{PlanOutcome, Request, Response};
+use rusqlite::Connection;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::limiter::now_epoch_ms;
+
+pub use checkpoints::Checkpoint;
+pub use letters::{DeadLetter, LetterFilter, MAX_STORED_RESPONSE_BYTES, request_summary};
+use store::SCHEMA_VERSION;
+pub use store::default_journal_path;
+
+/// Verdicts committed together at most.
+pub const GROUP_COMMIT_OPS: u32 = 64;
+/// The longest a verdict waits for its commit.
+pub const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path} is not a journal of this host ({detail}); refusing to touch it")]
+    NotAJournal { path: PathBuf, detail: String },
+    #[error(
+        "journal {path} is corrupt ({detail}); it was left as it is: move it aside to start an empty journal, or restore a copy"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "journal {path} has schema version {found}, newer than this host's {SCHEMA_VERSION}: use a newer outreach-host"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error(
+        "journal {path} is in use by another outreach-host process (the file is locked, whatever path reached it)"
+    )]
+    Locked { path: PathBuf },
+    #[error(
+        "journal {path} lost a transaction ({why}); nothing more is sent until it is opened again (the next run or `resume` sends what is queued)"
+    )]
+    Failed { path: PathBuf, why: String },
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("journal {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("journal {path}: stored {what} is unreadable: {detail}")]
+    BadRow {
+        path: PathBuf,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("the journal's thread failed: {0}")]
+    Thread(String),
+    #[error("no run {0} in the journal")]
+    NoSuchRun(i64),
+}
+
+/// A run's identifier in the journal.
+pub type RunId = i64;
+
+/// The destination's way to combine two updates queued for one key into
+/// one (`None`: they do not combine and are sent in order). The journal
+/// knows nothing of what a request means; it asks.
+pub type Merge<'a> = &'a dyn Fn(&Request, &Request) -> Option<Request>;
+
+/// One planned record, ready to be journaled.
+pub struct Incoming {
+    /// Input line (or, for a replay, the dead letter's original line).
+    pub line: u64,
+    pub record: String,
+    pub outcome: PlanOutcome,
+    /// The dead letter this record replays, marked replayed in the same
+    /// transaction.
+    pub replay: Option<Replay>,
+}
+
+/// What an intake batch did besides journaling.
+#[derive(Debug, Default)]
+pub struct IngestReport {
+    /// Records merged into an update already queued.
+    pub coalesced: u64,
+    pub held_back: Vec<HeldBack>,
+}
+
+/// A replayed dead letter not sent: its key has a newer update.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldBack {
+    pub letter: i64,
+    pub line: u64,
+    pub key: String,
+    pub reason: String,
+}
+
+/// A dead letter being replayed.
+#[derive(Clone, Copy, Debug)]
+pub struct Replay {
+    pub letter: i64,
+    /// When its record was first received (epoch ms): a key that got a
+    /// newer delivered or queued update since is not sent its old values.
+    pub received_ms: u64,
+    /// Send it whatever happened since (`--force`).
+    pub force: bool,
+}
+
+/// What became of a dispatched update.
+// A verdict lives for one call into the journal; boxing the rejection
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Delivered,
+    Rejected {
+        code: String,
+        reason: String,
+        request: Option<Request>,
+        response: Option<Response>,
+    },
+}
+
+/// A key handed to one worker: it owns the key's updates until it lets go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub key: String,
+    pub seq: i64,
+}
+
+/// Counters of one run, as stored.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub received: u64,
+    pub delivered: u64,
+    pub rejected: u64,
+    pub skipped: u64,
+}
+
+/// Per-process statistics a run adds to its row when it ends.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    pub requests_sent: u64,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub credential_refreshes: u64,
+}
+
+/// A run as the `runs` command shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub kind: String,
+    pub status: String,
+    pub started_ms: u64,
+    pub ended_ms: Option<u64>,
+    pub destination: String,
+    pub api_base: String,
+    pub input: Option<String>,
+    #[serde(flatten)]
+    pub counts: Counts,
+    /// Records of this run still queued in the journal.
+    pub pending: u64,
+    /// Updates (requests) that landed, after coalescing.
+    pub updates_delivered: u64,
+    /// Records merged into an update already queued for the same key.
+    pub coalesced: u64,
+    pub requests_sent: u64,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub credential_refreshes: u64,
+    /// Updates left by earlier runs that this run took over.
+    pub resumed: u64,
+    pub fatal: Option<String>,
+    pub audiences: std::collections::BTreeMap<String, Counts>,
+    pub failures: std::collections::BTreeMap<String, u64>,
+}
+
+struct State {
+    conn: Connection,
+    /// Updates whose body is on the wire: nothing may merge into them.
+    sending: HashSet<i64>,
+    /// Keys owned by a worker, and the update it is on.
+    claimed: HashMap<String, i64>,
+    /// Dispatch has looked at every update up to here.
+    cursor: i64,
+    /// A group of verdicts not committed yet: since when, and how many.
+    group: Option<(std::time::Instant, u32)>,
+    /// Why a transaction holding verdicts was lost. Workers had already
+    /// acted on those verdicts (taken a key's next update, sent it), so
+    /// committing anything after them could let an older update be sent
+    /// again over a newer one after a restart: the queue refuses all work
+    /// until the journal is opened again, from what is on disk.
+    failed: Option<String>,
+    /// Tests: make the next commit fail.
+    #[cfg(test)]
+    fail_next_commit: bool,
+}
+
+impl State {
+    /// Joins (or opens) the group transaction.
+    fn begin(&mut self) -> rusqlite::Result<()> {
+        if self.group.is_none() {
+            self.conn.execute_batch("BEGIN IMMEDIATE")?;
+            self.group = Some((std::time::Instant::now(), 0));
+        }
+        Ok(())
+    }
+
+    /// Counts an operation in the group, committing it when it is full or
+    /// old enough.
+    fn done(&mut self) -> rusqlite::Result<()> {
+        if let Some((since, ops)) = &mut self.group {
+            *ops += 1;
+            if *ops >= GROUP_COMMIT_OPS || since.elapsed() >= GROUP_COMMIT_WINDOW {
+                return self.commit();
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the group (`synchronous=FULL`: on disk when this returns).
+    /// A failed commit abandons the group.
+    fn commit(&mut self) -> rusqlite::Result<()> {
+        if self.group.is_none() {
+            return Ok(());
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_commit) {
+            self.abandon("injected commit failure");
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some("injected commit failure".into()),
+            ));
+        }
+        if let Err(e) = self.conn.execute_batch("COMMIT") {
+            self.abandon(&e.to_string());
+            return Err(e);
+        }
+        self.group = None;
+        Ok(())
+    }
+
+    /// Abandons the group after a failed operation: nothing half-done is
+    /// kept, its verdicts are lost (their updates will be sent again), and
+    /// the queue takes no more work ([`State::failed`]).
+    fn abandon(&mut self, why: &str) {
+        if self.group.take().is_some() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            if self.failed.is_none() {
+                tracing::error!("journal transaction lost ({why}): delivery stops");
+                self.failed = Some(why.to_owned());
+            }
+        }
+    }
+
+    /// Refuses queue work after a lost transaction.
+    fn healthy(&self, path: &Path) -> Result<(), JournalError> {
+        match &self.failed {
+            None => Ok(()),
+            Some(why) => Err(JournalError::Failed {
+                path: path.to_owned(),
+                why: why.clone(),
+            }),
+        }
+    }
+}
+
+pub struct Journal {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// The database file, locked while this process delivers from it
+    /// (after `state`: dropped once the connection is closed).
+    _lock: Option<File>,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Err(e) = self.state().commit() {
+            tracing::warn!(
+                "journal {}: last verdicts not committed: {e}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("path", &self.path).finish()
+    }
+}
+
+impl Journal {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Runs `f` outside any group: pending verdicts are committed first.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, JournalError> {
+        let mut state = self.state();
+        state.commit().map_err(|e| self.err(e))?;
+        f(&state.conn).map_err(|e| self.err(e))
+    }
+
+    /// Commits the verdicts of the current group.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        let mut state = self.state();
+        state.healthy(&self.path)?;
+        state.commit().map_err(|e| self.err(e))
+    }
+
+    /// Tests: the next commit fails (as a full disk or an I/O error would).
+    #[cfg(test)]
+    fn fail_next_commit(&self) {
+        self.state().fail_next_commit = true;
+    }
+
+    /// Whether any update is queued (for stall alerts).
+    pub fn has_pending(&self) -> Result<bool, JournalError> {
+        self.with(|conn| conn.query_row("SELECT EXISTS(SELECT 1 FROM updates)", [], |r| r.get(0)))
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(now_epoch_ms()).unwrap_or(i64::MAX)
+}
+
+fn json_or_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
