@@ -107,6 +107,14 @@ impl GuestConfigured for Configured {
         wit::ConfigurationIdentity {
             name: identity.name,
             account: identity.account,
+            audiences: identity
+                .audiences
+                .into_iter()
+                .map(|a| wit::AudienceLabel {
+                    id: a.id,
+                    label: a.label,
+                })
+                .collect(),
         }
     }
 

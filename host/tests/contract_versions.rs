@@ -91,6 +91,11 @@ fn a_contract_0_2_component_coalesces_through_its_merge() {
     assert_eq!(prospect["firstName"], "Ada");
     assert_eq!(prospect["title"], "CEO");
     assert_eq!(prospect["custom4"], "exited");
+    // The component says how to show its audiences.
+    assert_eq!(
+        summary["audience_labels"],
+        json!({"news": "Newsletter (Mapping ID 4)"})
+    );
 }
 
 #[test]
@@ -99,6 +104,8 @@ fn a_contract_0_1_component_runs_and_sends_every_update_in_order() {
     assert_eq!(summary["delivered"], 3, "{summary}");
     assert_eq!(summary["coalesced"], 0, "{summary}");
     assert_eq!(summary["requests_sent"], 3, "{summary}");
+    // Contract 0.1 has no audience labels: the summary shows ids.
+    assert_eq!(summary["audience_labels"], json!({}));
     assert_eq!(prospect["firstName"], "Ada");
     assert_eq!(prospect["title"], "CEO");
     assert_eq!(prospect["custom4"], "exited");

@@ -41,6 +41,12 @@ pub struct Audience {
 }
 
 impl Audience {
+    /// How summaries show the audience: `Newsletter (Mapping ID 4)`.
+    pub fn label(&self) -> String {
+        let name = self.name.as_deref().unwrap_or(&self.id);
+        format!("{name} (Mapping ID {})", self.mapping_id)
+    }
+
     /// How messages refer to the audience: `"Newsletter" (id 7f4b, Mapping ID 4)`.
     pub fn describe(&self) -> String {
         match &self.name {

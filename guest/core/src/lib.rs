@@ -21,8 +21,8 @@ use alloc::vec::Vec;
 pub use config::Config;
 pub use destination_types as types;
 use types::{
-    Classification, ClientAuthentication, ConfigError, ConfigurationIdentity, Descriptor,
-    OauthDescriptor, PlanOutcome, RateLimitPolicy, Request, Response,
+    AudienceLabel, Classification, ClientAuthentication, ConfigError, ConfigurationIdentity,
+    Descriptor, OauthDescriptor, PlanOutcome, RateLimitPolicy, Request, Response,
 };
 
 /// Production API base; request paths are relative to it.
@@ -84,6 +84,15 @@ impl Destination {
         ConfigurationIdentity {
             name: self.config.name.clone(),
             account: self.config.account.clone(),
+            audiences: self
+                .config
+                .audiences
+                .iter()
+                .map(|a| AudienceLabel {
+                    id: a.id.clone(),
+                    label: a.label(),
+                })
+                .collect(),
         }
     }
 

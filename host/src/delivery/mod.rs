@@ -305,6 +305,12 @@ pub async fn run<C: Credentials>(
     let mut summary = Summary::of_run(
         &record,
         SummaryExtras {
+            audience_labels: guest
+                .identity()
+                .audiences
+                .iter()
+                .map(|a| (a.id.clone(), a.label.clone()))
+                .collect(),
             resumed,
             input_already_journaled: input.skipped_lines,
             pending,

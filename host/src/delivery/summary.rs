@@ -29,6 +29,9 @@ pub struct Summary {
     /// `fatal`); the next run sends them.
     pub not_sent: u64,
     pub audiences: BTreeMap<String, AudienceCounts>,
+    /// How the destination names each audience (e.g. `Newsletter (Mapping
+    /// ID 4)`), by id; empty when its contract does not say.
+    pub audience_labels: BTreeMap<String, String>,
     /// Failed and skipped records per reason code.
     pub failures: BTreeMap<String, u64>,
     /// Records merged into an update already queued for the same prospect.
@@ -61,6 +64,7 @@ pub struct Summary {
 
 /// What a run's summary adds to its record in the history.
 pub struct SummaryExtras {
+    pub audience_labels: BTreeMap<String, String>,
     pub resumed: u64,
     pub input_already_journaled: u64,
     pub pending: u64,
@@ -81,6 +85,7 @@ impl Summary {
             skipped: record.counts.skipped,
             not_sent: record.pending,
             audiences: record.audiences.clone(),
+            audience_labels: extras.audience_labels,
             failures: record.failures.clone(),
             coalesced: record.coalesced,
             updates_delivered: record.updates_delivered,

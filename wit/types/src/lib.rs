@@ -98,11 +98,19 @@ pub struct RecordError {
     pub fate: RecordFate,
 }
 
-/// A validated configuration's name and account.
+/// How a host shows an audience.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AudienceLabel {
+    pub id: String,
+    pub label: String,
+}
+
+/// A validated configuration's name, account and audiences.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigurationIdentity {
     pub name: String,
     pub account: Option<String>,
+    pub audiences: Vec<AudienceLabel>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

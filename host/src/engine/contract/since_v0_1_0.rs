@@ -6,7 +6,7 @@
 //! - no record fate: an error code starting `identity-` (no usable id)
 //!   means skipped, any other rejected;
 //! - no configuration identity: the top-level `name` and `account` strings
-//!   of the configuration JSON;
+//!   of the configuration JSON, and no audience labels (ids are shown);
 //! - no OAuth client-authentication style: the form body;
 //! - a `delete` request, which 0.2 cannot express, makes its record a
 //!   `refused-by-host` record error.
@@ -118,6 +118,8 @@ pub fn identity(config_json: &str) -> types::ConfigurationIdentity {
     types::ConfigurationIdentity {
         name: text("name").unwrap_or_default(),
         account: text("account"),
+        // 0.1 does not say how to show audiences: the host shows their ids.
+        audiences: Vec::new(),
     }
 }
 

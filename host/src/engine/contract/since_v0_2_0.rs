@@ -111,6 +111,14 @@ impl Instance {
         Ok(types::ConfigurationIdentity {
             name: identity.name,
             account: identity.account,
+            audiences: identity
+                .audiences
+                .into_iter()
+                .map(|a| types::AudienceLabel {
+                    id: a.id,
+                    label: a.label,
+                })
+                .collect(),
         })
     }
 
