@@ -21,7 +21,7 @@ use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
-use outreach_host::simulator::{Simulator, SimulatorConfig};
+use outreach_simulator::{Simulator, SimulatorConfig};
 
 mod common;
 use common::{CONFIG, record};

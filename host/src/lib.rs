@@ -13,7 +13,6 @@ pub mod journal;
 pub mod limiter;
 pub mod oauth;
 pub mod queue;
-pub mod simulator;
 
 /// A per-user file or directory: `$override_var` if set, else
 /// `$xdg_var/outreach-host/<name>`, else `~/<home_fallback>/outreach-host/<name>`.
@@ -43,21 +42,21 @@ pub const BUILT_COMPONENT_V0_1: &str = env!("OUTREACH_COMPONENT_V0_1_PATH");
 
 /// `YYYY-MM-DD<separator>HH:MM:SS`, UTC, for a time in epoch seconds.
 pub fn format_utc(epoch_secs: u64, separator: char) -> String {
-    let (days, rem) = (epoch_secs / 86_400, epoch_secs % 86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let time = chrono::DateTime::from_timestamp(i64::try_from(epoch_secs).unwrap_or(i64::MAX), 0)
+        .unwrap_or_default();
     format!(
-        "{year:04}-{month:02}-{day:02}{separator}{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
+        "{}{separator}{}",
+        time.format("%Y-%m-%d"),
+        time.format("%H:%M:%S")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_times_read_as_written() {
+        assert_eq!(super::format_utc(0, ' '), "1970-01-01 00:00:00");
+        assert_eq!(super::format_utc(1_795_000_000, 'T'), "2026-11-18T11:06:40");
+        assert_eq!(super::format_utc(951_782_400, ' '), "2000-02-29 00:00:00");
+    }
 }

@@ -7,8 +7,8 @@
 mod common;
 
 use common::{Cli, loopback, scratch, write};
-use outreach_host::simulator::{Simulator, SimulatorConfig};
 use outreach_host::{BUILT_COMPONENT, BUILT_COMPONENT_V0_1};
+use outreach_simulator::{Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
 const CONFIG: &str = r#"{

@@ -2,15 +2,17 @@
 //! random moments and restarted, coalescing under throttling, and a damaged
 //! journal refused.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outreach_host::journal::Journal;
-use outreach_host::simulator::{Simulator, SimulatorConfig};
+use outreach_simulator::{Simulator, SimulatorConfig};
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+
+mod common;
+use common::{loopback, scratch};
 
 const CONFIG: &str = r#"{
   "name": "durability",
@@ -21,19 +23,6 @@ const CONFIG: &str = r#"{
   ],
   "audiences": [ { "id": "aud-news", "name": "Newsletter", "mappingId": 4 } ]
 }"#;
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-/// A fresh directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("outreach-durability-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Version `version` of prospect `id`: the first name always changes, the
 /// title only in even versions (so the final state needs the merge of
@@ -151,7 +140,7 @@ fn killed_and_restarted_runs_lose_nothing() {
             loopback(),
         ))
         .unwrap();
-    let dir = scratch("kill");
+    let dir = scratch("durability", "kill");
     let host = Host::new(&dir, &simulator, CONFIG);
     // Updates to each prospect are spread through the input: version v of
     // every prospect, then version v + 1 of every prospect.
@@ -274,7 +263,7 @@ fn queued_updates_coalesce_while_delivery_is_throttled() {
             loopback(),
         ))
         .unwrap();
-    let dir = scratch("coalesce");
+    let dir = scratch("durability", "coalesce");
     let host = Host::new(&dir, &simulator, CONFIG);
     let mut child = host
         .command(&[
@@ -355,7 +344,7 @@ fn a_damaged_journal_is_refused_never_emptied() {
     let simulator = runtime
         .block_on(Simulator::start(SimulatorConfig::default(), loopback()))
         .unwrap();
-    let dir = scratch("damaged");
+    let dir = scratch("durability", "damaged");
     let mut host = Host::new(&dir, &simulator, CONFIG);
     // A journal with history and queued updates: the token is refused, so
     // 2,000 updates stay queued.
@@ -421,7 +410,7 @@ fn a_signal_stops_the_run_cleanly_and_resume_finishes_it() {
             loopback(),
         ))
         .unwrap();
-    let dir = scratch("signal");
+    let dir = scratch("durability", "signal");
     let host = Host::new(&dir, &simulator, CONFIG);
     let input = dir.join("profiles.ndjson");
     let text: String = (1..=120).map(|id| record(id, 0) + "\n").collect();

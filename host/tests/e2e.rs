@@ -2,39 +2,19 @@
 //! the simulator on loopback.
 
 use std::io::Cursor;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use destination_types::PlanOutcome;
-use outreach_host::BUILT_COMPONENT;
 use outreach_host::delivery::{self, DeliveryOptions, Input, StaticToken, Summary};
-use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
-use outreach_host::simulator::{Faults, Simulator, SimulatorConfig};
+use outreach_simulator::{Faults, Simulator, SimulatorConfig};
 use serde_json::{Value, json};
+
+mod common;
+use common::{loopback, repo_root, runtime, temp_path};
 use std::sync::Arc;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ is in the repository")
-        .to_path_buf()
-}
-
-fn runtime() -> Runtime {
-    Runtime::load(Path::new(BUILT_COMPONENT), None, Limits::default()).expect("component loads")
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-fn temp_file(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("outreach-e2e-{}-{name}", std::process::id()))
-}
 
 const CONFIG: &str = r#"{
   "name": "e2e",
@@ -74,7 +54,7 @@ async fn run_job(
     let destination = runtime.configure(config).unwrap().expect("config valid");
     let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
     let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
-    let letters_path = temp_file(&format!("letters-{}.ndjson", rand_suffix()));
+    let letters_path = temp_path("e2e", "letters.ndjson");
     let options = DeliveryOptions {
         dead_letters: Some(letters_path.clone()),
         ..options
@@ -100,12 +80,6 @@ async fn run_job(
         summary,
         dead_letters,
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +352,7 @@ async fn refused_credentials_stop_the_run_and_keep_every_record() {
         .await
         .unwrap();
     let records: Vec<String> = (1..=20).map(|id| profile(id, "Nope", "realized")).collect();
-    let journal_file = temp_file(&format!("refused-{}.sqlite", rand_suffix()));
+    let journal_file = temp_path("e2e", "refused.sqlite");
     let journal = Arc::new(Journal::open(&journal_file).unwrap());
     let options = DeliveryOptions {
         concurrency: 2,
@@ -439,8 +413,8 @@ async fn dry_run_sends_nothing() {
     let simulator = Simulator::start(SimulatorConfig::default(), loopback())
         .await
         .unwrap();
-    let config = temp_file("dry-config.json");
-    let input = temp_file("dry-input.ndjson");
+    let config = temp_path("e2e", "dry-config.json");
+    let input = temp_path("e2e", "dry-input.ndjson");
     std::fs::write(&config, CONFIG).unwrap();
     std::fs::write(
         &input,
@@ -480,7 +454,7 @@ fn the_demo_prints_a_summary_per_audience() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_outreach-host"))
         .current_dir(repo_root())
         .args(["demo", "--json", "--dead-letters"])
-        .arg(temp_file("demo-letters.ndjson"))
+        .arg(temp_path("e2e", "demo-letters.ndjson"))
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{output:?}");
@@ -489,5 +463,5 @@ fn the_demo_prints_a_summary_per_audience() {
     assert_eq!(summary["audiences"].as_object().unwrap().len(), 4);
     let delivered = summary["delivered"].as_u64().unwrap();
     assert!(delivered > 2900 && delivered < 3000, "{summary}");
-    let _ = std::fs::remove_file(temp_file("demo-letters.ndjson"));
+    let _ = std::fs::remove_file(temp_path("e2e", "demo-letters.ndjson"));
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use outreach_host::simulator::{Simulator, SimulatorConfig};
+use outreach_simulator::{Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
 mod common;

@@ -14,7 +14,7 @@ use outreach_host::delivery::{self, DeliveryOptions, Input, StaticToken, Summary
 use outreach_host::engine::{GuestError, Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::limiter::Limiter;
-use outreach_host::simulator::{Simulator, SimulatorConfig, Stats};
+use outreach_simulator::{Simulator, SimulatorConfig, Stats};
 use serde_json::Value;
 
 fn hostile(limits: Limits) -> Runtime {

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use outreach_host::simulator::{Simulator, SimulatorConfig};
+use outreach_simulator::{Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
 mod common;

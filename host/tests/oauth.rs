@@ -20,8 +20,11 @@ use outreach_host::oauth::{
     AppCredentials, OAuthClient, OAuthCredentials, OAuthError, OAuthSettings, Redirect, TokenSet,
     TokenStore,
 };
-use outreach_host::simulator::{Faults, OAuthApp, Simulator, SimulatorConfig};
+use outreach_simulator::{Faults, OAuthApp, Simulator, SimulatorConfig};
 use serde_json::json;
+
+mod common;
+use common::temp_path;
 
 const USER: &str = "demo@example.com";
 const PASSWORD: &str = "demo-password";
@@ -32,13 +35,6 @@ const CONFIG: &str = r#"{
   "attributeMappings": [ { "source": "person.jobTitle", "target": "title" } ],
   "audiences": [ { "id": "aud", "mappingId": 9 } ]
 }"#;
-
-fn temp_path(name: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("outreach-oauth-{}-{n}-{name}", std::process::id()))
-}
 
 fn records(n: u64) -> Vec<String> {
     (1..=n)
@@ -167,7 +163,7 @@ async fn expired_login(sim: &Simulator, interval: Duration) -> (TokenSet, TokenS
     let client = client(sim, "http://127.0.0.1:9/callback", interval);
     let mut tokens = login(sim, &client).await;
     tokens.expires_at = Some(1);
-    let store = TokenStore::new(temp_path("tokens.json"));
+    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
     store.put("ada", &tokens).unwrap();
     (tokens, store)
 }
@@ -242,7 +238,7 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
         .local_addr()
         .unwrap()
         .port();
-    let store_path = temp_path("tokens.json");
+    let store_path = temp_path("oauth", "tokens.json");
     let app = OAuthApp::default();
     let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
         .args(["login", "--account", "ada", "--pkce", "--redirect-uri"])
@@ -328,8 +324,8 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manual_login_takes_the_pasted_redirect_and_a_client_file() {
     let sim = simulator(OAuthApp::default(), Duration::ZERO).await;
-    let store_path = temp_path("tokens.json");
-    let client_file = temp_path("client.json");
+    let store_path = temp_path("oauth", "tokens.json");
+    let client_file = temp_path("oauth", "client.json");
     let app = OAuthApp::default();
     std::fs::write(
         &client_file,
@@ -396,7 +392,7 @@ async fn a_401_refreshes_once_and_the_run_goes_on() {
     let sim = Arc::new(simulator(app, Duration::from_millis(50)).await);
     let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
     let tokens = login(&sim, &client).await;
-    let store = TokenStore::new(temp_path("tokens.json"));
+    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
     store.put("ada", &tokens).unwrap();
     let credentials = stored_credentials(&sim, &store, Duration::ZERO);
     // The access token is valid for two hours, but Outreach stops accepting
@@ -458,7 +454,7 @@ async fn a_run_outlives_several_access_tokens_and_keeps_the_newest_refresh_token
         Duration::from_millis(500),
     );
     let first = login(&sim, &client).await;
-    let store = TokenStore::new(temp_path("tokens.json"));
+    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
     store.put("ada", &first).unwrap();
     let credentials = stored_credentials(&sim, &store, Duration::from_millis(500));
 
@@ -502,7 +498,7 @@ async fn a_refresh_storm_mints_a_single_token() {
     // every request of the run needs a new one at once.
     sim.revoke_access_tokens(USER);
     tokens.expires_at = Some(1);
-    let store = TokenStore::new(temp_path("tokens.json"));
+    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
     store.put("ada", &tokens).unwrap();
     let credentials = stored_credentials(&sim, &store, interval);
     let summary = run_with(&sim, &credentials, 64, 32, None).await;
@@ -527,12 +523,12 @@ async fn a_revoked_refresh_token_stops_the_run_and_keeps_every_update() {
     let sim = simulator(app, Duration::ZERO).await;
     let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
     let tokens = login(&sim, &client).await;
-    let store = TokenStore::new(temp_path("tokens.json"));
+    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
     store.put("ada", &tokens).unwrap();
     sim.revoke_refresh_tokens(USER);
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     let credentials = stored_credentials(&sim, &store, Duration::ZERO);
-    let letters = temp_path("letters.ndjson");
+    let letters = temp_path("oauth", "letters.ndjson");
     let summary = run_with(&sim, &credentials, 25, 4, Some(letters.clone())).await;
     assert_eq!(summary.delivered, 0);
     assert_eq!(summary.not_sent, 25);
@@ -561,11 +557,11 @@ async fn a_cli_run_never_prints_or_writes_a_secret() {
     let sim = simulator(app.clone(), Duration::from_millis(30)).await;
     let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
     let first = login(&sim, &client).await;
-    let store = TokenStore::new(temp_path("tokens.json"));
+    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
     store.put("ada", &first).unwrap();
-    let config = temp_path("config.json");
-    let input = temp_path("input.ndjson");
-    let letters = temp_path("letters.ndjson");
+    let config = temp_path("oauth", "config.json");
+    let input = temp_path("oauth", "input.ndjson");
+    let letters = temp_path("oauth", "letters.ndjson");
     std::fs::write(&config, CONFIG).unwrap();
     // Some records are refused (prospects 1001+ do not exist) so that dead
     // letters are written too.
@@ -711,7 +707,7 @@ async fn odd_expires_in_values_keep_the_tokens_with_a_sane_expiry() {
             None => assert!(!sane, "{expires_in}: the lifetime was dropped"),
         }
         // The refresh path reads the same answers.
-        let store = TokenStore::new(temp_path("tokens.json"));
+        let store = TokenStore::new(temp_path("oauth", "tokens.json"));
         store.put("ada", &tokens).unwrap();
         let credentials = stored_credentials(&sim, &store, Duration::ZERO);
         credentials.refresh(&tokens.access_token).await.unwrap();
@@ -758,7 +754,7 @@ async fn the_client_authenticates_the_way_the_descriptor_says() {
     assert!(
         refused
             .to_string()
-            .contains("unexpected parameter client_secret"),
+            .contains("unexpected parameter client_id"),
         "{refused}"
     );
 }

@@ -8,7 +8,7 @@ use anyhow::{Result, bail};
 use outreach_host::delivery::{Input, StaticToken};
 use outreach_host::engine::Runtime;
 use outreach_host::journal::Journal;
-use outreach_host::simulator::{Simulator, SimulatorConfig};
+use outreach_simulator::{Simulator, SimulatorConfig};
 
 use super::args::DeliveryArgs;
 use super::deliver::{Job, deliver};

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use outreach_host::simulator::{Faults, Simulator, SimulatorConfig};
+use outreach_simulator::{Faults, Simulator, SimulatorConfig};
 
 use super::args::SimulateArgs;
 use super::{CLIENT_ID_ENV, CLIENT_SECRET_ENV, TOKEN_ENV};
@@ -11,11 +11,11 @@ use super::{CLIENT_ID_ENV, CLIENT_SECRET_ENV, TOKEN_ENV};
 pub(crate) async fn simulate(args: SimulateArgs) -> Result<u8> {
     let simulator = Simulator::start(
         SimulatorConfig {
-            oauth: outreach_host::simulator::OAuthApp {
+            oauth: outreach_simulator::OAuthApp {
                 users: vec![(args.user.clone(), "demo-password".into())],
                 access_lifetime: Duration::from_secs(args.access_lifetime_secs.max(1)),
                 mint_interval: Duration::from_secs(args.mint_interval_secs),
-                ..outreach_host::simulator::OAuthApp::default()
+                ..outreach_simulator::OAuthApp::default()
             },
             prospect_ids: args.prospects.0..=args.prospects.1,
             rate_limit: args.rate_limit,
@@ -40,7 +40,7 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<u8> {
         simulator.addr(),
         simulator.addr()
     );
-    let app = outreach_host::simulator::OAuthApp::default();
+    let app = outreach_simulator::OAuthApp::default();
     println!(
         "OAuth: {CLIENT_ID_ENV}={} {CLIENT_SECRET_ENV}={} outreach-host login --authorize-url {} --token-url {}   (user {}, password demo-password)",
         app.client_id,

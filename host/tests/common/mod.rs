@@ -1,5 +1,7 @@
-//! Helpers shared by the tests that drive the `outreach-host` command
-//! against the simulator on loopback.
+//! Helpers shared by the host's tests: loopback addresses, scratch
+//! directories and unique temporary paths, the built component, the
+//! example configuration, and the `outreach-host` command driven against
+//! the simulator on loopback.
 #![allow(dead_code)] // each test file uses its own part
 
 use std::net::SocketAddr;
@@ -10,6 +12,40 @@ use serde_json::Value;
 
 pub fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ is in the repository")
+        .to_path_buf()
+}
+
+/// The configuration in `examples/destination.json`.
+pub fn example_config() -> String {
+    std::fs::read_to_string(repo_root().join("examples/destination.json")).unwrap()
+}
+
+/// The Outreach component built from this workspace, loaded.
+pub fn runtime() -> outreach_host::engine::Runtime {
+    outreach_host::engine::Runtime::load(
+        Path::new(outreach_host::BUILT_COMPONENT),
+        None,
+        outreach_host::engine::Limits::default(),
+    )
+    .expect("the built component loads")
+}
+
+/// A path in the temporary directory no other call of this process gets.
+pub fn temp_path(prefix: &str, name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "outreach-{prefix}-{}-{n}-{name}",
+        std::process::id()
+    ))
 }
 
 /// An empty directory of this test process.

@@ -168,7 +168,7 @@ fn password_form(session: &str, email: &str, error: Option<&str>) -> Html<String
 }
 
 fn is_loopback_http(uri: &str) -> bool {
-    reqwest::Url::parse(uri).is_ok_and(|u| {
+    url::Url::parse(uri).is_ok_and(|u| {
         u.scheme() == "http" && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
     })
 }
@@ -263,7 +263,7 @@ pub(super) async fn authorize_password(
         return bad_request("this login has expired; start again");
     };
     let code = random_token("code");
-    let Ok(mut location) = reqwest::Url::parse(&login.redirect_uri) else {
+    let Ok(mut location) = url::Url::parse(&login.redirect_uri) else {
         return bad_request("redirect_uri is not a URL");
     };
     location.query_pairs_mut().append_pair("code", &code);
@@ -312,9 +312,11 @@ fn strict_params(
             ));
         }
     }
+    // The first in name order, so that the same request gets the same answer.
     if let Some(extra) = form
         .keys()
-        .find(|k| !required.contains(&k.as_str()) && !optional.contains(&k.as_str()))
+        .filter(|k| !required.contains(&k.as_str()) && !optional.contains(&k.as_str()))
+        .min()
     {
         return Err(token_error(
             StatusCode::BAD_REQUEST,

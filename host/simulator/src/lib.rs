@@ -5,8 +5,9 @@
 //! run against.
 //!
 //! Outreach's prospect schema (which attributes exist, their types and
-//! limits) comes from `outreach_core::catalog`, the same table the guest
-//! validates configurations against.
+//! limits) is the simulator's own ([`schema`]), written from the API's
+//! documentation: the simulator shares no code with the destination it
+//! checks, so it is an independent oracle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -21,7 +22,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use outreach_core::catalog::{self, AttributeKind, Target};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -30,9 +30,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 mod oauth;
+pub mod schema;
+
 pub use oauth::OAuthApp;
+use schema::{Attribute, Field};
 
 const JSON_API: &str = "application/vnd.api+json";
+
+/// Custom fields an Outreach account has: `custom1`..`custom150`.
+pub const MAX_CUSTOM_FIELDS: u32 = 150;
 
 /// Injected failures, as shares of requests (0.0..=1.0).
 #[derive(Clone, Debug, Default)]
@@ -71,7 +77,7 @@ impl Default for SimulatorConfig {
             prospect_ids: 1..=10_000,
             rate_limit: 10_000,
             rate_window: Duration::from_secs(3_600),
-            custom_fields: catalog::MAX_CUSTOM_FIELD,
+            custom_fields: MAX_CUSTOM_FIELDS,
             tokens: Vec::new(),
             faults: Faults::default(),
             seed: 0x5eed,
@@ -271,7 +277,10 @@ fn epoch_seconds_ceil(t: SystemTime) -> u64 {
 
 /// `2017-01-01T00:00:00`, UTC, as Outreach writes it in the 429 message.
 fn iso_utc(secs: u64) -> String {
-    crate::format_utc(secs, 'T')
+    chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
 }
 
 /// `10000` → `10,000`.
@@ -638,34 +647,26 @@ fn update(shared: &Shared, raw_id: &str, headers: &HeaderMap, body: &[u8]) -> Re
 
 /// Why Outreach would refuse `value` for attribute `name`, if it would.
 fn validate_attribute(custom_fields: u32, name: &str, value: &Value) -> Option<String> {
-    let kind = match catalog::lookup(name) {
-        Target::Writable(kind) => kind,
-        Target::Custom(n) if n <= custom_fields => catalog::CUSTOM_KIND,
-        Target::Custom(_) | Target::Unknown => {
-            return Some(format!("{name} is not a valid attribute."));
-        }
-        Target::ReadOnly => return Some(format!("{name} is read-only.")),
+    let field = match schema::attribute(name, custom_fields) {
+        Attribute::Writable(field) => field,
+        Attribute::Unknown => return Some(format!("{name} is not a valid attribute.")),
+        Attribute::ReadOnly => return Some(format!("{name} is read-only.")),
     };
     let too_long = |s: &str, max: usize| {
         let n = s.chars().count();
         (n > max).then(|| format!("{name} is too long ({n} characters, maximum {max})."))
     };
-    match (kind, value) {
+    match (field, value) {
         (_, Value::Null) => None,
-        (AttributeKind::Text { max_chars }, Value::String(s)) => too_long(s, max_chars),
-        (AttributeKind::TextList { max_chars }, Value::Array(items)) => {
-            items.iter().find_map(|item| match item {
-                Value::String(s) => too_long(s, max_chars),
-                _ => Some(format!("{name} must be an array of strings.")),
-            })
-        }
-        (AttributeKind::Boolean, Value::Bool(_)) => None,
-        (AttributeKind::Number, Value::Number(_)) => None,
-        (AttributeKind::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => None,
-        (AttributeKind::Date, Value::String(s)) if outreach_core::time::parse_date(s).is_some() => {
-            None
-        }
-        (kind, _) => Some(format!("{name} has the wrong type (expected {kind:?}).")),
+        (Field::Text(max), Value::String(s)) => too_long(s, max),
+        (Field::TextArray(max), Value::Array(items)) => items.iter().find_map(|item| match item {
+            Value::String(s) => too_long(s, max),
+            _ => Some(format!("{name} must be an array of strings.")),
+        }),
+        (Field::Boolean, Value::Bool(_)) | (Field::Number, Value::Number(_)) => None,
+        (Field::WholeNumber, Value::Number(n)) if n.is_i64() || n.is_u64() => None,
+        (Field::Date, Value::String(s)) if schema::is_date(s) => None,
+        (field, _) => Some(format!("{name} has the wrong type (expected {field:?}).")),
     }
 }
 
