@@ -89,7 +89,8 @@ impl Journal {
 
     /// One run with its counts.
     pub fn run(&self, id: RunId) -> Result<RunRecord, JournalError> {
-        let state = self.state();
+        let mut state = self.state();
+        state.count_so_far().map_err(|e| self.err(e))?;
         let conn = &state.conn;
         let mut record = conn
             .query_row(
@@ -106,7 +107,8 @@ impl Journal {
 
     /// The newest runs first.
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>, JournalError> {
-        let state = self.state();
+        let mut state = self.state();
+        state.count_so_far().map_err(|e| self.err(e))?;
         let conn = &state.conn;
         let mut runs: Vec<RunRecord> = {
             let mut stmt = conn

@@ -26,6 +26,7 @@ mod checkpoints;
 mod history;
 mod letters;
 mod store;
+mod tally;
 #[cfg(test)]
 mod tests;
 mod updates;
@@ -221,6 +222,8 @@ struct State {
     cursor: i64,
     /// A group of verdicts not committed yet: since when, and how many.
     group: Option<(std::time::Instant, u32)>,
+    /// The group's counts, written just before it commits.
+    tally: tally::Tally,
     /// Why a transaction holding verdicts was lost. Workers had already
     /// acted on those verdicts (taken a key's next update, sent it), so
     /// committing anything after them could let an older update be sent
@@ -268,7 +271,11 @@ impl State {
                 Some("injected commit failure".into()),
             ));
         }
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
+        if let Err(e) = self
+            .tally
+            .write(&self.conn)
+            .and_then(|()| self.conn.execute_batch("COMMIT"))
+        {
             self.abandon(&e.to_string());
             return Err(e);
         }
@@ -280,6 +287,7 @@ impl State {
     /// kept, its verdicts are lost (their updates will be sent again), and
     /// the queue takes no more work ([`State::failed`]).
     fn abandon(&mut self, why: &str) {
+        self.tally.clear();
         if self.group.take().is_some() {
             let _ = self.conn.execute_batch("ROLLBACK");
             if self.failed.is_none() {
@@ -287,6 +295,19 @@ impl State {
                 self.failed = Some(why.to_owned());
             }
         }
+    }
+
+    /// Writes the group's counts so far into its open transaction, so that
+    /// reads on this connection see them.
+    /// A failed write loses the group, as a failed commit does.
+    fn count_so_far(&mut self) -> rusqlite::Result<()> {
+        if self.group.is_some()
+            && let Err(e) = self.tally.write(&self.conn)
+        {
+            self.abandon(&e.to_string());
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Refuses queue work after a lost transaction.

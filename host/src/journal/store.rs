@@ -231,6 +231,7 @@ impl Journal {
                 claimed: HashMap::new(),
                 cursor: 0,
                 group: None,
+                tally: Default::default(),
                 failed: None,
                 #[cfg(test)]
                 fail_next_commit: false,

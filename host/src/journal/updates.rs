@@ -9,6 +9,7 @@ use destination_types::{PlanOutcome, RecordFate, Request};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::letters::{bounded_response, insert_letter, request_summary};
+use super::tally::{Fate, Tally};
 use super::{
     Checkpoint, Claim, HeldBack, Incoming, IngestReport, Journal, JournalError, Merge, RunId,
     State, Verdict, now_ms,
@@ -49,13 +50,20 @@ impl Journal {
         let mut state = self.state();
         state.healthy(&self.path)?;
         state.begin().map_err(|e| self.err(e))?;
-        let State { conn, sending, .. } = &mut *state;
-        let result = ingest_batch(conn, sending, run, batch, checkpoint, merge, &self.path)
-            // Accepted means on disk, whatever happens to the machine next.
-            .and_then(|coalesced| {
-                state.commit().map_err(|e| self.err(e))?;
-                Ok(coalesced)
-            });
+        let State {
+            conn,
+            sending,
+            tally,
+            ..
+        } = &mut *state;
+        let result = ingest_batch(
+            conn, tally, sending, run, batch, checkpoint, merge, &self.path,
+        )
+        // Accepted means on disk, whatever happens to the machine next.
+        .and_then(|coalesced| {
+            state.commit().map_err(|e| self.err(e))?;
+            Ok(coalesced)
+        });
         if let Err(e) = &result {
             state.abandon(&e.to_string());
         }
@@ -191,7 +199,10 @@ impl Journal {
         let recorded = state
             .begin()
             .map_err(|e| self.err(e))
-            .and_then(|()| finish_update(&state.conn, claim.seq, verdict, current_run, &self.path))
+            .and_then(|()| {
+                let State { conn, tally, .. } = &mut *state;
+                finish_update(conn, tally, claim.seq, verdict, current_run, &self.path)
+            })
             .and_then(|()| {
                 state
                     .conn
@@ -280,67 +291,10 @@ fn store_request(
 }
 
 /// Which count a record's fate adds to.
-#[derive(Clone, Copy)]
-enum Fate {
-    Delivered,
-    Rejected,
-    Skipped,
-}
-
-/// Adds one record's fate to its run's counters.
-fn credit(
-    tx: &Connection,
-    run: RunId,
-    audiences: &[String],
-    fate: Fate,
-    received: bool,
-    record_level: bool,
-    failure: Option<&str>,
-) -> rusqlite::Result<()> {
-    let column = match fate {
-        Fate::Delivered => "delivered",
-        Fate::Rejected => "rejected",
-        Fate::Skipped => "skipped",
-    };
-    let received = i64::from(received);
-    for audience in audiences {
-        tx.prepare_cached(&format!(
-            "INSERT INTO run_audiences(run_id, audience, received, {column}) VALUES (?1, ?2, ?3, 1)
-             ON CONFLICT(run_id, audience) DO UPDATE SET received = received + ?3, {column} = {column} + 1"
-        ))?
-        .execute(params![run, audience, received])?;
-    }
-    if record_level {
-        tx.prepare_cached(&format!(
-            "UPDATE runs SET received = received + ?2, {column} = {column} + 1 WHERE id = ?1"
-        ))?
-        .execute(params![run, received])?;
-    }
-    if let Some(code) = failure {
-        tx.prepare_cached(
-            "INSERT INTO run_failures(run_id, code, count) VALUES (?1, ?2, 1)
-             ON CONFLICT(run_id, code) DO UPDATE SET count = count + 1",
-        )?
-        .execute(params![run, code])?;
-    }
-    Ok(())
-}
-
-fn credit_received(tx: &Connection, run: RunId, audiences: &[String]) -> rusqlite::Result<()> {
-    for audience in audiences {
-        tx.prepare_cached(
-            "INSERT INTO run_audiences(run_id, audience, received) VALUES (?1, ?2, 1)
-             ON CONFLICT(run_id, audience) DO UPDATE SET received = received + 1",
-        )?
-        .execute(params![run, audience])?;
-    }
-    tx.prepare_cached("UPDATE runs SET received = received + 1 WHERE id = ?1")?
-        .execute([run])?;
-    Ok(())
-}
-
+#[allow(clippy::too_many_arguments)]
 fn ingest_batch(
     conn: &mut Connection,
+    tally: &mut Tally,
     sending: &HashSet<i64>,
     run: RunId,
     batch: Vec<Incoming>,
@@ -384,32 +338,28 @@ fn ingest_batch(
         }
         match incoming.outcome {
             PlanOutcome::Skip(_) => {
-                credit(
-                    tx,
+                tally.credit(
                     run,
                     &[],
-                    Fate::Skipped,
+                    Some(Fate::Skipped),
                     true,
                     true,
                     Some("nothing-to-write"),
-                )
-                .map_err(sqlite)?;
+                );
             }
             PlanOutcome::Invalid(error) => {
                 let fate = match error.fate {
                     RecordFate::Skipped => Fate::Skipped,
                     RecordFate::Rejected => Fate::Rejected,
                 };
-                credit(
-                    tx,
+                tally.credit(
                     run,
                     &error.audiences,
-                    fate,
+                    Some(fate),
                     true,
                     true,
                     Some(&error.code),
-                )
-                .map_err(sqlite)?;
+                );
                 insert_letter(
                     tx,
                     run,
@@ -433,7 +383,7 @@ fn ingest_batch(
                         }
                     }
                 }
-                credit_received(tx, run, &all_audiences).map_err(sqlite)?;
+                tally.credit(run, &all_audiences, None, true, true, None);
                 for (part, request) in requests.into_iter().enumerate() {
                     let audiences =
                         serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
@@ -554,6 +504,7 @@ fn enqueue(
 
 fn finish_update(
     tx: &Connection,
+    tally: &mut Tally,
     seq: i64,
     verdict: &Verdict,
     current_run: RunId,
@@ -603,28 +554,24 @@ fn finish_update(
         let audiences: Vec<String> = serde_json::from_str(audiences).unwrap_or_default();
         match verdict {
             Verdict::Delivered => {
-                credit(
-                    tx,
+                tally.credit(
                     *run,
                     &audiences,
-                    Fate::Delivered,
+                    Some(Fate::Delivered),
                     false,
                     *first_part,
                     None,
-                )
-                .map_err(sqlite)?;
+                );
             }
             Verdict::Rejected { code, reason, .. } => {
-                credit(
-                    tx,
+                tally.credit(
                     *run,
                     &audiences,
-                    Fate::Rejected,
+                    Some(Fate::Rejected),
                     false,
                     *first_part,
                     Some(code),
-                )
-                .map_err(sqlite)?;
+                );
                 insert_letter(
                     tx,
                     *run,
@@ -642,11 +589,7 @@ fn finish_update(
         }
     }
     if matches!(verdict, Verdict::Delivered) {
-        tx.prepare_cached(
-            "UPDATE runs SET updates_delivered = updates_delivered + 1 WHERE id = ?1",
-        )
-        .and_then(|mut s| s.execute([current_run]))
-        .map_err(sqlite)?;
+        tally.update_delivered(current_run);
     }
     tx.prepare_cached("DELETE FROM sources WHERE seq = ?1")
         .and_then(|mut s| s.execute([seq]))
