@@ -200,7 +200,7 @@ mod tests {
     use destination_types::Header;
 
     fn policy() -> EgressPolicy {
-        EgressPolicy::new("https://api.outreach.io/api/v2").unwrap()
+        EgressPolicy::new("https://api.example.com/api/v2").unwrap()
     }
 
     fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> Request {
@@ -225,11 +225,11 @@ mod tests {
         let p = policy();
         assert_eq!(
             p.url_for("/items/12").unwrap().as_str(),
-            "https://api.outreach.io/api/v2/items/12"
+            "https://api.example.com/api/v2/items/12"
         );
         assert_eq!(
             p.url_for("/items/12?include=account").unwrap().as_str(),
-            "https://api.outreach.io/api/v2/items/12?include=account"
+            "https://api.example.com/api/v2/items/12?include=account"
         );
         assert!(p.url_for("/items/v1.2").is_ok());
     }
@@ -248,13 +248,13 @@ mod tests {
             "/items/.%2E/../x",
             "/items/%2E%2e/x",
             "/.%2e/.%2e/oauth/token",
-            "/./prospects",
-            "/%2e/prospects",
-            "/prospects%2f..%2f..%2foauth",
-            "/prospects%2F1",
-            "/prospects%5c..%5coauth",
+            "/./items",
+            "/%2e/items",
+            "/items%2f..%2f..%2foauth",
+            "/items%2F1",
+            "/items%5c..%5coauth",
             "/x\\y",
-            "prospects/1",
+            "items/1",
             "/a b",
             "/a#b",
             "/a\tb",
@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn bases_must_be_absolute_http() {
         for bad in [
-            "api.outreach.io",
+            "api.example.com",
             "ftp://x/y",
             "file:///etc",
             "",

@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn bases_must_be_absolute_http() {
-        for bad in ["api.outreach.io", "ftp://x/y", "file:///etc", ""] {
+        for bad in ["api.example.com", "ftp://x/y", "file:///etc", ""] {
             assert!(
                 ApiClient::new(bad, Duration::from_secs(1)).is_err(),
                 "{bad}"
@@ -167,7 +167,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().route(
-            "/api/v2/prospects/1",
+            "/api/v2/items/1",
             axum::routing::patch(|| async {
                 (
                     axum::http::StatusCode::UNPROCESSABLE_ENTITY,
@@ -180,7 +180,7 @@ mod tests {
             ApiClient::new(&format!("http://{addr}/api/v2"), Duration::from_secs(10)).unwrap();
         let request = Request {
             method: Method::Patch,
-            path: "/prospects/1".into(),
+            path: "/items/1".into(),
             headers: vec![],
             body: "{}".into(),
             key: "1".into(),

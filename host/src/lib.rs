@@ -3,6 +3,7 @@
 //! itself may not perform. One module per capability.
 
 pub mod alerts;
+pub mod clock;
 pub mod delivery;
 pub mod egress;
 pub mod engine;
@@ -33,7 +34,7 @@ pub(crate) fn user_path(
     Some(if name.is_empty() { dir } else { dir.join(name) })
 }
 
-/// The Outreach component built from this workspace's `guest/` by
+/// The destination component built from this workspace's `guest/` by
 /// `host/build.rs`.
 pub const BUILT_COMPONENT: &str = env!("OUTREACH_COMPONENT_PATH");
 

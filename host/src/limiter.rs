@@ -9,7 +9,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use destination_types::{Budget, RateLimitPolicy};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -33,7 +33,8 @@ pub struct Limiter {
 }
 
 /// The longest wait a server time may impose; anything later is taken as
-/// this (Outreach's window is one hour, so a sane reset is never further).
+/// this (rate-limit windows are an hour at most for the APIs a sync
+/// targets, so a sane reset is never further).
 pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(2 * 3_600);
 
 /// Converts an epoch-milliseconds time to a tokio instant: the past is now,
@@ -43,11 +44,7 @@ pub fn instant_at(epoch_ms: u64) -> Instant {
     Instant::now() + wait.min(MAX_SERVER_WAIT)
 }
 
-pub fn now_epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use crate::clock::now_ms as now_epoch_ms;
 
 impl Limiter {
     pub fn new(policy: &RateLimitPolicy) -> Result<Self, PolicyError> {

@@ -193,7 +193,7 @@ pub(crate) enum Command {
         #[arg(long)]
         manual: bool,
         /// The redirect URI registered with the OAuth application.
-        #[arg(long, default_value = "http://127.0.0.1:8765/callback")]
+        #[arg(long, default_value = outreach_host::oauth::DEFAULT_REDIRECT_URI)]
         redirect_uri: String,
         /// Send a PKCE challenge (for providers that accept it).
         #[arg(long)]
@@ -252,7 +252,7 @@ pub(crate) struct LetterArgs {
     /// Only those of this run (a run id, or `last`).
     #[arg(long)]
     pub(crate) run: Option<String>,
-    /// Only those with this reason code (e.g. `validationError`, `resourceNotFound`).
+    /// Only those with this reason code (e.g. `validation-error`, `prospect-not-found`, `retries-exhausted`).
     #[arg(long)]
     pub(crate) code: Option<String>,
     /// Only these letters (repeatable).

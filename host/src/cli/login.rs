@@ -61,7 +61,8 @@ pub(crate) fn oauth_client(
             .unwrap_or(descriptor.authorize_url),
         token_url: args.token_url.clone().unwrap_or(descriptor.token_url),
         // Refreshes send no redirect URI; any valid URL satisfies the client.
-        redirect_uri: redirect_uri.unwrap_or_else(|| "http://127.0.0.1:8765/callback".into()),
+        redirect_uri: redirect_uri
+            .unwrap_or_else(|| outreach_host::oauth::DEFAULT_REDIRECT_URI.into()),
         scopes: descriptor.scopes,
         app: app_credentials(args)?,
         pkce,
@@ -116,9 +117,7 @@ pub(crate) fn expires_in(expires_at: Option<u64>) -> String {
     let Some(at) = expires_at else {
         return "(unknown)".into();
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = outreach_host::clock::now_secs();
     if at <= now {
         return "0 s (expired; it is refreshed on the next run)".into();
     }

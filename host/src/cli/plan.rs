@@ -30,18 +30,23 @@ pub(crate) fn dry_run(
     .max_record_bytes(max_record_bytes);
     let mut out = BufWriter::new(std::io::stdout().lock());
     let (mut sends, mut skips, mut invalid) = (0usize, 0usize, 0usize);
-    delivery::plan_stream(&mut destination, input, 500, |item, outcome| {
-        match outcome {
-            PlanOutcome::Send(_) => sends += 1,
-            PlanOutcome::Skip(_) => skips += 1,
-            PlanOutcome::Invalid(_) => invalid += 1,
-        }
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "line": item.line, "outcome": outcome })
-        )
-    })?;
+    delivery::plan_stream(
+        &mut destination,
+        input,
+        delivery::DEFAULT_BATCH,
+        |item, outcome| {
+            match outcome {
+                PlanOutcome::Send(_) => sends += 1,
+                PlanOutcome::Skip(_) => skips += 1,
+                PlanOutcome::Invalid(_) => invalid += 1,
+            }
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "line": item.line, "outcome": outcome })
+            )
+        },
+    )?;
     out.flush()?;
     eprintln!(
         "dry run: {sends} requests planned, nothing sent; {skips} records skipped, {invalid} invalid"

@@ -66,6 +66,10 @@ impl Credentials for StaticToken {
     }
 }
 
+/// Records per call into the component (and per journal transaction)
+/// unless configured otherwise.
+pub const DEFAULT_BATCH: usize = 500;
+
 /// Tuning of a run.
 #[derive(Clone)]
 pub struct DeliveryOptions {
@@ -104,7 +108,7 @@ impl Default for DeliveryOptions {
             max_attempts: 6,
             backoff_base: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
-            batch: 500,
+            batch: DEFAULT_BATCH,
             journal: None,
             dead_letters: None,
             progress: false,

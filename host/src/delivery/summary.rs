@@ -23,7 +23,8 @@ pub struct Summary {
     /// Records refused: invalid records, requests the API rejected, requests
     /// that exhausted their retries.
     pub rejected: u64,
-    /// Records with nothing to write, or without a usable prospect id.
+    /// Records with nothing to write, or that cannot be matched to an
+    /// object in the destination (no usable id).
     pub skipped: u64,
     /// Records still queued in the journal because the run stopped (see
     /// `fatal`); the next run sends them.
@@ -34,7 +35,7 @@ pub struct Summary {
     pub audience_labels: BTreeMap<String, String>,
     /// Failed and skipped records per reason code.
     pub failures: BTreeMap<String, u64>,
-    /// Records merged into an update already queued for the same prospect.
+    /// Records merged into an update already queued for the same key.
     pub coalesced: u64,
     /// Updates (after coalescing) that landed.
     pub updates_delivered: u64,
@@ -53,7 +54,7 @@ pub struct Summary {
     pub elapsed_ms: u64,
     /// Why the run stopped early, if it did.
     pub fatal: Option<String>,
-    /// Replayed dead letters not sent because their prospects have newer
+    /// Replayed dead letters not sent because their keys have newer
     /// updates (`dead-letters replay --force` sends them anyway).
     pub held_back: Vec<HeldBack>,
     /// The run stopped because the account must log in again.

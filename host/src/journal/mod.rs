@@ -41,8 +41,6 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::limiter::now_epoch_ms;
-
 pub use checkpoints::Checkpoint;
 pub use letters::{DeadLetter, LetterFilter, MAX_STORED_RESPONSE_BYTES, request_summary};
 use store::SCHEMA_VERSION;
@@ -392,8 +390,9 @@ impl Journal {
     }
 }
 
+/// The clock's time as SQLite stores it.
 fn now_ms() -> i64 {
-    i64::try_from(now_epoch_ms()).unwrap_or(i64::MAX)
+    i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX)
 }
 
 fn json_or_text(text: &str) -> Value {

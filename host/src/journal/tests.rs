@@ -263,7 +263,7 @@ fn a_lost_verdict_stops_the_queue_so_no_older_update_overtakes_a_newer_one() {
         );
     }
     // Opened again, the queue holds both, in order: the older one, with
-    // the newer one folded in (newer values win), so the prospect ends
+    // the newer one folded in (newer values win), so the item ends
     // with the newer values — never the older ones over them.
     let journal = Journal::open(&path).unwrap();
     let run = journal
@@ -336,7 +336,7 @@ fn the_owner_of_a_key_takes_the_next_update_after_a_verdict() {
         .unwrap();
     let rejected = Verdict::Rejected {
         code: "validation-error".into(),
-        reason: "custom4 is not a field".into(),
+        reason: "field4 is not a field".into(),
         request: None,
         response: None,
     };

@@ -12,7 +12,7 @@ pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Query, State};
@@ -37,6 +37,10 @@ pub use credentials::OAuthCredentials;
 pub use store::{TokenSet, TokenStore};
 
 use response::IssuedTokens;
+
+/// Where `login` listens for the browser's redirect unless told otherwise
+/// (the address to register with the OAuth application).
+pub const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1:8765/callback";
 
 /// Refresh this long before the access token expires.
 pub const REFRESH_MARGIN: Duration = Duration::from_secs(300);
@@ -107,11 +111,7 @@ pub enum OAuthError {
     Store(#[from] store::StoreError),
 }
 
-pub(crate) fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use crate::clock::now_secs;
 
 /// An OAuth client for one application.
 #[derive(Clone)]
@@ -234,8 +234,8 @@ fn token_set(response: &IssuedTokens, previous_refresh: Option<&str>) -> TokenSe
     let now = now_secs();
     TokenSet {
         access_token: response.access_token().secret().clone(),
-        // Outreach rotates refresh tokens; keep the old one only if the
-        // server sent none.
+        // Servers that rotate refresh tokens send a new one with every
+        // answer; keep the old one only if the server sent none.
         refresh_token: response
             .refresh_token()
             .map(|r| r.secret().clone())

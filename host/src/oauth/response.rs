@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 /// The longest an access token is believed to live, whatever the server
-/// says (Outreach issues two-hour tokens).
+/// says (providers issue tokens of an hour or two).
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

@@ -268,7 +268,7 @@ mod tests {
             access_token: format!("access-{n}"),
             refresh_token: Some(format!("refresh-{n}")),
             expires_at: Some(1_000 + u64::from(n)),
-            scope: Some("prospects.write".into()),
+            scope: Some("items.write".into()),
             obtained_at_ms: 1,
         }
     }
