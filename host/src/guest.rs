@@ -39,18 +39,27 @@ impl Actor {
         Ok(Self { jobs })
     }
 
-    /// Runs `call` on the actor's instance and awaits its answer.
-    async fn call<T: Send + 'static>(
+    /// Queues `call` for the actor's instance; its answer comes on the
+    /// receiver.
+    fn submit<T: Send + 'static>(
         &self,
         call: impl FnOnce(&mut Destination) -> T + Send + 'static,
-    ) -> Result<T, GuestError> {
+    ) -> Result<oneshot::Receiver<T>, GuestError> {
         let (answer, answered) = oneshot::channel();
         self.jobs
             .send(Box::new(move |d| {
                 let _ = answer.send(call(d));
             }))
             .map_err(|_| gone())?;
-        answered.await.map_err(|_| gone())
+        Ok(answered)
+    }
+
+    /// Runs `call` on the actor's instance and awaits its answer.
+    async fn call<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut Destination) -> T + Send + 'static,
+    ) -> Result<T, GuestError> {
+        self.submit(call)?.await.map_err(|_| gone())
     }
 
     /// [`Actor::call`] from a thread that may block (never an async
@@ -59,13 +68,7 @@ impl Actor {
         &self,
         call: impl FnOnce(&mut Destination) -> T + Send + 'static,
     ) -> Result<T, GuestError> {
-        let (answer, answered) = oneshot::channel();
-        self.jobs
-            .send(Box::new(move |d| {
-                let _ = answer.send(call(d));
-            }))
-            .map_err(|_| gone())?;
-        answered.blocking_recv().map_err(|_| gone())
+        self.submit(call)?.blocking_recv().map_err(|_| gone())
     }
 }
 

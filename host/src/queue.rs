@@ -1,6 +1,7 @@
 //! The queue between intake and delivery, as delivery sees it: enqueue
 //! planned records, claim a key's next update, attempt it, finish it with a
-//! verdict (delivered or dead-lettered), or release it. Ordering per key,
+//! verdict (delivered or dead-lettered), or release it; and the history
+//! kept with it: runs and their counts, dead letters. Ordering per key,
 //! coalescing and durability are the queue's promises; where it keeps its
 //! state is its own business.
 //!
@@ -16,17 +17,71 @@ use std::thread;
 use destination_types::Request;
 use tokio::sync::oneshot;
 
+pub use crate::journal::Verdict;
 use crate::journal::{
-    Checkpoint, Claim, GROUP_COMMIT_WINDOW, Incoming, IngestReport, Journal, JournalError, RunId,
-    Verdict,
+    Checkpoint, Claim, DeadLetter, GROUP_COMMIT_WINDOW, Incoming, IngestReport, Journal,
+    JournalError, LetterFilter, RunId, RunRecord, RunStats,
 };
 
 /// How the destination combines two updates queued for one key.
 pub type Merger = Arc<dyn Fn(&Request, &Request) -> Option<Request> + Send + Sync>;
 
+/// A run about to start.
+#[derive(Clone, Debug)]
+pub struct RunStart {
+    /// `run`, `resume`, `replay`, `demo`.
+    pub kind: String,
+    pub destination: String,
+    pub api_base: String,
+    pub input: Option<String>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct RunEnd {
+    pub status: &'static str,
+    pub stats: RunStats,
+    pub resumed: u64,
+    pub fatal: Option<String>,
+}
+
 /// What delivery needs from a queue.
 pub trait Queue: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Where the queue keeps its state, for messages.
+    fn location(&self) -> String;
+
+    /// The API base the queued updates were planned for, and how many
+    /// records wait, if any do.
+    fn pending_target(
+        &self,
+    ) -> impl Future<Output = Result<Option<(String, u64)>, Self::Error>> + Send;
+
+    /// Records a new run: its id, and how many records earlier runs left
+    /// queued (this run takes them over).
+    fn start_run(
+        &self,
+        start: RunStart,
+    ) -> impl Future<Output = Result<(RunId, u64), Self::Error>> + Send;
+
+    /// Records how `run` ended; its record, and how many records of any
+    /// run are still queued.
+    fn end_run(
+        &self,
+        run: RunId,
+        end: RunEnd,
+    ) -> impl Future<Output = Result<(RunRecord, u64), Self::Error>> + Send;
+
+    /// A run's record as it stands.
+    fn run_record(&self, run: RunId)
+    -> impl Future<Output = Result<RunRecord, Self::Error>> + Send;
+
+    /// The dead letters `filter` selects.
+    fn dead_letters(
+        &self,
+        filter: LetterFilter,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, Self::Error>> + Send;
 
     /// Durably enqueues a batch of planned records and the input position
     /// after them; returns once both are on disk.
@@ -126,6 +181,50 @@ fn serve(journal: &Journal, merge: &Merger, inbox: &mpsc::Receiver<Job>) {
 
 impl Queue for JournalQueue {
     type Error = JournalError;
+
+    fn location(&self) -> String {
+        self.journal.path().display().to_string()
+    }
+
+    async fn pending_target(&self) -> Result<Option<(String, u64)>, JournalError> {
+        self.call(|journal, _| journal.pending_api_base()).await
+    }
+
+    async fn start_run(&self, start: RunStart) -> Result<(RunId, u64), JournalError> {
+        self.call(move |journal, _| {
+            let run = journal.start_run(
+                &start.kind,
+                &start.destination,
+                &start.api_base,
+                start.input.as_deref(),
+            )?;
+            Ok((run, journal.records_of_other_runs(run)?))
+        })
+        .await
+    }
+
+    async fn end_run(&self, run: RunId, end: RunEnd) -> Result<(RunRecord, u64), JournalError> {
+        self.call(move |journal, _| {
+            journal.end_run(
+                run,
+                end.status,
+                &end.stats,
+                end.resumed,
+                end.fatal.as_deref(),
+            )?;
+            Ok((journal.run(run)?, journal.pending_records(None)?))
+        })
+        .await
+    }
+
+    async fn run_record(&self, run: RunId) -> Result<RunRecord, JournalError> {
+        self.call(move |journal, _| journal.run(run)).await
+    }
+
+    async fn dead_letters(&self, filter: LetterFilter) -> Result<Vec<DeadLetter>, JournalError> {
+        self.call(move |journal, _| journal.dead_letters(&filter))
+            .await
+    }
 
     async fn enqueue(
         &self,

@@ -477,20 +477,31 @@ fn response_from(value: &Value) -> Response {
     }
 }
 
+/// A vector file's destination; a refused configuration is one failure.
+fn configured<'s>(
+    subject: &'s dyn Subject,
+    config: &str,
+    file: &str,
+    report: &mut Report,
+) -> Option<Box<dyn Configured + 's>> {
+    match subject.configure(config) {
+        Ok(Ok(destination)) => Some(destination),
+        other => {
+            report.fail(file, format!("configuration refused: {:?}", other.err()));
+            None
+        }
+    }
+}
+
 fn run_classify_file(subject: &dyn Subject, dir: &Path, file: &Path, report: &mut Report) {
     let vector = read_json(file);
     let file_name = file.file_name().unwrap_or_default().to_string_lossy();
     let config = config_text(dir, &vector).expect("a config for classify vectors");
     let now_ms = vector["now_ms"].as_u64().expect("now_ms");
-    let mut destination = match subject.configure(&config) {
-        Ok(Ok(d)) => d,
-        other => {
-            report.fail(
-                &format!("classify/{file_name}"),
-                format!("configuration refused: {:?}", other.err()),
-            );
-            return;
-        }
+    let Some(mut destination) =
+        configured(subject, &config, &format!("classify/{file_name}"), report)
+    else {
+        return;
     };
     for case in vector["cases"].as_array().expect("cases") {
         let name = format!(
@@ -532,15 +543,9 @@ fn run_merge_file(subject: &dyn Subject, dir: &Path, file: &Path, report: &mut R
     let vector = read_json(file);
     let file_name = file.file_name().unwrap_or_default().to_string_lossy();
     let config = config_text(dir, &vector).expect("a config for merge vectors");
-    let mut destination = match subject.configure(&config) {
-        Ok(Ok(d)) => d,
-        other => {
-            report.fail(
-                &format!("merge/{file_name}"),
-                format!("configuration refused: {:?}", other.err()),
-            );
-            return;
-        }
+    let Some(mut destination) = configured(subject, &config, &format!("merge/{file_name}"), report)
+    else {
+        return;
     };
     for case in vector["cases"].as_array().expect("cases") {
         let name = format!(

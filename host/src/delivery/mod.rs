@@ -26,9 +26,9 @@ use crate::guest::Guest;
 use crate::http::ApiClient;
 pub use crate::input::Input;
 use crate::input::InputError;
-use crate::journal::{Journal, JournalError, LetterFilter, RunId, RunStats};
+use crate::journal::{DeadLetter, Journal, JournalError, LetterFilter, RunStats};
 use crate::limiter::{Limiter, now_epoch_ms};
-use crate::queue::{JournalQueue, Merger};
+use crate::queue::{JournalQueue, Merger, Queue, RunEnd, RunStart};
 use control::{Control, until_signal};
 use dispatch::{Counters, Dispatcher};
 use intake::Intake;
@@ -134,6 +134,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Queue(Box<dyn std::error::Error + Send + Sync>),
     #[error("the component cannot run: {0}")]
     Component(GuestError),
     #[error(
@@ -160,7 +162,6 @@ pub async fn run<C: Credentials>(
     input: Input,
     options: &DeliveryOptions,
 ) -> Result<Summary, RunError> {
-    let started = Instant::now();
     let journal = match &options.journal {
         Some(journal) => journal.clone(),
         None => Arc::new(Journal::in_memory()?),
@@ -170,32 +171,43 @@ pub async fn run<C: Credentials>(
         let guest = guest.clone();
         Arc::new(move |older, newer| guest.merge_blocking(older, newer))
     };
-    let queue = JournalQueue::start(journal.clone(), merger)?;
+    let queue = JournalQueue::start(journal, merger)?;
+    deliver(&guest, &queue, api, limiter, credentials, input, options).await
+}
+
+/// [`run`] through any queue: `guest` plans, classifies and merges, `queue`
+/// holds the updates and the history.
+pub async fn deliver<C: Credentials, Q: Queue>(
+    guest: &Guest,
+    queue: &Q,
+    api: &ApiClient,
+    limiter: &Limiter,
+    credentials: &C,
+    input: Input,
+    options: &DeliveryOptions,
+) -> Result<Summary, RunError> {
+    let started = Instant::now();
     let api_base = api.base().as_str().to_owned();
     let (items, input) = input.into_parts();
-    let pending = queue.call(|j, _| j.pending_api_base()).await?;
-    if let Some((queued_for, records)) = pending
+    if let Some((queued_for, records)) = queue.pending_target().await.map_err(queue_failed)?
         && queued_for != api_base
     {
         return Err(RunError::OtherApiBase {
-            journal: journal.path().to_owned(),
+            journal: PathBuf::from(queue.location()),
             records,
             queued_for,
             api_base,
         });
     }
-    let (kind, name, input_name) = (
-        options.kind.clone(),
-        options.destination.clone(),
-        input.name.clone(),
-    );
-    let base = api_base.clone();
-    let run_id = queue
-        .call(move |j, _| j.start_run(&kind, &name, &base, input_name.as_deref()))
-        .await?;
-    let resumed = queue
-        .call(move |j, _| j.records_of_other_runs(run_id))
-        .await?;
+    let (run_id, resumed) = queue
+        .start_run(RunStart {
+            kind: options.kind.clone(),
+            destination: options.destination.clone(),
+            api_base: api_base.clone(),
+            input: input.name.clone(),
+        })
+        .await
+        .map_err(queue_failed)?;
     if resumed > 0 {
         tracing::info!("resuming {resumed} records queued by earlier runs");
     }
@@ -221,8 +233,8 @@ pub async fn run<C: Credentials>(
     let last_verdict_ms = AtomicU64::new(now_epoch_ms());
     let held_back = Mutex::new(Vec::new());
     let intake = Intake {
-        guest: &guest,
-        queue: &queue,
+        guest,
+        queue,
         run: run_id,
         batch: options.batch,
         control: &control,
@@ -233,8 +245,8 @@ pub async fn run<C: Credentials>(
         api,
         limiter,
         credentials,
-        guest: &guest,
-        queue: &queue,
+        guest,
+        queue,
         policy: retry::Policy {
             max_attempts: options.max_attempts,
             backoff_base: options.backoff_base,
@@ -249,7 +261,7 @@ pub async fn run<C: Credentials>(
         progress: progress.as_ref(),
     };
     let reporter = Reporter {
-        queue: &queue,
+        queue,
         run: run_id,
         options,
     };
@@ -282,30 +294,38 @@ pub async fn run<C: Credentials>(
     }
 
     let fatal = control.stopped();
-    let stats = RunStats {
-        requests_sent: counters.requests_sent.load(Ordering::Relaxed),
-        rate_limited: counters.rate_limited.load(Ordering::Relaxed),
-        retries: counters.retries.load(Ordering::Relaxed),
-        credential_refreshes: counters.refreshes.load(Ordering::Relaxed),
+    let rejected = queue
+        .run_record(run_id)
+        .await
+        .map_err(queue_failed)?
+        .counts
+        .rejected;
+    let status = if control.interrupted() {
+        "interrupted"
+    } else if fatal.is_some() {
+        "stopped"
+    } else if rejected > 0 {
+        "completed-with-failures"
+    } else {
+        "completed"
     };
-    let interrupted = control.interrupted();
-    let ended_fatal = fatal.clone();
     let (record, pending) = queue
-        .call(move |j, _| {
-            let before = j.run(run_id)?;
-            let status = if interrupted {
-                "interrupted"
-            } else if ended_fatal.is_some() {
-                "stopped"
-            } else if before.counts.rejected > 0 {
-                "completed-with-failures"
-            } else {
-                "completed"
-            };
-            j.end_run(run_id, status, &stats, resumed, ended_fatal.as_deref())?;
-            Ok((j.run(run_id)?, j.pending_records(None)?))
-        })
-        .await?;
+        .end_run(
+            run_id,
+            RunEnd {
+                status,
+                stats: RunStats {
+                    requests_sent: counters.requests_sent.load(Ordering::Relaxed),
+                    rate_limited: counters.rate_limited.load(Ordering::Relaxed),
+                    retries: counters.retries.load(Ordering::Relaxed),
+                    credential_refreshes: counters.refreshes.load(Ordering::Relaxed),
+                },
+                resumed,
+                fatal,
+            },
+        )
+        .await
+        .map_err(queue_failed)?;
     let mut summary = Summary::of_run(
         &record,
         SummaryExtras {
@@ -320,15 +340,23 @@ pub async fn run<C: Credentials>(
             pending,
             held_back: std::mem::take(&mut *held_back.lock().unwrap_or_else(|p| p.into_inner())),
             login_required: control.login_required(),
-            journal: journal.path().to_owned(),
+            journal: PathBuf::from(queue.location()),
             dead_letters: options.dead_letters.clone(),
         },
     );
     if let Some(path) = &options.dead_letters {
+        let letters = queue
+            .dead_letters(LetterFilter {
+                run: Some(run_id),
+                include_replayed: true,
+                ..LetterFilter::default()
+            })
+            .await
+            .map_err(queue_failed)?;
         let path = path.clone();
-        queue
-            .call(move |j, _| Ok(export_dead_letters(j, run_id, &path)))
-            .await??;
+        tokio::task::spawn_blocking(move || export_dead_letters(&letters, &path))
+            .await
+            .map_err(|e| RunError::Output(std::io::Error::other(e)))??;
     }
     let end_alerts = reporter.end_of_run(&summary);
     // The run is recorded: a signal now abandons the alerts (their
@@ -343,6 +371,11 @@ pub async fn run<C: Credentials>(
     }
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(summary)
+}
+
+/// A queue failure, as a run error.
+fn queue_failed(e: impl std::error::Error + Send + Sync + 'static) -> RunError {
+    RunError::Queue(Box::new(e))
 }
 
 /// A spinner of delivered updates, on a terminal only.
@@ -361,20 +394,15 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     Some(bar)
 }
 
-/// Writes the dead letters of `run` to `path` as NDJSON.
-pub fn export_dead_letters(journal: &Journal, run: RunId, path: &Path) -> Result<(), RunError> {
+/// Writes `letters` to `path` as NDJSON, fsynced.
+fn export_dead_letters(letters: &[DeadLetter], path: &Path) -> Result<(), RunError> {
     let error = |source| RunError::DeadLetters {
         path: path.to_owned(),
         source,
     };
-    let letters = journal.dead_letters(&LetterFilter {
-        run: Some(run),
-        include_replayed: true,
-        ..LetterFilter::default()
-    })?;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(error)?);
     for letter in letters {
-        let line = serde_json::to_string(&letter).map_err(|e| error(std::io::Error::other(e)))?;
+        let line = serde_json::to_string(letter).map_err(|e| error(std::io::Error::other(e)))?;
         writeln!(out, "{line}").map_err(error)?;
     }
     out.flush().map_err(error)?;

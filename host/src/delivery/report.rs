@@ -9,17 +9,17 @@ use serde_json::Value;
 use crate::alerts::{Alert, AlertKind};
 use crate::journal::RunId;
 use crate::limiter::now_epoch_ms;
-use crate::queue::{JournalQueue, Queue};
+use crate::queue::Queue;
 
 use super::{DeliveryOptions, Summary};
 
-pub(super) struct Reporter<'a> {
-    pub queue: &'a JournalQueue,
+pub(super) struct Reporter<'a, Q> {
+    pub queue: &'a Q,
     pub run: RunId,
     pub options: &'a DeliveryOptions,
 }
 
-impl Reporter<'_> {
+impl<Q: Queue> Reporter<'_, Q> {
     /// Raises a `stalled` alert when updates are queued but none reached a
     /// verdict for the configured time; again only after progress resumed.
     pub async fn watch_stalls(&self, last_verdict_ms: &AtomicU64) {
@@ -79,7 +79,7 @@ impl Reporter<'_> {
         let run = self.run;
         let summary = self
             .queue
-            .call(move |journal, _| journal.run(run))
+            .run_record(run)
             .await
             .ok()
             .and_then(|r| serde_json::to_value(r).ok())
