@@ -41,6 +41,18 @@ const FORBIDDEN_QUERY_KEYS: &[&str] = &["_method"];
 /// method overrides that would smuggle one in are refused below.
 pub const ALLOWED_METHODS: &[Method] = &[Method::Get, Method::Post, Method::Put, Method::Patch];
 
+/// The seam every outgoing request passes, in the shape of wasi-http's
+/// outgoing-request hook: `check` sees the planned request before anything
+/// is sent and says where it goes, or why it may not. [`EgressPolicy`] is
+/// the default; an embedder with rules of its own (a narrower path set, a
+/// proxy) wraps it in its own implementation.
+pub trait Egress: Send + Sync {
+    /// The API base requests are relative to.
+    fn base(&self) -> &Url;
+    /// The URL to send `request` to, or why it may not be sent.
+    fn check(&self, request: &Request) -> Result<Url, PolicyViolation>;
+}
+
 /// A request the host refuses to send (a bug or hostile component).
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum PolicyViolation {
@@ -165,6 +177,16 @@ impl EgressPolicy {
             }
         }
         self.url_for(&request.path)
+    }
+}
+
+impl Egress for EgressPolicy {
+    fn base(&self) -> &Url {
+        EgressPolicy::base(self)
+    }
+
+    fn check(&self, request: &Request) -> Result<Url, PolicyViolation> {
+        EgressPolicy::check(self, request)
     }
 }
 

@@ -11,7 +11,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use thiserror::Error;
 
 use crate::egress::EgressPolicy;
-pub use crate::egress::PolicyViolation;
+pub use crate::egress::{Egress, PolicyViolation};
 
 /// The most of a response body that is read; the rest is dropped (an API
 /// answer that long is not one the component needs whole, and a hostile or
@@ -27,9 +27,9 @@ pub enum TransportError {
     Connection(String),
 }
 
-/// The configured API: its egress policy and client.
+/// The configured API: what may be sent ([`Egress`]) and the client.
 pub struct ApiClient {
-    policy: EgressPolicy,
+    egress: Box<dyn Egress>,
     client: reqwest::Client,
 }
 
@@ -42,9 +42,18 @@ pub enum ClientError {
 }
 
 impl ApiClient {
+    /// The client for `api_base` under the default [`EgressPolicy`].
     pub fn new(api_base: &str, timeout: Duration) -> Result<Self, ClientError> {
         let policy =
             EgressPolicy::new(api_base).map_err(|_| ClientError::Base(api_base.to_owned()))?;
+        Self::with_egress(policy, timeout)
+    }
+
+    /// The client under `egress`'s rules.
+    pub fn with_egress(
+        egress: impl Egress + 'static,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -53,16 +62,19 @@ impl ApiClient {
             .user_agent(concat!("outreach-host/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
-        Ok(Self { policy, client })
+        Ok(Self {
+            egress: Box::new(egress),
+            client,
+        })
     }
 
     pub fn base(&self) -> &Url {
-        self.policy.base()
+        self.egress.base()
     }
 
-    /// Checks a planned request against the policy without sending it.
+    /// Checks a planned request against the egress rules without sending it.
     pub fn check(&self, request: &Request) -> Result<Url, PolicyViolation> {
-        self.policy.check(request)
+        self.egress.check(request)
     }
 
     /// Sends `request` with `token` as bearer credentials.
@@ -190,5 +202,44 @@ mod tests {
         assert_eq!(response.status, 422);
         assert_eq!(response.body.len(), MAX_RESPONSE_BYTES);
         server.abort();
+    }
+
+    /// An embedder's own rules: only `/items/1`, whatever the policy allows.
+    struct OnlyItemOne(EgressPolicy);
+
+    impl Egress for OnlyItemOne {
+        fn base(&self) -> &Url {
+            self.0.base()
+        }
+        fn check(&self, request: &Request) -> Result<Url, PolicyViolation> {
+            if request.path != "/items/1" {
+                return Err(PolicyViolation::Path(request.path.clone()));
+            }
+            self.0.check(request)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_embedder_s_egress_rules_decide_what_is_sent() {
+        let policy = EgressPolicy::new("http://127.0.0.1:9/api").unwrap();
+        let api = ApiClient::with_egress(OnlyItemOne(policy), Duration::from_secs(1)).unwrap();
+        let request = |path: &str| Request {
+            method: Method::Patch,
+            path: path.into(),
+            headers: vec![],
+            body: "{}".into(),
+            key: "1".into(),
+            audiences: vec![],
+        };
+        // Allowed by the default policy, refused by the embedder's rules,
+        // before any connection is attempted.
+        assert_eq!(
+            api.send(&request("/items/2"), "token").await.err(),
+            Some(PolicyViolation::Path("/items/2".into()))
+        );
+        assert_eq!(
+            api.check(&request("/items/1")).unwrap().as_str(),
+            "http://127.0.0.1:9/api/items/1"
+        );
     }
 }

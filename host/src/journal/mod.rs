@@ -24,6 +24,7 @@
 
 mod checkpoints;
 mod history;
+mod intake;
 mod letters;
 mod store;
 mod tally;
