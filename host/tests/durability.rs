@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
 mod common;
-use common::{loopback, scratch};
+use common::{Cli, loopback, scratch};
 
 const CONFIG: &str = r#"{
   "name": "durability",
@@ -66,11 +66,10 @@ fn expected(id: u64, versions: u64) -> (String, String, String) {
 }
 
 struct Host {
-    dir: PathBuf,
+    cli: Cli,
     journal: PathBuf,
     config: PathBuf,
     api_base: String,
-    token: String,
 }
 
 impl Host {
@@ -78,26 +77,18 @@ impl Host {
         let config_path = dir.join("config.json");
         std::fs::write(&config_path, config).unwrap();
         Self {
-            dir: dir.to_owned(),
+            cli: Cli {
+                dir: dir.to_owned(),
+                token: simulator.issue_token("ada@example.com"),
+            },
             journal: dir.join("journal.sqlite"),
             config: config_path,
             api_base: simulator.api_base(),
-            token: simulator.issue_token("ada@example.com"),
         }
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_outreach-host"));
-        command
-            .arg("--journal")
-            .arg(&self.journal)
-            .arg("--cache-dir")
-            .arg(self.dir.join("cache"))
-            .args(args)
-            .env("OUTREACH_ACCESS_TOKEN", &self.token)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null());
-        command
+        self.cli.command(args)
     }
 
     fn run_args(&self, input: &Path) -> Vec<String> {
@@ -351,7 +342,7 @@ fn a_damaged_journal_is_refused_never_emptied() {
     let input = dir.join("profiles.ndjson");
     let text: String = (1..=2_000).map(|id| record(id, 0) + "\n").collect();
     std::fs::write(&input, text).unwrap();
-    host.token = "refused".into();
+    host.cli.token = "refused".into();
     let out = host
         .command(&args(&host.run_args(&input)))
         .output()

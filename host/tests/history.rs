@@ -17,22 +17,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(mapping_id: u32) -> String {
-    json!({
-        "name": "history",
-        "identityMapping": { "source": "Oid", "target": "OutreachId" },
-        "attributeMappings": [ { "source": "person.name.firstName", "target": "firstName" } ],
-        "audiences": [ { "id": "aud-webinar", "name": "Webinar", "mappingId": mapping_id } ]
-    })
-    .to_string()
+    common::one_audience_config("history", "aud-webinar", mapping_id)
 }
 
 fn profile(id: u64) -> String {
-    json!({
-        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
-        "person": { "name": { "firstName": format!("Name{id}") } },
-        "segmentMembership": { "ups": { "aud-webinar": { "status": "realized" } } }
-    })
-    .to_string()
+    common::member_profile("aud-webinar", id, &format!("Name{id}"))
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use outreach_simulator::{Simulator, SimulatorConfig};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 mod common;
 use common::{Cli, loopback, write};
@@ -17,22 +17,11 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn config(mapping_id: u32) -> String {
-    json!({
-        "name": "input edges",
-        "identityMapping": { "source": "Oid", "target": "OutreachId" },
-        "attributeMappings": [ { "source": "person.name.firstName", "target": "firstName" } ],
-        "audiences": [ { "id": "aud", "name": "Webinar", "mappingId": mapping_id } ]
-    })
-    .to_string()
+    common::one_audience_config("input edges", "aud", mapping_id)
 }
 
 fn profile(id: u64, first: &str) -> String {
-    json!({
-        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
-        "person": { "name": { "firstName": first } },
-        "segmentMembership": { "ups": { "aud": { "status": "realized" } } }
-    })
-    .to_string()
+    common::member_profile("aud", id, first)
 }
 
 /// A simulator with prospects 1..=100 and 10 custom fields, and the

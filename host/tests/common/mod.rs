@@ -37,6 +37,28 @@ pub fn runtime() -> outreach_host::engine::Runtime {
     .expect("the built component loads")
 }
 
+/// A configuration mapping the first name and one audience, `audience`,
+/// into custom field `mapping_id`.
+pub fn one_audience_config(name: &str, audience: &str, mapping_id: u32) -> String {
+    serde_json::json!({
+        "name": name,
+        "identityMapping": { "source": "Oid", "target": "OutreachId" },
+        "attributeMappings": [ { "source": "person.name.firstName", "target": "firstName" } ],
+        "audiences": [ { "id": audience, "name": "Webinar", "mappingId": mapping_id } ]
+    })
+    .to_string()
+}
+
+/// Prospect `id`, named `first`, a realized member of `audience`.
+pub fn member_profile(audience: &str, id: u64, first: &str) -> String {
+    serde_json::json!({
+        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
+        "person": { "name": { "firstName": first } },
+        "segmentMembership": { "ups": { audience: { "status": "realized" } } }
+    })
+    .to_string()
+}
+
 /// A path in the temporary directory no other call of this process gets.
 pub fn temp_path(prefix: &str, name: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
