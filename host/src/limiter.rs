@@ -6,14 +6,21 @@
 //! `X-RateLimit-Remaining: 0` closes it until the reported reset, a 429
 //! closes it until the time the API gave. A rate-limited update is never
 //! dropped; it waits.
+//!
+//! Both layers wait on tokio's clock and read server times on the host's
+//! [`Clock`], so their tests pause time instead of sleeping.
 
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use destination_types::{Budget, RateLimitPolicy};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
+
+use crate::clock::Clock;
 
 /// How long to hold back after a 429 that named no time.
 pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
@@ -26,28 +33,38 @@ pub const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 #[error("the component declares an unusable rate limit: {0}")]
 pub struct PolicyError(String);
 
+/// The pacer's time: tokio's monotonic clock, so paused test time paces too.
+#[derive(Clone, Debug)]
+struct TokioTime {
+    origin: Instant,
+}
+
+impl governor::clock::Clock for TokioTime {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.origin)
+    }
+}
+
+type Pacer = RateLimiter<NotKeyed, InMemoryState, TokioTime, NoOpMiddleware<Duration>>;
+
 pub struct Limiter {
-    pacer: DefaultDirectRateLimiter,
+    pacer: Pacer,
+    time: TokioTime,
+    clock: Clock,
     /// No request may start before this instant.
     gate: Mutex<Option<Instant>>,
 }
 
-/// The longest wait a server time may impose; anything later is taken as
-/// this (rate-limit windows are an hour at most for the APIs a sync
-/// targets, so a sane reset is never further).
-pub const MAX_SERVER_WAIT: Duration = Duration::from_secs(2 * 3_600);
-
-/// Converts an epoch-milliseconds time to a tokio instant: the past is now,
-/// the far future is capped at [`MAX_SERVER_WAIT`].
-pub fn instant_at(epoch_ms: u64) -> Instant {
-    let wait = Duration::from_millis(epoch_ms.saturating_sub(now_epoch_ms()));
-    Instant::now() + wait.min(MAX_SERVER_WAIT)
-}
-
-pub use crate::clock::now_ms as now_epoch_ms;
-
 impl Limiter {
+    /// A limiter on the system clock.
     pub fn new(policy: &RateLimitPolicy) -> Result<Self, PolicyError> {
+        Self::with_clock(policy, Clock::system())
+    }
+
+    /// A limiter that reads server times (resets) on `clock`.
+    pub fn with_clock(policy: &RateLimitPolicy, clock: Clock) -> Result<Self, PolicyError> {
         let requests = NonZeroU32::new(policy.requests)
             .ok_or_else(|| PolicyError("0 requests per window".into()))?;
         if policy.window_seconds == 0 {
@@ -57,8 +74,13 @@ impl Limiter {
         let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
             .ok_or_else(|| PolicyError("a zero pacing period".into()))?
             .allow_burst(requests);
+        let time = TokioTime {
+            origin: Instant::now(),
+        };
         Ok(Self {
-            pacer: RateLimiter::direct(quota),
+            pacer: RateLimiter::direct_with_clock(quota, time.clone()),
+            time,
+            clock,
             gate: Mutex::new(None),
         })
     }
@@ -76,7 +98,11 @@ impl Limiter {
                 tokio::time::sleep_until(until).await;
                 continue;
             }
-            self.pacer.until_ready().await;
+            if let Err(not_until) = self.pacer.check() {
+                use governor::clock::Clock as _;
+                tokio::time::sleep(not_until.wait_time_from(self.time.now())).await;
+                continue;
+            }
             // The gate may have closed while we waited for the pacer.
             match self.gate() {
                 Some(until) if until > Instant::now() => continue,
@@ -98,7 +124,7 @@ impl Limiter {
         if budget.remaining == Some(0)
             && let Some(reset) = budget.reset_at_ms
         {
-            self.block_until(instant_at(reset));
+            self.block_until(self.clock.instant_at(reset));
         }
     }
 
@@ -106,7 +132,7 @@ impl Limiter {
     pub fn rate_limited(&self, not_before_ms: Option<u64>) {
         let now = Instant::now();
         let until = match not_before_ms {
-            Some(ms) => instant_at(ms).max(now + MIN_RATE_LIMIT_WAIT),
+            Some(ms) => self.clock.instant_at(ms).max(now + MIN_RATE_LIMIT_WAIT),
             None => now + DEFAULT_RATE_LIMIT_WAIT,
         };
         self.block_until(until);
@@ -116,6 +142,10 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::MAX_SERVER_WAIT;
+
+    // Tokio's time is paused in these tests: waits are measured on the
+    // clock the limiter uses, and nothing sleeps on the wall clock.
 
     fn policy(requests: u32, window_seconds: u32) -> RateLimitPolicy {
         RateLimitPolicy {
@@ -125,39 +155,96 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn burst_then_steady_rate() {
         let limiter = Limiter::new(&policy(10, 1)).unwrap();
         let start = Instant::now();
         for _ in 0..10 {
             limiter.acquire().await;
         }
-        assert!(
-            start.elapsed() < Duration::from_millis(50),
-            "burst was paced"
-        );
+        assert_eq!(start.elapsed(), Duration::ZERO, "the burst was paced");
         for _ in 0..5 {
             limiter.acquire().await;
         }
-        // 5 more at 10/s take about 0.5 s.
+        // 5 more at 10/s take 0.5 s.
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(500) && elapsed < Duration::from_millis(510),
+            "{elapsed:?}"
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_long_window_is_paced_over_the_hour() {
+        let limiter = Limiter::new(&policy(10_000, 3_600)).unwrap();
+        let start = Instant::now();
+        for _ in 0..10_000 {
+            limiter.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        for _ in 0..100 {
+            limiter.acquire().await;
+        }
+        // 100 more at 10,000 per hour: 36 s.
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_secs(36) && elapsed < Duration::from_millis(36_100),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn remaining_zero_waits_for_the_reset() {
-        let limiter = Limiter::new(&policy(1_000, 1)).unwrap();
+        let clock = Clock::starting_at(1_700_000_000_000);
+        let limiter = Limiter::with_clock(&policy(1_000, 1), clock).unwrap();
         limiter.observe(&Budget {
             limit: Some(1_000),
             remaining: Some(0),
-            reset_at_ms: Some(now_epoch_ms() + 300),
+            reset_at_ms: Some(clock.now_ms() + 300),
         });
         let start = Instant::now();
         limiter.acquire().await;
-        assert!(start.elapsed() >= Duration::from_millis(250));
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
+    async fn a_429_waits_for_the_time_named_at_least_a_second_else_a_minute() {
+        let clock = Clock::starting_at(1_700_000_000_000);
+        let limiter = Limiter::with_clock(&policy(1_000, 1), clock).unwrap();
+        limiter.rate_limited(Some(clock.now_ms() + 5_000));
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+
+        // A reset that seems past still holds back for a second.
+        limiter.rate_limited(Some(clock.now_ms() - 1_000));
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert_eq!(start.elapsed(), MIN_RATE_LIMIT_WAIT);
+
+        limiter.rate_limited(None);
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert_eq!(start.elapsed(), DEFAULT_RATE_LIMIT_WAIT);
+
+        // A reset days away is capped.
+        limiter.rate_limited(Some(clock.now_ms() + 86_400_000 * 3));
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert_eq!(start.elapsed(), MAX_SERVER_WAIT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_block_is_kept_and_a_shorter_one_ignored() {
+        let limiter = Limiter::new(&policy(1_000, 1)).unwrap();
+        let now = Instant::now();
+        limiter.block_until(now + Duration::from_secs(10));
+        limiter.block_until(now + Duration::from_secs(2));
+        limiter.acquire().await;
+        assert_eq!(now.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn odd_budgets_do_not_block() {
         let limiter = Limiter::new(&policy(1_000, 1)).unwrap();
         for budget in [
@@ -181,7 +268,7 @@ mod tests {
         }
         let start = Instant::now();
         limiter.acquire().await;
-        assert!(start.elapsed() < Duration::from_millis(200));
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[test]

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use destination_types::ClientAuthentication;
 use outreach_host::BUILT_COMPONENT;
+use outreach_host::clock::Clock;
 use outreach_host::delivery::{self, Credentials, DeliveryOptions, Input, Summary};
 use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::limiter::Limiter;
 use outreach_host::oauth::{
-    AppCredentials, OAuthClient, OAuthCredentials, OAuthError, OAuthSettings, Redirect, TokenSet,
-    TokenStore,
+    AppCredentials, OAuthClient, OAuthCredentials, OAuthError, OAuthSettings, REFRESH_MARGIN,
+    Redirect, TokenSet, TokenStore,
 };
 use outreach_simulator::{Faults, OAuthApp, Simulator, SimulatorConfig};
 use serde_json::json;
@@ -72,6 +73,7 @@ fn client(sim: &Simulator, redirect_uri: &str, min_interval: Duration) -> OAuthC
         redirect_uri,
         min_interval,
         ClientAuthentication::RequestBody,
+        Clock::system(),
     )
 }
 
@@ -80,6 +82,7 @@ fn client_authenticating(
     redirect_uri: &str,
     min_interval: Duration,
     client_authentication: ClientAuthentication,
+    clock: Clock,
 ) -> OAuthClient {
     let app = OAuthApp::default();
     OAuthClient::new(OAuthSettings {
@@ -94,6 +97,7 @@ fn client_authenticating(
         pkce: true,
         min_interval_between_tokens: min_interval,
         client_authentication,
+        clock,
     })
     .unwrap()
 }
@@ -148,12 +152,24 @@ async fn browser_login(authorize_url: &str, email: &str, password: &str) -> Stri
 
 /// Credentials for account "ada" of `store`, refreshing through `sim`.
 fn stored_credentials(sim: &Simulator, store: &TokenStore, interval: Duration) -> OAuthCredentials {
-    OAuthCredentials::load(
-        client(sim, "http://127.0.0.1:9/callback", interval),
-        store.clone(),
-        "ada",
-    )
-    .unwrap()
+    stored_credentials_at(sim, store, interval, Clock::system())
+}
+
+/// [`stored_credentials`] reading the time from `clock`.
+fn stored_credentials_at(
+    sim: &Simulator,
+    store: &TokenStore,
+    interval: Duration,
+    clock: Clock,
+) -> OAuthCredentials {
+    let client = client_authenticating(
+        sim,
+        "http://127.0.0.1:9/callback",
+        interval,
+        ClientAuthentication::RequestBody,
+        clock,
+    );
+    OAuthCredentials::load(client, store.clone(), "ada").unwrap()
 }
 
 /// Logs in through `sim` and stores the tokens for account "ada" as
@@ -526,8 +542,9 @@ async fn a_revoked_refresh_token_stops_the_run_and_keeps_every_update() {
     let store = TokenStore::new(temp_path("oauth", "tokens.json"));
     store.put("ada", &tokens).unwrap();
     sim.revoke_refresh_tokens(USER);
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let credentials = stored_credentials(&sim, &store, Duration::ZERO);
+    // The host's clock is two seconds on: the access token has expired.
+    let later = Clock::starting_at(outreach_host::clock::now_ms() + 2_000);
+    let credentials = stored_credentials_at(&sim, &store, Duration::ZERO, later);
     let letters = temp_path("oauth", "letters.ndjson");
     let summary = run_with(&sim, &credentials, 25, 4, Some(letters.clone())).await;
     assert_eq!(summary.delivered, 0);
@@ -735,7 +752,13 @@ async fn the_client_authenticates_the_way_the_descriptor_says() {
     )
     .await;
     let redirect = "http://127.0.0.1:9/callback";
-    let basic = client_authenticating(&sim, redirect, Duration::ZERO, ClientAuthentication::Basic);
+    let basic = client_authenticating(
+        &sim,
+        redirect,
+        Duration::ZERO,
+        ClientAuthentication::Basic,
+        Clock::system(),
+    );
     let tokens = login(&sim, &basic).await;
     let refreshed = basic
         .refresh(tokens.refresh_token.as_deref().unwrap())
@@ -757,4 +780,40 @@ async fn the_client_authenticates_the_way_the_descriptor_says() {
             .contains("unexpected parameter client_id"),
         "{refused}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_refreshed_when_the_clock_says_it_expires_soon_and_not_before() {
+    // Two-hour access tokens; the host's clock is moved, nobody waits.
+    let app = OAuthApp {
+        mint_interval: Duration::ZERO,
+        ..OAuthApp::default()
+    };
+    let sim = simulator(app, Duration::ZERO).await;
+    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
+    let tokens = login(&sim, &client).await;
+    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
+    store.put("ada", &tokens).unwrap();
+    let expires_ms = tokens.expires_at.unwrap() * 1000;
+    let margin_ms = REFRESH_MARGIN.as_millis() as u64;
+
+    // Just outside the margin: the token is used as it is.
+    let early = Clock::starting_at(expires_ms - margin_ms - 5_000);
+    let credentials = stored_credentials_at(&sim, &store, Duration::ZERO, early);
+    assert_eq!(credentials.token().await.unwrap(), tokens.access_token);
+    assert_eq!(credentials.refreshes(), 0);
+    assert_eq!(sim.stats().tokens_minted, 1, "the login's token only");
+
+    // Inside the margin: refreshed before use, and the new tokens stored.
+    let late = Clock::starting_at(expires_ms - margin_ms + 5_000);
+    let credentials = stored_credentials_at(&sim, &store, Duration::ZERO, late);
+    let fresh = credentials.token().await.unwrap();
+    assert_ne!(fresh, tokens.access_token);
+    assert_eq!(credentials.refreshes(), 1);
+    assert_eq!(sim.stats().tokens_minted, 2);
+    let stored = store.get("ada").unwrap();
+    assert_eq!(stored.access_token, fresh);
+    // The new tokens are stamped with the host's clock.
+    assert!(stored.obtained_at_ms >= expires_ms - margin_ms + 5_000);
+    std::fs::remove_file(store.path()).unwrap();
 }

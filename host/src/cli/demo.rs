@@ -48,7 +48,7 @@ pub(crate) async fn demo(
     let journal_file = std::env::temp_dir().join(format!(
         "outreach-demo-{}-{}.sqlite",
         std::process::id(),
-        outreach_host::limiter::now_epoch_ms()
+        outreach_host::clock::now_ms()
     ));
     let journal = Arc::new(Journal::open(&journal_file)?);
     let input = Input::file(input, &journal, true)?.max_record_bytes(max_record_bytes);

@@ -71,6 +71,7 @@ pub(crate) fn oauth_client(
                 .unwrap_or(u64::from(descriptor.min_seconds_between_tokens)),
         ),
         client_authentication: descriptor.client_authentication,
+        clock: outreach_host::clock::Clock::system(),
     };
     Ok(OAuthClient::new(settings)?)
 }

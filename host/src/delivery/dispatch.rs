@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::clock::Clock;
 use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::journal::{Claim, RunId, Verdict};
-use crate::limiter::{Limiter, now_epoch_ms};
+use crate::limiter::Limiter;
 use crate::queue::Queue;
 
 use super::Credentials;
@@ -42,6 +43,7 @@ pub(super) struct Dispatcher<'a, C, Q> {
     /// When an update last reached a verdict (or the run started), ms.
     pub last_verdict_ms: &'a AtomicU64,
     pub progress: Option<&'a indicatif::ProgressBar>,
+    pub clock: Clock,
 }
 
 impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
@@ -77,7 +79,7 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
             };
             let next = self.queue.finish(claim.clone(), verdict, self.run).await;
             self.last_verdict_ms
-                .store(now_epoch_ms(), Ordering::Relaxed);
+                .store(self.clock.now_ms(), Ordering::Relaxed);
             if let Some(bar) = self.progress {
                 bar.inc(1);
             }
@@ -141,7 +143,7 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
                 Ok(Ok(response)) => {
                     match self
                         .guest
-                        .classify(&request, &response, now_epoch_ms())
+                        .classify(&request, &response, self.clock.now_ms())
                         .await
                     {
                         Ok(classification) => {
@@ -162,7 +164,7 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
                 event,
                 &request,
                 response,
-                now_epoch_ms(),
+                self.clock.now_ms(),
                 jitter,
             );
             if let Action::Finish(verdict) = action {

@@ -21,13 +21,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::alerts::Alerts;
+use crate::clock::Clock;
 use crate::engine::{Destination, GuestError};
 use crate::guest::Guest;
 use crate::http::ApiClient;
 pub use crate::input::Input;
 use crate::input::InputError;
 use crate::journal::{DeadLetter, Journal, JournalError, LetterFilter, RunStats};
-use crate::limiter::{Limiter, now_epoch_ms};
+use crate::limiter::Limiter;
 use crate::queue::{JournalQueue, Merger, Queue, RunEnd, RunStart};
 use control::{Control, until_signal};
 use dispatch::{Counters, Dispatcher};
@@ -99,6 +100,8 @@ pub struct DeliveryOptions {
     /// Stop cleanly on SIGINT/SIGTERM: journal what was read, stop sending,
     /// keep everything else queued (the command line sets this).
     pub stop_on_signals: bool,
+    /// What time it is (tests start one that follows tokio's paused time).
+    pub clock: Clock,
 }
 
 impl Default for DeliveryOptions {
@@ -116,6 +119,7 @@ impl Default for DeliveryOptions {
             destination: String::new(),
             alerts: Arc::new(Alerts::none()),
             stop_on_signals: false,
+            clock: Clock::system(),
         }
     }
 }
@@ -230,7 +234,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
     let control = Control::default();
     let counters = Counters::default();
     let intake_done = AtomicBool::new(false);
-    let last_verdict_ms = AtomicU64::new(now_epoch_ms());
+    let last_verdict_ms = AtomicU64::new(options.clock.now_ms());
     let held_back = Mutex::new(Vec::new());
     let intake = Intake {
         guest,
@@ -251,7 +255,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
             max_attempts: options.max_attempts,
             backoff_base: options.backoff_base,
             backoff_max: options.backoff_max,
-            max_server_wait: crate::limiter::MAX_SERVER_WAIT,
+            max_server_wait: crate::clock::MAX_SERVER_WAIT,
         },
         run: run_id,
         control: &control,
@@ -259,6 +263,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
         intake_done: &intake_done,
         last_verdict_ms: &last_verdict_ms,
         progress: progress.as_ref(),
+        clock: options.clock,
     };
     let reporter = Reporter {
         queue,

@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::alerts::{Alert, AlertKind};
 use crate::journal::RunId;
-use crate::limiter::now_epoch_ms;
 use crate::queue::Queue;
 
 use super::{DeliveryOptions, Summary};
@@ -26,20 +25,16 @@ impl<Q: Queue> Reporter<'_, Q> {
         let Some(threshold) = self.options.alerts.stall_after() else {
             return std::future::pending().await;
         };
-        let threshold_ms = u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX);
-        let mut alerted_at: Option<u64> = None;
+        let clock = self.options.clock;
+        let mut watch = StallWatch::new(threshold);
         loop {
             tokio::time::sleep(Duration::from_millis(250).min(threshold)).await;
-            let last = last_verdict_ms.load(Ordering::Relaxed);
-            if alerted_at.is_some_and(|at| last > at) {
-                alerted_at = None;
-            }
-            let stalled_for = now_epoch_ms().saturating_sub(last);
-            if alerted_at.is_none()
-                && stalled_for >= threshold_ms
-                && self.queue.has_pending().await.unwrap_or(false)
-            {
-                alerted_at = Some(now_epoch_ms());
+            let now = clock.now_ms();
+            let Some(stalled_for) = watch.due(now, last_verdict_ms.load(Ordering::Relaxed)) else {
+                continue;
+            };
+            if self.queue.has_pending().await.unwrap_or(false) {
+                watch.alerted(now);
                 let message = format!(
                     "delivery has been stalled for {:.0} s with updates queued (rate limit, API errors or credentials)",
                     stalled_for as f64 / 1000.0
@@ -91,9 +86,76 @@ impl<Q: Queue> Reporter<'_, Q> {
                 message,
                 run,
                 destination: self.options.destination.clone(),
-                at_ms: now_epoch_ms(),
+                at_ms: self.options.clock.now_ms(),
                 summary,
             })
             .await;
+    }
+}
+
+/// When a stall calls for an alert: no verdict for the threshold, and no
+/// alert for this stall yet (the next one needs a verdict in between).
+#[derive(Debug)]
+struct StallWatch {
+    threshold_ms: u64,
+    alerted_at_ms: Option<u64>,
+}
+
+impl StallWatch {
+    fn new(threshold: Duration) -> Self {
+        Self {
+            threshold_ms: u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX),
+            alerted_at_ms: None,
+        }
+    }
+
+    /// How long delivery has stalled at `now_ms`, if that calls for an
+    /// alert (provided updates are queued).
+    fn due(&mut self, now_ms: u64, last_verdict_ms: u64) -> Option<u64> {
+        if self.alerted_at_ms.is_some_and(|at| last_verdict_ms > at) {
+            self.alerted_at_ms = None;
+        }
+        let stalled_for = now_ms.saturating_sub(last_verdict_ms);
+        (self.alerted_at_ms.is_none() && stalled_for >= self.threshold_ms).then_some(stalled_for)
+    }
+
+    fn alerted(&mut self, now_ms: u64) {
+        self.alerted_at_ms = Some(now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    #[test]
+    fn a_stall_is_alerted_once_at_the_threshold_and_again_after_progress() {
+        let mut watch = StallWatch::new(Duration::from_secs(60));
+        let last = T0;
+        assert_eq!(watch.due(T0 + 59_999, last), None);
+        assert_eq!(watch.due(T0 + 60_000, last), Some(60_000));
+        watch.alerted(T0 + 60_000);
+        // The same stall goes on: no second alert, however long.
+        assert_eq!(watch.due(T0 + 600_000, last), None);
+        // A verdict, then a new stall of a full threshold.
+        let last = T0 + 700_000;
+        assert_eq!(watch.due(T0 + 700_500, last), None);
+        assert_eq!(watch.due(T0 + 760_000, last), Some(60_000));
+    }
+
+    #[test]
+    fn an_empty_queue_at_the_threshold_leaves_the_alert_due() {
+        let mut watch = StallWatch::new(Duration::from_secs(5));
+        // Nothing queued (the caller did not alert): still due later on.
+        assert_eq!(watch.due(T0 + 5_000, T0), Some(5_000));
+        assert_eq!(watch.due(T0 + 9_000, T0), Some(9_000));
+    }
+
+    #[test]
+    fn a_verdict_stamped_after_now_is_no_stall() {
+        let mut watch = StallWatch::new(Duration::from_secs(5));
+        assert_eq!(watch.due(T0, T0 + 1_000), None);
     }
 }

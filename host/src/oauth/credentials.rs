@@ -12,12 +12,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::store::{LockedStore, StoreError};
-use super::{OAuthClient, OAuthError, REFRESH_MARGIN, TokenSet, TokenStore, now_secs};
+use super::{OAuthClient, OAuthError, REFRESH_MARGIN, TokenSet, TokenStore};
+use crate::clock::Clock;
 use crate::delivery::Credentials;
 
 pub struct OAuthCredentials {
@@ -47,16 +47,19 @@ enum Exchange {
 }
 
 impl Inner {
+    fn clock(&self) -> &Clock {
+        &self.client.settings.clock
+    }
+
+    /// When tokens obtained at `obtained_at_ms` were minted, on the
+    /// monotonic clock (`None`: longer ago than it reaches).
+    fn minted_at(&self, obtained_at_ms: u64) -> Option<Instant> {
+        self.clock().instant_of_past(obtained_at_ms)
+    }
+
     fn replace(&self, tokens: TokenSet) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = tokens;
     }
-}
-
-/// When tokens obtained at `obtained_at_ms` were minted, on this process's
-/// monotonic clock (`None`: longer ago than the clock reaches).
-fn minted_at(obtained_at_ms: u64) -> Option<Instant> {
-    let age = crate::limiter::now_epoch_ms().saturating_sub(obtained_at_ms);
-    Instant::now().checked_sub(Duration::from_millis(age))
 }
 
 fn task_failed(e: tokio::task::JoinError) -> OAuthError {
@@ -68,7 +71,10 @@ impl OAuthCredentials {
         let current = store.get(account)?;
         // The stored tokens were minted by an earlier process (a login, an
         // earlier run): that mint counts against the interval too.
-        let last_mint = minted_at(current.obtained_at_ms);
+        let last_mint = client
+            .settings
+            .clock
+            .instant_of_past(current.obtained_at_ms);
         Ok(Self {
             inner: Arc::new(Inner {
                 client,
@@ -99,10 +105,14 @@ impl OAuthCredentials {
         self.inner.replace(tokens);
     }
 
-    fn expires_soon(tokens: &TokenSet) -> bool {
+    fn now_secs(&self) -> u64 {
+        self.inner.clock().now_secs()
+    }
+
+    fn expires_soon(&self, tokens: &TokenSet) -> bool {
         tokens
             .expires_at
-            .is_some_and(|at| at <= now_secs().saturating_add(REFRESH_MARGIN.as_secs()))
+            .is_some_and(|at| at <= self.now_secs().saturating_add(REFRESH_MARGIN.as_secs()))
     }
 
     /// The account's tokens as stored now (another process may have
@@ -125,7 +135,7 @@ impl OAuthCredentials {
         let stored = self.stored().await?;
         if stored.access_token != seen {
             tracing::info!(account = %self.inner.account, "using the tokens another process refreshed");
-            *last_mint = minted_at(stored.obtained_at_ms).max(*last_mint);
+            *last_mint = self.inner.minted_at(stored.obtained_at_ms).max(*last_mint);
             self.replace(stored);
             return Ok(());
         }
@@ -147,7 +157,7 @@ impl OAuthCredentials {
                     return Ok(());
                 }
                 Ok(Exchange::Adopted(obtained_at_ms)) => {
-                    *last_mint = minted_at(obtained_at_ms).max(*last_mint);
+                    *last_mint = self.inner.minted_at(obtained_at_ms).max(*last_mint);
                     return Ok(());
                 }
                 // Another client of this app minted a token for the user (a
@@ -222,8 +232,8 @@ impl OAuthCredentials {
 impl Credentials for OAuthCredentials {
     async fn token(&self) -> Result<String, String> {
         let tokens = self.current();
-        if Self::expires_soon(&tokens) {
-            let expired = tokens.expires_at.is_some_and(|at| at <= now_secs());
+        if self.expires_soon(&tokens) {
+            let expired = tokens.expires_at.is_some_and(|at| at <= self.now_secs());
             self.refresh_from(&tokens.access_token, expired)
                 .await
                 .map_err(|e| e.to_string())?;

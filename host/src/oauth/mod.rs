@@ -91,6 +91,8 @@ pub struct OAuthSettings {
     /// How the token endpoint wants the client to authenticate (from the
     /// component's description).
     pub client_authentication: ClientAuthentication,
+    /// What time it is: when tokens were obtained and when they expire.
+    pub clock: Clock,
 }
 
 #[derive(Debug, Error)]
@@ -111,7 +113,7 @@ pub enum OAuthError {
     Store(#[from] store::StoreError),
 }
 
-pub(crate) use crate::clock::now_secs;
+use crate::clock::Clock;
 
 /// An OAuth client for one application.
 #[derive(Clone)]
@@ -215,7 +217,7 @@ impl OAuthClient {
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
-        Ok(token_set(&response, None))
+        Ok(token_set(&self.settings.clock, &response, None))
     }
 
     /// Exchanges a refresh token for new tokens.
@@ -226,12 +228,16 @@ impl OAuthClient {
             .request_async(&self.http)
             .await
             .map_err(token_error)?;
-        Ok(token_set(&response, Some(refresh_token)))
+        Ok(token_set(
+            &self.settings.clock,
+            &response,
+            Some(refresh_token),
+        ))
     }
 }
 
-fn token_set(response: &IssuedTokens, previous_refresh: Option<&str>) -> TokenSet {
-    let now = now_secs();
+fn token_set(clock: &Clock, response: &IssuedTokens, previous_refresh: Option<&str>) -> TokenSet {
+    let now = clock.now_secs();
     TokenSet {
         access_token: response.access_token().secret().clone(),
         // Servers that rotate refresh tokens send a new one with every
@@ -250,7 +256,7 @@ fn token_set(response: &IssuedTokens, previous_refresh: Option<&str>) -> TokenSe
                 .collect::<Vec<_>>()
                 .join(" ")
         }),
-        obtained_at_ms: crate::limiter::now_epoch_ms(),
+        obtained_at_ms: clock.now_ms(),
     }
 }
 
