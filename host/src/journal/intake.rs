@@ -14,6 +14,15 @@ use super::tally::{Fate, Tally};
 use super::updates::{parse_request, store_request};
 use super::{Checkpoint, HeldBack, Incoming, IngestReport, JournalError, Merge, RunId, now_ms};
 
+// The statements run for every record (named so the test of their plans
+// can find them in the statement cache).
+pub(super) const NEWEST_FOR_KEY: &str =
+    "SELECT seq, request FROM updates WHERE key = ?1 ORDER BY seq DESC LIMIT 1";
+pub(super) const INSERT_UPDATE: &str = "INSERT INTO updates(key, request) VALUES (?1, ?2)";
+pub(super) const INSERT_SOURCE: &str =
+    "INSERT INTO sources(seq, run_id, line, first_part, record, audiences, received_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn ingest_batch(
     conn: &mut Connection,
@@ -117,22 +126,19 @@ pub(super) fn ingest_batch(
                         }
                         Enqueued::New(seq) => seq,
                     };
-                    tx.prepare_cached(
-                        "INSERT INTO sources(seq, run_id, line, first_part, record, audiences, received_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            seq,
-                            run,
-                            incoming.line as i64,
-                            part == 0,
-                            incoming.record,
-                            audiences,
-                            received_ms
-                        ])
-                    })
-                    .map_err(sqlite)?;
+                    tx.prepare_cached(INSERT_SOURCE)
+                        .and_then(|mut s| {
+                            s.execute(params![
+                                seq,
+                                run,
+                                incoming.line as i64,
+                                part == 0,
+                                incoming.record,
+                                audiences,
+                                received_ms
+                            ])
+                        })
+                        .map_err(sqlite)?;
                 }
             }
         }
@@ -199,7 +205,7 @@ fn enqueue(
         source,
     };
     let newest: Option<(i64, String)> = tx
-        .prepare_cached("SELECT seq, request FROM updates WHERE key = ?1 ORDER BY seq DESC LIMIT 1")
+        .prepare_cached(NEWEST_FOR_KEY)
         .and_then(|mut s| {
             s.query_row([&request.key], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()
@@ -219,7 +225,7 @@ fn enqueue(
         what: "update",
         detail: e.to_string(),
     })?;
-    tx.prepare_cached("INSERT INTO updates(key, request) VALUES (?1, ?2)")
+    tx.prepare_cached(INSERT_UPDATE)
         .and_then(|mut s| s.execute(params![request.key, text]))
         .map_err(sqlite)?;
     Ok(Enqueued::New(tx.last_insert_rowid()))

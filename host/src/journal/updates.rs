@@ -14,6 +14,18 @@ use super::{
     now_ms,
 };
 
+// The statements run for every update (named so the test of their plans
+// can find them in the statement cache).
+pub(super) const NEXT_QUEUED: &str = "SELECT seq, key FROM updates WHERE seq > ?1 ORDER BY seq";
+pub(super) const LATER_FOR_KEY: &str =
+    "SELECT seq, request FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq";
+pub(super) const FIRST_FOR_KEY: &str =
+    "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1";
+pub(super) const REQUEST_OF: &str = "SELECT request FROM updates WHERE seq = ?1";
+pub(super) const SOURCES_OF: &str = "SELECT run_id, line, first_part, record, audiences, received_ms FROM sources WHERE seq = ?1 ORDER BY id";
+pub(super) const DELETE_SOURCES: &str = "DELETE FROM sources WHERE seq = ?1";
+pub(super) const DELETE_UPDATE: &str = "DELETE FROM updates WHERE seq = ?1";
+
 impl Journal {
     /// The API base that queued updates were planned for, if any are
     /// queued: they must not be sent anywhere else.
@@ -80,9 +92,7 @@ impl Journal {
             cursor,
             ..
         } = &mut *state;
-        let mut stmt = conn
-            .prepare_cached("SELECT seq, key FROM updates WHERE seq > ?1 ORDER BY seq")
-            .map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare_cached(NEXT_QUEUED).map_err(|e| self.err(e))?;
         let mut rows = stmt.query([*cursor]).map_err(|e| self.err(e))?;
         // Rows are read one at a time, only as far as the first free key.
         while let Some(row) = rows.next().map_err(|e| self.err(e))? {
@@ -134,11 +144,7 @@ impl Journal {
         let tx = &state.conn;
         let mut request = load_request(tx, claim.seq, &self.path)?;
         let later: Vec<(i64, String)> = {
-            let mut stmt = tx
-                .prepare_cached(
-                    "SELECT seq, request FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq",
-                )
-                .map_err(|e| self.err(e))?;
+            let mut stmt = tx.prepare_cached(LATER_FOR_KEY).map_err(|e| self.err(e))?;
             stmt.query_map(params![claim.key, claim.seq], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
@@ -205,7 +211,7 @@ impl Journal {
             .and_then(|()| {
                 state
                     .conn
-                    .prepare_cached("SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1")
+                    .prepare_cached(FIRST_FOR_KEY)
                     .and_then(|mut s| s.query_row([&claim.key], |r| r.get(0)).optional())
                     .map_err(|e| self.err(e))
             })
@@ -258,7 +264,7 @@ pub(super) fn parse_request(text: &str, path: &Path) -> Result<Request, JournalE
 
 fn load_request(tx: &Connection, seq: i64, path: &Path) -> Result<Request, JournalError> {
     let text: String = tx
-        .prepare_cached("SELECT request FROM updates WHERE seq = ?1")
+        .prepare_cached(REQUEST_OF)
         .and_then(|mut s| s.query_row([seq], |r| r.get(0)))
         .map_err(|source| JournalError::Sqlite {
             path: path.to_owned(),
@@ -303,12 +309,17 @@ fn finish_update(
     };
     type SourceRow = (i64, i64, bool, String, String, i64);
     let sources: Vec<SourceRow> = tx
-        .prepare_cached(
-            "SELECT run_id, line, first_part, record, audiences, received_ms FROM sources WHERE seq = ?1 ORDER BY id",
-        )
+        .prepare_cached(SOURCES_OF)
         .and_then(|mut s| {
             s.query_map([seq], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .and_then(|rows| rows.collect())
         })
@@ -378,10 +389,10 @@ fn finish_update(
     if matches!(verdict, Verdict::Delivered) {
         tally.update_delivered(current_run);
     }
-    tx.prepare_cached("DELETE FROM sources WHERE seq = ?1")
+    tx.prepare_cached(DELETE_SOURCES)
         .and_then(|mut s| s.execute([seq]))
         .map_err(sqlite)?;
-    tx.prepare_cached("DELETE FROM updates WHERE seq = ?1")
+    tx.prepare_cached(DELETE_UPDATE)
         .and_then(|mut s| s.execute([seq]))
         .map_err(sqlite)?;
     Ok(())
