@@ -14,6 +14,11 @@ use crate::queue::Queue;
 use super::control::Control;
 use super::planner;
 
+/// Records per journal transaction: a planned batch is queued in chunks,
+/// so that delivery's verdicts (which wait behind an intake transaction on
+/// the journal's thread) never wait long.
+const ENQUEUE_CHUNK: usize = 100;
+
 pub(super) struct Intake<'a, Q> {
     pub guest: &'a Guest,
     pub queue: &'a Q,
@@ -65,36 +70,8 @@ impl<Q: Queue> Intake<'_, Q> {
                     }
                 }
             }
-            if !lines.is_empty() {
-                let position = info.checkpoint_after(lines.iter());
-                let incoming = match self.plan(lines).await {
-                    Ok(incoming) => incoming,
-                    Err(why) => {
-                        self.control.stop_run(why);
-                        break;
-                    }
-                };
-                match self.queue.enqueue(self.run, incoming, position).await {
-                    Ok(report) => {
-                        coalesced += report.coalesced;
-                        for held in &report.held_back {
-                            tracing::warn!(
-                                "dead letter {} held back: {}",
-                                held.letter,
-                                held.reason
-                            );
-                        }
-                        self.held_back
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .extend(report.held_back);
-                    }
-                    Err(e) => {
-                        self.control.stop_run(format!("cannot journal input: {e}"));
-                        break;
-                    }
-                }
-                self.control.work_available.notify_waiters();
+            if !lines.is_empty() && !self.plan_and_enqueue(lines, info, &mut coalesced).await {
+                break;
             }
             if let Some(why) = failure {
                 self.control.stop_run(why);
@@ -104,6 +81,48 @@ impl<Q: Queue> Intake<'_, Q> {
         tracing::debug!(coalesced, "input journaled");
         self.done.store(true, Ordering::Release);
         self.control.work_available.notify_waiters();
+    }
+
+    /// Plans a batch and queues it, a chunk at a time; `false` when the run
+    /// stopped.
+    async fn plan_and_enqueue(
+        &self,
+        lines: Vec<Item>,
+        info: &InputInfo,
+        coalesced: &mut u64,
+    ) -> bool {
+        let positions: Vec<_> = lines
+            .chunks(ENQUEUE_CHUNK)
+            .map(|chunk| info.checkpoint_after(chunk.iter()))
+            .collect();
+        let mut planned = match self.plan(lines).await {
+            Ok(planned) => planned.into_iter(),
+            Err(why) => {
+                self.control.stop_run(why);
+                return false;
+            }
+        };
+        for position in positions {
+            let chunk: Vec<Incoming> = planned.by_ref().take(ENQUEUE_CHUNK).collect();
+            match self.queue.enqueue(self.run, chunk, position).await {
+                Ok(report) => {
+                    *coalesced += report.coalesced;
+                    for held in &report.held_back {
+                        tracing::warn!("dead letter {} held back: {}", held.letter, held.reason);
+                    }
+                    self.held_back
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(report.held_back);
+                }
+                Err(e) => {
+                    self.control.stop_run(format!("cannot journal input: {e}"));
+                    return false;
+                }
+            }
+            self.control.work_available.notify_waiters();
+        }
+        true
     }
 
     /// Plans a batch on the component's planning thread, in input order.

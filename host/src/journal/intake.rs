@@ -3,7 +3,7 @@
 //! combine), record errors become dead letters, replays newer than what a
 //! key already has are held back, and the input position is recorded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use destination_types::{PlanOutcome, RecordFate, Request};
@@ -12,7 +12,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::letters::insert_letter;
 use super::tally::{Fate, Tally};
 use super::updates::{parse_request, store_request};
-use super::{Checkpoint, HeldBack, Incoming, IngestReport, JournalError, Merge, RunId, now_ms};
+use super::{
+    Checkpoint, HeldBack, Incoming, IngestReport, JournalError, Merge, READY_REQUESTS, RunId,
+    now_ms,
+};
 
 // The statements run for every record (named so the test of their plans
 // can find them in the statement cache).
@@ -28,6 +31,7 @@ pub(super) fn ingest_batch(
     conn: &mut Connection,
     tally: &mut Tally,
     sending: &HashSet<i64>,
+    ready: &mut HashMap<i64, Request>,
     run: RunId,
     batch: Vec<Incoming>,
     checkpoint: Option<&Checkpoint>,
@@ -119,7 +123,7 @@ pub(super) fn ingest_batch(
                 for (part, request) in requests.into_iter().enumerate() {
                     let audiences =
                         serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
-                    let seq = match enqueue(tx, sending, request, merge, path)? {
+                    let seq = match enqueue(tx, sending, ready, request, merge, path)? {
                         Enqueued::Merged(seq) => {
                             report.coalesced += 1;
                             seq
@@ -196,6 +200,7 @@ enum Enqueued {
 fn enqueue(
     tx: &Connection,
     sending: &HashSet<i64>,
+    ready: &mut HashMap<i64, Request>,
     request: Request,
     merge: Merge<'_>,
     path: &Path,
@@ -217,6 +222,9 @@ fn enqueue(
         let older = parse_request(&text, path)?;
         if let Some(merged) = merge(&older, &request) {
             store_request(tx, seq, &merged, path)?;
+            if let Some(kept) = ready.get_mut(&seq) {
+                *kept = merged;
+            }
             return Ok(Enqueued::Merged(seq));
         }
     }
@@ -228,5 +236,9 @@ fn enqueue(
     tx.prepare_cached(INSERT_UPDATE)
         .and_then(|mut s| s.execute(params![request.key, text]))
         .map_err(sqlite)?;
-    Ok(Enqueued::New(tx.last_insert_rowid()))
+    let seq = tx.last_insert_rowid();
+    if ready.len() < READY_REQUESTS {
+        ready.insert(seq, request);
+    }
+    Ok(Enqueued::New(seq))
 }

@@ -47,8 +47,11 @@ pub use letters::{DeadLetter, LetterFilter, MAX_STORED_RESPONSE_BYTES, request_s
 use store::SCHEMA_VERSION;
 pub use store::default_journal_path;
 
+/// Requests of queued updates kept in memory at most (see `State::ready`).
+pub const READY_REQUESTS: usize = 4_096;
+
 /// Verdicts committed together at most.
-pub const GROUP_COMMIT_OPS: u32 = 64;
+pub const GROUP_COMMIT_OPS: u32 = 512;
 /// The longest a verdict waits for its commit.
 pub const GROUP_COMMIT_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -163,6 +166,15 @@ pub struct Claim {
     pub seq: i64,
 }
 
+/// A claimed update on the wire: nothing merges into it until the attempt
+/// fails ([`Journal::attempt_failed`]) or ends with a verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub claim: Claim,
+    /// What to send: the update with every later one that merged into it.
+    pub request: Request,
+}
+
 /// Counters of one run, as stored.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Counts {
@@ -215,6 +227,10 @@ struct State {
     conn: Connection,
     /// Updates whose body is on the wire: nothing may merge into them.
     sending: HashSet<i64>,
+    /// Requests of recently queued updates, as stored, so that taking one
+    /// does not read and parse it back (at most [`READY_REQUESTS`]; an
+    /// update not here is read from the database).
+    ready: HashMap<i64, Request>,
     /// Keys owned by a worker, and the update it is on.
     claimed: HashMap<String, i64>,
     /// Dispatch has looked at every update up to here.
@@ -287,6 +303,8 @@ impl State {
     /// the queue takes no more work ([`State::failed`]).
     fn abandon(&mut self, why: &str) {
         self.tally.clear();
+        // They may hold what the rollback took back.
+        self.ready.clear();
         if self.group.take().is_some() {
             let _ = self.conn.execute_batch("ROLLBACK");
             if self.failed.is_none() {
@@ -381,7 +399,7 @@ impl Journal {
 
     /// Tests: the next commit fails (as a full disk or an I/O error would).
     #[cfg(test)]
-    fn fail_next_commit(&self) {
+    pub(crate) fn fail_next_commit(&self) {
         self.state().fail_next_commit = true;
     }
 

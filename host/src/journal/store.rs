@@ -236,6 +236,7 @@ impl Journal {
             state: Mutex::new(State {
                 conn,
                 sending: HashSet::new(),
+                ready: HashMap::new(),
                 claimed: HashMap::new(),
                 cursor: 0,
                 group: None,

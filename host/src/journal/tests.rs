@@ -411,7 +411,6 @@ fn the_per_update_statements_keep_their_plans_across_bindings() {
         super::updates::NEXT_QUEUED,
         super::updates::LATER_FOR_KEY,
         super::updates::FIRST_FOR_KEY,
-        super::updates::REQUEST_OF,
         super::updates::SOURCES_OF,
         super::updates::DELETE_SOURCES,
         super::updates::DELETE_UPDATE,

@@ -10,8 +10,8 @@ use super::intake::ingest_batch;
 use super::letters::{bounded_response, insert_letter, request_summary};
 use super::tally::{Fate, Tally};
 use super::{
-    Checkpoint, Claim, Incoming, IngestReport, Journal, JournalError, Merge, RunId, State, Verdict,
-    now_ms,
+    Attempt, Checkpoint, Claim, Incoming, IngestReport, Journal, JournalError, Merge, RunId, State,
+    Verdict, now_ms,
 };
 
 // The statements run for every update (named so the test of their plans
@@ -22,7 +22,7 @@ pub(super) const LATER_FOR_KEY: &str =
 pub(super) const FIRST_FOR_KEY: &str =
     "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1";
 pub(super) const REQUEST_OF: &str = "SELECT request FROM updates WHERE seq = ?1";
-pub(super) const SOURCES_OF: &str = "SELECT run_id, line, first_part, record, audiences, received_ms FROM sources WHERE seq = ?1 ORDER BY id";
+pub(super) const SOURCES_OF: &str = "SELECT id, run_id, line, first_part, audiences, received_ms FROM sources WHERE seq = ?1 ORDER BY id";
 pub(super) const DELETE_SOURCES: &str = "DELETE FROM sources WHERE seq = ?1";
 pub(super) const DELETE_UPDATE: &str = "DELETE FROM updates WHERE seq = ?1";
 
@@ -64,11 +64,12 @@ impl Journal {
         let State {
             conn,
             sending,
+            ready,
             tally,
             ..
         } = &mut *state;
         let result = ingest_batch(
-            conn, tally, sending, run, batch, checkpoint, merge, &self.path,
+            conn, tally, sending, ready, run, batch, checkpoint, merge, &self.path,
         )
         // Accepted means on disk, whatever happens to the machine next.
         .and_then(|coalesced| {
@@ -141,8 +142,11 @@ impl Journal {
         current_run: RunId,
         merge: Merge<'_>,
     ) -> Result<Request, JournalError> {
+        let mut request = match state.ready.remove(&claim.seq) {
+            Some(request) => request,
+            None => load_request(&state.conn, claim.seq, &self.path)?,
+        };
         let tx = &state.conn;
-        let mut request = load_request(tx, claim.seq, &self.path)?;
         let later: Vec<(i64, String)> = {
             let mut stmt = tx.prepare_cached(LATER_FOR_KEY).map_err(|e| self.err(e))?;
             stmt.query_map(params![claim.key, claim.seq], |r| {
@@ -158,6 +162,7 @@ impl Journal {
         let tx = &state.conn;
         let mut folded = 0i64;
         for (seq, text) in later {
+            state.ready.remove(&seq);
             let newer = parse_request(&text, &self.path)?;
             let Some(merged) = merge(&request, &newer) else {
                 break;
@@ -168,7 +173,8 @@ impl Journal {
                 params![claim.seq, seq],
             )
             .map_err(|e| self.err(e))?;
-            tx.execute("DELETE FROM updates WHERE seq = ?1", [seq])
+            tx.prepare_cached(DELETE_UPDATE)
+                .and_then(|mut s| s.execute([seq]))
                 .map_err(|e| self.err(e))?;
             folded += 1;
         }
@@ -182,6 +188,42 @@ impl Journal {
         }
         state.done().map_err(|e| self.err(e))?;
         Ok(request)
+    }
+
+    /// Claims the oldest queued update whose key no worker owns and starts
+    /// an attempt at it, in one step.
+    pub fn take(
+        &self,
+        current_run: RunId,
+        merge: Merge<'_>,
+    ) -> Result<Option<Attempt>, JournalError> {
+        let Some(claim) = self.claim_next()? else {
+            return Ok(None);
+        };
+        let request = self.begin_attempt(&claim, current_run, merge)?;
+        Ok(Some(Attempt { claim, request }))
+    }
+
+    /// Records the verdict on `claim` ([`Journal::finish`]) and starts the
+    /// next attempt: at the key's next update if it has one, else at the
+    /// oldest free one ([`Journal::take`]).
+    pub fn finish_and_take(
+        &self,
+        claim: &Claim,
+        verdict: &Verdict,
+        current_run: RunId,
+        merge: Merge<'_>,
+    ) -> Result<Option<Attempt>, JournalError> {
+        match self.finish(claim, verdict, current_run)? {
+            Some(next) => {
+                let request = self.begin_attempt(&next, current_run, merge)?;
+                Ok(Some(Attempt {
+                    claim: next,
+                    request,
+                }))
+            }
+            None => self.take(current_run, merge),
+        }
     }
 
     /// The attempt did not reach a verdict (a 429, a transient failure, a
@@ -206,7 +248,7 @@ impl Journal {
             .map_err(|e| self.err(e))
             .and_then(|()| {
                 let State { conn, tally, .. } = &mut *state;
-                finish_update(conn, tally, claim.seq, verdict, current_run, &self.path)
+                finish_update(conn, tally, claim, verdict, current_run, &self.path)
             })
             .and_then(|()| {
                 state
@@ -298,7 +340,7 @@ pub(super) fn store_request(
 fn finish_update(
     tx: &Connection,
     tally: &mut Tally,
-    seq: i64,
+    claim: &Claim,
     verdict: &Verdict,
     current_run: RunId,
     path: &Path,
@@ -307,7 +349,8 @@ fn finish_update(
         path: path.to_owned(),
         source,
     };
-    type SourceRow = (i64, i64, bool, String, String, i64);
+    let seq = claim.seq;
+    type SourceRow = (i64, i64, i64, bool, String, i64);
     let sources: Vec<SourceRow> = tx
         .prepare_cached(SOURCES_OF)
         .and_then(|mut s| {
@@ -328,12 +371,11 @@ fn finish_update(
         && let Some(newest) = sources.iter().map(|s| s.5).max()
     {
         tx.prepare_cached(
-            "INSERT INTO delivered(key, received_ms, delivered_ms)
-             SELECT key, ?2, ?3 FROM updates WHERE seq = ?1
+            "INSERT INTO delivered(key, received_ms, delivered_ms) VALUES (?1, ?2, ?3)
              ON CONFLICT(key) DO UPDATE SET received_ms = max(received_ms, excluded.received_ms),
                  delivered_ms = excluded.delivered_ms",
         )
-        .and_then(|mut s| s.execute(params![seq, newest, now_ms()]))
+        .and_then(|mut s| s.execute(params![claim.key, newest, now_ms()]))
         .map_err(sqlite)?;
     }
     let (request_text, status, response) = match verdict {
@@ -348,7 +390,7 @@ fn finish_update(
                 .map(|r| bounded_response(&r.body).into_owned()),
         ),
     };
-    for (run, line, first_part, record, audiences, received_ms) in &sources {
+    for (id, run, line, first_part, audiences, received_ms) in &sources {
         let audiences: Vec<String> = serde_json::from_str(audiences).unwrap_or_default();
         match verdict {
             Verdict::Delivered => {
@@ -370,11 +412,16 @@ fn finish_update(
                     *first_part,
                     Some(code),
                 );
+                // Only a dead letter needs the record itself.
+                let record: String = tx
+                    .prepare_cached("SELECT record FROM sources WHERE id = ?1")
+                    .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+                    .map_err(sqlite)?;
                 insert_letter(
                     tx,
                     *run,
                     *line as u64,
-                    record,
+                    &record,
                     request_text.as_deref(),
                     status,
                     response.as_deref(),
