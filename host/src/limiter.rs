@@ -111,6 +111,15 @@ impl Limiter {
         }
     }
 
+    /// Takes a permit if one is free now; `false` (nothing taken) if a
+    /// request would have to wait.
+    pub fn try_acquire(&self) -> bool {
+        if self.gate().is_some_and(|until| until > Instant::now()) {
+            return false;
+        }
+        self.pacer.check().is_ok()
+    }
+
     /// Holds every request back until `until` (never shortens a wait).
     pub fn block_until(&self, until: Instant) {
         let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
@@ -191,6 +200,22 @@ mod tests {
             elapsed >= Duration::from_secs(36) && elapsed < Duration::from_millis(36_100),
             "{elapsed:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_is_taken_without_waiting_only_when_one_is_free() {
+        let limiter = Limiter::new(&policy(2, 1)).unwrap();
+        assert!(limiter.try_acquire());
+        assert!(limiter.try_acquire());
+        assert!(!limiter.try_acquire(), "the burst is spent");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(limiter.try_acquire(), "one more at the steady rate");
+        assert!(!limiter.try_acquire());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        limiter.block_until(Instant::now() + Duration::from_secs(1));
+        assert!(!limiter.try_acquire(), "the gate is closed");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(limiter.try_acquire());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,8 @@
 //! The queue between intake and delivery, as delivery sees it: enqueue
-//! planned records, claim a key's next update, attempt it, finish it with a
-//! verdict (delivered or dead-lettered), or release it; and the history
+//! planned records, take the oldest update whose key is free (claimed and
+//! on the wire in one step), let an attempt wait and attempt it again,
+//! finish it with a verdict (delivered or dead-lettered) and take the next,
+//! or release it; and the history
 //! kept with it: runs and their counts, dead letters. Ordering per key,
 //! coalescing and durability are the queue's promises; where it keeps its
 //! state is its own business.
@@ -10,8 +12,9 @@
 //! or fsync ever runs on an async runtime's worker thread, and the journal
 //! commits grouped verdicts itself when no new work fills the group.
 
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use destination_types::Request;
@@ -19,8 +22,8 @@ use tokio::sync::oneshot;
 
 pub use crate::journal::Verdict;
 use crate::journal::{
-    Checkpoint, Claim, DeadLetter, GROUP_COMMIT_WINDOW, Incoming, IngestReport, Journal,
-    JournalError, LetterFilter, RunId, RunRecord, RunStats,
+    Attempt, Checkpoint, Claim, DeadLetter, GROUP_COMMIT_WINDOW, Incoming, IngestReport, Journal,
+    JournalError, LetterFilter, Merge, RunId, RunRecord, RunStats,
 };
 
 /// How the destination combines two updates queued for one key.
@@ -92,10 +95,14 @@ pub trait Queue: Send + Sync {
         checkpoint: Option<Checkpoint>,
     ) -> impl Future<Output = Result<IngestReport, Self::Error>> + Send;
 
-    /// The oldest queued update whose key nobody owns, its key now owned.
-    fn claim(&self) -> impl Future<Output = Result<Option<Claim>, Self::Error>> + Send;
+    /// The oldest queued update whose key nobody owns, its key now owned
+    /// and the attempt started (later updates folded in; nothing merges
+    /// into it now).
+    fn take(&self, run: RunId)
+    -> impl Future<Output = Result<Option<Attempt>, Self::Error>> + Send;
 
-    /// Starts an attempt: the request to send now (later updates folded in).
+    /// Starts an attempt again after [`Queue::attempt_failed`]: the request
+    /// to send now (updates that arrived meanwhile folded in).
     fn attempt(
         &self,
         claim: Claim,
@@ -105,16 +112,22 @@ pub trait Queue: Send + Sync {
     /// The attempt ended without a verdict (it will be tried again).
     fn attempt_failed(&self, claim: Claim) -> impl Future<Output = ()> + Send;
 
-    /// Records a verdict; the key's next update, still owned, if any.
+    /// Records a verdict; the key is let go, unless its next update is
+    /// taken at once (the next [`Queue::take`] may hand it to any worker).
+    /// Returns once the verdict is handed over, not necessarily recorded: a
+    /// failure to record it makes the next `take` fail.
     fn finish(
         &self,
         claim: Claim,
         verdict: Verdict,
         run: RunId,
-    ) -> impl Future<Output = Result<Option<Claim>, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
     /// Lets a key go without a verdict; its updates stay queued.
     fn release(&self, claim: Claim) -> impl Future<Output = ()> + Send;
+
+    /// The workers are done: lets go of whatever was taken ahead for them.
+    fn release_ahead(&self) -> impl Future<Output = ()> + Send;
 
     /// Whether any update is queued.
     fn has_pending(&self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
@@ -124,9 +137,63 @@ type Job = Box<dyn FnOnce(&Journal, &Merger) + Send>;
 
 /// The journal on its own thread. The thread ends, after committing what
 /// is grouped, when the last handle is dropped.
+///
+/// Verdicts are handed to the thread without waiting for it, and the
+/// thread keeps a few attempts started ahead ([`JournalQueue::prefetching`])
+/// that `take` hands out without a round trip: a worker goes from one
+/// update's verdict to the next update's request without waiting for the
+/// journal. An attempt taken ahead is on the wire as far as merging goes;
+/// a worker that then has to wait (for the limiter) lets go of it, so
+/// updates arriving meanwhile still merge.
 pub struct JournalQueue {
     journal: Arc<Journal>,
     jobs: mpsc::Sender<Job>,
+    ahead: Arc<Ahead>,
+}
+
+/// Attempts started ahead, and why the journal failed, if it did.
+#[derive(Default)]
+struct Ahead {
+    attempts: Mutex<VecDeque<Attempt>>,
+    /// How many to keep started.
+    target: AtomicUsize,
+    failed: Mutex<Option<String>>,
+}
+
+impl Ahead {
+    fn pop(&self) -> Option<Attempt> {
+        lock(&self.attempts).pop_front()
+    }
+
+    fn failed(&self) -> Option<String> {
+        lock(&self.failed).clone()
+    }
+
+    /// On the journal's thread: starts attempts until `target` are waiting.
+    fn top_up(&self, journal: &Journal, run: RunId, merge: Merge<'_>) -> Result<(), JournalError> {
+        let missing = self
+            .target
+            .load(Ordering::Relaxed)
+            .saturating_sub(lock(&self.attempts).len());
+        for _ in 0..missing {
+            match journal.take(run, merge)? {
+                Some(attempt) => lock(&self.attempts).push_back(attempt),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// On the journal's thread: the journal failed; nothing taken ahead is
+    /// handed out any more.
+    fn fail(&self, why: String) {
+        lock(&self.attempts).clear();
+        lock(&self.failed).get_or_insert(why);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl JournalQueue {
@@ -138,7 +205,25 @@ impl JournalQueue {
             .name("journal".into())
             .spawn(move || serve(&owned, &merge, &inbox))
             .map_err(|e| JournalError::Thread(e.to_string()))?;
-        Ok(Self { journal, jobs })
+        Ok(Self {
+            journal,
+            jobs,
+            ahead: Arc::default(),
+        })
+    }
+
+    /// Keeps up to `attempts` attempts started ahead for the workers
+    /// (about one per worker keeps them from waiting on the journal).
+    pub fn prefetching(self, attempts: usize) -> Self {
+        self.ahead.target.store(attempts, Ordering::Relaxed);
+        self
+    }
+
+    fn failure(&self, why: String) -> JournalError {
+        JournalError::Failed {
+            path: self.journal.path().to_owned(),
+            why,
+        }
     }
 
     pub fn journal(&self) -> &Arc<Journal> {
@@ -158,6 +243,21 @@ impl JournalQueue {
             }))
             .map_err(|_| gone())?;
         answered.await.map_err(|_| gone())?
+    }
+}
+
+impl Drop for JournalQueue {
+    /// Attempts started ahead and never handed out let their keys go (if
+    /// [`Queue::release_ahead`] was not awaited).
+    fn drop(&mut self) {
+        let left: Vec<Attempt> = lock(&self.ahead.attempts).drain(..).collect();
+        if !left.is_empty() {
+            let _ = self.jobs.send(Box::new(move |journal, _| {
+                for attempt in &left {
+                    journal.release(&attempt.claim);
+                }
+            }));
+        }
     }
 }
 
@@ -238,8 +338,31 @@ impl Queue for JournalQueue {
         .await
     }
 
-    async fn claim(&self) -> Result<Option<Claim>, JournalError> {
-        self.call(|journal, _| journal.claim_next()).await
+    async fn take(&self, run: RunId) -> Result<Option<Attempt>, JournalError> {
+        if let Some(why) = self.ahead.failed() {
+            return Err(self.failure(why));
+        }
+        if let Some(attempt) = self.ahead.pop() {
+            return Ok(Some(attempt));
+        }
+        let ahead = self.ahead.clone();
+        let taken = self
+            .call(move |journal, merge| {
+                let merge = |o: &Request, n: &Request| merge(o, n);
+                // Verdicts handed over before this call may have started
+                // attempts meanwhile.
+                let taken = match ahead.pop() {
+                    Some(attempt) => Some(attempt),
+                    None => journal.take(run, &merge)?,
+                };
+                ahead.top_up(journal, run, &merge)?;
+                Ok(taken)
+            })
+            .await;
+        if let Err(e) = &taken {
+            self.ahead.fail(e.to_string());
+        }
+        taken
     }
 
     async fn attempt(&self, claim: Claim, run: RunId) -> Result<Request, JournalError> {
@@ -256,14 +379,25 @@ impl Queue for JournalQueue {
             .await;
     }
 
-    async fn finish(
-        &self,
-        claim: Claim,
-        verdict: Verdict,
-        run: RunId,
-    ) -> Result<Option<Claim>, JournalError> {
-        self.call(move |journal, _| journal.finish(&claim, &verdict, run))
-            .await
+    async fn finish(&self, claim: Claim, verdict: Verdict, run: RunId) -> Result<(), JournalError> {
+        let ahead = self.ahead.clone();
+        let job: Job = Box::new(move |journal, merge| {
+            let merge = |o: &Request, n: &Request| merge(o, n);
+            let recorded = journal
+                .finish_and_take(&claim, &verdict, run, &merge)
+                .and_then(|next| {
+                    if let Some(next) = next {
+                        lock(&ahead.attempts).push_back(next);
+                    }
+                    ahead.top_up(journal, run, &merge)
+                });
+            if let Err(e) = recorded {
+                ahead.fail(e.to_string());
+            }
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| JournalError::Thread("the journal's thread ended".into()))
     }
 
     async fn release(&self, claim: Claim) {
@@ -275,7 +409,141 @@ impl Queue for JournalQueue {
             .await;
     }
 
+    async fn release_ahead(&self) {
+        let left: Vec<Attempt> = lock(&self.ahead.attempts).drain(..).collect();
+        if !left.is_empty() {
+            let _ = self
+                .call(move |journal, _| {
+                    for attempt in &left {
+                        journal.release(&attempt.claim);
+                    }
+                    Ok(())
+                })
+                .await;
+        }
+    }
+
     async fn has_pending(&self) -> Result<bool, JournalError> {
         self.call(|journal, _| journal.has_pending()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use destination_types::{Method, PlanOutcome};
+
+    fn update(key: u64) -> Incoming {
+        Incoming {
+            line: key,
+            record: format!("{{\"id\": {key}}}"),
+            outcome: PlanOutcome::Send(vec![Request {
+                method: Method::Patch,
+                path: format!("/items/{key}"),
+                headers: Vec::new(),
+                body: format!("{{\"id\": {key}}}"),
+                key: key.to_string(),
+                audiences: Vec::new(),
+            }]),
+            replay: None,
+        }
+    }
+
+    /// A journal holding updates for keys 1..=`keys`, and its run.
+    fn journal(keys: u64) -> (Arc<Journal>, RunId) {
+        let journal = Arc::new(Journal::in_memory().unwrap());
+        let run = journal
+            .start_run("run", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        journal
+            .ingest(run, (1..=keys).map(update).collect(), None, &|_, _| None)
+            .unwrap();
+        (journal, run)
+    }
+
+    fn no_merge() -> Merger {
+        Arc::new(|_, _| None)
+    }
+
+    async fn keys_left(queue: &JournalQueue, run: RunId) -> Vec<String> {
+        let mut keys = Vec::new();
+        while let Some(attempt) = queue.take(run).await.unwrap() {
+            keys.push(attempt.claim.key.clone());
+            queue
+                .finish(attempt.claim, Verdict::Delivered, run)
+                .await
+                .unwrap();
+        }
+        keys
+    }
+
+    #[tokio::test]
+    async fn attempts_taken_ahead_are_handed_out_in_order_and_let_go_at_the_end() {
+        let (journal, run) = journal(6);
+        let queue = JournalQueue::start(journal.clone(), no_merge())
+            .unwrap()
+            .prefetching(3);
+        let first = queue.take(run).await.unwrap().unwrap();
+        assert_eq!(first.claim.key, "1");
+        // Three more were started ahead; the next two come from them.
+        assert_eq!(lock(&queue.ahead.attempts).len(), 3);
+        let second = queue.take(run).await.unwrap().unwrap();
+        assert_eq!(second.claim.key, "2");
+        queue.release(first.claim).await;
+        queue.release(second.claim).await;
+        queue.release_ahead().await;
+        drop(queue);
+
+        // Everything not delivered is free again for the next run.
+        let next_run = journal
+            .start_run("resume", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        let queue = JournalQueue::start(journal, no_merge()).unwrap();
+        assert_eq!(
+            keys_left(&queue, next_run).await,
+            ["1", "2", "3", "4", "5", "6"]
+        );
+        assert!(!queue.has_pending().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_verdict_handed_over_is_recorded_before_anything_after_it() {
+        let (journal, run) = journal(50);
+        let queue = JournalQueue::start(journal.clone(), no_merge())
+            .unwrap()
+            .prefetching(8);
+        assert_eq!(keys_left(&queue, run).await.len(), 50);
+        let record = queue.run_record(run).await.unwrap();
+        assert_eq!(record.counts.delivered, 50);
+        assert_eq!(record.pending, 0);
+    }
+
+    #[tokio::test]
+    async fn after_a_lost_transaction_nothing_taken_ahead_is_handed_out() {
+        let (journal, run) = journal(20);
+        let queue = JournalQueue::start(journal.clone(), no_merge())
+            .unwrap()
+            .prefetching(4);
+        let first = queue.take(run).await.unwrap().unwrap();
+        assert_eq!(lock(&queue.ahead.attempts).len(), 4);
+        // The group holding the next verdict is lost.
+        journal.fail_next_commit();
+        queue
+            .finish(first.claim, Verdict::Delivered, run)
+            .await
+            .unwrap();
+        queue.call(|_, _| Ok(())).await.unwrap();
+        assert!(journal.flush().is_err());
+        let second = first_taken_ahead(&queue);
+        queue.finish(second, Verdict::Delivered, run).await.unwrap();
+        // Once the journal's thread has seen it, nothing more is taken.
+        let _ = queue.has_pending().await;
+        let refused = queue.take(run).await.unwrap_err();
+        assert!(matches!(refused, JournalError::Failed { .. }), "{refused}");
+        assert!(lock(&queue.ahead.attempts).is_empty());
+    }
+
+    fn first_taken_ahead(queue: &JournalQueue) -> Claim {
+        queue.ahead.pop().unwrap().claim
     }
 }

@@ -1,6 +1,7 @@
-//! The workers: each takes a queued key, sends its updates in order under
-//! the rate limiter, and acts on every answer as the retry state machine
-//! ([`super::retry`]) says, until the key has nothing queued.
+//! The workers: each takes the next update the queue hands out (a key's
+//! updates come in order, one at a time), sends it under the rate limiter,
+//! and acts on every answer as the retry state machine ([`super::retry`])
+//! says, until nothing is left to take.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use rand::Rng;
 use crate::clock::Clock;
 use crate::guest::Guest;
 use crate::http::ApiClient;
-use crate::journal::{Claim, RunId, Verdict};
+use crate::journal::{Attempt, RunId, Verdict};
 use crate::limiter::Limiter;
 use crate::queue::Queue;
 
@@ -56,8 +57,12 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
             }
             let woken = self.control.work_available.notified();
             let done_before = self.intake_done.load(Ordering::Acquire);
-            match self.queue.claim().await {
-                Ok(Some(claim)) => self.work_key(claim).await,
+            match self.queue.take(self.run).await {
+                Ok(Some(attempt)) => {
+                    if !self.work_on(attempt).await {
+                        return;
+                    }
+                }
                 Ok(None) if done_before => return,
                 Ok(None) => {
                     let _ = tokio::time::timeout(Duration::from_millis(200), woken).await;
@@ -70,37 +75,38 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
         }
     }
 
-    /// Delivers a key's updates in order until none is queued.
-    async fn work_key(&self, mut claim: Claim) {
-        loop {
-            let Some(verdict) = self.deliver(&claim).await else {
-                self.queue.release(claim).await;
-                return;
-            };
-            let next = self.queue.finish(claim.clone(), verdict, self.run).await;
-            self.last_verdict_ms
-                .store(self.clock.now_ms(), Ordering::Relaxed);
-            if let Some(bar) = self.progress {
-                bar.inc(1);
-            }
-            match next {
-                Ok(Some(next)) => claim = next,
-                Ok(None) => return,
-                Err(e) => {
-                    self.queue.release(claim).await;
-                    self.control.stop_run(format!("the journal failed: {e}"));
-                    return;
-                }
-            }
+    /// Delivers one update and hands its verdict over; `false` when the
+    /// run stopped.
+    async fn work_on(&self, attempt: Attempt) -> bool {
+        let claim = attempt.claim.clone();
+        let Some(verdict) = self.deliver(attempt).await else {
+            self.queue.release(claim).await;
+            return false;
+        };
+        let handed = self.queue.finish(claim.clone(), verdict, self.run).await;
+        self.last_verdict_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
+        if let Some(bar) = self.progress {
+            bar.inc(1);
         }
+        if let Err(e) = handed {
+            self.queue.release(claim).await;
+            self.control.stop_run(format!("the journal failed: {e}"));
+            return false;
+        }
+        true
     }
 
-    /// Sends the claimed update (re-read before every attempt, so whatever
-    /// merged into it while it waited goes along) until it has a verdict;
-    /// `None` when the run stopped first.
-    async fn deliver(&self, claim: &Claim) -> Option<Verdict> {
+    /// Sends the attempt's request until it has a verdict; `None` when the
+    /// run stopped first. Whenever it has to wait (for the limiter, a
+    /// retry, a refresh) the attempt is let go of, so newer updates merge
+    /// into it, and it is started again (re-read) before it is sent.
+    async fn deliver(&self, attempt: Attempt) -> Option<Verdict> {
+        let Attempt { claim, request } = attempt;
+        let mut on_the_wire = Some(request);
         let mut attempts = Attempts::default();
         loop {
+            // A stop lets the claim go (the caller releases it).
             if self.control.stopped().is_some() {
                 return None;
             }
@@ -115,12 +121,20 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
                     return None;
                 }
             };
-            self.control.unless_stopped(self.limiter.acquire()).await?;
-            let request = match self.queue.attempt(claim.clone(), self.run).await {
-                Ok(request) => request,
-                Err(e) => {
-                    self.control.stop_run(format!("the journal failed: {e}"));
-                    return None;
+            let request = match on_the_wire.take() {
+                Some(request) if self.limiter.try_acquire() => request,
+                waiting => {
+                    if waiting.is_some() {
+                        self.queue.attempt_failed(claim.clone()).await;
+                    }
+                    self.control.unless_stopped(self.limiter.acquire()).await?;
+                    match self.queue.attempt(claim.clone(), self.run).await {
+                        Ok(request) => request,
+                        Err(e) => {
+                            self.control.stop_run(format!("the journal failed: {e}"));
+                            return None;
+                        }
+                    }
                 }
             };
             self.counters.requests_sent.fetch_add(1, Ordering::Relaxed);

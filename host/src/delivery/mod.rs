@@ -175,7 +175,7 @@ pub async fn run<C: Credentials>(
         let guest = guest.clone();
         Arc::new(move |older, newer| guest.merge_blocking(older, newer))
     };
-    let queue = JournalQueue::start(journal, merger)?;
+    let queue = JournalQueue::start(journal, merger)?.prefetching(options.concurrency.max(1));
     deliver(&guest, &queue, api, limiter, credentials, input, options).await
 }
 
@@ -290,6 +290,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
     }
     // A refresh the stop cut off from its caller still stores its tokens.
     credentials.settle().await;
+    queue.release_ahead().await;
     stop_reading.store(true, Ordering::Relaxed);
     if reader.is_finished() {
         let _ = reader.join();
