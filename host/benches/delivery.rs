@@ -24,6 +24,10 @@ use outreach_host::limiter::Limiter;
 use outreach_simulator::{Simulator, SimulatorConfig};
 
 mod common;
+
+// The command line's allocator, so the figures are the command's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::{CONFIG, record};
 
 fn records(n: u64) -> Vec<String> {

@@ -28,6 +28,10 @@ use outreach_host::limiter::Limiter;
 use serde_json::json;
 
 mod common;
+
+// The command line's allocator, so the figures are the command's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::{CONFIG, record};
 
 /// The update the component plans for `record(id)`, built directly so the
