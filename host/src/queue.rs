@@ -184,6 +184,16 @@ impl Ahead {
         Ok(())
     }
 
+    /// Takes every attempt out; what lets their keys go, if there were any.
+    fn release_job(&self) -> Option<impl FnOnce(&Journal) + Send + 'static> {
+        let left: Vec<Attempt> = lock(&self.attempts).drain(..).collect();
+        (!left.is_empty()).then_some(move |journal: &Journal| {
+            for attempt in &left {
+                journal.release(&attempt.claim);
+            }
+        })
+    }
+
     /// On the journal's thread: the journal failed; nothing taken ahead is
     /// handed out any more.
     fn fail(&self, why: String) {
@@ -250,13 +260,8 @@ impl Drop for JournalQueue {
     /// Attempts started ahead and never handed out let their keys go (if
     /// [`Queue::release_ahead`] was not awaited).
     fn drop(&mut self) {
-        let left: Vec<Attempt> = lock(&self.ahead.attempts).drain(..).collect();
-        if !left.is_empty() {
-            let _ = self.jobs.send(Box::new(move |journal, _| {
-                for attempt in &left {
-                    journal.release(&attempt.claim);
-                }
-            }));
+        if let Some(release) = self.ahead.release_job() {
+            let _ = self.jobs.send(Box::new(move |journal, _| release(journal)));
         }
     }
 }
@@ -410,13 +415,10 @@ impl Queue for JournalQueue {
     }
 
     async fn release_ahead(&self) {
-        let left: Vec<Attempt> = lock(&self.ahead.attempts).drain(..).collect();
-        if !left.is_empty() {
+        if let Some(release) = self.ahead.release_job() {
             let _ = self
                 .call(move |journal, _| {
-                    for attempt in &left {
-                        journal.release(&attempt.claim);
-                    }
+                    release(journal);
                     Ok(())
                 })
                 .await;

@@ -172,6 +172,16 @@ fn stored_credentials_at(
     OAuthCredentials::load(client, store.clone(), "ada").unwrap()
 }
 
+/// Logs in through `sim` and stores the tokens for account "ada": the
+/// tokens, and the store.
+async fn stored_login(sim: &Simulator) -> (TokenSet, TokenStore) {
+    let client = client(sim, "http://127.0.0.1:9/callback", Duration::ZERO);
+    let tokens = login(sim, &client).await;
+    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
+    store.put("ada", &tokens).unwrap();
+    (tokens, store)
+}
+
 /// Logs in through `sim` and stores the tokens for account "ada" as
 /// already expired: the first use must refresh. The tokens as logged in,
 /// and the store.
@@ -537,10 +547,7 @@ async fn a_revoked_refresh_token_stops_the_run_and_keeps_every_update() {
         ..OAuthApp::default()
     };
     let sim = simulator(app, Duration::ZERO).await;
-    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
-    let tokens = login(&sim, &client).await;
-    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
-    store.put("ada", &tokens).unwrap();
+    let (tokens, store) = stored_login(&sim).await;
     sim.revoke_refresh_tokens(USER);
     // The host's clock is two seconds on: the access token has expired.
     let later = Clock::starting_at(outreach_host::clock::now_ms() + 2_000);
@@ -790,10 +797,7 @@ async fn a_token_is_refreshed_when_the_clock_says_it_expires_soon_and_not_before
         ..OAuthApp::default()
     };
     let sim = simulator(app, Duration::ZERO).await;
-    let client = client(&sim, "http://127.0.0.1:9/callback", Duration::ZERO);
-    let tokens = login(&sim, &client).await;
-    let store = TokenStore::new(temp_path("oauth", "tokens.json"));
-    store.put("ada", &tokens).unwrap();
+    let (tokens, store) = stored_login(&sim).await;
     let expires_ms = tokens.expires_at.unwrap() * 1000;
     let margin_ms = REFRESH_MARGIN.as_millis() as u64;
 
