@@ -1,16 +1,7 @@
-//! The queue between intake and delivery, as delivery sees it: enqueue
-//! planned records, take the oldest update whose key is free (claimed and
-//! on the wire in one step), let an attempt wait and attempt it again,
-//! finish it with a verdict (delivered or dead-lettered) and take the next,
-//! or release it; and the history
-//! kept with it: runs and their counts, dead letters. Ordering per key,
-//! coalescing and durability are the queue's promises; where it keeps its
-//! state is its own business.
-//!
-//! [`JournalQueue`] is the single-machine implementation: the SQLite
-//! journal ([`crate::journal`]) on a thread of its own, so no SQLite call
-//! or fsync ever runs on an async runtime's worker thread, and the journal
-//! commits grouped verdicts itself when no new work fills the group.
+//! The queue on the SQLite journal: the journal on a thread of its own, so
+//! no SQLite call or fsync ever runs on an async runtime's worker thread,
+//! and the journal commits grouped verdicts itself when no new work fills
+//! the group.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,118 +11,11 @@ use std::thread;
 use destination_types::Request;
 use tokio::sync::oneshot;
 
-pub use crate::journal::Verdict;
+use super::{Merger, Queue, RunEnd, RunStart};
 use crate::journal::{
     Attempt, Checkpoint, Claim, DeadLetter, GROUP_COMMIT_WINDOW, Incoming, IngestReport, Journal,
-    JournalError, LetterFilter, Merge, RunId, RunRecord, RunStats,
+    JournalError, LetterFilter, Merge, RunId, RunRecord, Verdict,
 };
-
-/// How the destination combines two updates queued for one key.
-pub type Merger = Arc<dyn Fn(&Request, &Request) -> Option<Request> + Send + Sync>;
-
-/// A run about to start.
-#[derive(Clone, Debug)]
-pub struct RunStart {
-    /// `run`, `resume`, `replay`, `demo`.
-    pub kind: String,
-    pub destination: String,
-    pub api_base: String,
-    pub input: Option<String>,
-}
-
-/// How a run ended.
-#[derive(Clone, Debug)]
-pub struct RunEnd {
-    pub status: &'static str,
-    pub stats: RunStats,
-    pub resumed: u64,
-    pub fatal: Option<String>,
-}
-
-/// What delivery needs from a queue.
-pub trait Queue: Send + Sync {
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// Where the queue keeps its state, for messages.
-    fn location(&self) -> String;
-
-    /// The API base the queued updates were planned for, and how many
-    /// records wait, if any do.
-    fn pending_target(
-        &self,
-    ) -> impl Future<Output = Result<Option<(String, u64)>, Self::Error>> + Send;
-
-    /// Records a new run: its id, and how many records earlier runs left
-    /// queued (this run takes them over).
-    fn start_run(
-        &self,
-        start: RunStart,
-    ) -> impl Future<Output = Result<(RunId, u64), Self::Error>> + Send;
-
-    /// Records how `run` ended; its record, and how many records of any
-    /// run are still queued.
-    fn end_run(
-        &self,
-        run: RunId,
-        end: RunEnd,
-    ) -> impl Future<Output = Result<(RunRecord, u64), Self::Error>> + Send;
-
-    /// A run's record as it stands.
-    fn run_record(&self, run: RunId)
-    -> impl Future<Output = Result<RunRecord, Self::Error>> + Send;
-
-    /// The dead letters `filter` selects.
-    fn dead_letters(
-        &self,
-        filter: LetterFilter,
-    ) -> impl Future<Output = Result<Vec<DeadLetter>, Self::Error>> + Send;
-
-    /// Durably enqueues a batch of planned records and the input position
-    /// after them; returns once both are on disk.
-    fn enqueue(
-        &self,
-        run: RunId,
-        batch: Vec<Incoming>,
-        checkpoint: Option<Checkpoint>,
-    ) -> impl Future<Output = Result<IngestReport, Self::Error>> + Send;
-
-    /// The oldest queued update whose key nobody owns, its key now owned
-    /// and the attempt started (later updates folded in; nothing merges
-    /// into it now).
-    fn take(&self, run: RunId)
-    -> impl Future<Output = Result<Option<Attempt>, Self::Error>> + Send;
-
-    /// Starts an attempt again after [`Queue::attempt_failed`]: the request
-    /// to send now (updates that arrived meanwhile folded in).
-    fn attempt(
-        &self,
-        claim: Claim,
-        run: RunId,
-    ) -> impl Future<Output = Result<Request, Self::Error>> + Send;
-
-    /// The attempt ended without a verdict (it will be tried again).
-    fn attempt_failed(&self, claim: Claim) -> impl Future<Output = ()> + Send;
-
-    /// Records a verdict; the key is let go, unless its next update is
-    /// taken at once (the next [`Queue::take`] may hand it to any worker).
-    /// Returns once the verdict is handed over, not necessarily recorded: a
-    /// failure to record it makes the next `take` fail.
-    fn finish(
-        &self,
-        claim: Claim,
-        verdict: Verdict,
-        run: RunId,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
-
-    /// Lets a key go without a verdict; its updates stay queued.
-    fn release(&self, claim: Claim) -> impl Future<Output = ()> + Send;
-
-    /// The workers are done: lets go of whatever was taken ahead for them.
-    fn release_ahead(&self) -> impl Future<Output = ()> + Send;
-
-    /// Whether any update is queued.
-    fn has_pending(&self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
-}
 
 type Job = Box<dyn FnOnce(&Journal, &Merger) + Send>;
 
