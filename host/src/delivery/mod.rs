@@ -176,7 +176,9 @@ pub async fn run<C: Credentials>(
         Arc::new(move |older, newer| guest.merge_blocking(older, newer))
     };
     let queue = JournalQueue::start(journal, merger)?.prefetching(options.concurrency.max(1));
-    deliver(&guest, &queue, api, limiter, credentials, input, options).await
+    let delivered = deliver(&guest, &queue, api, limiter, credentials, input, options).await;
+    queue.close().await;
+    delivered
 }
 
 /// [`run`] through any queue: `guest` plans, classifies and merges, `queue`

@@ -33,6 +33,8 @@ pub struct JournalQueue {
     journal: Arc<Journal>,
     jobs: mpsc::Sender<Job>,
     ahead: Arc<Ahead>,
+    /// Answered when the thread has ended.
+    finished: Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 /// Attempts started ahead, and why the journal failed, if it did.
@@ -94,16 +96,37 @@ impl JournalQueue {
     /// Starts the journal's thread; `merge` is the destination's.
     pub fn start(journal: Arc<Journal>, merge: Merger) -> Result<Self, JournalError> {
         let (jobs, inbox) = mpsc::channel::<Job>();
+        let (ended, finished) = oneshot::channel();
         let owned = journal.clone();
         thread::Builder::new()
             .name("journal".into())
-            .spawn(move || serve(&owned, &merge, &inbox))
+            .spawn(move || {
+                serve(&owned, &merge, &inbox);
+                // Let go of the journal before saying so.
+                drop(owned);
+                let _ = ended.send(());
+            })
             .map_err(|e| JournalError::Thread(e.to_string()))?;
         Ok(Self {
             journal,
             jobs,
             ahead: Arc::default(),
+            finished: Mutex::new(Some(finished)),
         })
+    }
+
+    /// Ends the journal's thread and waits for it: what is grouped is
+    /// committed, and the thread's handle on the journal is gone, so the
+    /// journal closes (and folds its write-ahead log into the database)
+    /// when its owner lets go of it — not in a thread a process exit cuts
+    /// short.
+    pub async fn close(self) {
+        self.release_ahead().await;
+        let finished = lock(&self.finished).take();
+        drop(self);
+        if let Some(finished) = finished {
+            let _ = finished.await;
+        }
     }
 
     /// Keeps up to `attempts` attempts started ahead for the workers
