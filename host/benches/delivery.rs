@@ -2,9 +2,11 @@
 //!
 //! 1. Throughput with the rate limit lifted (the simulator's and the host's
 //!    pacing): updates per second.
-//! 2. Budget use with the limit on (600 per minute by default): records
-//!    delivered divided by what the limit allowed in the windows the run
-//!    spanned, and the 429s received.
+//! 2. Budget use with the limit on (600 per minute by default), against
+//!    the simulator's windows that start with a user's first request and
+//!    against fixed windows that count every request (429s included): the
+//!    requests each window counted, the share of the budget used in the
+//!    windows the run spanned wholly, and the 429s received per window.
 //!
 //! Run: `cargo bench -p outreach-host --bench delivery`
 //! (`-- --records N --limit L --window-secs W --limited-records M --concurrency C`).
@@ -21,7 +23,7 @@ use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
-use outreach_simulator::{Simulator, SimulatorConfig};
+use outreach_simulator::{RateWindowKind, Simulator, SimulatorConfig};
 
 mod common;
 
@@ -29,6 +31,9 @@ mod common;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use common::{CONFIG, record};
+
+/// The Outreach user the benchmark delivers as.
+const USER: &str = "bench@example.com";
 
 fn records(n: u64) -> Vec<String> {
     (1..=n).map(record).collect()
@@ -77,7 +82,7 @@ async fn deliver(
     let destination = runtime.configure(CONFIG).unwrap().unwrap();
     let limiter = Limiter::new(pacing).unwrap();
     let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(30)).unwrap();
-    let token = simulator.issue_token("bench@example.com");
+    let token = simulator.issue_token(USER);
     let input = Input::reader(Cursor::new(records(n).join("\n")), None);
     // A journal on disk, as the command line uses.
     let journal_file = std::env::temp_dir().join(format!(
@@ -145,41 +150,57 @@ fn main() {
         );
 
         let window = Duration::from_secs(args.window_secs);
-        let simulator = Simulator::start(
-            SimulatorConfig {
-                prospect_ids: 1..=args.limited_records,
-                rate_limit: args.limit,
-                rate_window: window,
-                ..SimulatorConfig::default()
-            },
-            loopback,
-        )
-        .await
-        .unwrap();
         // The component's declared policy, as a real run uses it; the
-        // simulator's stricter limit is learnt from its headers and 429s.
+        // simulator's stricter limit is learnt from its headers (and 429s).
         let declared = runtime.describe().rate_limit.clone();
-        let (summary, elapsed) = deliver(
-            &runtime,
-            &simulator,
-            args.limited_records,
-            args.concurrency,
-            &declared,
-        )
-        .await;
-        assert_eq!(summary.delivered, args.limited_records);
-        let windows = elapsed.as_secs_f64() / window.as_secs_f64();
-        let allowed = f64::from(args.limit) * windows.ceil();
-        println!(
-            "limited to {} per {} s: {} delivered in {:.1} s ({:.2} windows); allowed in the {} windows used: {allowed:.0}; budget used {:.1}%; 429s received: {}",
-            args.limit,
-            args.window_secs,
-            summary.delivered,
-            elapsed.as_secs_f64(),
-            windows,
-            windows.ceil(),
-            100.0 * summary.delivered as f64 / allowed,
-            summary.rate_limited
-        );
+        for kind in [RateWindowKind::FromFirstRequest, RateWindowKind::Fixed] {
+            if args.limited_records == 0 {
+                break;
+            }
+            let simulator = Simulator::start(
+                SimulatorConfig {
+                    prospect_ids: 1..=args.limited_records,
+                    rate_limit: args.limit,
+                    rate_window: window,
+                    rate_window_kind: kind,
+                    ..SimulatorConfig::default()
+                },
+                loopback,
+            )
+            .await
+            .unwrap();
+            let (summary, elapsed) = deliver(
+                &runtime,
+                &simulator,
+                args.limited_records,
+                args.concurrency,
+                &declared,
+            )
+            .await;
+            assert_eq!(summary.delivered, args.limited_records);
+            // What the simulator counted per window (429s included in a
+            // fixed window). The first and the last window are used in
+            // part by nature (the run joins one, and ends in one); every
+            // window between them should count the whole budget.
+            let counts: Vec<u32> = simulator
+                .rate_windows(USER)
+                .iter()
+                .map(|(_, used)| *used)
+                .collect();
+            let whole = counts.get(1..counts.len().saturating_sub(1)).unwrap_or(&[]);
+            let used: u64 = whole.iter().map(|c| u64::from(*c).min(u64::from(args.limit))).sum();
+            let budget = (whole.len() as u64 * u64::from(args.limit)).max(1);
+            println!(
+                "limited to {} per {} s, {kind:?} windows: {} delivered in {:.1} s; requests per window {counts:?}; budget used in the {} windows between the first and the last {:.1}%; 429s {} ({:.2} per window)",
+                args.limit,
+                args.window_secs,
+                summary.delivered,
+                elapsed.as_secs_f64(),
+                whole.len(),
+                100.0 * used as f64 / budget as f64,
+                summary.rate_limited,
+                summary.rate_limited as f64 / counts.len().max(1) as f64,
+            );
+        }
     });
 }

@@ -1,11 +1,12 @@
 //! Pacing under the API's request budget, per user.
 //!
-//! Two layers: a GCRA pacer (governor) sized from the component's declared
-//! policy — the whole window's budget may be spent in a burst, then requests
-//! flow at the steady rate — and a gate that the API's own signals close:
-//! `X-RateLimit-Remaining: 0` closes it until the reported reset, a 429
-//! closes it until the time the API gave. A rate-limited update is never
-//! dropped; it waits.
+//! Three layers: a GCRA pacer (governor) sized from the component's
+//! declared policy — the whole window's budget may be spent in a burst,
+//! then requests flow at the steady rate; the budget the API reports
+//! (`X-RateLimit-Remaining` until the reset), from which every request in
+//! flight holds a place, so that requests already on their way when the
+//! count reaches 0 do not meet a 429; and a gate a 429 closes until the
+//! time the API gave. A rate-limited update is never dropped; it waits.
 //!
 //! Both layers wait on tokio's clock and read server times on the host's
 //! [`Clock`], so their tests pause time instead of sleeping.
@@ -55,6 +56,33 @@ pub struct Limiter {
     clock: Clock,
     /// No request may start before this instant.
     gate: Mutex<Option<Instant>>,
+    window: Mutex<Window>,
+}
+
+/// What the API last said of its current window, and the requests sent
+/// that have no answer yet: those may already have been counted against
+/// what it said, so they are reserved from it.
+#[derive(Debug, Default)]
+struct Window {
+    /// Requests left, as reported, in the window that resets at this time
+    /// (epoch ms).
+    reported: Option<(u32, u64)>,
+    in_flight: u32,
+}
+
+/// A request's place in the budget, from [`Limiter::acquire`] until its
+/// answer was observed (or it failed): dropping it frees the place.
+#[must_use = "the request's place in the budget ends when the permit is dropped"]
+#[derive(Debug)]
+pub struct Permit<'a> {
+    window: &'a Mutex<Window>,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        window.in_flight = window.in_flight.saturating_sub(1);
+    }
 }
 
 impl Limiter {
@@ -82,6 +110,7 @@ impl Limiter {
             time,
             clock,
             gate: Mutex::new(None),
+            window: Mutex::default(),
         })
     }
 
@@ -89,8 +118,33 @@ impl Limiter {
         *self.gate.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until a request may be sent.
-    pub async fn acquire(&self) {
+    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// When the budget the API reported is spent by the requests in flight:
+    /// the reset to wait for.
+    fn spent_until(&self, window: &Window) -> Option<Instant> {
+        let (remaining, reset_ms) = window.reported?;
+        let reset = self.clock.instant_at(reset_ms);
+        (reset > Instant::now() && window.in_flight >= remaining).then_some(reset)
+    }
+
+    /// A place in the budget, if one is left.
+    fn reserve(&self) -> Option<Permit<'_>> {
+        let mut window = self.window();
+        if self.spent_until(&window).is_some() {
+            return None;
+        }
+        window.in_flight += 1;
+        Some(Permit {
+            window: &self.window,
+        })
+    }
+
+    /// Waits until a request may be sent; the permit is its place in the
+    /// budget until it is dropped (after its answer was observed).
+    pub async fn acquire(&self) -> Permit<'_> {
         loop {
             if let Some(until) = self.gate()
                 && until > Instant::now()
@@ -98,26 +152,37 @@ impl Limiter {
                 tokio::time::sleep_until(until).await;
                 continue;
             }
+            let spent = self.spent_until(&self.window());
+            if let Some(reset) = spent {
+                tokio::time::sleep_until(reset).await;
+                continue;
+            }
             if let Err(not_until) = self.pacer.check() {
                 use governor::clock::Clock as _;
                 tokio::time::sleep(not_until.wait_time_from(self.time.now())).await;
                 continue;
             }
-            // The gate may have closed while we waited for the pacer.
-            match self.gate() {
-                Some(until) if until > Instant::now() => continue,
-                _ => return,
+            // The gate may have closed, or the budget been spent, while we
+            // waited for the pacer.
+            if self.gate().is_some_and(|until| until > Instant::now()) {
+                continue;
+            }
+            if let Some(permit) = self.reserve() {
+                return permit;
             }
         }
     }
 
-    /// Takes a permit if one is free now; `false` (nothing taken) if a
-    /// request would have to wait.
-    pub fn try_acquire(&self) -> bool {
-        if self.gate().is_some_and(|until| until > Instant::now()) {
-            return false;
+    /// A permit if one is free now; `None` (nothing taken) if a request
+    /// would have to wait.
+    pub fn try_acquire(&self) -> Option<Permit<'_>> {
+        if self.gate().is_some_and(|until| until > Instant::now())
+            || self.spent_until(&self.window()).is_some()
+        {
+            return None;
         }
-        self.pacer.check().is_ok()
+        self.pacer.check().ok()?;
+        self.reserve()
     }
 
     /// Holds every request back until `until` (never shortens a wait).
@@ -128,13 +193,21 @@ impl Limiter {
         }
     }
 
-    /// Takes the API's view of the budget into account.
+    /// Takes the API's view of the budget into account: the requests left
+    /// in the window are shared by those in flight and any new one; at the
+    /// reset, requests flow again.
     pub fn observe(&self, budget: &Budget) {
-        if budget.remaining == Some(0)
-            && let Some(reset) = budget.reset_at_ms
-        {
-            self.block_until(self.clock.instant_at(reset));
-        }
+        let (Some(remaining), Some(reset_ms)) = (budget.remaining, budget.reset_at_ms) else {
+            return;
+        };
+        let mut window = self.window();
+        window.reported = match window.reported {
+            // Answers come back out of order: the lowest count is the newest.
+            Some((known, at)) if at == reset_ms => Some((known.min(remaining), at)),
+            // An answer from a window already over.
+            Some((known, at)) if at > reset_ms => Some((known, at)),
+            _ => Some((remaining, reset_ms)),
+        };
     }
 
     /// A 429: wait until the time the API named, else a default pause.
@@ -169,11 +242,11 @@ mod tests {
         let limiter = Limiter::new(&policy(10, 1)).unwrap();
         let start = Instant::now();
         for _ in 0..10 {
-            limiter.acquire().await;
+            let _ = limiter.acquire().await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO, "the burst was paced");
         for _ in 0..5 {
-            limiter.acquire().await;
+            let _ = limiter.acquire().await;
         }
         // 5 more at 10/s take 0.5 s.
         let elapsed = start.elapsed();
@@ -188,11 +261,11 @@ mod tests {
         let limiter = Limiter::new(&policy(10_000, 3_600)).unwrap();
         let start = Instant::now();
         for _ in 0..10_000 {
-            limiter.acquire().await;
+            let _ = limiter.acquire().await;
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
         for _ in 0..100 {
-            limiter.acquire().await;
+            let _ = limiter.acquire().await;
         }
         // 100 more at 10,000 per hour: 36 s.
         let elapsed = start.elapsed();
@@ -205,17 +278,82 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_permit_is_taken_without_waiting_only_when_one_is_free() {
         let limiter = Limiter::new(&policy(2, 1)).unwrap();
-        assert!(limiter.try_acquire());
-        assert!(limiter.try_acquire());
-        assert!(!limiter.try_acquire(), "the burst is spent");
+        assert!(limiter.try_acquire().is_some());
+        assert!(limiter.try_acquire().is_some());
+        assert!(limiter.try_acquire().is_none(), "the burst is spent");
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert!(limiter.try_acquire(), "one more at the steady rate");
-        assert!(!limiter.try_acquire());
+        assert!(
+            limiter.try_acquire().is_some(),
+            "one more at the steady rate"
+        );
+        assert!(limiter.try_acquire().is_none());
         tokio::time::advance(Duration::from_secs(5)).await;
         limiter.block_until(Instant::now() + Duration::from_secs(1));
-        assert!(!limiter.try_acquire(), "the gate is closed");
+        assert!(limiter.try_acquire().is_none(), "the gate is closed");
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(limiter.try_acquire());
+        assert!(limiter.try_acquire().is_some());
+    }
+
+    fn reported(remaining: u32, reset_at_ms: u64) -> Budget {
+        Budget {
+            limit: Some(600),
+            remaining: Some(remaining),
+            reset_at_ms: Some(reset_at_ms),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_in_flight_hold_places_in_the_reported_budget() {
+        let clock = Clock::starting_at(1_700_000_000_000);
+        let limiter = Limiter::with_clock(&policy(10_000, 3_600), clock).unwrap();
+        let reset = clock.now_ms() + 60_000;
+        // Two requests are on their way when an answer says 3 are left.
+        let first = limiter.acquire().await;
+        let second = limiter.acquire().await;
+        limiter.observe(&reported(3, reset));
+        let third = limiter.try_acquire().expect("one place is left");
+        assert!(limiter.try_acquire().is_none(), "three are in flight");
+        // Their answers take the count down with them: still nothing left.
+        limiter.observe(&reported(2, reset));
+        drop(first);
+        limiter.observe(&reported(1, reset));
+        drop(second);
+        limiter.observe(&reported(0, reset));
+        drop(third);
+        assert!(limiter.try_acquire().is_none(), "the window is spent");
+        // The next request goes at the reset, not before.
+        let start = Instant::now();
+        let _next = limiter.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_got_no_answer_frees_its_place() {
+        let clock = Clock::starting_at(1_700_000_000_000);
+        let limiter = Limiter::with_clock(&policy(10_000, 3_600), clock).unwrap();
+        limiter.observe(&reported(1, clock.now_ms() + 60_000));
+        let lost = limiter.try_acquire().expect("one place");
+        assert!(limiter.try_acquire().is_none());
+        drop(lost);
+        assert!(limiter.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_from_a_past_window_do_not_hold_back_the_next() {
+        let clock = Clock::starting_at(1_700_000_000_000);
+        let limiter = Limiter::with_clock(&policy(10_000, 3_600), clock).unwrap();
+        let now = clock.now_ms();
+        limiter.observe(&reported(0, now + 60_000));
+        // A new window began (a later reset): its count replaces the old.
+        limiter.observe(&reported(599, now + 120_000));
+        assert!(limiter.try_acquire().is_some());
+        // A late answer from the old window changes nothing.
+        limiter.observe(&reported(0, now + 60_000));
+        assert!(limiter.try_acquire().is_some());
+        // Out of order within a window: the lowest count holds.
+        limiter.observe(&reported(0, now + 120_000));
+        limiter.observe(&reported(500, now + 120_000));
+        assert!(limiter.try_acquire().is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -228,7 +366,7 @@ mod tests {
             reset_at_ms: Some(clock.now_ms() + 300),
         });
         let start = Instant::now();
-        limiter.acquire().await;
+        let _ = limiter.acquire().await;
         assert_eq!(start.elapsed(), Duration::from_millis(300));
     }
 
@@ -238,24 +376,24 @@ mod tests {
         let limiter = Limiter::with_clock(&policy(1_000, 1), clock).unwrap();
         limiter.rate_limited(Some(clock.now_ms() + 5_000));
         let start = Instant::now();
-        limiter.acquire().await;
+        let _ = limiter.acquire().await;
         assert_eq!(start.elapsed(), Duration::from_secs(5));
 
         // A reset that seems past still holds back for a second.
         limiter.rate_limited(Some(clock.now_ms() - 1_000));
         let start = Instant::now();
-        limiter.acquire().await;
+        let _ = limiter.acquire().await;
         assert_eq!(start.elapsed(), MIN_RATE_LIMIT_WAIT);
 
         limiter.rate_limited(None);
         let start = Instant::now();
-        limiter.acquire().await;
+        let _ = limiter.acquire().await;
         assert_eq!(start.elapsed(), DEFAULT_RATE_LIMIT_WAIT);
 
         // A reset days away is capped.
         limiter.rate_limited(Some(clock.now_ms() + 86_400_000 * 3));
         let start = Instant::now();
-        limiter.acquire().await;
+        let _ = limiter.acquire().await;
         assert_eq!(start.elapsed(), MAX_SERVER_WAIT);
     }
 
@@ -265,7 +403,7 @@ mod tests {
         let now = Instant::now();
         limiter.block_until(now + Duration::from_secs(10));
         limiter.block_until(now + Duration::from_secs(2));
-        limiter.acquire().await;
+        let _ = limiter.acquire().await;
         assert_eq!(now.elapsed(), Duration::from_secs(10));
     }
 
@@ -292,7 +430,7 @@ mod tests {
             limiter.observe(&budget);
         }
         let start = Instant::now();
-        limiter.acquire().await;
+        let _ = limiter.acquire().await;
         assert_eq!(start.elapsed(), Duration::ZERO);
     }
 

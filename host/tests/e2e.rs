@@ -9,7 +9,7 @@ use outreach_host::delivery::{self, DeliveryOptions, Input, StaticToken, Summary
 use outreach_host::http::ApiClient;
 use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
-use outreach_simulator::{Faults, Simulator, SimulatorConfig};
+use outreach_simulator::{Faults, RateWindowKind, Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
 mod common;
@@ -237,6 +237,77 @@ async fn a_low_rate_limit_delays_but_never_drops_and_does_not_hammer() {
         s.rate_limited
     );
     for id in 1..=150 {
+        assert_eq!(simulator.prospect(id).unwrap()["custom4"], "realized");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_window_is_used_in_full_with_at_most_one_429_per_window() {
+    // Every request counts in a fixed window, 429s included: requests in
+    // flight when the count runs out must hold their places, or they meet
+    // 429s and spend the next window's budget too.
+    const LIMIT: u32 = 20;
+    const RECORDS: u64 = 60;
+    let window = Duration::from_secs(1);
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=1000,
+            rate_limit: LIMIT,
+            rate_window: window,
+            rate_window_kind: RateWindowKind::Fixed,
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let user = "ada@example.com";
+    let token = simulator.issue_token(user);
+    let records: Vec<String> = (1..=RECORDS)
+        .map(|id| profile(id, "Fixed", "realized"))
+        .collect();
+    let job = run_job(
+        &simulator,
+        CONFIG,
+        &records,
+        DeliveryOptions {
+            concurrency: 8,
+            ..DeliveryOptions::default()
+        },
+        token,
+    )
+    .await;
+    let s = &job.summary;
+    assert_eq!(s.delivered, RECORDS, "{s:?}");
+    assert_eq!(simulator.stats().rate_limited, s.rate_limited);
+    // What each window counted, from the first request on: the windows
+    // follow each other with none skipped, every window between the first
+    // (which the run may have joined late) and the last is used in full,
+    // and none counts more than one request refused. (Without places held
+    // for requests in flight, windows counted 23 to 26.)
+    let windows = simulator.rate_windows(user);
+    let counts: Vec<u32> = windows.iter().map(|(_, used)| *used).collect();
+    assert!(
+        windows.windows(2).all(|w| w[1].0 == w[0].0 + window),
+        "a window went unused: {windows:?}"
+    );
+    assert!(
+        counts.len() <= 4,
+        "60 requests at 20 per window: {counts:?}"
+    );
+    assert!(counts.iter().all(|used| *used <= LIMIT + 1), "{counts:?}");
+    // A request sent just before a boundary may be counted just after it.
+    if counts.len() > 2 {
+        let middle = &counts[1..counts.len() - 1];
+        assert!(middle.iter().all(|used| *used >= LIMIT - 1), "{counts:?}");
+    }
+    assert_eq!(
+        u64::from(counts.iter().sum::<u32>()),
+        RECORDS + s.rate_limited,
+        "every request counted, 429s included: {counts:?}"
+    );
+    assert!(s.rate_limited <= windows.len() as u64, "{counts:?}");
+    for id in 1..=RECORDS {
         assert_eq!(simulator.prospect(id).unwrap()["custom4"], "realized");
     }
 }

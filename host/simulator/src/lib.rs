@@ -58,6 +58,8 @@ pub struct SimulatorConfig {
     /// Requests per user per window.
     pub rate_limit: u32,
     pub rate_window: Duration,
+    /// Where windows start and what they count.
+    pub rate_window_kind: RateWindowKind,
     /// Custom fields this Outreach account has (`custom1..=N`).
     pub custom_fields: u32,
     /// Bearer tokens accepted from the start, with the user each belongs to.
@@ -75,6 +77,7 @@ impl Default for SimulatorConfig {
             prospect_ids: 1..=10_000,
             rate_limit: 10_000,
             rate_window: Duration::from_secs(3_600),
+            rate_window_kind: RateWindowKind::default(),
             custom_fields: MAX_CUSTOM_FIELDS,
             tokens: Vec::new(),
             faults: Faults::default(),
@@ -104,9 +107,31 @@ pub struct Stats {
     pub invalid_grants: u64,
 }
 
+/// How a user's requests are counted against the limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RateWindowKind {
+    /// A window starts with the first request after the previous one
+    /// ended, and counts the requests it admits (a 429 does not count).
+    #[default]
+    FromFirstRequest,
+    /// Windows start at fixed boundaries (multiples of the window's length
+    /// since the Unix epoch, so an hour-long window is a clock hour), and
+    /// every authenticated request counts: those answered 5xx, and those
+    /// refused with a 429 too.
+    Fixed,
+}
+
 struct RateWindow {
     started: SystemTime,
     used: u32,
+}
+
+/// The fixed window `now` falls in: its start.
+fn fixed_window_start(now: SystemTime, length: Duration) -> SystemTime {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let length_ns = length.as_nanos().max(1);
+    let start_ns = since.as_nanos() / length_ns * length_ns;
+    UNIX_EPOCH + Duration::from_nanos(u64::try_from(start_ns).unwrap_or(u64::MAX))
 }
 
 struct Store {
@@ -114,6 +139,8 @@ struct Store {
     tokens: HashMap<String, oauth::Issued>,
     oauth: oauth::OAuthState,
     windows: HashMap<String, RateWindow>,
+    /// Windows that ended: user, start, requests counted.
+    past_windows: Vec<(String, SystemTime, u32)>,
     rng: StdRng,
     stats: Stats,
 }
@@ -165,6 +192,7 @@ impl Simulator {
                     .collect(),
                 oauth: oauth::OAuthState::default(),
                 windows: HashMap::new(),
+                past_windows: Vec::new(),
                 rng: StdRng::seed_from_u64(config.seed),
                 stats: Stats::default(),
             }),
@@ -248,6 +276,20 @@ impl Simulator {
 
     pub fn stats(&self) -> Stats {
         self.shared.store().stats.clone()
+    }
+
+    /// `user`'s rate-limit windows so far, oldest first: when each started
+    /// and how many requests it counted.
+    pub fn rate_windows(&self, user: &str) -> Vec<(SystemTime, u32)> {
+        let store = self.shared.store();
+        let current = store.windows.get(user).map(|w| (w.started, w.used));
+        store
+            .past_windows
+            .iter()
+            .filter(|(u, _, _)| u == user)
+            .map(|(_, started, used)| (*started, *used))
+            .chain(current)
+            .collect()
     }
 }
 
@@ -392,19 +434,36 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Response> {
         }
     };
     let (limit, length) = (shared.config.rate_limit, shared.config.rate_window);
-    let window = store.windows.entry(user).or_insert(RateWindow {
-        started: now,
-        used: 0,
-    });
-    if now.duration_since(window.started).unwrap_or_default() >= length {
-        *window = RateWindow {
-            started: now,
-            used: 0,
-        };
+    let fixed = shared.config.rate_window_kind == RateWindowKind::Fixed;
+    let started = if fixed {
+        fixed_window_start(now, length)
+    } else {
+        now
+    };
+    let Store {
+        windows,
+        past_windows,
+        stats,
+        ..
+    } = &mut *store;
+    let window = windows
+        .entry(user.clone())
+        .or_insert(RateWindow { started, used: 0 });
+    let ended = if fixed {
+        window.started != started
+    } else {
+        now.duration_since(window.started).unwrap_or_default() >= length
+    };
+    if ended {
+        past_windows.push((user, window.started, window.used));
+        *window = RateWindow { started, used: 0 };
     }
     let reset = window.started + length;
     if window.used >= limit {
-        store.stats.rate_limited += 1;
+        if fixed {
+            window.used = window.used.saturating_add(1);
+        }
+        stats.rate_limited += 1;
         let quota = Quota {
             limit,
             remaining: 0,
@@ -435,6 +494,17 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Response> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fixed_windows_start_at_multiples_of_their_length() {
+        let at = |s: u64, ms: u64| UNIX_EPOCH + Duration::from_secs(s) + Duration::from_millis(ms);
+        let minute = Duration::from_secs(60);
+        assert_eq!(fixed_window_start(at(120, 0), minute), at(120, 0));
+        assert_eq!(fixed_window_start(at(179, 999), minute), at(120, 0));
+        assert_eq!(fixed_window_start(at(180, 1), minute), at(180, 0));
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(fixed_window_start(at(7_300, 5), hour), at(7_200, 0));
+    }
 
     #[test]
     fn formats_match_outreach() {

@@ -315,6 +315,11 @@ pub(crate) struct SimulateArgs {
     /// Rate-limit window in seconds.
     #[arg(long, default_value_t = 3_600)]
     pub(crate) rate_window_secs: u64,
+    /// Fixed rate-limit windows (starting at multiples of the length, every
+    /// request counted, 429s included) instead of windows starting with a
+    /// user's first request.
+    #[arg(long)]
+    pub(crate) fixed_window: bool,
     /// Custom fields the account has (custom1..=N).
     #[arg(long, default_value_t = 150)]
     pub(crate) custom_fields: u32,

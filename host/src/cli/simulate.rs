@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use outreach_simulator::{Faults, Simulator, SimulatorConfig};
+use outreach_simulator::{Faults, RateWindowKind, Simulator, SimulatorConfig};
 
 use super::args::SimulateArgs;
 use super::{CLIENT_ID_ENV, CLIENT_SECRET_ENV, TOKEN_ENV};
@@ -20,6 +20,11 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<u8> {
             prospect_ids: args.prospects.0..=args.prospects.1,
             rate_limit: args.rate_limit,
             rate_window: Duration::from_secs(args.rate_window_secs.max(1)),
+            rate_window_kind: if args.fixed_window {
+                RateWindowKind::Fixed
+            } else {
+                RateWindowKind::FromFirstRequest
+            },
             custom_fields: args.custom_fields.min(150),
             faults: Faults {
                 error_share: args.error_share,

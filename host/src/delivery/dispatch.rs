@@ -121,15 +121,24 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
                     return None;
                 }
             };
-            let request = match on_the_wire.take() {
-                Some(request) if self.limiter.try_acquire() => request,
-                waiting => {
-                    if waiting.is_some() {
+            let ready = match on_the_wire.take() {
+                Some(request) => match self.limiter.try_acquire() {
+                    Some(permit) => Some((request, permit)),
+                    None => {
                         self.queue.attempt_failed(claim.clone()).await;
+                        None
                     }
-                    self.control.unless_stopped(self.limiter.acquire()).await?;
+                },
+                None => None,
+            };
+            // The permit holds the request's place in the budget until its
+            // answer was observed.
+            let (request, permit) = match ready {
+                Some(ready) => ready,
+                None => {
+                    let permit = self.control.unless_stopped(self.limiter.acquire()).await?;
                     match self.queue.attempt(claim.clone(), self.run).await {
-                        Ok(request) => request,
+                        Ok(request) => (request, permit),
                         Err(e) => {
                             self.control.stop_run(format!("the journal failed: {e}"));
                             return None;
@@ -172,6 +181,7 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
                     }
                 }
             };
+            drop(permit);
             let jitter = rand::rng().random_range(0.5..=1.0);
             let action = attempts.next(
                 &self.policy,
