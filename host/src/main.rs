@@ -12,14 +12,8 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = cli::args::Cli::parse();
+    init_logging(cli.log_format);
     match cli::run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -35,5 +29,20 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(cli::EXIT_FATAL)
         }
+    }
+}
+
+/// Log lines on stderr, at the level `RUST_LOG` asks for (`warn` unless
+/// told otherwise).
+fn init_logging(format: cli::args::LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        cli::args::LogFormat::Text => logs.init(),
+        cli::args::LogFormat::Json => logs.json().init(),
     }
 }

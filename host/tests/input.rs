@@ -330,3 +330,29 @@ fn a_replay_never_overwrites_a_newer_update_unless_forced() {
     assert_eq!(s.first_name(1).as_deref(), Some("LastWeek1"));
     let _ = std::fs::remove_dir_all(&s.dir);
 }
+
+#[test]
+fn log_lines_can_be_json_objects_for_a_log_collector() {
+    let s = setup("json-logs");
+    let third = profile(3, "Third");
+    let input = write(
+        &s.dir,
+        "profiles.ndjson",
+        &format!("{}\n{}", profile(1, "First"), &third[..third.len() / 2]),
+    );
+    let (code, summary, stderr) = s.run(&input, &["--log-format", "json"]);
+    assert_eq!(code, Some(0), "{summary} {stderr}");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let warning = lines
+        .iter()
+        .find(|l| l["level"] == "WARN")
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    let message = warning["fields"]["message"].as_str().unwrap();
+    assert!(message.contains("left for the next run"), "{message}");
+    assert!(warning["timestamp"].is_string(), "{warning}");
+    let _ = std::fs::remove_dir_all(&s.dir);
+}

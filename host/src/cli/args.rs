@@ -12,10 +12,21 @@ use clap::{Args, Parser, Subcommand};
     about = "Reference host for profile-destination WebAssembly components"
 )]
 pub(crate) struct Cli {
+    /// How log lines on stderr are written (the level comes from RUST_LOG,
+    /// `warn` by default): `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
     #[command(flatten)]
     pub(crate) component: ComponentArgs,
     #[command(subcommand)]
     pub(crate) command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args)]

@@ -93,7 +93,9 @@ pub(crate) fn die_quietly_on_closed_pipe() {
 /// Runs the command; its exit code. The component is loaded only by the
 /// commands that run it.
 pub(crate) fn run(cli: Cli) -> Result<u8> {
-    let Cli { component, command } = cli;
+    let Cli {
+        component, command, ..
+    } = cli;
     let store = token_store(&component)?;
     let max_record_bytes = component.max_record_bytes;
     let journal_file = journal_path(&component)?;
