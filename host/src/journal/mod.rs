@@ -48,7 +48,7 @@ use store::SCHEMA_VERSION;
 pub use store::default_journal_path;
 
 /// Requests of queued updates kept in memory at most (see `State::ready`).
-pub const READY_REQUESTS: usize = 4_096;
+const READY_REQUESTS: usize = 4_096;
 
 /// Verdicts committed together at most.
 pub const GROUP_COMMIT_OPS: u32 = 512;

@@ -143,10 +143,6 @@ impl JournalQueue {
         }
     }
 
-    pub fn journal(&self) -> &Arc<Journal> {
-        &self.journal
-    }
-
     /// Runs `work` on the journal's thread and awaits its answer.
     pub async fn call<T: Send + 'static>(
         &self,
