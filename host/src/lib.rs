@@ -14,6 +14,7 @@ pub mod journal;
 pub mod limiter;
 pub mod oauth;
 pub mod queue;
+pub mod service;
 
 /// A per-user file or directory: `$override_var` if set, else
 /// `$xdg_var/outreach-host/<name>`, else `~/<home_fallback>/outreach-host/<name>`.

@@ -57,7 +57,18 @@ pub struct Limiter {
     /// No request may start before this instant.
     gate: Mutex<Option<Instant>>,
     window: Mutex<Window>,
+    /// Whose turn it is to wait for the next permit: one [`Line`] at a
+    /// time, first come first served (tokio's mutex is fair).
+    turns: tokio::sync::Mutex<()>,
 }
+
+/// One sharer's place in line for a [`Limiter`] several sharers use (the
+/// destinations of one Outreach user): a sharer's requests queue behind
+/// each other, and only its first waits for a turn at the limiter, so
+/// busy sharers take turns (round-robin) however many requests each has
+/// waiting.
+#[derive(Debug, Default)]
+pub struct Line(tokio::sync::Mutex<()>);
 
 /// What the API last said of its current window, and the requests sent
 /// that have no answer yet: those may already have been counted against
@@ -111,7 +122,37 @@ impl Limiter {
             clock,
             gate: Mutex::new(None),
             window: Mutex::default(),
+            turns: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// [`Limiter::acquire`] for a sharer: waits behind the sharer's own
+    /// earlier requests, then for its turn among the sharers.
+    pub async fn acquire_in(&self, line: &Line) -> Permit<'_> {
+        let _mine = line.0.lock().await;
+        let _turn = self.turns.lock().await;
+        self.acquire().await
+    }
+
+    /// [`Limiter::try_acquire`] for a sharer: `None` also when anyone is
+    /// waiting in line (it would jump the queue).
+    pub fn try_acquire_in(&self, line: &Line) -> Option<Permit<'_>> {
+        let _mine = line.0.try_lock().ok()?;
+        let _turn = self.turns.try_lock().ok()?;
+        self.try_acquire()
+    }
+
+    /// Requests in flight holding a place, and what the API last reported
+    /// as left in its window (for metrics).
+    pub fn budget_view(&self) -> (u64, Option<u64>) {
+        let window = self.window();
+        (
+            u64::from(window.in_flight),
+            window
+                .reported
+                .filter(|&(_, reset_ms)| reset_ms > self.clock.now_ms())
+                .map(|(remaining, _)| u64::from(remaining)),
+        )
     }
 
     fn gate(&self) -> Option<Instant> {

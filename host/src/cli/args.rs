@@ -29,7 +29,7 @@ pub(crate) enum LogFormat {
     Json,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub(crate) struct ComponentArgs {
     /// Destination component to run (default: the Outreach component built
     /// with this host).
@@ -140,8 +140,41 @@ pub(crate) struct SendArgs {
     pub(crate) delivery: DeliveryArgs,
 }
 
+/// `serve`: the always-on service.
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// The destinations file (TOML): settings, accounts, destinations.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) destinations: PathBuf,
+    /// Address to listen on (default: the file's `listen`, else
+    /// 127.0.0.1:8088). Anything but loopback needs ingest keys.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// HTTP timeout per API request, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub(crate) timeout_secs: u64,
+    /// How long a dataflow run collects records, in seconds (one run per
+    /// destination per period).
+    #[arg(long, default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) run_length_secs: u64,
+    #[command(flatten)]
+    pub(crate) oauth: OAuthArgs,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum Command {
+    /// Run as a service: deliver continuously for every destination of a
+    /// destinations file, taking records over HTTP
+    /// (POST /v1/destinations/NAME/records); SIGHUP reloads the file,
+    /// SIGTERM drains and stops.
+    Serve(ServeArgs),
+    /// Make a new ingest key: prints the key (for producers) and its hash
+    /// (for the destinations file, which never holds the key itself).
+    IngestKey {
+        /// Hash a key read from standard input instead.
+        #[arg(long)]
+        hash: bool,
+    },
     /// Run the demo: start the Outreach simulator in-process and deliver the
     /// shipped example profiles to it.
     Demo {

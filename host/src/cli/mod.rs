@@ -8,6 +8,7 @@ mod history;
 mod login;
 mod plan;
 mod render;
+mod serve;
 mod simulate;
 
 use std::path::{Path, PathBuf};
@@ -110,8 +111,11 @@ pub(crate) fn run(cli: Cli) -> Result<u8> {
     ) {
         die_quietly_on_closed_pipe();
     }
+    let service_component = component.clone();
     let runtime = move || load_runtime(component);
     match command {
+        Command::Serve(args) => serve::serve(service_component, store, args),
+        Command::IngestKey { hash } => serve::ingest_key(hash),
         Command::Simulate(args) => tokio_runtime()?.block_on(simulate(args)),
         Command::Auth {
             command: AuthCommand::Status { account },

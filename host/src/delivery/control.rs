@@ -7,23 +7,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 #[derive(Default)]
-pub(super) struct Control {
+pub(crate) struct Control {
     stop: Mutex<Option<String>>,
     /// Woken when the run stops, so that no wait outlives it.
     stopping: Notify,
     /// Something was queued or released: idle workers look again.
-    pub(super) work_available: Notify,
+    pub(crate) work_available: Notify,
     /// Stopped by a signal: intake stops too.
     interrupted: AtomicBool,
     login_required: AtomicBool,
+    /// Workers finish what they hold and take nothing new (a service
+    /// shutting down).
+    winding_down: AtomicBool,
 }
 
 impl Control {
-    pub(super) fn stopped(&self) -> Option<String> {
+    pub(crate) fn stopped(&self) -> Option<String> {
         self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub(super) fn stop_run(&self, why: String) {
+    pub(crate) fn stop_run(&self, why: String) {
         let mut stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
         if stop.is_none() {
             tracing::error!("stopping delivery: {why}");
@@ -34,12 +37,12 @@ impl Control {
         self.stopping.notify_waiters();
     }
 
-    pub(super) fn stop_for_login(&self, why: String) {
+    pub(crate) fn stop_for_login(&self, why: String) {
         self.login_required.store(true, Ordering::Relaxed);
         self.stop_run(why);
     }
 
-    pub(super) fn interrupt(&self) {
+    pub(crate) fn interrupt(&self) {
         self.interrupted.store(true, Ordering::Release);
         self.stop_run(
             "interrupted by a signal; every update not yet delivered stays queued in the journal"
@@ -47,16 +50,26 @@ impl Control {
         );
     }
 
-    pub(super) fn interrupted(&self) -> bool {
+    /// Workers take no new update; those on one finish it.
+    pub(crate) fn wind_down(&self) {
+        self.winding_down.store(true, Ordering::Release);
+        self.work_available.notify_waiters();
+    }
+
+    pub(crate) fn winding_down(&self) -> bool {
+        self.winding_down.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Acquire)
     }
 
-    pub(super) fn login_required(&self) -> bool {
+    pub(crate) fn login_required(&self) -> bool {
         self.login_required.load(Ordering::Relaxed)
     }
 
     /// Completes once the run has stopped.
-    pub(super) async fn until_stopped(&self) {
+    pub(crate) async fn until_stopped(&self) {
         loop {
             let notified = self.stopping.notified();
             if self.stopped().is_some() {
@@ -67,7 +80,7 @@ impl Control {
     }
 
     /// Completes once a signal interrupted the run.
-    pub(super) async fn until_interrupted(&self) {
+    pub(crate) async fn until_interrupted(&self) {
         loop {
             let notified = self.stopping.notified();
             if self.interrupted() {
@@ -78,7 +91,7 @@ impl Control {
     }
 
     /// Runs `work` unless the run stops first (`None`).
-    pub(super) async fn unless_stopped<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+    pub(crate) async fn unless_stopped<T>(&self, work: impl Future<Output = T>) -> Option<T> {
         tokio::select! {
             value = work => Some(value),
             () = self.until_stopped() => None,
@@ -87,7 +100,7 @@ impl Control {
 }
 
 /// Completes on SIGINT or SIGTERM.
-pub(super) async fn until_signal() {
+pub(crate) async fn until_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -3,7 +3,7 @@
 //! and acts on every answer as the retry state machine ([`super::retry`])
 //! says, until nothing is left to take.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::journal::{Attempt, RunId, Verdict};
-use crate::limiter::Limiter;
+use crate::limiter::{Limiter, Line};
 use crate::queue::Queue;
 
 use super::Credentials;
@@ -21,7 +21,7 @@ use super::retry::{Action, Attempts, Event, Policy};
 
 /// What the workers counted.
 #[derive(Default)]
-pub(super) struct Counters {
+pub(crate) struct Counters {
     pub requests_sent: AtomicU64,
     pub rate_limited: AtomicU64,
     pub retries: AtomicU64,
@@ -29,14 +29,17 @@ pub(super) struct Counters {
 }
 
 /// Everything a worker uses, borrowed from the run.
-pub(super) struct Dispatcher<'a, C, Q> {
+pub(crate) struct Dispatcher<'a, C, Q> {
     pub api: &'a ApiClient,
     pub limiter: &'a Limiter,
+    /// This delivery's place among the limiter's sharers.
+    pub line: &'a Line,
     pub credentials: &'a C,
     pub guest: &'a Guest,
     pub queue: &'a Q,
     pub policy: Policy,
-    pub run: RunId,
+    /// The run verdicts count in (a stream moves on to a new one hourly).
+    pub run: &'a AtomicI64,
     pub control: &'a Control,
     pub counters: &'a Counters,
     /// No more input will be queued.
@@ -48,16 +51,20 @@ pub(super) struct Dispatcher<'a, C, Q> {
 }
 
 impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
+    fn run(&self) -> RunId {
+        self.run.load(Ordering::Relaxed)
+    }
+
     /// Takes queued keys one at a time until the input is exhausted and
     /// nothing is left to take, or the run stops.
     pub async fn work(&self) {
         loop {
-            if self.control.stopped().is_some() {
+            if self.control.stopped().is_some() || self.control.winding_down() {
                 return;
             }
             let woken = self.control.work_available.notified();
             let done_before = self.intake_done.load(Ordering::Acquire);
-            match self.queue.take(self.run).await {
+            match self.queue.take(self.run()).await {
                 Ok(Some(attempt)) => {
                     if !self.work_on(attempt).await {
                         return;
@@ -83,7 +90,7 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
             self.queue.release(claim).await;
             return false;
         };
-        let handed = self.queue.finish(claim.clone(), verdict, self.run).await;
+        let handed = self.queue.finish(claim.clone(), verdict, self.run()).await;
         self.last_verdict_ms
             .store(self.clock.now_ms(), Ordering::Relaxed);
         if let Some(bar) = self.progress {
@@ -122,7 +129,7 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
                 }
             };
             let ready = match on_the_wire.take() {
-                Some(request) => match self.limiter.try_acquire() {
+                Some(request) => match self.limiter.try_acquire_in(self.line) {
                     Some(permit) => Some((request, permit)),
                     None => {
                         self.queue.attempt_failed(claim.clone()).await;
@@ -136,8 +143,11 @@ impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
             let (request, permit) = match ready {
                 Some(ready) => ready,
                 None => {
-                    let permit = self.control.unless_stopped(self.limiter.acquire()).await?;
-                    match self.queue.attempt(claim.clone(), self.run).await {
+                    let permit = self
+                        .control
+                        .unless_stopped(self.limiter.acquire_in(self.line))
+                        .await?;
+                    match self.queue.attempt(claim.clone(), self.run()).await {
                         Ok(request) => (request, permit),
                         Err(e) => {
                             self.control.stop_run(format!("the journal failed: {e}"));

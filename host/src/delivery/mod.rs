@@ -4,8 +4,8 @@
 //! letter with its reason. Updates for the same key go in order (newer ones
 //! merging into a queued one); different keys go concurrently.
 
-mod control;
-mod dispatch;
+pub(crate) mod control;
+pub(crate) mod dispatch;
 mod intake;
 pub mod planner;
 mod report;
@@ -14,7 +14,7 @@ mod summary;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::http::ApiClient;
 pub use crate::input::Input;
 use crate::input::InputError;
 use crate::journal::{DeadLetter, Journal, JournalError, LetterFilter, RunStats};
-use crate::limiter::Limiter;
+use crate::limiter::{Limiter, Line};
 use crate::queue::{JournalQueue, Merger, Queue, RunEnd, RunStart};
 use control::{Control, until_signal};
 use dispatch::{Counters, Dispatcher};
@@ -247,9 +247,12 @@ pub async fn deliver<C: Credentials, Q: Queue>(
         done: &intake_done,
         held_back: &held_back,
     };
+    let line = Line::default();
+    let current_run = AtomicI64::new(run_id);
     let dispatcher = Dispatcher {
         api,
         limiter,
+        line: &line,
         credentials,
         guest,
         queue,
@@ -259,7 +262,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
             backoff_max: options.backoff_max,
             max_server_wait: crate::clock::MAX_SERVER_WAIT,
         },
-        run: run_id,
+        run: &current_run,
         control: &control,
         counters: &counters,
         intake_done: &intake_done,

@@ -68,7 +68,7 @@ fn plan_halving(
 
 /// Plans input records ([`plan_batch`]); records the reader refused are
 /// record errors without asking the component. Input order is kept.
-pub(super) fn plan_items(
+pub(crate) fn plan_items(
     destination: &mut Destination,
     items: Vec<Item>,
 ) -> Vec<(Item, PlanOutcome)> {

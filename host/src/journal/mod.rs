@@ -26,6 +26,7 @@ mod checkpoints;
 mod history;
 mod intake;
 mod letters;
+mod receipts;
 mod store;
 mod tally;
 #[cfg(test)]
@@ -44,6 +45,7 @@ use serde_json::Value;
 
 pub use checkpoints::Checkpoint;
 pub use letters::{DeadLetter, LetterFilter, MAX_STORED_RESPONSE_BYTES, request_summary};
+pub use receipts::{Backlog, Intake, RECEIPT_TTL_MS, Receipt};
 use store::SCHEMA_VERSION;
 pub use store::default_journal_path;
 

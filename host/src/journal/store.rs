@@ -18,7 +18,7 @@ const APPLICATION_ID: i64 = 0x4F52_434A;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
 
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE runs(
@@ -104,6 +104,23 @@ CREATE TABLE delivered(
     received_ms INTEGER NOT NULL,
     delivered_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE receipts(
+    key TEXT PRIMARY KEY,
+    response TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX receipts_by_age ON receipts(received_ms);
+";
+
+/// From schema 2: the answers given to idempotent intake requests.
+const MIGRATE_FROM_2: &str = "
+CREATE TABLE receipts(
+    key TEXT PRIMARY KEY,
+    response TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX receipts_by_age ON receipts(received_ms);
+PRAGMA user_version = 3;
 ";
 
 /// From schema 1: checkpoints gain a content digest; records and dead
@@ -321,8 +338,13 @@ impl Journal {
                 path: path.to_owned(),
                 detail: format!("schema version {version}"),
             });
-        } else if version == 1 {
-            conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_FROM_1} COMMIT;"))
+        } else if version < SCHEMA_VERSION {
+            let steps = if version == 1 {
+                format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2}")
+            } else {
+                MIGRATE_FROM_2.to_owned()
+            };
+            conn.execute_batch(&format!("BEGIN IMMEDIATE; {steps} COMMIT;"))
                 .map_err(corrupt)?;
         }
         // Page-level damage (a truncated file, overwritten bytes) shows here

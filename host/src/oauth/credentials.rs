@@ -20,6 +20,7 @@ use super::{OAuthClient, OAuthError, REFRESH_MARGIN, TokenSet, TokenStore};
 use crate::clock::Clock;
 use crate::delivery::Credentials;
 
+#[derive(Clone)]
 pub struct OAuthCredentials {
     inner: Arc<Inner>,
 }
@@ -86,6 +87,16 @@ impl OAuthCredentials {
                 refreshes: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// When the access token in use expires (epoch seconds), if known.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.current().expires_at
+    }
+
+    /// The scopes the access token in use was granted.
+    pub fn scope(&self) -> Option<String> {
+        self.current().scope
     }
 
     /// Tokens minted by refresh during this process.

@@ -1,0 +1,120 @@
+//! `serve` and `ingest-key`: the service on a listener, with SIGHUP
+//! reloading the destinations file and SIGTERM (or SIGINT) draining it.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use outreach_host::clock::Clock;
+use outreach_host::engine::Limits;
+use outreach_host::oauth::TokenStore;
+use outreach_host::service::{self, Environment, Service, keys};
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::args::{ComponentArgs, ServeArgs};
+use super::login::oauth_client;
+use super::{EXIT_INVALID_CONFIG, TOKEN_ENV, tokio_runtime};
+
+pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs) -> Result<u8> {
+    let ServeArgs {
+        destinations,
+        listen,
+        timeout_secs,
+        run_length_secs,
+        oauth,
+    } = args;
+    let env = Environment {
+        default_component: component
+            .component
+            .unwrap_or_else(|| PathBuf::from(outreach_host::BUILT_COMPONENT)),
+        cache_dir: component
+            .cache_dir
+            .or_else(outreach_host::engine::default_cache_dir),
+        limits: Limits {
+            memory_bytes: (component.guest_memory_mib as usize) << 20,
+            call_deadline: Duration::from_millis(component.guest_deadline_ms),
+        },
+        token_store: store,
+        fixed_token: std::env::var(TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty()),
+        oauth_client: Box::new(move |runtime| {
+            oauth_client(runtime, &oauth, None, false).map_err(|e| format!("{e:#}"))
+        }),
+        request_timeout: Duration::from_secs(timeout_secs),
+        clock: Clock::system(),
+        run_length: Duration::from_secs(run_length_secs),
+    };
+    tokio_runtime()?.block_on(async move {
+        let service = match Service::start(env, &destinations, listen).await {
+            Ok(service) => service,
+            Err(problems) => {
+                eprintln!("{}: cannot serve:", destinations.display());
+                for problem in problems.problems {
+                    eprintln!("  {problem}");
+                }
+                return Ok(EXIT_INVALID_CONFIG);
+            }
+        };
+        let listener = tokio::net::TcpListener::bind(service.listen())
+            .await
+            .with_context(|| format!("cannot listen on {}", service.listen()))?;
+        let address = listener.local_addr()?;
+        {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "listening on http://{address}")?;
+            out.flush()?;
+        }
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let server = {
+            let stopping = stopping.clone();
+            tokio::spawn(
+                axum::serve(listener, service::router(service.clone()))
+                    .with_graceful_shutdown(async move { stopping.notified().await })
+                    .into_future(),
+            )
+        };
+        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => match service.reload().await {
+                    Ok(()) => eprintln!("{}: reloaded", destinations.display()),
+                    Err(problems) => tracing::error!(
+                        "{}: not reloaded, the running destinations are unchanged:\n{problems}",
+                        destinations.display()
+                    ),
+                },
+                _ = terminate.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        eprintln!("draining: intake answers 503, requests in flight finish");
+        service.drain().await;
+        stopping.notify_one();
+        server.await.context("the listener failed")??;
+        eprintln!("stopped; queued updates stay in the journals");
+        Ok(0)
+    })
+}
+
+/// Prints a new key and its hash, or the hash of a key on standard input.
+pub(crate) fn ingest_key(hash_stdin: bool) -> Result<u8> {
+    if hash_stdin {
+        let mut key = String::new();
+        std::io::stdin()
+            .read_to_string(&mut key)
+            .context("cannot read the key from standard input")?;
+        let key = key.trim();
+        anyhow::ensure!(!key.is_empty(), "no key on standard input");
+        println!("{}", keys::KeyHash::of(key));
+        return Ok(0);
+    }
+    let (key, hash) = keys::new_key();
+    println!("key:  {key}");
+    println!("hash: {hash}");
+    eprintln!("give the key to the producer; put the hash in the destinations file's ingest_keys");
+    Ok(0)
+}

@@ -1,0 +1,98 @@
+//! One Outreach user's share of the service: the rate limiter and the
+//! credentials every destination on the account uses, so their requests
+//! count against one budget and one refresher rotates its refresh token.
+
+use std::sync::Mutex;
+
+use crate::delivery::{Credentials, StaticToken};
+use crate::limiter::Limiter;
+use crate::oauth::{OAuthClient, OAuthCredentials, TokenStore};
+
+pub struct Account {
+    pub name: String,
+    pub limiter: Limiter,
+    pub credentials: AccountCredentials,
+}
+
+/// Where an account's access token comes from.
+pub enum AccountCredentials {
+    /// One fixed token (`OUTREACH_ACCESS_TOKEN`), for every account.
+    Fixed(StaticToken),
+    /// The token store, as `outreach-host login` left it. Loaded when
+    /// first needed, so that a service starts before an account logs in.
+    Stored {
+        client: Box<OAuthClient>,
+        store: TokenStore,
+        loaded: Mutex<Option<OAuthCredentials>>,
+    },
+}
+
+impl Account {
+    /// The account's OAuth credentials, once its tokens could be loaded.
+    fn oauth(&self) -> Result<Option<OAuthCredentials>, String> {
+        let AccountCredentials::Stored {
+            client,
+            store,
+            loaded,
+        } = &self.credentials
+        else {
+            return Ok(None);
+        };
+        let mut loaded = loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(credentials) = &*loaded {
+            return Ok(Some(credentials.clone()));
+        }
+        let credentials = OAuthCredentials::load((**client).clone(), store.clone(), &self.name)
+            .map_err(|e| format!("account {:?}: {e}", self.name))?;
+        *loaded = Some(credentials.clone());
+        Ok(Some(credentials))
+    }
+
+    /// Seconds until the access token in use expires, when known (never
+    /// the token itself).
+    pub fn token_expires_in(&self, now_secs: u64) -> Option<i64> {
+        let AccountCredentials::Stored { loaded, .. } = &self.credentials else {
+            return None;
+        };
+        let loaded = loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let at = loaded.as_ref()?.expires_at()?;
+        Some(i64::try_from(at).unwrap_or(i64::MAX) - i64::try_from(now_secs).unwrap_or(0))
+    }
+
+    /// Tokens minted by refresh since the service started.
+    pub fn refreshes(&self) -> u64 {
+        match &self.credentials {
+            AccountCredentials::Stored { loaded, .. } => loaded
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map_or(0, OAuthCredentials::refreshes),
+            AccountCredentials::Fixed(_) => 0,
+        }
+    }
+}
+
+impl Credentials for Account {
+    async fn token(&self) -> Result<String, String> {
+        match &self.credentials {
+            AccountCredentials::Fixed(token) => token.token().await,
+            AccountCredentials::Stored { .. } => match self.oauth()? {
+                Some(credentials) => credentials.token().await,
+                None => Err("no credentials".into()),
+            },
+        }
+    }
+
+    async fn refresh(&self, rejected: &str) -> Result<(), String> {
+        match self.oauth()? {
+            Some(credentials) => credentials.refresh(rejected).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn settle(&self) {
+        if let Ok(Some(credentials)) = self.oauth() {
+            credentials.settle().await;
+        }
+    }
+}

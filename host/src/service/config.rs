@@ -1,0 +1,457 @@
+//! The destinations file (TOML): the service's settings, its accounts and
+//! its destinations. Reading it reports every problem at once, each naming
+//! the destination and the setting, so one edit fixes them all.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::keys::KeyHash;
+use crate::input::DEFAULT_MAX_RECORD_BYTES;
+
+/// The largest request body accepted unless configured otherwise.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
+/// Queued updates per destination beyond which intake answers 429.
+pub const DEFAULT_MAX_QUEUED_UPDATES: u64 = 1_000_000;
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileText {
+    listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    max_body_bytes: Option<u64>,
+    max_record_bytes: Option<usize>,
+    #[serde(default)]
+    ingest_keys: Vec<String>,
+    drain_timeout_secs: Option<u64>,
+    login_retry_secs: Option<u64>,
+    #[serde(default)]
+    accounts: BTreeMap<String, AccountText>,
+    #[serde(default)]
+    destinations: Vec<DestinationText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountText {
+    rate_limit: Option<u32>,
+    rate_window_secs: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DestinationText {
+    name: Option<String>,
+    config: Option<ConfigText>,
+    account: Option<String>,
+    api_base: Option<String>,
+    component: Option<PathBuf>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    ingest_keys: Vec<String>,
+    max_queued_updates: Option<u64>,
+    concurrency: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A destination's configuration: a path to a JSON file, or inline.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ConfigText {
+    Path(PathBuf),
+    Inline(toml::Table),
+}
+
+/// The service's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceFile {
+    pub listen: SocketAddr,
+    /// Where each destination's journal lives (`NAME.journal`).
+    pub state_dir: PathBuf,
+    pub max_body_bytes: u64,
+    pub max_record_bytes: usize,
+    /// Keys accepted for every destination.
+    pub ingest_keys: Vec<KeyHash>,
+    /// How long in-flight requests may take to finish on SIGTERM.
+    pub drain_timeout: Duration,
+    /// How long a destination whose delivery stopped (a login is needed)
+    /// waits before it tries again.
+    pub login_retry: Duration,
+    pub accounts: BTreeMap<String, AccountSettings>,
+    pub destinations: Vec<DestinationSpec>,
+}
+
+/// Budget overrides for one Outreach user (default: the component's
+/// declared policy).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AccountSettings {
+    pub rate_limit: Option<u32>,
+    pub rate_window_secs: Option<u32>,
+}
+
+/// One destination.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DestinationSpec {
+    /// Short name, used in URLs and journal file names.
+    pub name: String,
+    /// The configuration JSON, and where it came from (for messages).
+    pub config: String,
+    pub config_origin: String,
+    /// The Outreach account; `None`: the one the configuration names.
+    pub account: Option<String>,
+    pub api_base: Option<String>,
+    pub component: Option<PathBuf>,
+    pub enabled: bool,
+    /// Keys accepted for this destination only.
+    pub ingest_keys: Vec<KeyHash>,
+    pub max_queued_updates: u64,
+    pub concurrency: usize,
+}
+
+/// Everything wrong with a destinations file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", problems.join("\n"))]
+pub struct FileProblems {
+    pub problems: Vec<String>,
+}
+
+impl ServiceFile {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, FileProblems> {
+        let text = std::fs::read_to_string(path).map_err(|e| FileProblems {
+            problems: vec![format!("{}: cannot read: {e}", path.display())],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|mut problems| {
+            for problem in &mut problems.problems {
+                *problem = format!("{}: {problem}", path.display());
+            }
+            problems
+        })
+    }
+
+    /// Checks `text`; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, FileProblems> {
+        let file: FileText = toml::from_str(text).map_err(|e| FileProblems {
+            problems: vec![e.to_string().trim_end().replace('\n', " ")],
+        })?;
+        let mut problems = Vec::new();
+        let listen_text = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = listen_text.parse().unwrap_or_else(|e| {
+            problems.push(format!(
+                "listen: {listen_text:?} is not an address and port: {e}"
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8088))
+        });
+        let ingest_keys = hashes(&file.ingest_keys, "ingest_keys", &mut problems);
+        for (name, account) in &file.accounts {
+            if account.rate_limit == Some(0) {
+                problems.push(format!("account {name:?}: rate_limit must be at least 1"));
+            }
+            if account.rate_window_secs == Some(0) {
+                problems.push(format!(
+                    "account {name:?}: rate_window_secs must be at least 1"
+                ));
+            }
+        }
+        let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            problems.push("max_body_bytes must be at least 1".into());
+        }
+        let max_record_bytes = file.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
+        if max_record_bytes == 0 {
+            problems.push("max_record_bytes must be at least 1".into());
+        }
+        let a_destination_without_keys = file.destinations.iter().any(|d| d.ingest_keys.is_empty());
+        let mut names = HashSet::new();
+        let mut destinations = Vec::new();
+        if file.destinations.is_empty() {
+            problems.push("no [[destinations]]: there is nothing to serve".into());
+        }
+        for (position, text) in file.destinations.into_iter().enumerate() {
+            let label = match &text.name {
+                Some(name) => format!("destination {name:?}"),
+                None => format!("destination #{}", position + 1),
+            };
+            if let Some(name) = &text.name
+                && !names.insert(name.clone())
+            {
+                problems.push(format!("{label}: name: used by another destination"));
+            }
+            if let Some(spec) = destination(text, base, &label, &mut problems) {
+                destinations.push(spec);
+            }
+        }
+        let only_loopback = listen.ip().is_loopback();
+        let keyless = ingest_keys.is_empty() && a_destination_without_keys;
+        if !only_loopback && keyless {
+            problems.push(format!(
+                "listen: {listen} is not a loopback address, so every destination needs an ingest key (ingest_keys); anyone who can reach it could post records"
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(FileProblems { problems });
+        }
+        Ok(Self {
+            listen,
+            state_dir: base.join(file.state_dir.unwrap_or_else(|| PathBuf::from("state"))),
+            max_body_bytes,
+            max_record_bytes,
+            ingest_keys,
+            drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
+            login_retry: Duration::from_secs(file.login_retry_secs.unwrap_or(30).max(1)),
+            accounts: file
+                .accounts
+                .into_iter()
+                .map(|(name, a)| {
+                    let settings = AccountSettings {
+                        rate_limit: a.rate_limit,
+                        rate_window_secs: a.rate_window_secs,
+                    };
+                    (name, settings)
+                })
+                .collect(),
+            destinations,
+        })
+    }
+
+    /// The service listening somewhere else (the command line's `--listen`),
+    /// checked as the file's own `listen` is.
+    pub fn listening_on(mut self, listen: SocketAddr) -> Result<Self, FileProblems> {
+        if !listen.ip().is_loopback()
+            && self.ingest_keys.is_empty()
+            && self.destinations.iter().any(|d| d.ingest_keys.is_empty())
+        {
+            return Err(FileProblems {
+                problems: vec![format!(
+                    "--listen {listen} is not a loopback address, so every destination needs an ingest key (ingest_keys)"
+                )],
+            });
+        }
+        self.listen = listen;
+        Ok(self)
+    }
+}
+
+fn hashes(texts: &[String], setting: &str, problems: &mut Vec<String>) -> Vec<KeyHash> {
+    texts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| match text.parse::<KeyHash>() {
+            Ok(hash) => Some(hash),
+            Err(e) => {
+                problems.push(format!("{setting}[{i}]: {e}"));
+                None
+            }
+        })
+        .collect()
+}
+
+/// A short name: letters, digits, `-` and `_`, at most 64.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn destination(
+    text: DestinationText,
+    base: &Path,
+    label: &str,
+    problems: &mut Vec<String>,
+) -> Option<DestinationSpec> {
+    let before = problems.len();
+    let name = text.name.unwrap_or_default();
+    if !valid_name(&name) {
+        problems.push(format!(
+            "{label}: name: {name:?} must be 1-64 letters, digits, '-' or '_' (it is used in URLs and file names)"
+        ));
+    }
+    let (config, config_origin) = match text.config {
+        None => {
+            problems.push(format!(
+                "{label}: config: missing (a path to the configuration JSON, or an inline table)"
+            ));
+            (String::new(), String::new())
+        }
+        Some(ConfigText::Path(path)) => {
+            let path = base.join(path);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => (text, path.display().to_string()),
+                Err(e) => {
+                    problems.push(format!(
+                        "{label}: config: cannot read {}: {e}",
+                        path.display()
+                    ));
+                    (String::new(), String::new())
+                }
+            }
+        }
+        Some(ConfigText::Inline(table)) => match serde_json::to_string(&table) {
+            Ok(json) => (json, format!("{label} (inline)")),
+            Err(e) => {
+                problems.push(format!("{label}: config: not expressible as JSON: {e}"));
+                (String::new(), String::new())
+            }
+        },
+    };
+    if let Some(account) = &text.account
+        && account.trim().is_empty()
+    {
+        problems.push(format!("{label}: account: empty"));
+    }
+    if let Some(api_base) = &text.api_base
+        && let Err(e) = url::Url::parse(api_base)
+    {
+        problems.push(format!("{label}: api_base: {api_base:?} is not a URL: {e}"));
+    }
+    let component = text.component.map(|path| base.join(path));
+    if let Some(path) = &component
+        && !path.is_file()
+    {
+        problems.push(format!(
+            "{label}: component: {} is not a file",
+            path.display()
+        ));
+    }
+    let ingest_keys = hashes(
+        &text.ingest_keys,
+        &format!("{label}: ingest_keys"),
+        problems,
+    );
+    let concurrency = text.concurrency.unwrap_or(16);
+    if !(1..=1024).contains(&concurrency) {
+        problems.push(format!(
+            "{label}: concurrency: {concurrency} is not between 1 and 1024"
+        ));
+    }
+    let max_queued_updates = text
+        .max_queued_updates
+        .unwrap_or(DEFAULT_MAX_QUEUED_UPDATES);
+    if max_queued_updates == 0 {
+        problems.push(format!("{label}: max_queued_updates must be at least 1"));
+    }
+    (problems.len() == before).then_some(DestinationSpec {
+        name,
+        config,
+        config_origin,
+        account: text.account,
+        api_base: text.api_base,
+        component,
+        enabled: text.enabled,
+        ingest_keys,
+        max_queued_updates,
+        concurrency,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+    #[test]
+    fn a_minimal_file_gets_the_defaults() {
+        let file = ServiceFile::parse(
+            "[[destinations]]\nname = \"crm\"\nconfig = { name = \"x\" }\n",
+            Path::new("/etc/outreach"),
+        )
+        .unwrap();
+        assert_eq!(file.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(file.state_dir, Path::new("/etc/outreach/state"));
+        assert_eq!(file.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        let crm = &file.destinations[0];
+        assert!(crm.enabled);
+        assert_eq!(crm.config, r#"{"name":"x"}"#);
+        assert_eq!(crm.max_queued_updates, DEFAULT_MAX_QUEUED_UPDATES);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_destination_and_setting() {
+        let text = format!(
+            r#"
+listen = "0.0.0.0:8088"
+[accounts.ops]
+rate_limit = 0
+[[destinations]]
+name = "bad name"
+config = "missing.json"
+[[destinations]]
+name = "twin"
+config = {{ a = 1 }}
+ingest_keys = ["plaintext-key"]
+concurrency = 0
+[[destinations]]
+name = "twin"
+config = {{ a = 1 }}
+api_base = "not a url"
+ingest_keys = ["{HASH}"]
+"#
+        );
+        let problems = ServiceFile::parse(&text, Path::new("/nonexistent"))
+            .unwrap_err()
+            .problems;
+        let expected = [
+            "account \"ops\": rate_limit",
+            "destination \"bad name\": name",
+            "destination \"bad name\": config: cannot read /nonexistent/missing.json",
+            "destination \"twin\": ingest_keys[0]",
+            "destination \"twin\": concurrency",
+            "destination \"twin\": name: used by another destination",
+            "destination \"twin\": api_base",
+            "listen: 0.0.0.0:8088 is not a loopback address",
+        ];
+        for wanted in expected {
+            assert!(
+                problems.iter().any(|p| p.starts_with(wanted)),
+                "{wanted:?} not in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn duplicate_names_and_unknown_settings_are_refused() {
+        let twice = "[[destinations]]\nname = \"a\"\nconfig = {}\n[[destinations]]\nname = \"a\"\nconfig = {}\n";
+        let problems = ServiceFile::parse(twice, Path::new("."))
+            .unwrap_err()
+            .problems;
+        assert_eq!(
+            problems,
+            ["destination \"a\": name: used by another destination"]
+        );
+        let typo = "[[destinations]]\nname = \"a\"\nconfig = {}\nenabeld = false\n";
+        let problems = ServiceFile::parse(typo, Path::new("."))
+            .unwrap_err()
+            .problems;
+        assert!(problems[0].contains("enabeld"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_public_listener_needs_keys_for_every_destination() {
+        let keyed = format!(
+            "listen = \"0.0.0.0:1\"\ningest_keys = [\"{HASH}\"]\n[[destinations]]\nname = \"a\"\nconfig = {{}}\n"
+        );
+        assert!(ServiceFile::parse(&keyed, Path::new(".")).is_ok());
+        let local = "[[destinations]]\nname = \"a\"\nconfig = {}\n";
+        let file = ServiceFile::parse(local, Path::new(".")).unwrap();
+        assert!(
+            file.clone()
+                .listening_on("127.0.0.1:9".parse().unwrap())
+                .is_ok()
+        );
+        assert!(file.listening_on("10.0.0.1:9".parse().unwrap()).is_err());
+    }
+}

@@ -1,0 +1,543 @@
+//! A stream: one destination delivering continuously. Callers hand it
+//! batches of records ([`Stream::accept`]); each batch is planned by the
+//! component and journaled (fsynced) before the call returns, into the
+//! run of the period it was received in (an hour unless configured). The
+//! workers take queued updates as the journal hands them out, under the
+//! account's shared limiter, with the same retries, ordering per key,
+//! coalescing and dead letters as a command-line run.
+//!
+//! When delivery stops (a login is needed, the journal failed), the stream
+//! keeps accepting records — they wait in the journal — and starts its
+//! workers again after a pause.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use destination_types::{PlanOutcome, RecordFate};
+
+use super::account::Account;
+use crate::clock::Clock;
+use crate::delivery::control::Control;
+use crate::delivery::dispatch::{Counters, Dispatcher};
+use crate::delivery::planner::plan_items;
+use crate::delivery::retry;
+use crate::guest::Guest;
+use crate::http::ApiClient;
+use crate::input::Item;
+use crate::journal::{Backlog, Counts, Incoming, Intake, Journal, Receipt, RunId, RunStats};
+use crate::limiter::Line;
+use crate::queue::{JournalQueue, Merger, Queue};
+
+/// How often the backlog figures are read and the period checked.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// How a stream runs.
+#[derive(Clone, Debug)]
+pub struct StreamSettings {
+    /// The destination's name (runs and logs).
+    pub name: String,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    pub policy: retry::Policy,
+    /// Queued updates beyond which batches are refused.
+    pub max_queued_updates: u64,
+    /// Pause before delivery starts again after it stopped.
+    pub restart_after: Duration,
+    /// How long a dataflow run collects records (an hour).
+    pub run_length: Duration,
+    pub clock: Clock,
+}
+
+/// One record of a batch, as the intake read it.
+pub type Record = Item;
+
+/// What a batch became.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Accepted {
+    /// Records journaled for delivery.
+    pub accepted: u64,
+    /// Records refused (dead letters): unusable, too large, not planned.
+    pub invalid: Vec<Refusal>,
+    /// Records with nothing to send (no usable id): counted as skipped.
+    pub skipped: Vec<Refusal>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The record's position in the batch, from 0.
+    pub index: u64,
+    pub code: String,
+    pub message: String,
+}
+
+/// The answer to a batch.
+#[derive(Debug)]
+pub enum Acceptance {
+    Fresh(Accepted),
+    /// The idempotency key was used before: its first answer (JSON);
+    /// nothing was journaled.
+    Repeated(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("the destination is shutting down")]
+    Draining,
+    #[error("{queued} updates are queued, at the destination's limit of {limit}")]
+    OverQuota { queued: u64, limit: u64 },
+    #[error("the journal failed: {0}")]
+    Journal(String),
+    #[error("the component is gone: {0}")]
+    Component(String),
+}
+
+/// A stream's figures, for health checks and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct StreamStatus {
+    pub backlog: Backlog,
+    pub requests_sent: u64,
+    pub rate_limited: u64,
+    pub retries: u64,
+    pub refreshes: u64,
+    /// Why delivery is paused, if it is.
+    pub paused: Option<String>,
+    pub totals: Counts,
+    pub audiences: std::collections::BTreeMap<String, Counts>,
+}
+
+struct Shared {
+    settings: StreamSettings,
+    api: ApiClient,
+    account: Arc<Account>,
+    guest: Arc<Guest>,
+    queue: JournalQueue,
+    line: Line,
+    /// The run verdicts count in: the current period's.
+    run: AtomicI64,
+    /// The current period's start (ms) and run; held while journaling a
+    /// batch, so that no batch lands in a run being closed.
+    period: tokio::sync::Mutex<(u64, RunId)>,
+    /// The workers' control; a new one each time they start.
+    control: Mutex<Arc<Control>>,
+    counters: Counters,
+    /// The counters as last added to a run.
+    recorded: Mutex<RunStats>,
+    intake_done: AtomicBool,
+    last_verdict_ms: AtomicU64,
+    backlog: Mutex<Backlog>,
+    /// Updates possibly added since the backlog was read.
+    accepted_since_backlog: AtomicU64,
+    draining: AtomicBool,
+    drained: Notify,
+    paused: Mutex<Option<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub struct Stream {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+    upkeep: JoinHandle<()>,
+}
+
+impl Stream {
+    /// Starts delivering what `journal` holds, and accepting batches.
+    pub async fn start(
+        settings: StreamSettings,
+        api: ApiClient,
+        account: Arc<Account>,
+        guest: Arc<Guest>,
+        journal: Arc<Journal>,
+    ) -> Result<Self, AcceptError> {
+        let journal_failed = |e: crate::journal::JournalError| AcceptError::Journal(e.to_string());
+        let merger: Merger = {
+            let guest = guest.clone();
+            Arc::new(move |older, newer| guest.merge_blocking(older, newer))
+        };
+        let queue = JournalQueue::start(journal, merger)
+            .map_err(journal_failed)?
+            .prefetching(settings.concurrency.max(1));
+        let period = period_start(&settings);
+        let (name, api_base) = (settings.name.clone(), api.base().as_str().to_owned());
+        let run = queue
+            .call(move |journal, _| journal.stream_run(&name, &api_base, period))
+            .await
+            .map_err(journal_failed)?;
+        let backlog = queue
+            .call(|journal, _| journal.backlog())
+            .await
+            .map_err(journal_failed)?;
+        let now = settings.clock.now_ms();
+        let shared = Arc::new(Shared {
+            settings,
+            api,
+            account,
+            guest,
+            queue,
+            line: Line::default(),
+            run: AtomicI64::new(run),
+            period: tokio::sync::Mutex::new((period, run)),
+            control: Mutex::default(),
+            counters: Counters::default(),
+            recorded: Mutex::default(),
+            intake_done: AtomicBool::new(false),
+            last_verdict_ms: AtomicU64::new(now),
+            backlog: Mutex::new(backlog),
+            accepted_since_backlog: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            drained: Notify::new(),
+            paused: Mutex::default(),
+        });
+        let supervisor = tokio::spawn(supervise(shared.clone()));
+        let upkeep = tokio::spawn(upkeep(shared.clone()));
+        Ok(Self {
+            shared,
+            supervisor: Mutex::new(Some(supervisor)),
+            upkeep,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.settings.name
+    }
+
+    pub fn account(&self) -> &Arc<Account> {
+        &self.shared.account
+    }
+
+    /// Audience ids and labels of the destination's configuration.
+    pub fn audience_labels(&self) -> Vec<(String, String)> {
+        self.shared
+            .guest
+            .identity()
+            .audiences
+            .iter()
+            .map(|a| (a.id.clone(), a.label.clone()))
+            .collect()
+    }
+
+    /// Plans `records` and journals them durably (with the answer, under
+    /// `idempotency_key`, when given) into the current period's run.
+    pub async fn accept(
+        &self,
+        records: Vec<Record>,
+        idempotency_key: Option<String>,
+    ) -> Result<Acceptance, AcceptError> {
+        let shared = &self.shared;
+        if shared.draining.load(Ordering::Acquire) {
+            return Err(AcceptError::Draining);
+        }
+        let journal_failed = |e: crate::journal::JournalError| AcceptError::Journal(e.to_string());
+        if let Some(key) = &idempotency_key {
+            let key = key.clone();
+            if let Some(first) = shared
+                .queue
+                .call(move |journal, _| journal.receipt(&key))
+                .await
+                .map_err(journal_failed)?
+            {
+                return Ok(Acceptance::Repeated(first));
+            }
+        }
+        let queued =
+            lock(&shared.backlog).updates + shared.accepted_since_backlog.load(Ordering::Relaxed);
+        if queued >= shared.settings.max_queued_updates {
+            return Err(AcceptError::OverQuota {
+                queued,
+                limit: shared.settings.max_queued_updates,
+            });
+        }
+        let planned = shared
+            .guest
+            .with_planner(move |destination| plan_items(destination, records))
+            .await
+            .map_err(|e| AcceptError::Component(e.to_string()))?;
+        let mut answer = Accepted::default();
+        let mut batch = Vec::with_capacity(planned.len());
+        for (item, outcome) in planned {
+            let index = item.line.saturating_sub(1);
+            match &outcome {
+                PlanOutcome::Invalid(error) => {
+                    let refusal = Refusal {
+                        index,
+                        code: error.code.clone(),
+                        message: error.message.clone(),
+                    };
+                    match error.fate {
+                        RecordFate::Skipped => answer.skipped.push(refusal),
+                        RecordFate::Rejected => answer.invalid.push(refusal),
+                    }
+                }
+                _ => answer.accepted += 1,
+            }
+            batch.push(Incoming {
+                line: item.line,
+                outcome,
+                record: item.text,
+                replay: None,
+            });
+        }
+        let period = self.current_run().await?;
+        let run = period.1;
+        let acceptance = match idempotency_key {
+            Some(key) => {
+                let receipt = Receipt {
+                    key,
+                    response: serde_json::to_string(&answer)
+                        .map_err(|e| AcceptError::Journal(e.to_string()))?,
+                };
+                let intake = shared
+                    .queue
+                    .call(move |journal, merge| {
+                        journal.ingest_once(run, batch, &receipt, &|o, n| merge(o, n))
+                    })
+                    .await
+                    .map_err(journal_failed)?;
+                match intake {
+                    Intake::Journaled(_) => Acceptance::Fresh(answer.clone()),
+                    Intake::Repeated(first) => Acceptance::Repeated(first),
+                }
+            }
+            None => {
+                shared
+                    .queue
+                    .enqueue(run, batch, None)
+                    .await
+                    .map_err(journal_failed)?;
+                Acceptance::Fresh(answer.clone())
+            }
+        };
+        drop(period);
+        if matches!(acceptance, Acceptance::Fresh(_)) {
+            shared
+                .accepted_since_backlog
+                .fetch_add(answer.accepted, Ordering::Relaxed);
+            lock(&shared.control).work_available.notify_waiters();
+        }
+        Ok(acceptance)
+    }
+
+    /// The current period and its run, moving on to a new run when the
+    /// period is over; held while a batch is journaled into it.
+    async fn current_run(&self) -> Result<tokio::sync::MutexGuard<'_, (u64, RunId)>, AcceptError> {
+        next_period(&self.shared).await
+    }
+
+    /// The stream's figures now.
+    pub async fn status(&self) -> Result<StreamStatus, AcceptError> {
+        let shared = &self.shared;
+        let (totals, audiences) = shared
+            .queue
+            .call(|journal, _| journal.totals())
+            .await
+            .map_err(|e| AcceptError::Journal(e.to_string()))?;
+        let counters = &shared.counters;
+        Ok(StreamStatus {
+            backlog: *lock(&shared.backlog),
+            requests_sent: counters.requests_sent.load(Ordering::Relaxed),
+            rate_limited: counters.rate_limited.load(Ordering::Relaxed),
+            retries: counters.retries.load(Ordering::Relaxed),
+            refreshes: counters.refreshes.load(Ordering::Relaxed),
+            paused: lock(&shared.paused).clone(),
+            totals,
+            audiences,
+        })
+    }
+
+    /// Refuses new batches from now on.
+    pub fn stop_accepting(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// Shuts the stream down: no new batch is accepted, the workers finish
+    /// the updates they are on (within `grace`; after it, requests still
+    /// on the wire are abandoned and stay queued), the run's figures are
+    /// recorded and the journal is closed once no caller holds the stream.
+    /// Everything queued stays queued for the next start.
+    pub async fn close(stream: Arc<Self>, grace: Duration) {
+        stream.stop_accepting();
+        let shared = stream.shared.clone();
+        lock(&shared.control).wind_down();
+        shared.drained.notify_waiters();
+        let supervisor = lock(&stream.supervisor).take();
+        if let Some(mut supervisor) = supervisor
+            && tokio::time::timeout(grace, &mut supervisor).await.is_err()
+        {
+            tracing::warn!(
+                destination = %shared.settings.name,
+                "requests still in flight after {grace:?}: abandoned (they stay queued)"
+            );
+            lock(&shared.control).interrupt();
+            let _ = supervisor.await;
+        }
+        stream.upkeep.abort();
+        record_stats(&shared).await;
+        drop(shared);
+        // Callers still answering (an intake batch) hold the stream.
+        let mut stream = stream;
+        let owned = loop {
+            match Arc::try_unwrap(stream) {
+                Ok(owned) => break owned,
+                Err(still_held) => {
+                    stream = still_held;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let Stream { shared, upkeep, .. } = owned;
+        let _ = upkeep.await;
+        match Arc::try_unwrap(shared) {
+            Ok(shared) => shared.queue.close().await,
+            Err(_) => tracing::warn!("the journal of a closed stream is still in use"),
+        }
+    }
+}
+
+/// When the period `now` falls in started (epoch ms).
+fn period_start(settings: &StreamSettings) -> u64 {
+    let length = u64::try_from(settings.run_length.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let now = settings.clock.now_ms();
+    now - now % length
+}
+
+/// The current period's guard, after moving on to a new run if the
+/// period changed (the old run gets the workers' figures so far).
+async fn next_period(
+    shared: &Shared,
+) -> Result<tokio::sync::MutexGuard<'_, (u64, RunId)>, AcceptError> {
+    let mut period = shared.period.lock().await;
+    let start = period_start(&shared.settings);
+    if start != period.0 {
+        record_stats(shared).await;
+        let (name, api_base) = (
+            shared.settings.name.clone(),
+            shared.api.base().as_str().to_owned(),
+        );
+        let run = shared
+            .queue
+            .call(move |journal, _| journal.stream_run(&name, &api_base, start))
+            .await
+            .map_err(|e| AcceptError::Journal(e.to_string()))?;
+        *period = (start, run);
+        shared.run.store(run, Ordering::Relaxed);
+    }
+    Ok(period)
+}
+
+/// Adds what the workers counted since last time to the current run.
+async fn record_stats(shared: &Shared) {
+    let counters = &shared.counters;
+    let now = RunStats {
+        requests_sent: counters.requests_sent.load(Ordering::Relaxed),
+        rate_limited: counters.rate_limited.load(Ordering::Relaxed),
+        retries: counters.retries.load(Ordering::Relaxed),
+        credential_refreshes: counters.refreshes.load(Ordering::Relaxed),
+    };
+    let delta = {
+        let mut recorded = lock(&shared.recorded);
+        let delta = RunStats {
+            requests_sent: now.requests_sent - recorded.requests_sent,
+            rate_limited: now.rate_limited - recorded.rate_limited,
+            retries: now.retries - recorded.retries,
+            credential_refreshes: now.credential_refreshes - recorded.credential_refreshes,
+        };
+        *recorded = now;
+        delta
+    };
+    let run = shared.run.load(Ordering::Relaxed);
+    if let Err(e) = shared
+        .queue
+        .call(move |journal, _| journal.add_run_stats(run, &delta))
+        .await
+    {
+        tracing::warn!("cannot record the run's request counts: {e}");
+    }
+}
+
+/// Keeps the backlog figures fresh and moves on to a new run when the
+/// period changes, even while no batch arrives.
+async fn upkeep(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(UPKEEP_EVERY).await;
+        let before = shared.accepted_since_backlog.load(Ordering::Relaxed);
+        match shared.queue.call(|journal, _| journal.backlog()).await {
+            Ok(backlog) => {
+                *lock(&shared.backlog) = backlog;
+                shared
+                    .accepted_since_backlog
+                    .fetch_sub(before, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("cannot read the backlog: {e}"),
+        }
+        if let Err(e) = next_period(&shared).await {
+            tracing::warn!("cannot start the next run: {e}");
+        }
+    }
+}
+
+/// Runs the workers; when they stop for a reason other than a shutdown,
+/// pauses and starts them again.
+async fn supervise(shared: Arc<Shared>) {
+    loop {
+        let control = Arc::new(Control::default());
+        *lock(&shared.control) = control.clone();
+        if shared.draining.load(Ordering::Acquire) {
+            break;
+        }
+        let dispatcher = Dispatcher {
+            api: &shared.api,
+            limiter: &shared.account.limiter,
+            line: &shared.line,
+            credentials: &*shared.account,
+            guest: &shared.guest,
+            queue: &shared.queue,
+            policy: shared.settings.policy,
+            run: &shared.run,
+            control: &control,
+            counters: &shared.counters,
+            intake_done: &shared.intake_done,
+            last_verdict_ms: &shared.last_verdict_ms,
+            progress: None,
+            clock: shared.settings.clock,
+        };
+        futures::future::join_all(
+            (0..shared.settings.concurrency.max(1)).map(|_| dispatcher.work()),
+        )
+        .await;
+        shared.queue.release_ahead().await;
+        if shared.draining.load(Ordering::Acquire) {
+            break;
+        }
+        let why = control
+            .stopped()
+            .unwrap_or_else(|| "the workers ended".into());
+        tracing::warn!(
+            destination = %shared.settings.name,
+            "delivery paused: {why}; trying again in {:?} (records are still accepted and queued)",
+            shared.settings.restart_after
+        );
+        *lock(&shared.paused) = Some(why);
+        let woken = shared.drained.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if shared.draining.load(Ordering::Acquire) {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(shared.settings.restart_after) => {}
+            () = woken => {}
+        }
+        *lock(&shared.paused) = None;
+    }
+    use crate::delivery::Credentials as _;
+    shared.account.settle().await;
+}
