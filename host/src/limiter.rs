@@ -317,6 +317,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn sharers_take_turns_however_many_requests_each_has_waiting() {
+        // One sharer with 12 requests waiting at a time, one with 2: while
+        // both wait, permits alternate between them.
+        let limiter = std::sync::Arc::new(Limiter::new(&policy(10, 1)).unwrap());
+        let lines = [
+            std::sync::Arc::new(Line::default()),
+            std::sync::Arc::new(Line::default()),
+        ];
+        let granted = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for (sharer, workers) in [(0usize, 12), (1, 2)] {
+            for _ in 0..workers {
+                let (limiter, line, granted) =
+                    (limiter.clone(), lines[sharer].clone(), granted.clone());
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let permit = limiter.acquire_in(&line).await;
+                        let mut granted = granted.lock().unwrap();
+                        if granted.len() >= 60 {
+                            return;
+                        }
+                        granted.push(sharer);
+                        drop(permit);
+                    }
+                }));
+            }
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let granted = granted.lock().unwrap().clone();
+        // After the burst (whoever came first), strict turns.
+        let paced = &granted[10..];
+        assert!(
+            paced.windows(2).all(|pair| pair[0] != pair[1]),
+            "{granted:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_permit_is_taken_without_waiting_only_when_one_is_free() {
         let limiter = Limiter::new(&policy(2, 1)).unwrap();
         assert!(limiter.try_acquire().is_some());

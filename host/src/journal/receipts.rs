@@ -115,8 +115,8 @@ impl Journal {
     /// The stream run of `destination` for the period that started at
     /// `period_start_ms`: the one already receiving (a restart carries on
     /// with it), or a new one. Stream runs of earlier periods still
-    /// receiving are closed; their counts go on settling as their queued
-    /// records get verdicts. Unlike [`Journal::start_run`], the workers'
+    /// receiving (or receiving for another API base) are closed; their
+    /// counts go on settling as their queued records get verdicts. Unlike [`Journal::start_run`], the workers'
     /// claims stay.
     pub fn stream_run(
         &self,
@@ -128,8 +128,9 @@ impl Journal {
         self.with(|conn| {
             conn.execute(
                 "UPDATE runs SET status = 'closed', ended_ms = ?3
-                 WHERE kind = 'stream' AND destination = ?1 AND status = 'receiving' AND started_ms < ?2",
-                params![destination, period_start, now_ms()],
+                 WHERE kind = 'stream' AND destination = ?1 AND status = 'receiving'
+                    AND (started_ms < ?2 OR api_base <> ?4)",
+                params![destination, period_start, now_ms(), api_base],
             )?;
             let current: Option<RunId> = conn
                 .query_row(

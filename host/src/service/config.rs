@@ -299,7 +299,7 @@ fn destination(
             }
         }
         Some(ConfigText::Inline(table)) => match serde_json::to_string(&table) {
-            Ok(json) => (json, format!("{label} (inline)")),
+            Ok(json) => (json, "inline".to_owned()),
             Err(e) => {
                 problems.push(format!("{label}: config: not expressible as JSON: {e}"));
                 (String::new(), String::new())

@@ -99,12 +99,6 @@ async fn post_records(
     if !authorized(&set, exists.then_some(name.as_str()), request.headers()) {
         return unauthorized();
     }
-    let Some(served) = set.destinations.get(&name).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no such destination (see the destinations file)",
-        );
-    };
     if service.draining() {
         return with_retry_after(
             error(
@@ -114,6 +108,12 @@ async fn post_records(
             DRAINING_RETRY_SECS,
         );
     }
+    let Some(served) = set.destinations.get(&name).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no such destination (see the destinations file)",
+        );
+    };
     let Some(stream) = served.stream.clone() else {
         return error(
             StatusCode::CONFLICT,

@@ -190,11 +190,25 @@ impl Service {
             .values()
             .filter_map(|served| served.stream.clone())
             .collect();
-        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Set {
+        // Intake answers 503 from now on; the streams close once the
+        // last batch being journaled let go of them.
+        let drained = Set {
             file: set.file.clone(),
-            destinations: BTreeMap::new(),
-            accounts: BTreeMap::new(),
-        });
+            destinations: set
+                .destinations
+                .iter()
+                .map(|(name, served)| {
+                    let idle = Served {
+                        spec: served.spec.clone(),
+                        account: served.account.clone(),
+                        stream: None,
+                    };
+                    (name.clone(), Arc::new(idle))
+                })
+                .collect(),
+            accounts: set.accounts.clone(),
+        };
+        *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(drained);
         drop(set);
         futures::future::join_all(streams.into_iter().map(|s| Stream::close(s, grace))).await;
     }

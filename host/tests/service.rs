@@ -1,0 +1,983 @@
+//! `outreach-host serve` as a process, fed over HTTP by concurrent
+//! producers, delivering to the simulator on loopback: final states,
+//! shared budgets and fair turns, SIGKILL and restart, every bad input,
+//! reload, drain, and the metrics.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{loopback, scratch};
+use outreach_host::oauth::{TokenSet, TokenStore};
+use outreach_simulator::{RateWindowKind, Simulator, SimulatorConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const ADA: &str = "ada@example.com";
+const BOB: &str = "bob@example.com";
+/// An ingest key and its SHA-256, as `outreach-host ingest-key` prints them.
+const KEY: &str = "test-ingest-key";
+
+fn key_hash(key: &str) -> String {
+    outreach_host::service::keys::KeyHash::of(key).to_string()
+}
+
+/// A configuration writing the first name and audience `aud` into
+/// `custom{mapping}`.
+fn config(name: &str, mapping: u32) -> String {
+    format!(
+        r#"{{ name = "{name}", identityMapping = {{ source = "Oid", target = "OutreachId" }},
+attributeMappings = [ {{ source = "person.name.firstName", target = "firstName" }} ],
+audiences = [ {{ id = "aud", name = "Audience", mappingId = {mapping} }} ] }}"#
+    )
+}
+
+fn profile(id: u64, first: &str) -> String {
+    json!({
+        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
+        "person": { "name": { "firstName": first } },
+        "segmentMembership": { "ups": { "aud": { "status": "realized" } } }
+    })
+    .to_string()
+}
+
+fn ndjson(records: &[String]) -> String {
+    records.iter().map(|r| format!("{r}\n")).collect()
+}
+
+/// Tokens for `users` in a token store in `dir`, as `login` leaves them.
+fn store_tokens(dir: &Path, simulator: &Simulator, users: &[&str]) -> PathBuf {
+    let path = dir.join("tokens.json");
+    let store = TokenStore::new(&path);
+    for user in users {
+        store
+            .put(
+                user,
+                &TokenSet {
+                    access_token: simulator.issue_token(user),
+                    refresh_token: None,
+                    expires_at: Some(4_000_000_000),
+                    scope: Some("prospects.all".into()),
+                    obtained_at_ms: 0,
+                },
+            )
+            .unwrap();
+    }
+    path
+}
+
+/// `outreach-host serve` on a free loopback port.
+struct Service {
+    child: Child,
+    base: String,
+    dir: PathBuf,
+}
+
+impl Service {
+    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_outreach-host"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("serve.log"))
+            .unwrap();
+        command
+            .arg("--cache-dir")
+            .arg(
+                std::env::temp_dir().join(format!("outreach-service-cache-{}", std::process::id())),
+            )
+            .arg("--token-store")
+            .arg(dir.join("tokens.json"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--destinations"])
+            .arg(dir.join("destinations.toml"))
+            .env("RUST_LOG", "warn")
+            .env("OUTREACH_CLIENT_ID", "sim-client")
+            .env("OUTREACH_CLIENT_SECRET", "sim-secret")
+            .env_remove("OUTREACH_ACCESS_TOKEN")
+            .envs(extra_env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = command.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = sender.send(line);
+        });
+        let line = receiver
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_default();
+        let Some(base) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            panic!(
+                "serve did not start ({line:?}): {}",
+                std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+            );
+        };
+        Self {
+            base: base.to_owned(),
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "serve did not exit in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+async fn post(
+    url: &str,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn post_records(
+    service: &Service,
+    destination: &str,
+    records: &[String],
+    key: Option<&str>,
+) -> Answer {
+    let mut headers = vec![("authorization", "Bearer test-ingest-key")];
+    if let Some(key) = key {
+        headers.push(("idempotency-key", key));
+    }
+    post(
+        &service.url(&format!("/v1/destinations/{destination}/records")),
+        "application/x-ndjson",
+        ndjson(records),
+        &headers,
+    )
+    .await
+}
+
+/// Waits until `done` holds, polling.
+async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn first_name(simulator: &Simulator, id: u64) -> Option<String> {
+    simulator
+        .prospect(id)?
+        .get("firstName")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+async fn simulator(limit: u32, window: Duration, kind: RateWindowKind) -> Simulator {
+    Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=2_000,
+            rate_limit: limit,
+            rate_window: window,
+            rate_window_kind: kind,
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The destinations file: `destinations` as (name, account, mapping,
+/// extra settings).
+fn destinations_file(
+    dir: &Path,
+    simulator: &Simulator,
+    settings: &str,
+    destinations: &[(&str, &str, u32, &str)],
+) {
+    let mut text = format!(
+        "state_dir = \"state\"\ningest_keys = [\"{}\"]\n{settings}\n",
+        key_hash(KEY)
+    );
+    for (name, account, mapping, extra) in destinations {
+        text.push_str(&format!(
+            "[[destinations]]\nname = \"{name}\"\naccount = \"{account}\"\napi_base = \"{}\"\nconfig = {}\n{extra}\n",
+            simulator.api_base(),
+            config(name, *mapping)
+        ));
+    }
+    std::fs::write(dir.join("destinations.toml"), text).unwrap();
+}
+
+/// Runs the command line against a destination's journal (read-only
+/// commands work while the service runs).
+fn journal_json(dir: &Path, destination: &str, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("--journal")
+        .arg(dir.join("state").join(format!("{destination}.journal")))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_destinations_two_sharing_an_account_deliver_every_accepted_record_in_turn() {
+    const LIMIT: u32 = 40;
+    let window = Duration::from_secs(1);
+    let simulator = simulator(LIMIT, window, RateWindowKind::Fixed).await;
+    let dir = scratch("service", "three");
+    store_tokens(&dir, &simulator, &[ADA, BOB]);
+    // Ada's budget paces her requests (30 a second, after a first burst of
+    // 30) below the API's window.
+    destinations_file(
+        &dir,
+        &simulator,
+        "[accounts.\"ada@example.com\"]\nrate_limit = 30\nrate_window_secs = 1",
+        &[
+            // Unequal workers: turns are per destination, not per worker.
+            ("backlog", ADA, 4, "concurrency = 12"),
+            ("newcomer", ADA, 5, "concurrency = 2"),
+            ("other", BOB, 6, "concurrency = 4"),
+        ],
+    );
+    let service = Service::start(&dir, &[]);
+
+    // A backlog of 150 updates on Ada's account, then 12 for another
+    // destination of hers: in turns, the newcomer's are through long before
+    // the backlog is. The backlog's first burst (30) goes before the
+    // newcomer posts; then they alternate (the limiter's own test shows
+    // the turns exactly).
+    let backlog: Vec<String> = (1..=150).map(|id| profile(id, "backlog")).collect();
+    let answer = post_records(&service, "backlog", &backlog, None).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let newcomer: Vec<String> = (501..=512).map(|id| profile(id, "newcomer")).collect();
+    let answer = post_records(&service, "newcomer", &newcomer, None).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    eventually("the newcomer's updates", Duration::from_secs(30), || {
+        (501..=512).all(|id| first_name(&simulator, id).as_deref() == Some("newcomer"))
+    })
+    .await;
+    let backlog_done = (1..=150)
+        .filter(|id| first_name(&simulator, *id).as_deref() == Some("backlog"))
+        .count();
+    assert!(
+        backlog_done <= 30 + 12 + 12 + 8,
+        "round-robin: the backlog got {backlog_done} requests while the newcomer got 12"
+    );
+
+    // Three producers per destination, each owning its prospects and
+    // posting three rounds of values in batches: the final state is each
+    // producer's last round.
+    let mut producers = Vec::new();
+    for (destination, first_id) in [("backlog", 1000u64), ("newcomer", 1300), ("other", 1600)] {
+        for producer in 0..3u64 {
+            let base = service.base.clone();
+            let destination = destination.to_owned();
+            producers.push(tokio::spawn(async move {
+                let ids: Vec<u64> = (0..20).map(|i| first_id + producer * 20 + i).collect();
+                for round in 1..=3 {
+                    for chunk in ids.chunks(10) {
+                        let records: Vec<String> = chunk
+                            .iter()
+                            .map(|id| profile(*id, &format!("{destination}-{round}")))
+                            .collect();
+                        let answer = post(
+                            &format!("{base}/v1/destinations/{destination}/records"),
+                            "application/x-ndjson",
+                            ndjson(&records),
+                            &[("authorization", "Bearer test-ingest-key")],
+                        )
+                        .await;
+                        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+                        assert_eq!(answer.body["accepted"], 10);
+                    }
+                }
+            }));
+        }
+    }
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    eventually("every accepted record", Duration::from_secs(90), || {
+        [("backlog", 1000u64), ("newcomer", 1300), ("other", 1600)]
+            .iter()
+            .all(|(destination, first)| {
+                (*first..first + 60).all(|id| {
+                    first_name(&simulator, id).as_deref() == Some(&format!("{destination}-3"))
+                })
+            })
+    })
+    .await;
+    eventually("the backlog", Duration::from_secs(60), || {
+        (1..=150).all(|id| first_name(&simulator, id).as_deref() == Some("backlog"))
+    })
+    .await;
+
+    // Each account's fixed windows: never over the budget but for one
+    // request refused at most.
+    for user in [ADA, BOB] {
+        let windows = simulator.rate_windows(user);
+        assert!(
+            windows.iter().all(|(_, used)| *used <= LIMIT + 1),
+            "{user}: {windows:?}"
+        );
+    }
+    let log = service.log();
+    assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_loses_no_acknowledged_record_and_a_retried_batch_is_not_journaled_twice() {
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=2_000,
+            faults: outreach_simulator::Faults {
+                latency: Duration::from_millis(20),
+                ..Default::default()
+            },
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let dir = scratch("service", "sigkill");
+    store_tokens(&dir, &simulator, &[ADA]);
+    destinations_file(&dir, &simulator, "", &[("crm", ADA, 4, "concurrency = 2")]);
+    let mut service = Service::start(&dir, &[]);
+
+    // Batch i sets prospects 10i+1..=10i+10 to "b{i}"; four producers
+    // post batches without waiting for delivery.
+    let batches: Vec<(String, Vec<String>)> = (0..80u64)
+        .map(|i| {
+            let records = (1..=10)
+                .map(|n| profile(10 * i + n, &format!("b{i}")))
+                .collect();
+            (format!("batch-{i}"), records)
+        })
+        .collect();
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let mut producers = Vec::new();
+    for producer in 0..4usize {
+        let (url, batches, acknowledged) = (
+            service.url("/v1/destinations/crm/records"),
+            batches.clone(),
+            acknowledged.clone(),
+        );
+        producers.push(tokio::spawn(async move {
+            for (i, (key, records)) in batches.iter().enumerate().skip(producer).step_by(4) {
+                let sent = reqwest::Client::new()
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .header("authorization", "Bearer test-ingest-key")
+                    .header("idempotency-key", key)
+                    .body(ndjson(records))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == StatusCode::ACCEPTED => {
+                        acknowledged.lock().unwrap().push(i);
+                    }
+                    _ => return,
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }));
+    }
+    eventually("some batches acknowledged", Duration::from_secs(30), || {
+        acknowledged.lock().unwrap().len() >= 20
+    })
+    .await;
+    service.signal(libc::SIGKILL);
+    service.wait(Duration::from_secs(10));
+    for producer in producers {
+        producer.await.unwrap();
+    }
+    let acknowledged_before = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged_before.len() < batches.len(),
+        "the kill came too late to test anything"
+    );
+
+    // After a restart every acknowledged batch is delivered, without being
+    // posted again.
+    let service = Service::start(&dir, &[]);
+    eventually("every acknowledged batch", Duration::from_secs(60), || {
+        acknowledged_before.iter().all(|&i| {
+            (1..=10u64).all(|n| {
+                first_name(&simulator, 10 * i as u64 + n).as_deref() == Some(&format!("b{i}"))
+            })
+        })
+    })
+    .await;
+    // The producers send everything again under the same keys: what was
+    // acknowledged is answered as before and not journaled again.
+    let mut replayed = 0;
+    for (key, records) in &batches {
+        let answer = post_records(&service, "crm", records, Some(key)).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+        if answer.headers.get("idempotent-replayed").is_some() {
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= acknowledged_before.len(), "{replayed} replayed");
+    eventually("every batch", Duration::from_secs(60), || {
+        (0..80u64).all(|i| {
+            (1..=10)
+                .all(|n| first_name(&simulator, 10 * i + n).as_deref() == Some(&format!("b{i}")))
+        })
+    })
+    .await;
+    // Each record was journaled once: as many received as batches sent.
+    let runs = journal_json(&dir, "crm", &["runs", "--json"]);
+    let received: u64 = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["received"].as_u64().unwrap())
+        .sum();
+    assert_eq!(received, 800, "{runs}");
+
+    // A producer retrying an old batch after a newer one does not put the
+    // old values back.
+    let old = vec![profile(1, "old")];
+    assert_eq!(
+        post_records(&service, "crm", &old, Some("old"))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    eventually("old", Duration::from_secs(10), || {
+        first_name(&simulator, 1).as_deref() == Some("old")
+    })
+    .await;
+    let new = vec![profile(1, "new")];
+    assert_eq!(
+        post_records(&service, "crm", &new, Some("new"))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    eventually("new", Duration::from_secs(10), || {
+        first_name(&simulator, 1).as_deref() == Some("new")
+    })
+    .await;
+    let retried = post_records(&service, "crm", &old, Some("old")).await;
+    assert_eq!(retried.status, StatusCode::ACCEPTED);
+    assert!(retried.headers.get("idempotent-replayed").is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(first_name(&simulator, 1).as_deref(), Some("new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
+    let simulator = simulator(
+        10_000,
+        Duration::from_secs(3_600),
+        RateWindowKind::default(),
+    )
+    .await;
+    let dir = scratch("service", "bad-input");
+    store_tokens(&dir, &simulator, &[ADA]);
+    destinations_file(
+        &dir,
+        &simulator,
+        "max_body_bytes = 4096\nmax_record_bytes = 512",
+        &[
+            ("crm", ADA, 4, ""),
+            ("off", ADA, 5, "enabled = false"),
+            // Bob never logged in: its updates wait, so its queue fills.
+            ("stuck", BOB, 6, "max_queued_updates = 3"),
+        ],
+    );
+    let service = Service::start(&dir, &[]);
+    let url = service.url("/v1/destinations/crm/records");
+    let auth = ("authorization", "Bearer test-ingest-key");
+    let one = ndjson(&[profile(1, "Ann")]);
+
+    let cases: Vec<(&str, Answer, StatusCode)> = vec![
+        (
+            "no key",
+            post(&url, "application/x-ndjson", one.clone(), &[]).await,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "wrong key",
+            post(
+                &url,
+                "application/x-ndjson",
+                one.clone(),
+                &[("authorization", "Bearer nope")],
+            )
+            .await,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "unknown destination",
+            post(
+                &service.url("/v1/destinations/nope/records"),
+                "application/x-ndjson",
+                one.clone(),
+                &[auth],
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "disabled",
+            post(
+                &service.url("/v1/destinations/off/records"),
+                "application/x-ndjson",
+                one.clone(),
+                &[auth],
+            )
+            .await,
+            StatusCode::CONFLICT,
+        ),
+        (
+            "content type",
+            post(&url, "text/csv", one.clone(), &[auth]).await,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "body too large",
+            post(&url, "application/x-ndjson", "{}\n".repeat(2_000), &[auth]).await,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "framing",
+            post(
+                &url,
+                "application/x-ndjson",
+                format!("{one}{one}{{\"broken\n"),
+                &[auth],
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "not an array",
+            post(&url, "application/json", one.clone(), &[auth]).await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "idempotency key",
+            post(
+                &url,
+                "application/x-ndjson",
+                one.clone(),
+                &[auth, ("idempotency-key", "has space")],
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (what, answer, expected) in &cases {
+        assert_eq!(answer.status, *expected, "{what}: {}", answer.body);
+        assert!(answer.body["error"].is_string(), "{what}: {}", answer.body);
+    }
+    assert_eq!(
+        cases[0].1.body, cases[1].1.body,
+        "a 401 says nothing of which"
+    );
+    assert!(
+        cases[6].1.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("line 3 is not JSON"),
+        "{}",
+        cases[6].1.body
+    );
+
+    // Nothing of the above reached the journal.
+    let runs = journal_json(&dir, "crm", &["runs", "--json"]);
+    assert_eq!(runs[0]["received"], 0, "{runs}");
+
+    // A mixed JSON array: the good records are accepted, the others listed
+    // (and kept as dead letters); one too large is an entry, not a failure.
+    let big = profile(3, &"x".repeat(600));
+    let mixed = format!(
+        "[{}, {{\"identityMap\": {{}}}}, {big}, {}]",
+        profile(2, "Bea"),
+        json!({"identityMap": {"Oid": [{"id": "7"}]}, "segmentMembership": {"ups": {"aud": {"status": "maybe"}}}})
+    );
+    let answer = post(&url, "application/json", mixed, &[auth]).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    assert_eq!(answer.body["accepted"], 1, "{}", answer.body);
+    let invalid: Vec<(u64, &str)> = answer.body["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        invalid,
+        [(2, "record-too-large"), (3, "audience-status-unknown")]
+    );
+    assert_eq!(answer.body["skipped"][0]["index"], 1, "{}", answer.body);
+    eventually("Bea", Duration::from_secs(10), || {
+        first_name(&simulator, 2).as_deref() == Some("Bea")
+    })
+    .await;
+    let letters = {
+        let out = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+            .arg("--journal")
+            .arg(dir.join("state/crm.journal"))
+            .args(["dead-letters", "list"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let codes: Vec<String> = letters
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    // (Skipped records are kept as dead letters too, for the record.)
+    assert_eq!(
+        codes,
+        [
+            "identity-missing",
+            "record-too-large",
+            "audience-status-unknown"
+        ],
+        "{letters}"
+    );
+
+    // Over the queue quota: 429 with Retry-After, and the batch is not
+    // journaled.
+    let stuck = service.url("/v1/destinations/stuck/records");
+    let three: Vec<String> = (10..13).map(|id| profile(id, "Cy")).collect();
+    let answer = post(&stuck, "application/x-ndjson", ndjson(&three), &[auth]).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    let answer = post(&stuck, "application/x-ndjson", one.clone(), &[auth]).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        answer.body
+    );
+    assert!(answer.headers.get("retry-after").is_some());
+    let runs = journal_json(&dir, "stuck", &["runs", "--json"]);
+    assert_eq!(runs[0]["received"], 3, "{runs}");
+}
+
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
+    scrape
+        .samples
+        .into_iter()
+        .map(|sample| {
+            let labels: BTreeMap<String, String> = sample
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let value = match sample.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (format!("{}{labels:?}", sample.metric), value)
+        })
+        .collect()
+}
+
+fn metric(metrics: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let key = format!("{name}{labels:?}");
+    *metrics
+        .get(&key)
+        .unwrap_or_else(|| panic!("no {key} in {:#?}", metrics.keys().collect::<Vec<_>>()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reload_drain_and_metrics() {
+    let simulator = simulator(
+        10_000,
+        Duration::from_secs(3_600),
+        RateWindowKind::default(),
+    )
+    .await;
+    let dir = scratch("service", "reload");
+    store_tokens(&dir, &simulator, &[ADA]);
+    destinations_file(
+        &dir,
+        &simulator,
+        "drain_timeout_secs = 5",
+        &[("crm", ADA, 4, "")],
+    );
+    let service = Service::start(&dir, &[]);
+    let records: Vec<String> = (1..=30).map(|id| profile(id, "One")).collect();
+    assert_eq!(
+        post_records(&service, "crm", &records, None).await.status,
+        StatusCode::ACCEPTED
+    );
+    let rejected = vec![json!({"identityMap": {"Oid": [{"id": "9"}]}, "segmentMembership": {"ups": {"aud": {"status": "maybe"}}}}).to_string()];
+    assert_eq!(
+        post_records(&service, "crm", &rejected, None).await.status,
+        StatusCode::ACCEPTED
+    );
+    eventually("delivery", Duration::from_secs(10), || {
+        first_name(&simulator, 30).is_some()
+    })
+    .await;
+
+    // The metrics parse, and their counts are the simulator's.
+    let client = reqwest::Client::new();
+    let unauthorized = client.get(service.url("/metrics")).send().await.unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    // Verdicts are recorded just after the API answered: the counts
+    // settle at the simulator's.
+    let crm = [("destination", "crm"), ("outcome", "delivered")];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (text, metrics) = loop {
+        let text = client
+            .get(service.url("/metrics"))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let metrics = parse_metrics(&text);
+        if metric(&metrics, "outreach_records_total", &crm) == 30.0 || Instant::now() > deadline {
+            break (text, metrics);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let applied = simulator.stats().updates_applied as f64;
+    assert_eq!(applied, 30.0);
+    assert_eq!(metric(&metrics, "outreach_records_total", &crm), applied);
+    let received = [("destination", "crm"), ("outcome", "received")];
+    assert_eq!(metric(&metrics, "outreach_records_total", &received), 31.0);
+    let rejected = [("destination", "crm"), ("outcome", "rejected")];
+    assert_eq!(metric(&metrics, "outreach_records_total", &rejected), 1.0);
+    let by_audience = [
+        ("destination", "crm"),
+        ("audience", "aud"),
+        ("outcome", "delivered"),
+    ];
+    assert_eq!(
+        metric(&metrics, "outreach_audience_records_total", &by_audience),
+        applied
+    );
+    let ada = [("account", ADA)];
+    assert_eq!(
+        metric(&metrics, "outreach_requests_total", &ada),
+        simulator.stats().requests as f64
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "outreach_queued_updates",
+            &[("destination", "crm")]
+        ),
+        0.0
+    );
+    let expires = metric(&metrics, "outreach_access_token_expires_in_seconds", &ada);
+    assert!(expires > 0.0, "{expires}");
+    assert!(!text.contains("sim-0"), "a token in the metrics");
+
+    // A valid new file: a second destination appears, the first keeps its
+    // journal and runs.
+    destinations_file(
+        &dir,
+        &simulator,
+        "drain_timeout_secs = 5",
+        &[("crm", ADA, 4, ""), ("second", ADA, 5, "")],
+    );
+    service.signal(libc::SIGHUP);
+    let second = service.url("/v1/destinations/second/records");
+    let mut reloaded = false;
+    for _ in 0..200 {
+        let answer = post(
+            &second,
+            "application/x-ndjson",
+            ndjson(&[profile(40, "Two")]),
+            &[("authorization", "Bearer test-ingest-key")],
+        )
+        .await;
+        if answer.status == StatusCode::ACCEPTED {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(reloaded, "{}", service.log());
+    eventually("the second destination", Duration::from_secs(10), || {
+        first_name(&simulator, 40).as_deref() == Some("Two")
+    })
+    .await;
+
+    // An invalid file is refused: both destinations go on.
+    std::fs::write(
+        dir.join("destinations.toml"),
+        std::fs::read_to_string(dir.join("destinations.toml")).unwrap()
+            + "\n[[destinations]]\nname = \"broken\"\nconfig = { identityMapping = 3 }\n",
+    )
+    .unwrap();
+    service.signal(libc::SIGHUP);
+    eventually("the refusal", Duration::from_secs(20), || {
+        service.log().contains("not reloaded")
+    })
+    .await;
+    assert!(
+        service.log().contains("destination \"broken\": config"),
+        "{}",
+        service.log()
+    );
+    for destination in ["crm", "second"] {
+        let answer = post_records(&service, destination, &[profile(41, "Three")], None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::ACCEPTED,
+            "{destination}: {}",
+            answer.body
+        );
+    }
+
+    eventually("the last records", Duration::from_secs(10), || {
+        first_name(&simulator, 41).as_deref() == Some("Three")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // SIGTERM: intake answers 503 while requests in flight finish; the
+    // process ends by itself; a restart carries on with what was queued.
+    let slow = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=2_000,
+            faults: outreach_simulator::Faults {
+                latency: Duration::from_millis(1_500),
+                ..Default::default()
+            },
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    drop(service);
+    store_tokens(&dir, &slow, &[ADA]);
+    destinations_file(
+        &dir,
+        &slow,
+        "drain_timeout_secs = 5",
+        &[("crm", ADA, 4, "concurrency = 1")],
+    );
+    let mut service = Service::start(&dir, &[]);
+    let queued: Vec<String> = (100..110).map(|id| profile(id, "Later")).collect();
+    assert_eq!(
+        post_records(&service, "crm", &queued, None).await.status,
+        StatusCode::ACCEPTED
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.signal(libc::SIGTERM);
+    let mut refused = None;
+    for _ in 0..100 {
+        let answer = post_records(&service, "crm", &[profile(200, "Late")], None).await;
+        if answer.status != StatusCode::ACCEPTED {
+            refused = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let refused = refused.expect("intake refused while draining");
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.body
+    );
+    assert!(refused.headers.get("retry-after").is_some());
+    let status = service.wait(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}: {}", service.log());
+    assert_eq!(
+        first_name(&slow, 100).as_deref(),
+        Some("Later"),
+        "the request in flight finished"
+    );
+    assert!(
+        first_name(&slow, 109).as_deref() != Some("Later"),
+        "the rest waits in the journal"
+    );
+    let service = Service::start(&dir, &[]);
+    eventually("the rest after a restart", Duration::from_secs(30), || {
+        (100..110).all(|id| first_name(&slow, id).as_deref() == Some("Later"))
+    })
+    .await;
+    drop(service);
+}
