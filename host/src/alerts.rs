@@ -45,7 +45,7 @@ pub struct Alert {
 }
 
 /// Where alerts go. The default sends none.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlertSettings {
     /// URL receiving `POST` with the alert as `application/json`.
     pub webhook: Option<String>,

@@ -544,7 +544,10 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
     destinations_file(
         &dir,
         &simulator,
-        "max_body_bytes = 4096\nmax_record_bytes = 512",
+        &format!(
+            "max_body_bytes = 4096\nmax_record_bytes = 512\nlogin_retry_secs = 1\nstall_alert_secs = 2\nalert_command = \"cat >> {}\"\n",
+            dir.join("alerts.jsonl").display()
+        ),
         &[
             ("crm", ADA, 4, ""),
             ("off", ADA, 5, "enabled = false"),
@@ -726,6 +729,28 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
     assert!(answer.headers.get("retry-after").is_some());
     let runs = journal_json(&dir, "stuck", &["runs", "--json"]);
     assert_eq!(runs[0]["received"], 3, "{runs}");
+
+    // The destination whose account never logged in asked for a login
+    // once (not at every retry), and its queued updates raised a stall.
+    let alerts = || -> Vec<Value> {
+        // One JSON document per alert, one after the other.
+        let text = std::fs::read_to_string(dir.join("alerts.jsonl")).unwrap_or_default();
+        serde_json::Deserializer::from_str(&text)
+            .into_iter::<Value>()
+            .map_while(Result::ok)
+            .collect()
+    };
+    eventually("a stall alert", Duration::from_secs(20), || {
+        alerts().iter().any(|a| a["event"] == "stalled")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stuck: Vec<String> = alerts()
+        .iter()
+        .filter(|a| a["destination"] == "stuck")
+        .map(|a| a["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stuck, ["login-required", "stalled"], "{stuck:?}");
 }
 
 fn parse_metrics(text: &str) -> HashMap<String, f64> {

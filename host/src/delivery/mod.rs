@@ -8,7 +8,7 @@ pub(crate) mod control;
 pub(crate) mod dispatch;
 mod intake;
 pub mod planner;
-mod report;
+pub(crate) mod report;
 pub mod retry;
 mod summary;
 

@@ -96,13 +96,13 @@ impl<Q: Queue> Reporter<'_, Q> {
 /// When a stall calls for an alert: no verdict for the threshold, and no
 /// alert for this stall yet (the next one needs a verdict in between).
 #[derive(Debug)]
-struct StallWatch {
+pub(crate) struct StallWatch {
     threshold_ms: u64,
     alerted_at_ms: Option<u64>,
 }
 
 impl StallWatch {
-    fn new(threshold: Duration) -> Self {
+    pub(crate) fn new(threshold: Duration) -> Self {
         Self {
             threshold_ms: u64::try_from(threshold.as_millis()).unwrap_or(u64::MAX),
             alerted_at_ms: None,
@@ -111,7 +111,7 @@ impl StallWatch {
 
     /// How long delivery has stalled at `now_ms`, if that calls for an
     /// alert (provided updates are queued).
-    fn due(&mut self, now_ms: u64, last_verdict_ms: u64) -> Option<u64> {
+    pub(crate) fn due(&mut self, now_ms: u64, last_verdict_ms: u64) -> Option<u64> {
         if self.alerted_at_ms.is_some_and(|at| last_verdict_ms > at) {
             self.alerted_at_ms = None;
         }
@@ -119,7 +119,7 @@ impl StallWatch {
         (self.alerted_at_ms.is_none() && stalled_for >= self.threshold_ms).then_some(stalled_for)
     }
 
-    fn alerted(&mut self, now_ms: u64) {
+    pub(crate) fn alerted(&mut self, now_ms: u64) {
         self.alerted_at_ms = Some(now_ms);
     }
 }

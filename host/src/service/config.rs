@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::keys::KeyHash;
+use crate::alerts::{AlertSettings, Alerts};
 use crate::input::DEFAULT_MAX_RECORD_BYTES;
 
 /// The largest request body accepted unless configured otherwise.
@@ -30,6 +31,10 @@ struct FileText {
     ingest_keys: Vec<String>,
     drain_timeout_secs: Option<u64>,
     login_retry_secs: Option<u64>,
+    alert_webhook: Option<String>,
+    alert_command: Option<String>,
+    stall_alert_secs: Option<u64>,
+    alert_timeout_secs: Option<u64>,
     #[serde(default)]
     accounts: BTreeMap<String, AccountText>,
     #[serde(default)]
@@ -86,6 +91,9 @@ pub struct ServiceFile {
     /// How long a destination whose delivery stopped (a login is needed)
     /// waits before it tries again.
     pub login_retry: Duration,
+    /// Where alerts go (the same events as a command-line run's, per
+    /// destination).
+    pub alerts: AlertSettings,
     pub accounts: BTreeMap<String, AccountSettings>,
     pub destinations: Vec<DestinationSpec>,
 }
@@ -163,6 +171,17 @@ impl ServiceFile {
                 ));
             }
         }
+        let alerting = file.alert_webhook.is_some() || file.alert_command.is_some();
+        let alerts = AlertSettings {
+            webhook: file.alert_webhook,
+            command: file.alert_command,
+            stall_after: alerting
+                .then(|| Duration::from_secs(file.stall_alert_secs.unwrap_or(900).max(1))),
+            timeout: Duration::from_secs(file.alert_timeout_secs.unwrap_or(30).max(1)),
+        };
+        if let Err(e) = Alerts::new(alerts.clone()) {
+            problems.push(format!("alert_webhook: {e}"));
+        }
         let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             problems.push("max_body_bytes must be at least 1".into());
@@ -209,6 +228,7 @@ impl ServiceFile {
             ingest_keys,
             drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
             login_retry: Duration::from_secs(file.login_retry_secs.unwrap_or(30).max(1)),
+            alerts,
             accounts: file
                 .accounts
                 .into_iter()

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::delivery::{DeliveryOptions, StaticToken, retry};
 use crate::engine::{Destination, Limits, Runtime};
@@ -490,6 +491,7 @@ impl Service {
             ));
         }
         let defaults = DeliveryOptions::default();
+        let alerts = Arc::new(Alerts::new(file.alerts.clone()).map_err(|e| e.to_string())?);
         let guest = Arc::new(Guest::spawn(destination).map_err(|e| e.to_string())?);
         let settings = StreamSettings {
             name: spec.name.clone(),
@@ -504,6 +506,7 @@ impl Service {
             restart_after: file.login_retry,
             run_length: self.env.run_length,
             clock: self.env.clock,
+            alerts,
         };
         let stream = Stream::start(settings, api, account, guest, journal)
             .await

@@ -21,10 +21,12 @@ use tokio::task::JoinHandle;
 use destination_types::{PlanOutcome, RecordFate};
 
 use super::account::Account;
+use crate::alerts::{Alert, AlertKind, Alerts};
 use crate::clock::Clock;
 use crate::delivery::control::Control;
 use crate::delivery::dispatch::{Counters, Dispatcher};
 use crate::delivery::planner::plan_items;
+use crate::delivery::report::StallWatch;
 use crate::delivery::retry;
 use crate::guest::Guest;
 use crate::http::ApiClient;
@@ -37,7 +39,7 @@ use crate::queue::{JournalQueue, Merger, Queue};
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How a stream runs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StreamSettings {
     /// The destination's name (runs and logs).
     pub name: String,
@@ -51,6 +53,7 @@ pub struct StreamSettings {
     /// How long a dataflow run collects records (an hour).
     pub run_length: Duration,
     pub clock: Clock,
+    pub alerts: Arc<Alerts>,
 }
 
 /// One record of a batch, as the intake read it.
@@ -412,12 +415,29 @@ fn period_start(settings: &StreamSettings) -> u64 {
 /// The current period's guard, after moving on to a new run if the
 /// period changed (the old run gets the workers' figures so far).
 async fn next_period(
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Result<tokio::sync::MutexGuard<'_, (u64, RunId)>, AcceptError> {
     let mut period = shared.period.lock().await;
     let start = period_start(&shared.settings);
     if start != period.0 {
         record_stats(shared).await;
+        let closing = period.1;
+        if let Ok(record) = shared
+            .queue
+            .call(move |journal, _| journal.run(closing))
+            .await
+            && record.counts.rejected > 0
+        {
+            alert(
+                shared,
+                AlertKind::RunFailed,
+                format!(
+                    "run {closing} closed with {} of {} records rejected so far (see `outreach-host dead-letters list --run {closing}`)",
+                    record.counts.rejected, record.counts.received
+                ),
+                closing,
+            );
+        }
         let (name, api_base) = (
             shared.settings.name.clone(),
             shared.api.base().as_str().to_owned(),
@@ -431,6 +451,36 @@ async fn next_period(
         shared.run.store(run, Ordering::Relaxed);
     }
     Ok(period)
+}
+
+/// Fires `event` for `run` (with the run's counts so far) without holding
+/// up the caller.
+fn alert(shared: &Arc<Shared>, event: AlertKind, message: String, run: RunId) {
+    if shared.settings.alerts.is_empty() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let summary = shared
+            .queue
+            .call(move |journal, _| journal.run(run))
+            .await
+            .ok()
+            .and_then(|record| serde_json::to_value(record).ok())
+            .unwrap_or_default();
+        shared
+            .settings
+            .alerts
+            .fire(&Alert {
+                event,
+                message,
+                run,
+                destination: shared.settings.name.clone(),
+                at_ms: shared.settings.clock.now_ms(),
+                summary,
+            })
+            .await;
+    });
 }
 
 /// Adds what the workers counted since last time to the current run.
@@ -466,8 +516,27 @@ async fn record_stats(shared: &Shared) {
 /// Keeps the backlog figures fresh and moves on to a new run when the
 /// period changes, even while no batch arrives.
 async fn upkeep(shared: Arc<Shared>) {
+    let mut stalls = shared.settings.alerts.stall_after().map(StallWatch::new);
     loop {
         tokio::time::sleep(UPKEEP_EVERY).await;
+        if let Some(watch) = &mut stalls {
+            let now = shared.settings.clock.now_ms();
+            let last = shared.last_verdict_ms.load(Ordering::Relaxed);
+            if let Some(stalled_for) = watch.due(now, last)
+                && lock(&shared.backlog).updates > 0
+            {
+                watch.alerted(now);
+                alert(
+                    &shared,
+                    AlertKind::Stalled,
+                    format!(
+                        "delivery has been stalled for {:.0} s with updates queued (rate limit, API errors or credentials)",
+                        stalled_for as f64 / 1000.0
+                    ),
+                    shared.run.load(Ordering::Relaxed),
+                );
+            }
+        }
         let before = shared.accepted_since_backlog.load(Ordering::Relaxed);
         match shared.queue.call(|journal, _| journal.backlog()).await {
             Ok(backlog) => {
@@ -487,6 +556,9 @@ async fn upkeep(shared: Arc<Shared>) {
 /// Runs the workers; when they stop for a reason other than a shutdown,
 /// pauses and starts them again.
 async fn supervise(shared: Arc<Shared>) {
+    // The verdict time when a login was last asked for: asked again only
+    // after delivery went on in between.
+    let mut login_asked_at: Option<u64> = None;
     loop {
         let control = Arc::new(Control::default());
         *lock(&shared.control) = control.clone();
@@ -525,6 +597,19 @@ async fn supervise(shared: Arc<Shared>) {
             "delivery paused: {why}; trying again in {:?} (records are still accepted and queued)",
             shared.settings.restart_after
         );
+        let last_verdict = shared.last_verdict_ms.load(Ordering::Relaxed);
+        if control.login_required() && login_asked_at != Some(last_verdict) {
+            login_asked_at = Some(last_verdict);
+            alert(
+                &shared,
+                AlertKind::LoginRequired,
+                format!(
+                    "account {} needs a new login (`outreach-host login --account {}`): {why}",
+                    shared.account.name, shared.account.name
+                ),
+                shared.run.load(Ordering::Relaxed),
+            );
+        }
         *lock(&shared.paused) = Some(why);
         let woken = shared.drained.notified();
         tokio::pin!(woken);
