@@ -2,9 +2,11 @@
 //! thread and is called over a channel, so no wasm call ever runs on an
 //! async runtime's worker thread. Planning and classifying use separate
 //! instances of the same configuration, so a `classify` never queues
-//! behind a long `plan`.
+//! behind a long `plan`; a service planning batches from several producers
+//! at once may keep several planning instances.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::thread;
 
 use destination_types::{Classification, ConfigurationIdentity, PlanOutcome, Request, Response};
@@ -18,6 +20,8 @@ type Job = Box<dyn FnOnce(&mut Destination) + Send>;
 /// is dropped.
 struct Actor {
     jobs: mpsc::Sender<Job>,
+    /// Calls queued or running.
+    load: Arc<AtomicUsize>,
 }
 
 /// The actor's thread is gone (it panicked).
@@ -36,7 +40,10 @@ impl Actor {
                 }
             })
             .map_err(|e| GuestError::Trapped(format!("cannot start a component thread: {e}")))?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            load: Arc::default(),
+        })
     }
 
     /// Queues `call` for the actor's instance; its answer comes on the
@@ -46,11 +53,17 @@ impl Actor {
         call: impl FnOnce(&mut Destination) -> T + Send + 'static,
     ) -> Result<oneshot::Receiver<T>, GuestError> {
         let (answer, answered) = oneshot::channel();
+        let load = self.load.clone();
+        load.fetch_add(1, Ordering::Relaxed);
         self.jobs
             .send(Box::new(move |d| {
                 let _ = answer.send(call(d));
+                load.fetch_sub(1, Ordering::Relaxed);
             }))
-            .map_err(|_| gone())?;
+            .map_err(|_| {
+                self.load.fetch_sub(1, Ordering::Relaxed);
+                gone()
+            })?;
         Ok(answered)
     }
 
@@ -75,7 +88,8 @@ impl Actor {
 /// A configured destination, callable from async code and from blocking
 /// threads alike. Cheap to share behind an `Arc`.
 pub struct Guest {
-    planner: Actor,
+    /// At least one.
+    planners: Vec<Actor>,
     classifier: Actor,
     identity: ConfigurationIdentity,
     can_merge: bool,
@@ -85,16 +99,38 @@ impl Guest {
     /// Moves `destination` to a planning thread and a second instance of
     /// it to a classifying thread.
     pub fn spawn(destination: Destination) -> Result<Self, GuestError> {
+        Self::spawn_planning_on(destination, 1)
+    }
+
+    /// [`Guest::spawn`] with `planners` planning instances (at least one),
+    /// each on its own thread: batches planned at once go to the least
+    /// busy.
+    pub fn spawn_planning_on(
+        destination: Destination,
+        planners: usize,
+    ) -> Result<Self, GuestError> {
         let identity = destination.identity().clone();
         let can_merge = destination.can_merge();
         let classifier = Actor::spawn("guest-classify", destination.replicate())?;
-        let planner = Actor::spawn("guest-plan", destination)?;
+        let mut actors = Vec::with_capacity(planners.max(1));
+        for _ in 1..planners.max(1) {
+            actors.push(Actor::spawn("guest-plan", destination.replicate())?);
+        }
+        actors.push(Actor::spawn("guest-plan", destination)?);
         Ok(Self {
-            planner,
+            planners: actors,
             classifier,
             identity,
             can_merge,
         })
+    }
+
+    /// The planning instance with the fewest calls waiting.
+    fn planner(&self) -> &Actor {
+        self.planners
+            .iter()
+            .min_by_key(|actor| actor.load.load(Ordering::Relaxed))
+            .unwrap_or(&self.classifier)
     }
 
     /// The configuration's name and account.
@@ -113,12 +149,12 @@ impl Guest {
         &self,
         call: impl FnOnce(&mut Destination) -> T + Send + 'static,
     ) -> Result<T, GuestError> {
-        self.planner.call(call).await
+        self.planner().call(call).await
     }
 
     /// Plans a batch of records: one outcome per record.
     pub async fn plan(&self, records: Vec<String>) -> Result<Vec<PlanOutcome>, GuestError> {
-        self.planner.call(move |d| d.plan(&records)).await?
+        self.planner().call(move |d| d.plan(&records)).await?
     }
 
     /// Classifies `response` to `request`.

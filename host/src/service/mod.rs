@@ -492,7 +492,10 @@ impl Service {
         }
         let defaults = DeliveryOptions::default();
         let alerts = Arc::new(Alerts::new(file.alerts.clone()).map_err(|e| e.to_string())?);
-        let guest = Arc::new(Guest::spawn(destination).map_err(|e| e.to_string())?);
+        // Batches from several producers are planned at once, one per core.
+        let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let guest =
+            Arc::new(Guest::spawn_planning_on(destination, planners).map_err(|e| e.to_string())?);
         let settings = StreamSettings {
             name: spec.name.clone(),
             concurrency: spec.concurrency,
