@@ -79,6 +79,28 @@ struct Service {
 
 impl Service {
     fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_with(dir, &Self::start_args(dir), extra_env)
+    }
+
+    /// The arguments of `serve` on a free port with the test's files.
+    fn start_args(dir: &Path) -> Vec<String> {
+        vec![
+            "--cache-dir".into(),
+            std::env::temp_dir()
+                .join(format!("outreach-service-cache-{}", std::process::id()))
+                .display()
+                .to_string(),
+            "--token-store".into(),
+            dir.join("tokens.json").display().to_string(),
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--destinations".into(),
+            dir.join("destinations.toml").display().to_string(),
+        ]
+    }
+
+    fn start_with(dir: &Path, args: &[String], extra_env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_outreach-host"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -86,14 +108,7 @@ impl Service {
             .open(dir.join("serve.log"))
             .unwrap();
         command
-            .arg("--cache-dir")
-            .arg(
-                std::env::temp_dir().join(format!("outreach-service-cache-{}", std::process::id())),
-            )
-            .arg("--token-store")
-            .arg(dir.join("tokens.json"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--destinations"])
-            .arg(dir.join("destinations.toml"))
+            .args(args)
             .env("RUST_LOG", "warn")
             .env("OUTREACH_CLIENT_ID", "sim-client")
             .env("OUTREACH_CLIENT_SECRET", "sim-secret")
@@ -1005,4 +1020,157 @@ async fn reload_drain_and_metrics() {
     })
     .await;
     drop(service);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_period_has_its_run_with_the_records_received_in_it() {
+    let simulator = simulator(
+        10_000,
+        Duration::from_secs(3_600),
+        RateWindowKind::default(),
+    )
+    .await;
+    let dir = scratch("service", "periods");
+    store_tokens(&dir, &simulator, &[ADA]);
+    destinations_file(&dir, &simulator, "", &[("crm", ADA, 4, "")]);
+    // Periods of 3 s instead of an hour.
+    let mut command_args = Service::start_args(&dir);
+    command_args.push("--run-length-secs".into());
+    command_args.push("3".into());
+    let service = Service::start_with(&dir, &command_args, &[]);
+    let first: Vec<String> = (1..=5).map(|id| profile(id, "First")).collect();
+    assert_eq!(
+        post_records(&service, "crm", &first, None).await.status,
+        StatusCode::ACCEPTED
+    );
+    // Into the next period.
+    let runs_now = || journal_json(&dir, "crm", &["runs", "--json"]);
+    let started = runs_now()[0]["started_ms"].as_u64().unwrap();
+    let next_period = (started / 3_000 + 1) * 3_000;
+    let wait = next_period.saturating_sub(outreach_host::clock::now_ms()) + 100;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let second: Vec<String> = (6..=8).map(|id| profile(id, "Second")).collect();
+    assert_eq!(
+        post_records(&service, "crm", &second, None).await.status,
+        StatusCode::ACCEPTED
+    );
+    eventually("delivery", Duration::from_secs(10), || {
+        first_name(&simulator, 8).as_deref() == Some("Second")
+    })
+    .await;
+    let mut runs = Vec::new();
+    for _ in 0..100 {
+        runs = runs_now().as_array().unwrap().clone();
+        if runs
+            .iter()
+            .map(|r| r["delivered"].as_u64().unwrap())
+            .sum::<u64>()
+            == 8
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Newest first: the second period's run receiving, the first closed.
+    let summary: Vec<(&str, &str, u64, u64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap(),
+                r["status"].as_str().unwrap(),
+                r["received"].as_u64().unwrap(),
+                r["delivered"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("stream", "receiving", 3, 3), ("stream", "closed", 5, 5)],
+        "{runs:?}"
+    );
+    // Per audience too.
+    let shown = journal_json(
+        &dir,
+        "crm",
+        &["runs", "show", &runs[1]["id"].to_string(), "--json"],
+    );
+    assert_eq!(shown["audiences"]["aud"]["delivered"], 5, "{shown}");
+}
+
+#[test]
+fn a_destinations_file_with_problems_names_them_and_nothing_starts() {
+    let dir = scratch("service", "problems");
+    std::fs::write(
+        dir.join("destinations.toml"),
+        "listen = \"0.0.0.0:0\"\n[[destinations]]\nname = \"crm\"\nconfig = { name = \"crm\" }\n[[destinations]]\nname = \"x y\"\nconfig = \"missing.json\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["serve", "--destinations"])
+        .arg(dir.join("destinations.toml"))
+        .env("OUTREACH_ACCESS_TOKEN", "unused")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "destination \"x y\": name",
+        "destination \"x y\": config: cannot read",
+        "listen: 0.0.0.0:0 is not a loopback address",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
+    }
+    assert!(!dir.join("state").exists(), "nothing was started");
+    // The same file with the problems fixed but a configuration the
+    // component refuses: named too.
+    std::fs::write(
+        dir.join("destinations.toml"),
+        "[[destinations]]\nname = \"crm\"\nconfig = { name = \"crm\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["serve", "--destinations"])
+        .arg(dir.join("destinations.toml"))
+        .env("OUTREACH_ACCESS_TOKEN", "unused")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("destination \"crm\": config (inline): identityMapping"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_destinations_file_serves() {
+    let dir = scratch("service", "example");
+    let example =
+        std::fs::read_to_string(common::repo_root().join("deploy/destinations.example.toml"))
+            .unwrap()
+            .replace("/var/lib/outreach-host", "state");
+    std::fs::write(dir.join("destinations.toml"), example).unwrap();
+    std::fs::copy(
+        common::repo_root().join("examples/destination.json"),
+        dir.join("eu-sales.json"),
+    )
+    .unwrap();
+    let service = Service::start(&dir, &[("OUTREACH_ACCESS_TOKEN", "unused")]);
+    let ready: Value = serde_json::from_slice(
+        &reqwest::get(service.url("/readyz"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "destinations": {"eu-sales": "accepting", "webinars": "accepting"}})
+    );
 }

@@ -425,3 +425,93 @@ fn the_per_update_statements_keep_their_plans_across_bindings() {
         assert_eq!(reprepared, 0, "{sql}: prepared again {reprepared} times");
     }
 }
+
+#[test]
+fn an_idempotency_key_journals_its_batch_once_within_a_day() {
+    let (journal, run) = journal_with_run();
+    let receipt = Receipt {
+        key: "batch-1".into(),
+        response: r#"{"accepted":1}"#.into(),
+    };
+    let first = journal
+        .ingest_once(
+            run,
+            vec![incoming(1, patch(1, json!({"a": 1}), &[]))],
+            &receipt,
+            &merge,
+        )
+        .unwrap();
+    assert!(matches!(first, Intake::Journaled(_)), "{first:?}");
+    // The same key again, even with other records: the first answer, and
+    // nothing journaled.
+    let again = Receipt {
+        key: "batch-1".into(),
+        response: r#"{"accepted":2}"#.into(),
+    };
+    let repeated = journal
+        .ingest_once(
+            run,
+            vec![incoming(2, patch(2, json!({"a": 2}), &[]))],
+            &again,
+            &merge,
+        )
+        .unwrap();
+    match repeated {
+        Intake::Repeated(answer) => assert_eq!(answer, r#"{"accepted":1}"#),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        journal.receipt("batch-1").unwrap().as_deref(),
+        Some(r#"{"accepted":1}"#)
+    );
+    assert_eq!(journal.backlog().unwrap().updates, 1);
+    // A day later the key is forgotten: the batch is journaled.
+    journal
+        .with(|conn| {
+            conn.execute(
+                "UPDATE receipts SET received_ms = received_ms - ?1",
+                [RECEIPT_TTL_MS as i64 + 1],
+            )
+        })
+        .unwrap();
+    assert_eq!(journal.receipt("batch-1").unwrap(), None);
+    let later = journal
+        .ingest_once(
+            run,
+            vec![incoming(2, patch(2, json!({"a": 2}), &[]))],
+            &again,
+            &merge,
+        )
+        .unwrap();
+    assert!(matches!(later, Intake::Journaled(_)), "{later:?}");
+    assert_eq!(journal.backlog().unwrap().updates, 2);
+}
+
+#[test]
+fn a_stream_run_per_period_and_api_base() {
+    let journal = Journal::in_memory().unwrap();
+    let hour = 3_600_000;
+    let now = crate::clock::now_ms();
+    let period = now - now % hour;
+    let first = journal.stream_run("crm", "http://a", period).unwrap();
+    // The same period again (a restart): the same run.
+    assert_eq!(
+        journal.stream_run("crm", "http://a", period).unwrap(),
+        first
+    );
+    // Another destination in the journal: its own run.
+    let other = journal.stream_run("other", "http://a", period).unwrap();
+    assert_ne!(other, first);
+    // Another API base: a new run, the old one closed.
+    let moved = journal.stream_run("crm", "http://b", period).unwrap();
+    assert_ne!(moved, first);
+    assert_eq!(journal.run(first).unwrap().status, "closed");
+    // The next period: a new run, the last one closed.
+    let next = journal
+        .stream_run("crm", "http://b", period + hour)
+        .unwrap();
+    assert_ne!(next, moved);
+    assert_eq!(journal.run(moved).unwrap().status, "closed");
+    assert_eq!(journal.run(next).unwrap().status, "receiving");
+    assert_eq!(journal.run(other).unwrap().status, "receiving");
+}
