@@ -63,7 +63,7 @@ pub struct Limiter {
 }
 
 /// One sharer's place in line for a [`Limiter`] several sharers use (the
-/// destinations of one Outreach user): a sharer's requests queue behind
+/// destinations of one API user): a sharer's requests queue behind
 /// each other, and only its first waits for a turn at the limiter, so
 /// busy sharers take turns (round-robin) however many requests each has
 /// waiting.

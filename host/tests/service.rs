@@ -853,41 +853,60 @@ async fn reload_drain_and_metrics() {
             .await
             .unwrap();
         let metrics = parse_metrics(&text);
-        if metric(&metrics, "outreach_records_total", &crm) == 30.0 || Instant::now() > deadline {
+        if metric(&metrics, "outreach_host_records_total", &crm) == 30.0
+            || Instant::now() > deadline
+        {
             break (text, metrics);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let applied = simulator.stats().updates_applied as f64;
     assert_eq!(applied, 30.0);
-    assert_eq!(metric(&metrics, "outreach_records_total", &crm), applied);
+    assert_eq!(
+        metric(&metrics, "outreach_host_records_total", &crm),
+        applied
+    );
     let received = [("destination", "crm"), ("outcome", "received")];
-    assert_eq!(metric(&metrics, "outreach_records_total", &received), 31.0);
+    assert_eq!(
+        metric(&metrics, "outreach_host_records_total", &received),
+        31.0
+    );
     let rejected = [("destination", "crm"), ("outcome", "rejected")];
-    assert_eq!(metric(&metrics, "outreach_records_total", &rejected), 1.0);
+    assert_eq!(
+        metric(&metrics, "outreach_host_records_total", &rejected),
+        1.0
+    );
     let by_audience = [
         ("destination", "crm"),
         ("audience", "aud"),
         ("outcome", "delivered"),
     ];
     assert_eq!(
-        metric(&metrics, "outreach_audience_records_total", &by_audience),
+        metric(
+            &metrics,
+            "outreach_host_audience_records_total",
+            &by_audience
+        ),
         applied
     );
     let ada = [("account", ADA)];
     assert_eq!(
-        metric(&metrics, "outreach_requests_total", &ada),
+        metric(&metrics, "outreach_host_requests_total", &ada),
         simulator.stats().requests as f64
     );
     assert_eq!(
         metric(
             &metrics,
-            "outreach_queued_updates",
+            "outreach_host_queued_updates",
             &[("destination", "crm")]
         ),
         0.0
     );
-    let expires = metric(&metrics, "outreach_access_token_expires_in_seconds", &ada);
+    let expires = metric(
+        &metrics,
+        "outreach_host_access_token_expires_in_seconds",
+        &ada,
+    );
     assert!(expires > 0.0, "{expires}");
     assert!(!text.contains("sim-0"), "a token in the metrics");
 
@@ -1097,14 +1116,10 @@ async fn each_period_has_its_run_with_the_records_received_in_it() {
     assert_eq!(shown["audiences"]["aud"]["delivered"], 5, "{shown}");
 }
 
-#[test]
-fn a_destinations_file_with_problems_names_them_and_nothing_starts() {
-    let dir = scratch("service", "problems");
-    std::fs::write(
-        dir.join("destinations.toml"),
-        "listen = \"0.0.0.0:0\"\n[[destinations]]\nname = \"crm\"\nconfig = { name = \"crm\" }\n[[destinations]]\nname = \"x y\"\nconfig = \"missing.json\"\n",
-    )
-    .unwrap();
+/// `serve` with `text` as the destinations file, expected to refuse to
+/// start: its standard error.
+fn refused_to_serve(dir: &Path, text: &str) -> String {
+    std::fs::write(dir.join("destinations.toml"), text).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
         .arg("--cache-dir")
         .arg(dir.join("cache"))
@@ -1114,7 +1129,16 @@ fn a_destinations_file_with_problems_names_them_and_nothing_starts() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_destinations_file_with_problems_names_them_and_nothing_starts() {
+    let dir = scratch("service", "problems");
+    let stderr = refused_to_serve(
+        &dir,
+        "listen = \"0.0.0.0:0\"\n[[destinations]]\nname = \"crm\"\nconfig = { name = \"crm\" }\n[[destinations]]\nname = \"x y\"\nconfig = \"missing.json\"\n",
+    );
     for expected in [
         "destination \"x y\": name",
         "destination \"x y\": config: cannot read",
@@ -1123,27 +1147,17 @@ fn a_destinations_file_with_problems_names_them_and_nothing_starts() {
         assert!(stderr.contains(expected), "{expected:?} not in {stderr}");
     }
     assert!(!dir.join("state").exists(), "nothing was started");
-    // The same file with the problems fixed but a configuration the
-    // component refuses: named too.
-    std::fs::write(
-        dir.join("destinations.toml"),
+    // The file's problems fixed, but a configuration the component
+    // refuses: named too.
+    let stderr = refused_to_serve(
+        &dir,
         "[[destinations]]\nname = \"crm\"\nconfig = { name = \"crm\" }\n",
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .args(["serve", "--destinations"])
-        .arg(dir.join("destinations.toml"))
-        .env("OUTREACH_ACCESS_TOKEN", "unused")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    );
     assert!(
         stderr.contains("destination \"crm\": config (inline): identityMapping"),
         "{stderr}"
     );
+    assert!(!dir.join("state").exists(), "nothing was started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -429,34 +429,24 @@ fn the_per_update_statements_keep_their_plans_across_bindings() {
 #[test]
 fn an_idempotency_key_journals_its_batch_once_within_a_day() {
     let (journal, run) = journal_with_run();
-    let receipt = Receipt {
+    // A batch of one update of item `id`, under `receipt`.
+    let ingest = |id: u64, receipt: &Receipt| {
+        let batch = vec![incoming(id, patch(id, json!({ "a": id }), &[]))];
+        journal.ingest_once(run, batch, receipt, &merge).unwrap()
+    };
+    let first = Receipt {
         key: "batch-1".into(),
         response: r#"{"accepted":1}"#.into(),
     };
-    let first = journal
-        .ingest_once(
-            run,
-            vec![incoming(1, patch(1, json!({"a": 1}), &[]))],
-            &receipt,
-            &merge,
-        )
-        .unwrap();
-    assert!(matches!(first, Intake::Journaled(_)), "{first:?}");
+    let journaled = ingest(1, &first);
+    assert!(matches!(journaled, Intake::Journaled(_)), "{journaled:?}");
     // The same key again, even with other records: the first answer, and
     // nothing journaled.
     let again = Receipt {
         key: "batch-1".into(),
         response: r#"{"accepted":2}"#.into(),
     };
-    let repeated = journal
-        .ingest_once(
-            run,
-            vec![incoming(2, patch(2, json!({"a": 2}), &[]))],
-            &again,
-            &merge,
-        )
-        .unwrap();
-    match repeated {
+    match ingest(2, &again) {
         Intake::Repeated(answer) => assert_eq!(answer, r#"{"accepted":1}"#),
         other => panic!("{other:?}"),
     }
@@ -475,14 +465,7 @@ fn an_idempotency_key_journals_its_batch_once_within_a_day() {
         })
         .unwrap();
     assert_eq!(journal.receipt("batch-1").unwrap(), None);
-    let later = journal
-        .ingest_once(
-            run,
-            vec![incoming(2, patch(2, json!({"a": 2}), &[]))],
-            &again,
-            &merge,
-        )
-        .unwrap();
+    let later = ingest(2, &again);
     assert!(matches!(later, Intake::Journaled(_)), "{later:?}");
     assert_eq!(journal.backlog().unwrap().updates, 2);
 }

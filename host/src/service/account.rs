@@ -1,4 +1,4 @@
-//! One Outreach user's share of the service: the rate limiter and the
+//! One API user's share of the service: the rate limiter and the
 //! credentials every destination on the account uses, so their requests
 //! count against one budget and one refresher rotates its refresh token.
 

@@ -98,7 +98,7 @@ pub struct ServiceFile {
     pub destinations: Vec<DestinationSpec>,
 }
 
-/// Budget overrides for one Outreach user (default: the component's
+/// Budget overrides for one API user (default: the component's
 /// declared policy).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AccountSettings {
@@ -114,7 +114,7 @@ pub struct DestinationSpec {
     /// The configuration JSON, and where it came from (for messages).
     pub config: String,
     pub config_origin: String,
-    /// The Outreach account; `None`: the one the configuration names.
+    /// The API account; `None`: the one the configuration names.
     pub account: Option<String>,
     pub api_base: Option<String>,
     pub component: Option<PathBuf>,
@@ -386,11 +386,11 @@ mod tests {
     fn a_minimal_file_gets_the_defaults() {
         let file = ServiceFile::parse(
             "[[destinations]]\nname = \"crm\"\nconfig = { name = \"x\" }\n",
-            Path::new("/etc/outreach"),
+            Path::new("/etc/svc"),
         )
         .unwrap();
         assert_eq!(file.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(file.state_dir, Path::new("/etc/outreach/state"));
+        assert_eq!(file.state_dir, Path::new("/etc/svc/state"));
         assert_eq!(file.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         let crm = &file.destinations[0];
         assert!(crm.enabled);

@@ -76,7 +76,7 @@ fn add_outcomes(family: &Family<Labels, Counter>, labels: &Labels, counts: &Coun
 
 /// The exposition text.
 pub fn render(destinations: &[DestinationFigures], accounts: &[AccountFigures]) -> String {
-    let mut registry = Registry::with_prefix("outreach");
+    let mut registry = Registry::with_prefix("outreach_host");
     let records = counter_family(
         &mut registry,
         "records",

@@ -1,7 +1,7 @@
 //! `outreach-host serve`: an always-on service delivering for the
 //! destinations of a destinations file ([`config`]). Each enabled
 //! destination is a [`stream::Stream`] over its own journal; destinations
-//! on one Outreach account share its [`account::Account`] (one limiter,
+//! on one API account share its [`account::Account`] (one limiter,
 //! one credentials refresher, turns taken round-robin). Records arrive over
 //! HTTP ([`http`]); `/healthz`, `/readyz` and `/metrics` ([`metrics`]) are
 //! served beside them.
