@@ -1188,3 +1188,38 @@ async fn the_example_destinations_file_serves() {
         json!({"status": "ready", "destinations": {"eu-sales": "accepting", "webinars": "accepting"}})
     );
 }
+
+#[test]
+fn ingest_key_prints_a_key_and_the_hash_the_file_needs() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("ingest-key")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+            .trim()
+            .to_owned()
+    };
+    let (key, hash) = (field("key:"), field("hash:"));
+    assert!(key.len() >= 43, "{key}");
+    assert_eq!(hash, key_hash(&key));
+    // `--hash` gives the same hash for the key on standard input.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .args(["ingest-key", "--hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{key}\n").as_bytes(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), hash);
+}

@@ -94,11 +94,6 @@ impl OAuthCredentials {
         self.current().expires_at
     }
 
-    /// The scopes the access token in use was granted.
-    pub fn scope(&self) -> Option<String> {
-        self.current().scope
-    }
-
     /// Tokens minted by refresh during this process.
     pub fn refreshes(&self) -> u64 {
         self.inner.refreshes.load(Ordering::Relaxed)

@@ -207,25 +207,6 @@ impl Stream {
         })
     }
 
-    pub fn name(&self) -> &str {
-        &self.shared.settings.name
-    }
-
-    pub fn account(&self) -> &Arc<Account> {
-        &self.shared.account
-    }
-
-    /// Audience ids and labels of the destination's configuration.
-    pub fn audience_labels(&self) -> Vec<(String, String)> {
-        self.shared
-            .guest
-            .identity()
-            .audiences
-            .iter()
-            .map(|a| (a.id.clone(), a.label.clone()))
-            .collect()
-    }
-
     /// Plans `records` and journals them durably (with the answer, under
     /// `idempotency_key`, when given) into the current period's run.
     pub async fn accept(
