@@ -6,13 +6,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::serve::{Service, eventually, first_name, store_tokens};
 use common::{loopback, scratch};
-use outreach_host::oauth::{TokenSet, TokenStore};
 use outreach_simulator::{RateWindowKind, Simulator, SimulatorConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -47,133 +46,6 @@ fn profile(id: u64, first: &str) -> String {
 
 fn ndjson(records: &[String]) -> String {
     records.iter().map(|r| format!("{r}\n")).collect()
-}
-
-/// Tokens for `users` in a token store in `dir`, as `login` leaves them.
-fn store_tokens(dir: &Path, simulator: &Simulator, users: &[&str]) -> PathBuf {
-    let path = dir.join("tokens.json");
-    let store = TokenStore::new(&path);
-    for user in users {
-        store
-            .put(
-                user,
-                &TokenSet {
-                    access_token: simulator.issue_token(user),
-                    refresh_token: None,
-                    expires_at: Some(4_000_000_000),
-                    scope: Some("prospects.all".into()),
-                    obtained_at_ms: 0,
-                },
-            )
-            .unwrap();
-    }
-    path
-}
-
-/// `outreach-host serve` on a free loopback port.
-struct Service {
-    child: Child,
-    base: String,
-    dir: PathBuf,
-}
-
-impl Service {
-    fn start(dir: &Path, extra_env: &[(&str, &str)]) -> Self {
-        Self::start_with(dir, &Self::start_args(dir), extra_env)
-    }
-
-    /// The arguments of `serve` on a free port with the test's files.
-    fn start_args(dir: &Path) -> Vec<String> {
-        vec![
-            "--cache-dir".into(),
-            std::env::temp_dir()
-                .join(format!("outreach-service-cache-{}", std::process::id()))
-                .display()
-                .to_string(),
-            "--token-store".into(),
-            dir.join("tokens.json").display().to_string(),
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--destinations".into(),
-            dir.join("destinations.toml").display().to_string(),
-        ]
-    }
-
-    fn start_with(dir: &Path, args: &[String], extra_env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_outreach-host"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("serve.log"))
-            .unwrap();
-        command
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .env("OUTREACH_CLIENT_ID", "sim-client")
-            .env("OUTREACH_CLIENT_SECRET", "sim-secret")
-            .env_remove("OUTREACH_ACCESS_TOKEN")
-            .envs(extra_env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log);
-        let mut child = command.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = sender.send(line);
-        });
-        let line = receiver
-            .recv_timeout(Duration::from_secs(120))
-            .unwrap_or_default();
-        let Some(base) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            panic!(
-                "serve did not start ({line:?}): {}",
-                std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
-            );
-        };
-        Self {
-            base: base.to_owned(),
-            child,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: sending a signal to our own child process.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
-    }
-
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "serve did not exit in {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 struct Answer {
@@ -226,15 +98,6 @@ async fn post_records(
     .await
 }
 
-/// Waits until `done` holds, polling.
-async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Whether the service has a request on the wire (its metrics say so).
 fn in_flight_now(service: &Service) -> bool {
     let url = service.url("/metrics");
@@ -260,14 +123,6 @@ fn in_flight_now(service: &Service) -> bool {
     })
     .join()
     .unwrap_or(false)
-}
-
-fn first_name(simulator: &Simulator, id: u64) -> Option<String> {
-    simulator
-        .prospect(id)?
-        .get("firstName")?
-        .as_str()
-        .map(str::to_owned)
 }
 
 async fn simulator(limit: u32, window: Duration, kind: RateWindowKind) -> Simulator {

@@ -175,6 +175,9 @@ pub(crate) enum Command {
         #[arg(long)]
         hash: bool,
     },
+    /// Hashes the status page's password, read from standard input, for
+    /// the destinations file's `[admin] password_hash`.
+    AdminPassword,
     /// Run the demo: start the Outreach simulator in-process and deliver the
     /// shipped example profiles to it.
     Demo {

@@ -116,6 +116,7 @@ pub(crate) fn run(cli: Cli) -> Result<u8> {
     match command {
         Command::Serve(args) => serve::serve(service_component, store, args),
         Command::IngestKey { hash } => serve::ingest_key(hash),
+        Command::AdminPassword => serve::admin_password(),
         Command::Simulate(args) => tokio_runtime()?.block_on(simulate(args)),
         Command::Auth {
             command: AuthCommand::Status { account },

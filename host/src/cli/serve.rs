@@ -118,3 +118,24 @@ pub(crate) fn ingest_key(hash_stdin: bool) -> Result<u8> {
     eprintln!("give the key to the producer; put the hash in the destinations file's ingest_keys");
     Ok(0)
 }
+
+/// Prints the PHC hash (argon2id) of a password read from standard input.
+pub(crate) fn admin_password() -> Result<u8> {
+    use argon2::PasswordHasher;
+    use rand::RngCore;
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("cannot read the password from standard input")?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = argon2::password_hash::SaltString::encode_b64(&salt)
+        .map_err(|e| anyhow::anyhow!("cannot make a salt: {e}"))?;
+    let hash = argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+    println!("{hash}");
+    Ok(0)
+}

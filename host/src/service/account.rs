@@ -27,7 +27,40 @@ pub enum AccountCredentials {
     },
 }
 
+/// How an account's credentials stand, for the status page (never the
+/// tokens).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// One fixed token from the environment.
+    Fixed,
+    /// No usable tokens: why.
+    NeedsLogin(String),
+    Connected {
+        /// Seconds the access token has left, if known.
+        expires_in: Option<i64>,
+        scope: Option<String>,
+    },
+}
+
 impl Account {
+    /// What the token store holds for the account now.
+    pub async fn connection(&self, now_secs: u64) -> Connection {
+        let AccountCredentials::Stored { store, .. } = &self.credentials else {
+            return Connection::Fixed;
+        };
+        let (store, name) = (store.clone(), self.name.clone());
+        match tokio::task::spawn_blocking(move || store.get(&name)).await {
+            Ok(Ok(tokens)) => Connection::Connected {
+                expires_in: tokens.expires_at.map(|at| {
+                    i64::try_from(at).unwrap_or(i64::MAX) - i64::try_from(now_secs).unwrap_or(0)
+                }),
+                scope: tokens.scope,
+            },
+            Ok(Err(e)) => Connection::NeedsLogin(e.to_string()),
+            Err(e) => Connection::NeedsLogin(e.to_string()),
+        }
+    }
+
     /// The account's OAuth credentials, once its tokens could be loaded.
     fn oauth(&self) -> Result<Option<OAuthCredentials>, String> {
         let AccountCredentials::Stored {

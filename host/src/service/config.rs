@@ -35,10 +35,21 @@ struct FileText {
     alert_command: Option<String>,
     stall_alert_secs: Option<u64>,
     alert_timeout_secs: Option<u64>,
+    admin: Option<AdminText>,
     #[serde(default)]
     accounts: BTreeMap<String, AccountText>,
     #[serde(default)]
     destinations: Vec<DestinationText>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminText {
+    user: Option<String>,
+    password_hash: Option<String>,
+    session_hours: Option<u64>,
+    secure_cookies: Option<bool>,
+    public_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,8 +105,25 @@ pub struct ServiceFile {
     /// Where alerts go (the same events as a command-line run's, per
     /// destination).
     pub alerts: AlertSettings,
+    /// The operators' status page; `None`: not served.
+    pub admin: Option<AdminSettings>,
     pub accounts: BTreeMap<String, AccountSettings>,
     pub destinations: Vec<DestinationSpec>,
+}
+
+/// Who may sign in to the status page, and how its session cookie is set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub user: String,
+    /// A PHC string (`$argon2id$…`), from `outreach-host admin-password`.
+    pub password_hash: String,
+    pub session: Duration,
+    /// Mark the session cookie `Secure` (the page is served over TLS, by
+    /// this service's proxy).
+    pub secure_cookies: bool,
+    /// Where browsers reach the service (the OAuth redirect goes to
+    /// `PUBLIC_URL/oauth/callback`); default: `http://LISTEN`.
+    pub public_url: Option<String>,
 }
 
 /// Budget overrides for one API user (default: the component's
@@ -182,6 +210,9 @@ impl ServiceFile {
         if let Err(e) = Alerts::new(alerts.clone()) {
             problems.push(format!("alert_webhook: {e}"));
         }
+        let admin = file
+            .admin
+            .and_then(|admin| admin_settings(admin, &mut problems));
         let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             problems.push("max_body_bytes must be at least 1".into());
@@ -229,6 +260,7 @@ impl ServiceFile {
             drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
             login_retry: Duration::from_secs(file.login_retry_secs.unwrap_or(30).max(1)),
             alerts,
+            admin,
             accounts: file
                 .accounts
                 .into_iter()
@@ -260,6 +292,35 @@ impl ServiceFile {
         self.listen = listen;
         Ok(self)
     }
+}
+
+fn admin_settings(text: AdminText, problems: &mut Vec<String>) -> Option<AdminSettings> {
+    let before = problems.len();
+    let user = text.user.unwrap_or_default();
+    if user.trim().is_empty() {
+        problems.push("admin: user: missing".into());
+    }
+    let password_hash = text.password_hash.unwrap_or_default();
+    if let Err(e) = argon2::PasswordHash::new(&password_hash) {
+        problems.push(format!(
+            "admin: password_hash: not a password hash ({e}); make one with `outreach-host admin-password`"
+        ));
+    }
+    let public_url = text
+        .public_url
+        .map(|url| url.trim_end_matches('/').to_owned());
+    if let Some(url) = &public_url
+        && url::Url::parse(url).is_err()
+    {
+        problems.push(format!("admin: public_url: {url:?} is not a URL"));
+    }
+    (problems.len() == before).then(|| AdminSettings {
+        user,
+        password_hash,
+        session: Duration::from_secs(3_600 * text.session_hours.unwrap_or(8).clamp(1, 24 * 30)),
+        secure_cookies: text.secure_cookies.unwrap_or(false),
+        public_url,
+    })
 }
 
 fn hashes(texts: &[String], setting: &str, problems: &mut Vec<String>) -> Vec<KeyHash> {
@@ -457,6 +518,27 @@ ingest_keys = ["{HASH}"]
             .unwrap_err()
             .problems;
         assert!(problems[0].contains("enabeld"), "{problems:?}");
+    }
+
+    #[test]
+    fn the_admin_section_needs_a_user_and_a_password_hash() {
+        let text = "[admin]\nuser = \" \"\npassword_hash = \"plaintext\"\n[[destinations]]\nname = \"a\"\nconfig = {}\n";
+        let problems = ServiceFile::parse(text, Path::new("."))
+            .unwrap_err()
+            .problems;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].starts_with("admin: user"), "{problems:?}");
+        assert!(
+            problems[1].starts_with("admin: password_hash: not a password hash"),
+            "{problems:?}"
+        );
+        let good = "[admin]\nuser = \"ops\"\npassword_hash = \"$argon2id$v=19$m=19456,t=2,p=1$4T4g+BWN2Aksu06wLNxaUA$meUqUye6Ui2NaJc5G+gnfCDejmlGtKQ0jC2psy+cvH4\"\n[[destinations]]\nname = \"a\"\nconfig = {}\n";
+        let admin = ServiceFile::parse(good, Path::new("."))
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(admin.session, Duration::from_secs(8 * 3_600));
+        assert!(!admin.secure_cookies);
     }
 
     #[test]

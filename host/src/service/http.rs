@@ -31,6 +31,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .merge(super::admin::routes())
         .with_state(service)
 }
 

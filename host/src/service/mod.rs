@@ -13,6 +13,7 @@
 //! queued work stays in their journals) and opened again.
 
 pub mod account;
+pub mod admin;
 pub mod config;
 mod http;
 pub mod intake;
@@ -75,6 +76,8 @@ pub struct Set {
 pub struct Served {
     pub spec: DestinationSpec,
     pub account: String,
+    /// Audience id → how pages show it (the component's label).
+    pub audience_labels: BTreeMap<String, String>,
     /// `None` while disabled.
     pub stream: Option<Arc<Stream>>,
 }
@@ -89,12 +92,15 @@ pub struct Service {
     runtimes: Mutex<HashMap<PathBuf, Arc<Runtime>>>,
     draining: AtomicBool,
     reloading: tokio::sync::Mutex<()>,
+    /// Operators' sessions, when the file has an `[admin]` section at start.
+    sessions: Option<Arc<admin::session::Sessions>>,
 }
 
 /// A destination checked and configured, not started yet.
 struct Prepared {
     spec: DestinationSpec,
     account: String,
+    audience_labels: BTreeMap<String, String>,
     runtime: Arc<Runtime>,
     destination: Option<Destination>,
 }
@@ -115,6 +121,7 @@ impl Service {
         if let Some(listen) = listen {
             file = file.listening_on(listen)?;
         }
+        let clock = env.clock;
         let service = Arc::new(Self {
             env,
             file_path: file_path.to_owned(),
@@ -128,6 +135,10 @@ impl Service {
             runtimes: Mutex::default(),
             draining: AtomicBool::new(false),
             reloading: tokio::sync::Mutex::new(()),
+            sessions: file
+                .admin
+                .as_ref()
+                .map(|admin| Arc::new(admin::session::Sessions::new(admin.session, clock))),
         });
         let empty = service.current();
         let set = service.build(file, &empty).await?;
@@ -143,6 +154,20 @@ impl Service {
     /// The destinations being served now.
     pub fn current(&self) -> Arc<Set> {
         read(&self.set).clone()
+    }
+
+    /// The operators' sessions, while the status page is on.
+    pub fn sessions(&self) -> Option<Arc<admin::session::Sessions>> {
+        self.current().file.admin.as_ref()?;
+        self.sessions.clone()
+    }
+
+    /// Where destination `name` keeps its journal.
+    pub fn journal_path(&self, name: &str) -> PathBuf {
+        self.current()
+            .file
+            .state_dir
+            .join(format!("{name}.journal"))
     }
 
     pub fn draining(&self) -> bool {
@@ -202,6 +227,7 @@ impl Service {
                     let idle = Served {
                         spec: served.spec.clone(),
                         account: served.account.clone(),
+                        audience_labels: served.audience_labels.clone(),
                         stream: None,
                     };
                     (name.clone(), Arc::new(idle))
@@ -287,9 +313,16 @@ impl Service {
                 .clone()
                 .or_else(|| destination.identity().account.clone())
                 .unwrap_or_else(|| "default".into());
+            let audience_labels = destination
+                .identity()
+                .audiences
+                .iter()
+                .map(|a| (a.id.clone(), a.label.clone()))
+                .collect();
             prepared.push(Prepared {
                 spec: spec.clone(),
                 account,
+                audience_labels,
                 runtime,
                 destination: spec.enabled.then_some(destination),
             });
@@ -400,6 +433,7 @@ impl Service {
                 Arc::new(Served {
                     spec: p.spec,
                     account: p.account,
+                    audience_labels: p.audience_labels,
                     stream,
                 }),
             );

@@ -207,6 +207,22 @@ impl Stream {
         })
     }
 
+    /// Runs `read` on the destination's journal (on its thread).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Journal) -> Result<T, crate::journal::JournalError> + Send + 'static,
+    ) -> Result<T, crate::journal::JournalError> {
+        self.shared
+            .queue
+            .call(move |journal, _| read(journal))
+            .await
+    }
+
+    /// The current period's run.
+    pub fn current_run(&self) -> RunId {
+        self.shared.run.load(Ordering::Relaxed)
+    }
+
     /// Plans `records` and journals them durably (with the answer, under
     /// `idempotency_key`, when given) into the current period's run.
     pub async fn accept(
@@ -268,7 +284,7 @@ impl Stream {
                 replay: None,
             });
         }
-        let period = self.current_run().await?;
+        let period = self.period_run().await?;
         let run = period.1;
         let acceptance = match idempotency_key {
             Some(key) => {
@@ -310,7 +326,7 @@ impl Stream {
 
     /// The current period and its run, moving on to a new run when the
     /// period is over; held while a batch is journaled into it.
-    async fn current_run(&self) -> Result<tokio::sync::MutexGuard<'_, (u64, RunId)>, AcceptError> {
+    async fn period_run(&self) -> Result<tokio::sync::MutexGuard<'_, (u64, RunId)>, AcceptError> {
         next_period(&self.shared).await
     }
 

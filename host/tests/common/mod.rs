@@ -4,6 +4,8 @@
 //! the simulator on loopback.
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod serve;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,446 @@
+//! The status page of `outreach-host serve` in a real browser: Debian's
+//! chromium, headless, driven over WebDriver (chromedriver) with
+//! fantoccini, against the service and the simulator on loopback. Each
+//! page visited is saved as a PNG under `target/tmp/screenshots/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::serve::{Service, eventually, store_tokens};
+use common::{loopback, scratch};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use outreach_simulator::{Simulator, SimulatorConfig};
+use serde_json::{Value, json};
+
+const ADA: &str = "ada@example.com";
+const PASSWORD: &str = "correct horse battery staple";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// chromedriver on a free port, and a headless chromium session through
+/// it; both end with the value.
+struct Browser {
+    client: Option<Client>,
+    driver: Child,
+    _profile: PathBuf,
+}
+
+impl Browser {
+    async fn start(profile: PathBuf) -> Self {
+        assert!(
+            Path::new(CHROMEDRIVER).exists() && Path::new(CHROMIUM).exists(),
+            "the browser tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        );
+        let port = std::net::TcpListener::bind(loopback())
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let capabilities = json!({
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--disable-quic", "--no-first-run", "--disable-background-networking",
+                    "--disable-component-update", "--disable-sync", "--window-size=1100,900",
+                    format!("--user-data-dir={}", profile.display()),
+                ]
+            }
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!("a JSON object")
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = loop {
+            match ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(client) => break client,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "no WebDriver session: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        Self {
+            client: Some(client),
+            driver,
+            _profile: profile,
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.client.as_ref().expect("the session is open")
+    }
+
+    /// Saves what the browser shows as `target/tmp/screenshots/NAME.png`.
+    async fn screenshot(&self, name: &str) {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = self.client().screenshot().await.unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn text(&self) -> String {
+        self.client()
+            .find(Locator::Css("body"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        self.client()
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .send_keys(text)
+            .await
+            .unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.client()
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
+    async fn path(&self) -> String {
+        self.client().current_url().await.unwrap().path().to_owned()
+    }
+
+    async fn close(mut self) {
+        if let Some(client) = self.client.take() {
+            let _ = client.close().await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+fn password_hash(password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("admin-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), password.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+const CONFIG: &str = r#"{ name = "Webinar sync", identityMapping = { source = "Oid", target = "OutreachId" },
+attributeMappings = [ { source = "person.name.firstName", target = "firstName" } ],
+audiences = [ { id = "aud-webinar", name = "Webinar 2026", mappingId = 4 } ] }"#;
+
+fn profile(id: u64, first: &str, status: &str) -> String {
+    json!({
+        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
+        "person": { "name": { "firstName": first } },
+        "segmentMembership": { "ups": { "aud-webinar": { "status": status } } }
+    })
+    .to_string()
+}
+
+/// Markup meant to run if a page ever put it into HTML unescaped.
+const HOSTILE: &str =
+    r#"<script>window.__xss = 1</script>"><img src=x onerror="window.__xss = 2">"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_signs_in_reads_the_runs_and_dead_letters_and_nothing_hostile_runs() {
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=1_000,
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let dir = scratch("status-page", "browse");
+    store_tokens(&dir, &simulator, &[ADA]);
+    std::fs::write(
+        dir.join("destinations.toml"),
+        format!(
+            "state_dir = \"state\"\n[admin]\nuser = \"ops\"\npassword_hash = \"{}\"\n[[destinations]]\nname = \"webinars\"\naccount = \"{ADA}\"\napi_base = \"{}\"\nconfig = {CONFIG}\n",
+            password_hash(PASSWORD),
+            simulator.api_base()
+        ),
+    )
+    .unwrap();
+    let service = Service::start(&dir, &[]);
+    let browser = Browser::start(dir.join("chromium")).await;
+
+    // Nothing without signing in.
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    assert_eq!(browser.path().await, "/admin/sign-in");
+    browser.screenshot("sign-in").await;
+
+    // A wrong password is refused.
+    browser.fill("input[name=user]", "ops").await;
+    browser.fill("input[name=password]", "wrong").await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.text().await.contains("Wrong user or password."));
+    browser.screenshot("sign-in-refused").await;
+
+    // The right one shows the destinations.
+    browser.fill("input[name=user]", "ops").await;
+    browser.fill("input[name=password]", PASSWORD).await;
+    browser.click("button[type=submit]").await;
+    assert_eq!(browser.path().await, "/admin");
+    let page = browser.text().await;
+    assert!(page.contains("webinars"), "{page}");
+    assert!(page.contains("Connected ✓"), "{page}");
+
+    // Records through the intake: 30 members, and one record whose values
+    // are markup, refused (its status is unknown) so that the dead letters
+    // page shows it.
+    let mut records: Vec<String> = (1..=30).map(|id| profile(id, "Ann", "realized")).collect();
+    records.push(profile(31, HOSTILE, "maybe"));
+    let body: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let answer = reqwest::Client::new()
+        .post(service.url("/v1/destinations/webinars/records"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let activated = || {
+        (1..=31)
+            .filter(|id| {
+                simulator
+                    .prospect(*id)
+                    .and_then(|p| p.get("custom4").cloned())
+                    .is_some_and(|v| !v.is_null())
+            })
+            .count()
+    };
+    eventually("delivery", Duration::from_secs(20), || activated() == 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    let page = browser.text().await;
+    assert!(
+        page.contains("31 received, 30 activated, 1 failed"),
+        "{page}"
+    );
+    browser.screenshot("destinations").await;
+
+    // The destination's runs, and this hour's run per audience: the
+    // activated count is the simulator's.
+    browser
+        .click("h2 a[href='/admin/destinations/webinars']")
+        .await;
+    browser.screenshot("runs").await;
+    browser.click("tbody tr:first-child a").await;
+    let page = browser.text().await;
+    let row = page
+        .lines()
+        .find(|l| l.contains("Webinar 2026 (Mapping ID 4)"))
+        .unwrap_or_else(|| panic!("no audience row: {page}"))
+        .to_owned();
+    let cells: Vec<&str> = row.split_whitespace().rev().take(4).collect();
+    // Received, activated, failed, skipped (read from the right).
+    assert_eq!(cells, ["0", "1", &activated().to_string(), "31"], "{row}");
+    assert!(page.contains("audience-status-unknown: 1"), "{page}");
+    browser.screenshot("run").await;
+
+    // The dead letter, its record shown as text: no script ran.
+    browser.click("a[href*='dead-letters']").await;
+    browser
+        .client()
+        .execute("window.scrollTo(0, 0)", vec![])
+        .await
+        .unwrap();
+    for summary in browser
+        .client()
+        .find_all(Locator::Css("details"))
+        .await
+        .unwrap()
+    {
+        browser
+            .client()
+            .execute(
+                "arguments[0].open = true",
+                vec![serde_json::to_value(&summary).unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+    let page = browser.text().await;
+    assert!(page.contains("audience-status-unknown"), "{page}");
+    assert!(page.contains("<script>window.__xss = 1</script>"), "{page}");
+    assert!(page.contains("onerror="), "{page}");
+    let ran = browser
+        .client()
+        .execute("return typeof window.__xss", vec![])
+        .await
+        .unwrap();
+    assert_eq!(ran, json!("undefined"), "the record's markup ran");
+    assert_eq!(
+        browser
+            .client()
+            .find_all(Locator::Css("main img, main script"))
+            .await
+            .unwrap()
+            .len(),
+        0,
+        "the record's markup became elements"
+    );
+    browser.screenshot("dead-letters").await;
+
+    // A form without its CSRF token is refused.
+    browser
+        .client()
+        .execute(
+            "document.querySelector('input[name=csrf]').remove()",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.click("form[action='/admin/sign-out'] button").await;
+    let page = browser.text().await;
+    assert!(page.contains("CSRF token is missing or wrong"), "{page}");
+    browser.screenshot("csrf-refused").await;
+
+    // At a phone's width the destinations still read.
+    browser.client().set_window_size(390, 844).await.unwrap();
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    browser.screenshot("destinations-phone").await;
+    let overflow = browser
+        .client()
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflow, json!(false), "the page is wider than a phone");
+
+    // Signing out ends the session.
+    browser.click("form[action='/admin/sign-out'] button").await;
+    assert_eq!(browser.path().await, "/admin/sign-in");
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    assert_eq!(browser.path().await, "/admin/sign-in");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_needs_its_own_forms_and_sets_strict_cookies() {
+    let simulator = Simulator::start(SimulatorConfig::default(), loopback())
+        .await
+        .unwrap();
+    let dir = scratch("status-page", "forms");
+    store_tokens(&dir, &simulator, &[ADA]);
+    let destinations = format!(
+        "state_dir = \"state\"\n[[destinations]]\nname = \"webinars\"\naccount = \"{ADA}\"\napi_base = \"{}\"\nconfig = {CONFIG}\n",
+        simulator.api_base()
+    );
+    // Without [admin] there is no page.
+    std::fs::write(dir.join("destinations.toml"), &destinations).unwrap();
+    let service = Service::start(&dir, &[]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let off = http.get(service.url("/admin")).send().await.unwrap();
+    assert_eq!(off.status(), 404);
+    drop(service);
+
+    let admin = format!(
+        "[admin]\nuser = \"ops\"\npassword_hash = \"{}\"\n",
+        password_hash(PASSWORD)
+    );
+    std::fs::write(
+        dir.join("destinations.toml"),
+        destinations.replacen("[[destinations]]", &format!("{admin}[[destinations]]"), 1),
+    )
+    .unwrap();
+    let service = Service::start(&dir, &[]);
+    // A sign-in that did not come from the page's form is refused, even
+    // with the right password.
+    let forged = http
+        .post(service.url("/admin/sign-in"))
+        .form(&[("user", "ops"), ("password", PASSWORD), ("form", "made-up")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(
+        forged
+            .headers()
+            .get("set-cookie")
+            .is_some_and(|c| c.to_str().unwrap().starts_with("outreach_host_sign_in="))
+    );
+    // Through the form: a strict, HTTP-only session cookie, and pages that
+    // allow no script.
+    let page = http
+        .get(service.url("/admin/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.starts_with("default-src 'none'"), "{policy}");
+    let form_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
+    let html = page.text().await.unwrap();
+    let from = html.find("name=\"form\" value=\"").unwrap() + 19;
+    let form = &html[from..from + html[from..].find('"').unwrap()];
+    let signed_in = http
+        .post(service.url("/admin/sign-in"))
+        .header("cookie", &form_cookie)
+        .form(&[("user", "ops"), ("password", PASSWORD), ("form", form)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let session = signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("outreach_host_session="))
+        .expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=28800"] {
+        assert!(session.contains(flag), "{flag} not in {session}");
+    }
+    assert!(!session.contains("Secure"), "not served over TLS");
+    // The same form is good once.
+    let again = http
+        .post(service.url("/admin/sign-in"))
+        .header("cookie", &form_cookie)
+        .form(&[("user", "ops"), ("password", PASSWORD), ("form", form)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 403);
+}
