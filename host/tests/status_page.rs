@@ -124,6 +124,20 @@ impl Browser {
             .unwrap();
     }
 
+    /// Waits (10 s at most) until the browser is on a page whose URL
+    /// contains `part` (a page that moves on by itself).
+    async fn until_at(&self, part: &str) -> url::Url {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let url = self.client().current_url().await.unwrap();
+            if url.as_str().contains(part) {
+                return url;
+            }
+            assert!(Instant::now() < deadline, "never reached {part}: at {url}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn path(&self) -> String {
         self.client().current_url().await.unwrap().path().to_owned()
     }
@@ -443,4 +457,102 @@ async fn the_page_needs_its_own_forms_and_sets_strict_cookies() {
         .await
         .unwrap();
     assert_eq!(again.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connect_through_the_browser_stores_tokens_and_a_forged_or_denied_login_stores_nothing() {
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            oauth: outreach_simulator::OAuthApp {
+                users: vec![(ADA.into(), "ada-password".into())],
+                ..outreach_simulator::OAuthApp::default()
+            },
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let dir = scratch("status-page", "connect");
+    std::fs::write(
+        dir.join("destinations.toml"),
+        format!(
+            "state_dir = \"state\"\n[admin]\nuser = \"ops\"\npassword_hash = \"{}\"\n[[destinations]]\nname = \"webinars\"\naccount = \"{ADA}\"\napi_base = \"{}\"\nconfig = {CONFIG}\n",
+            password_hash(PASSWORD),
+            simulator.api_base()
+        ),
+    )
+    .unwrap();
+    let mut args = Service::start_args(&dir);
+    args.extend([
+        "--authorize-url".to_owned(),
+        simulator.authorize_url(),
+        "--token-url".to_owned(),
+        simulator.token_url(),
+    ]);
+    let service = Service::start_with(&dir, &args, &[]);
+    let stored = || outreach_host::oauth::TokenStore::new(dir.join("tokens.json")).get(ADA);
+    let browser = Browser::start(dir.join("chromium")).await;
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    browser.fill("input[name=user]", "ops").await;
+    browser.fill("input[name=password]", PASSWORD).await;
+    browser.click("button[type=submit]").await;
+    let page = browser.text().await;
+    assert!(page.contains("Needs login"), "{page}");
+    browser.screenshot("needs-login").await;
+
+    // A forged state: an error page, nothing stored.
+    browser
+        .client()
+        .goto(&service.url("/oauth/callback?code=stolen&state=forged"))
+        .await
+        .unwrap();
+    let page = browser.text().await;
+    assert!(page.contains("was not started here"), "{page}");
+    assert!(stored().is_err(), "tokens stored from a forged callback");
+    browser.screenshot("connect-forged").await;
+
+    // Consent denied at the authorization server: an error page, nothing
+    // stored (the state was real).
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    browser.click("form[action='/admin/connect'] button").await;
+    let authorize = browser.until_at("state=").await;
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no state in {authorize}"));
+    browser
+        .client()
+        .goto(&service.url(&format!(
+            "/oauth/callback?error=access_denied&error_description=The+user+said+no&state={state}"
+        )))
+        .await
+        .unwrap();
+    let page = browser.text().await;
+    assert!(page.contains("access_denied"), "{page}");
+    assert!(stored().is_err(), "tokens stored after a denial");
+    browser.screenshot("connect-denied").await;
+
+    // Connect: Outreach's login (the simulator's), email then password,
+    // and back to the destinations, connected.
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    browser.click("form[action='/admin/connect'] button").await;
+    browser.until_at(&simulator.addr().to_string()).await;
+    browser.fill("input[name=email]", ADA).await;
+    browser.screenshot("outreach-login-email").await;
+    browser.click("button[type=submit]").await;
+    browser.fill("input[name=password]", "ada-password").await;
+    browser.click("button[type=submit]").await;
+    let page = browser.text().await;
+    assert!(page.contains("Connected ✓"), "{page}");
+    browser.screenshot("connected").await;
+    browser.until_at("/admin").await;
+    let page = browser.text().await;
+    assert!(page.contains("Connected ✓"), "{page}");
+    assert!(page.contains("scope"), "{page}");
+    browser.screenshot("destinations-connected").await;
+    let tokens = stored().expect("tokens stored by the connection");
+    assert!(tokens.refresh_token.is_some());
+    browser.close().await;
 }

@@ -62,6 +62,7 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
             .await
             .with_context(|| format!("cannot listen on {}", service.listen()))?;
         let address = listener.local_addr()?;
+        service.bound_to(address);
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on http://{address}")?;

@@ -43,6 +43,29 @@ pub enum Connection {
 }
 
 impl Account {
+    /// An OAuth client for a browser login whose redirect comes back to
+    /// `redirect_uri`, and the store its tokens go to (`None`: the account
+    /// uses a fixed token).
+    pub fn connect_client(
+        &self,
+        redirect_uri: &str,
+    ) -> Result<Option<(OAuthClient, TokenStore)>, String> {
+        let AccountCredentials::Stored { client, store, .. } = &self.credentials else {
+            return Ok(None);
+        };
+        let mut settings = client.settings().clone();
+        settings.redirect_uri = redirect_uri.to_owned();
+        let client = OAuthClient::new(settings).map_err(|e| e.to_string())?;
+        Ok(Some((client, store.clone())))
+    }
+
+    /// New tokens were stored (a login): read them again when next needed.
+    pub fn reload_tokens(&self) {
+        if let AccountCredentials::Stored { loaded, .. } = &self.credentials {
+            *loaded.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+
     /// What the token store holds for the account now.
     pub async fn connection(&self, now_secs: u64) -> Connection {
         let AccountCredentials::Stored { store, .. } = &self.credentials else {

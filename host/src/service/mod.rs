@@ -94,6 +94,10 @@ pub struct Service {
     reloading: tokio::sync::Mutex<()>,
     /// Operators' sessions, when the file has an `[admin]` section at start.
     sessions: Option<Arc<admin::session::Sessions>>,
+    /// Browser logins started from the status page.
+    connects: admin::connect::Connects,
+    /// The address the listener was bound to.
+    bound: std::sync::OnceLock<SocketAddr>,
 }
 
 /// A destination checked and configured, not started yet.
@@ -139,6 +143,8 @@ impl Service {
                 .admin
                 .as_ref()
                 .map(|admin| Arc::new(admin::session::Sessions::new(admin.session, clock))),
+            connects: admin::connect::Connects::new(clock),
+            bound: std::sync::OnceLock::new(),
         });
         let empty = service.current();
         let set = service.build(file, &empty).await?;
@@ -149,6 +155,32 @@ impl Service {
     /// Where to listen.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// The listener is bound to `address` (with port 0 in the file, the
+    /// port picked).
+    pub fn bound_to(&self, address: SocketAddr) {
+        let _ = self.bound.set(address);
+    }
+
+    /// Where browsers reach the service: the `[admin] public_url`, else the
+    /// listener's address.
+    pub fn public_url(&self) -> String {
+        self.current()
+            .file
+            .admin
+            .as_ref()
+            .and_then(|admin| admin.public_url.clone())
+            .unwrap_or_else(|| {
+                format!(
+                    "http://{}",
+                    self.bound.get().copied().unwrap_or(self.listen)
+                )
+            })
+    }
+
+    pub fn connects(&self) -> &admin::connect::Connects {
+        &self.connects
     }
 
     /// The destinations being served now.

@@ -70,8 +70,8 @@ impl Service {
         command
             .args(args)
             .env("RUST_LOG", "warn")
-            .env("OUTREACH_CLIENT_ID", "sim-client")
-            .env("OUTREACH_CLIENT_SECRET", "sim-secret")
+            .env("OUTREACH_CLIENT_ID", "sim-client-id")
+            .env("OUTREACH_CLIENT_SECRET", "sim-client-secret")
             .env_remove("OUTREACH_ACCESS_TOKEN")
             .envs(extra_env.iter().copied())
             .stdin(Stdio::null())

@@ -8,6 +8,7 @@
 //! Nothing is shown without a session; every form that changes something
 //! carries the session's CSRF token.
 
+pub mod connect;
 pub mod session;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/admin/destinations/{name}", get(destination))
         .route("/admin/destinations/{name}/runs/{id}", get(run))
         .route("/admin/destinations/{name}/dead-letters", get(letters))
+        .route("/admin/connect", axum::routing::post(connect_start))
+        .route("/oauth/callback", get(connect_callback))
         .layer(axum::middleware::map_response(protect))
 }
 
@@ -310,6 +313,16 @@ async fn read_journal<T: Send + 'static>(
     .map_err(|e| e.to_string())?
 }
 
+/// `text` with a capital first letter (error messages are written to be
+/// embedded; a page shows them on their own).
+fn sentence(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 fn utc(ms: u64) -> String {
     crate::format_utc(ms / 1000, ' ')
 }
@@ -330,6 +343,8 @@ struct DestinationCard {
     account: String,
     connection: String,
     connection_class: &'static str,
+    /// A browser login is possible (the account uses stored tokens).
+    connectable: bool,
     queued: u64,
     oldest_age: Option<String>,
     hour: String,
@@ -410,6 +425,10 @@ async fn destinations(State(service): State<Arc<Service>>, headers: HeaderMap) -
             name: name.clone(),
             enabled: served.stream.is_some(),
             account: served.account.clone(),
+            connectable: !matches!(
+                account.as_ref().map(|a| &a.credentials),
+                Some(super::account::AccountCredentials::Fixed(_)) | None
+            ),
             connection,
             connection_class,
             queued: backlog.updates,
@@ -695,4 +714,113 @@ async fn letters(
                 .collect(),
         },
     )
+}
+
+#[derive(Deserialize)]
+struct ConnectForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    account: String,
+}
+
+/// "Connect": sends the browser to the authorization server.
+async fn connect_start(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Form(form): Form<ConnectForm>,
+) -> Response {
+    let (_, session) = match signed_in(&service, &headers) {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    if let Err(refused) = check_csrf(&session, &form.csrf) {
+        return *refused;
+    }
+    let Some(account) = service.current().accounts.get(&form.account).cloned() else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session.csrf),
+            "Not found",
+            "No destination uses that account.",
+        );
+    };
+    let callback = format!("{}/oauth/callback", service.public_url());
+    match account.connect_client(&callback) {
+        // A page that moves on by itself rather than a redirect: the
+        // policy keeps forms to this site, redirects after them included.
+        Ok(Some((client, store))) => {
+            let url = service.connects().start(&account.name, client, store);
+            html(
+                StatusCode::OK,
+                &ConnectingPage {
+                    csrf: Some(&session.csrf),
+                    account: &account.name,
+                    url: &url,
+                },
+            )
+        }
+        Ok(None) => error_page(
+            StatusCode::CONFLICT,
+            Some(&session.csrf),
+            "Fixed token",
+            "This service uses one fixed access token (OUTREACH_ACCESS_TOKEN) for every account; there is nothing to connect.",
+        ),
+        Err(e) => error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&session.csrf),
+            "Cannot connect",
+            &format!("The OAuth client cannot be made: {e}"),
+        ),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "connecting.html")]
+struct ConnectingPage<'a> {
+    csrf: Option<&'a str>,
+    account: &'a str,
+    url: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "connected.html")]
+struct ConnectedPage<'a> {
+    csrf: Option<&'a str>,
+    account: &'a str,
+}
+
+/// Where the authorization server sends the browser back.
+async fn connect_callback(
+    State(service): State<Arc<Service>>,
+    Query(redirect): Query<crate::oauth::Redirect>,
+) -> Response {
+    if service.sessions().is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let set = service.current();
+    match service.connects().finish(&redirect).await {
+        Ok(account) => {
+            if let Some(shared) = set.accounts.get(&account) {
+                shared.reload_tokens();
+            }
+            tracing::info!(account = %account, "connected from the status page");
+            html(
+                StatusCode::OK,
+                &ConnectedPage {
+                    csrf: None,
+                    account: &account,
+                },
+            )
+        }
+        Err(e) => {
+            tracing::warn!("a connection from the status page failed: {e}");
+            error_page(
+                StatusCode::BAD_REQUEST,
+                None,
+                "Not connected",
+                &sentence(&e.to_string()),
+            )
+        }
+    }
 }

@@ -1,0 +1,113 @@
+//! "Connect" from the status page: the OAuth authorization-code
+//! flow through the operator's browser. The page's form (with its CSRF
+//! token) starts a login for an account — the authorize URL from the
+//! component's description, with a fresh unguessable `state` kept here for
+//! ten minutes — and the authorization server sends the browser back to
+//! `/oauth/callback`, where the state is checked (once), the code exchanged
+//! and the tokens stored exactly as `outreach-host login` stores them.
+//!
+//! The callback needs no session: a `SameSite=Strict` cookie is not sent
+//! on a redirect that comes from another site, and the state (which only
+//! this service and that browser know) is what ties the callback to the
+//! operator who started it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::oauth::{OAuthClient, PendingLogin, Redirect, TokenStore};
+
+/// How long a started login waits for its callback.
+const LOGIN_LIFE: Duration = Duration::from_secs(10 * 60);
+
+/// A login started from the page, waiting for its callback.
+struct Started {
+    account: String,
+    client: OAuthClient,
+    store: TokenStore,
+    pending: PendingLogin,
+    expires_ms: u64,
+}
+
+/// Logins started from the page, by `state`.
+pub struct Connects {
+    clock: Clock,
+    started: Mutex<HashMap<String, Started>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(
+        "this sign-in was not started here, or it is over ten minutes old; nothing was stored. Start again with Connect."
+    )]
+    UnknownState,
+    #[error("{0}; nothing was stored.")]
+    Login(String),
+    #[error("the tokens could not be stored: {0}")]
+    Store(String),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Connects {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            clock,
+            started: Mutex::default(),
+        }
+    }
+
+    /// Starts a login for `account` with `client` (whose redirect URI is
+    /// the service's callback), its tokens to go to `store`: where to send
+    /// the browser.
+    pub fn start(&self, account: &str, client: OAuthClient, store: TokenStore) -> String {
+        let now = self.clock.now_ms();
+        let (url, pending) = client.authorize_url();
+        let mut started = lock(&self.started);
+        started.retain(|_, s| s.expires_ms > now);
+        started.insert(
+            pending.state().to_owned(),
+            Started {
+                account: account.to_owned(),
+                client,
+                store,
+                pending,
+                expires_ms: now + u64::try_from(LOGIN_LIFE.as_millis()).unwrap_or(u64::MAX),
+            },
+        );
+        url.to_string()
+    }
+
+    /// Finishes the login the callback's `state` names: exchanges the code
+    /// and stores the tokens for its account (which it returns). A state
+    /// is good once, whatever happens.
+    pub async fn finish(&self, redirect: &Redirect) -> Result<String, ConnectError> {
+        let now = self.clock.now_ms();
+        let started = redirect
+            .state
+            .as_deref()
+            .and_then(|state| lock(&self.started).remove(state))
+            .filter(|s| s.expires_ms > now)
+            .ok_or(ConnectError::UnknownState)?;
+        let Started {
+            account,
+            client,
+            store,
+            pending,
+            ..
+        } = started;
+        let tokens = client
+            .finish_login(pending, redirect)
+            .await
+            .map_err(|e| ConnectError::Login(e.to_string()))?;
+        let name = account.clone();
+        tokio::task::spawn_blocking(move || store.put(&name, &tokens))
+            .await
+            .map_err(|e| ConnectError::Store(e.to_string()))?
+            .map_err(|e| ConnectError::Store(e.to_string()))?;
+        Ok(account)
+    }
+}
