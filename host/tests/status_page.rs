@@ -94,14 +94,23 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
+    /// The page's text (read again if the page moved on meanwhile).
     async fn text(&self) -> String {
-        self.client()
-            .find(Locator::Css("body"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let mut tries = 0;
+        loop {
+            let read = match self.client().find(Locator::Css("body")).await {
+                Ok(body) => body.text().await,
+                Err(e) => Err(e),
+            };
+            match read {
+                Ok(text) => return text,
+                Err(e) if tries < 10 => {
+                    tries += 1;
+                    page_moved_on(e).await;
+                }
+                Err(e) => panic!("cannot read the page: {e}"),
+            }
+        }
     }
 
     async fn fill(&self, css: &str, text: &str) {
@@ -154,6 +163,11 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// A page that moved on while it was read: wait for the next one.
+async fn page_moved_on(_why: fantoccini::error::CmdError) {
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 fn password_hash(password: &str) -> String {
@@ -554,5 +568,91 @@ async fn connect_through_the_browser_stores_tokens_and_a_forged_or_denied_login_
     browser.screenshot("destinations-connected").await;
     let tokens = stored().expect("tokens stored by the connection");
     assert!(tokens.refresh_token.is_some());
+    browser.close().await;
+}
+
+/// Signs in through the page.
+async fn sign_in(browser: &Browser, service: &Service) {
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    browser.fill("input[name=user]", "ops").await;
+    browser.fill("input[name=password]", PASSWORD).await;
+    browser.click("button[type=submit]").await;
+    assert_eq!(browser.path().await, "/admin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_replayed_after_the_configuration_is_fixed_is_delivered() {
+    // The account has 50 custom fields; the configuration first writes the
+    // audience into custom100, which the API refuses.
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            custom_fields: 50,
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let dir = scratch("status-page", "replay");
+    store_tokens(&dir, &simulator, &[ADA]);
+    let file = |mapping: u32| {
+        format!(
+            "state_dir = \"state\"\n[admin]\nuser = \"ops\"\npassword_hash = \"{}\"\n[[destinations]]\nname = \"webinars\"\naccount = \"{ADA}\"\napi_base = \"{}\"\nconfig = {}\n",
+            password_hash(PASSWORD),
+            simulator.api_base(),
+            CONFIG.replace("mappingId = 4", &format!("mappingId = {mapping}"))
+        )
+    };
+    std::fs::write(dir.join("destinations.toml"), file(100)).unwrap();
+    let service = Service::start(&dir, &[]);
+    let answer = reqwest::Client::new()
+        .post(service.url("/v1/destinations/webinars/records"))
+        .header("content-type", "application/x-ndjson")
+        .body(profile(7, "Bo", "realized"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let browser = Browser::start(dir.join("chromium")).await;
+    sign_in(&browser, &service).await;
+    let letters = service.url("/admin/destinations/webinars/dead-letters");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        browser.client().goto(&letters).await.unwrap();
+        if browser.text().await.contains("#1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let page = browser.text().await;
+    assert!(
+        page.contains("Mapping ID 100"),
+        "the reason names the audience: {page}"
+    );
+    browser.screenshot("dead-letter-before-fix").await;
+
+    // Fix the configuration, reload, replay from the page.
+    std::fs::write(dir.join("destinations.toml"), file(4)).unwrap();
+    service.signal(libc::SIGHUP);
+    eventually("the reload", Duration::from_secs(20), || {
+        service.log().contains("reloaded")
+    })
+    .await;
+    browser.client().goto(&letters).await.unwrap();
+    browser.click("form.replay button").await;
+    let page = browser.text().await;
+    assert!(page.contains("1 dead letter(s) planned again"), "{page}");
+    browser.screenshot("replayed").await;
+    eventually("the replayed update", Duration::from_secs(20), || {
+        simulator
+            .prospect(7)
+            .and_then(|p| p.get("custom4").cloned())
+            .is_some_and(|v| v == "realized" || !v.is_null())
+    })
+    .await;
+    browser.client().goto(&letters).await.unwrap();
+    assert!(browser.text().await.contains("No dead letters."));
+    // Replaying it again does nothing.
     browser.close().await;
 }

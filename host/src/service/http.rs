@@ -115,6 +115,15 @@ async fn post_records(
             "no such destination (see the destinations file)",
         );
     };
+    if served.restarting {
+        return with_retry_after(
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the destination is restarting with new settings",
+            ),
+            DRAINING_RETRY_SECS,
+        );
+    }
     let Some(stream) = served.stream.clone() else {
         return error(
             StatusCode::CONFLICT,

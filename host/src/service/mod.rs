@@ -66,6 +66,7 @@ pub struct Environment {
 }
 
 /// The destinations being served.
+#[derive(Clone)]
 pub struct Set {
     pub file: ServiceFile,
     pub destinations: BTreeMap<String, Arc<Served>>,
@@ -73,13 +74,16 @@ pub struct Set {
 }
 
 /// One destination as served.
+#[derive(Clone)]
 pub struct Served {
     pub spec: DestinationSpec,
     pub account: String,
     /// Audience id → how pages show it (the component's label).
     pub audience_labels: BTreeMap<String, String>,
-    /// `None` while disabled.
+    /// `None` while disabled (or restarting).
     pub stream: Option<Arc<Stream>>,
+    /// Closing to open again with new settings (a reload).
+    pub restarting: bool,
 }
 
 pub struct Service {
@@ -147,7 +151,7 @@ impl Service {
             bound: std::sync::OnceLock::new(),
         });
         let empty = service.current();
-        let set = service.build(file, &empty).await?;
+        let set = service.build(file, empty).await?;
         *service.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         Ok(service)
     }
@@ -226,7 +230,7 @@ impl Service {
             );
         }
         let old = self.current();
-        let set = self.build(file, &old).await?;
+        let set = self.build(file, old).await?;
         *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         Ok(())
     }
@@ -261,6 +265,7 @@ impl Service {
                         account: served.account.clone(),
                         audience_labels: served.audience_labels.clone(),
                         stream: None,
+                        restarting: false,
                     };
                     (name.clone(), Arc::new(idle))
                 })
@@ -375,7 +380,7 @@ impl Service {
 
     /// The set `file` describes: destinations unchanged since `old` keep
     /// running; the others are closed and opened anew.
-    async fn build(&self, file: ServiceFile, old: &Set) -> Result<Set, FileProblems> {
+    async fn build(&self, file: ServiceFile, old: Arc<Set>) -> Result<Set, FileProblems> {
         let prepared = self.prepare(&file).await?;
         let mut accounts: BTreeMap<String, Arc<Account>> = BTreeMap::new();
         let mut problems = Vec::new();
@@ -427,9 +432,26 @@ impl Service {
             if same {
                 kept.insert(name.clone(), served.clone());
             } else if let Some(stream) = &served.stream {
-                closing.push(stream.clone());
+                closing.push((name.clone(), stream.clone()));
             }
         }
+        if !closing.is_empty() {
+            // While they close and open again, their intake answers 503;
+            // the set that held them lets go of them, so that they close.
+            let mut restarting = (*old).clone();
+            for (name, _) in &closing {
+                if let Some(served) = restarting.destinations.get_mut(name) {
+                    *served = Arc::new(Served {
+                        stream: None,
+                        restarting: true,
+                        ..(**served).clone()
+                    });
+                }
+            }
+            *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(restarting);
+        }
+        drop(old);
+        let closing: Vec<Arc<Stream>> = closing.into_iter().map(|(_, stream)| stream).collect();
         futures::future::join_all(
             closing
                 .into_iter()
@@ -467,6 +489,7 @@ impl Service {
                     account: p.account,
                     audience_labels: p.audience_labels,
                     stream,
+                    restarting: false,
                 }),
             );
         }

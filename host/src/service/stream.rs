@@ -99,6 +99,15 @@ pub enum AcceptError {
     Component(String),
 }
 
+/// What a replay of dead letters did.
+#[derive(Clone, Debug, Default)]
+pub struct Replayed {
+    /// Letters planned again and queued (or dead letters again).
+    pub replayed: u64,
+    /// Letters not sent: their prospect has a newer update.
+    pub held_back: Vec<crate::journal::HeldBack>,
+}
+
 /// A stream's figures, for health checks and metrics.
 #[derive(Clone, Debug, Default)]
 pub struct StreamStatus {
@@ -216,6 +225,72 @@ impl Stream {
             .queue
             .call(move |journal, _| read(journal))
             .await
+    }
+
+    /// Plans the records of dead letters `ids` again with the current
+    /// configuration and queues them into the current run. As on the
+    /// command line, a letter whose prospect has had a newer update since
+    /// is held back (not sent over newer values), and a replayed letter is
+    /// marked as such in the same transaction; letters already replayed
+    /// are left alone.
+    pub async fn replay(&self, ids: Vec<i64>) -> Result<Replayed, AcceptError> {
+        let shared = &self.shared;
+        if shared.draining.load(Ordering::Acquire) {
+            return Err(AcceptError::Draining);
+        }
+        let journal_failed = |e: crate::journal::JournalError| AcceptError::Journal(e.to_string());
+        let filter = crate::journal::LetterFilter {
+            ids,
+            ..crate::journal::LetterFilter::default()
+        };
+        let letters = self
+            .read(move |journal| journal.letter_records(&filter))
+            .await
+            .map_err(journal_failed)?;
+        if letters.is_empty() {
+            return Ok(Replayed::default());
+        }
+        let items: Vec<Record> = letters
+            .into_iter()
+            .map(|(letter, line, text, received_ms)| Item {
+                line,
+                text,
+                refused: None,
+                position: None,
+                replay: Some(crate::journal::Replay {
+                    letter,
+                    received_ms,
+                    force: false,
+                }),
+            })
+            .collect();
+        let planned = shared
+            .guest
+            .with_planner(move |destination| plan_items(destination, items))
+            .await
+            .map_err(|e| AcceptError::Component(e.to_string()))?;
+        let replayed = planned.len() as u64;
+        let batch: Vec<Incoming> = planned
+            .into_iter()
+            .map(|(item, outcome)| Incoming {
+                line: item.line,
+                outcome,
+                record: item.text,
+                replay: item.replay,
+            })
+            .collect();
+        let period = self.period_run().await?;
+        let report = shared
+            .queue
+            .enqueue(period.1, batch, None)
+            .await
+            .map_err(journal_failed)?;
+        drop(period);
+        lock(&shared.control).work_available.notify_waiters();
+        Ok(Replayed {
+            replayed: replayed - report.held_back.len() as u64,
+            held_back: report.held_back,
+        })
     }
 
     /// The current period's run.

@@ -45,6 +45,10 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/admin/destinations/{name}", get(destination))
         .route("/admin/destinations/{name}/runs/{id}", get(run))
         .route("/admin/destinations/{name}/dead-letters", get(letters))
+        .route(
+            "/admin/destinations/{name}/dead-letters/replay",
+            axum::routing::post(replay),
+        )
         .route("/admin/connect", axum::routing::post(connect_start))
         .route("/oauth/callback", get(connect_callback))
         .layer(axum::middleware::map_response(protect))
@@ -645,6 +649,8 @@ impl From<DeadLetter> for LetterRow {
 struct LettersPage<'a> {
     csrf: Option<&'a str>,
     name: &'a str,
+    /// Letters can be replayed (the destination is running).
+    enabled: bool,
     code: String,
     run: String,
     letters: Vec<LetterRow>,
@@ -704,6 +710,7 @@ async fn letters(
         &LettersPage {
             csrf: Some(&session.csrf),
             name: &name,
+            enabled: served.stream.is_some(),
             code: query.code,
             run: query.run,
             letters: letters
@@ -822,5 +829,77 @@ async fn connect_callback(
                 &sentence(&e.to_string()),
             )
         }
+    }
+}
+
+#[derive(Deserialize)]
+struct ReplayForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    letter: String,
+}
+
+#[derive(Template)]
+#[template(path = "replayed.html")]
+struct ReplayedPage<'a> {
+    csrf: Option<&'a str>,
+    name: &'a str,
+    run: i64,
+    replayed: u64,
+    held_back: Vec<crate::journal::HeldBack>,
+}
+
+/// Replays one dead letter with the destination's configuration as it is.
+async fn replay(
+    State(service): State<Arc<Service>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(form): Form<ReplayForm>,
+) -> Response {
+    let (_, session) = match signed_in(&service, &headers) {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    if let Err(refused) = check_csrf(&session, &form.csrf) {
+        return *refused;
+    }
+    let served = match find(&service, &name, &session) {
+        Ok(served) => served,
+        Err(response) => return *response,
+    };
+    let Ok(letter) = form.letter.trim().parse::<i64>() else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&session.csrf),
+            "Bad request",
+            "No dead letter was named.",
+        );
+    };
+    let Some(stream) = &served.stream else {
+        return error_page(
+            StatusCode::CONFLICT,
+            Some(&session.csrf),
+            "Disabled",
+            "The destination is disabled: enable it to replay its dead letters.",
+        );
+    };
+    match stream.replay(vec![letter]).await {
+        Ok(done) => html(
+            StatusCode::OK,
+            &ReplayedPage {
+                csrf: Some(&session.csrf),
+                name: &name,
+                run: stream.current_run(),
+                replayed: done.replayed,
+                held_back: done.held_back,
+            },
+        ),
+        Err(e) => error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&session.csrf),
+            "Not replayed",
+            &sentence(&e.to_string()),
+        ),
     }
 }
