@@ -857,6 +857,26 @@ async fn reload_drain_and_metrics() {
         first_name(&simulator, 41).as_deref() == Some("Three")
     })
     .await;
+
+    // A valid file that changes a running destination: it closes and
+    // opens again with the new settings, and takes records after.
+    destinations_file(
+        &dir,
+        &simulator,
+        "drain_timeout_secs = 5",
+        &[("crm", ADA, 4, "concurrency = 3"), ("second", ADA, 5, "")],
+    );
+    service.signal(libc::SIGHUP);
+    eventually("the second reload", Duration::from_secs(20), || {
+        service.log().matches(": reloaded").count() == 2
+    })
+    .await;
+    let answer = post_records(&service, "crm", &[profile(42, "Four")], None).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    eventually("after the change", Duration::from_secs(10), || {
+        first_name(&simulator, 42).as_deref() == Some("Four")
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // SIGTERM: intake answers 503 while requests in flight finish; the
