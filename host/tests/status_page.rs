@@ -548,6 +548,27 @@ async fn connect_through_the_browser_stores_tokens_and_a_forged_or_denied_login_
     assert!(stored().is_err(), "tokens stored after a denial");
     browser.screenshot("connect-denied").await;
 
+    // The token endpoint refuses the exchange (a code it never issued):
+    // an error page, nothing stored.
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    browser.click("form[action='/admin/connect'] button").await;
+    let authorize = browser.until_at("state=").await;
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no state in {authorize}"));
+    browser
+        .client()
+        .goto(&service.url(&format!("/oauth/callback?code=never-issued&state={state}")))
+        .await
+        .unwrap();
+    let page = browser.text().await;
+    assert!(page.contains("Not connected"), "{page}");
+    assert!(page.contains("unknown or used code"), "{page}");
+    assert!(stored().is_err(), "tokens stored after a refused exchange");
+    browser.screenshot("connect-token-error").await;
+
     // Connect: Outreach's login (the simulator's), email then password,
     // and back to the destinations, connected.
     browser.client().goto(&service.url("/admin")).await.unwrap();
