@@ -565,7 +565,10 @@ async fn connect_through_the_browser_stores_tokens_and_a_forged_or_denied_login_
         .unwrap();
     let page = browser.text().await;
     assert!(page.contains("Not connected"), "{page}");
-    assert!(page.contains("unknown or used code"), "{page}");
+    assert!(
+        page.contains("The token endpoint refused the authorization code (unknown or used code)"),
+        "{page}"
+    );
     assert!(stored().is_err(), "tokens stored after a refused exchange");
     browser.screenshot("connect-token-error").await;
 

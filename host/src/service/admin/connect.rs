@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::oauth::{OAuthClient, PendingLogin, Redirect, TokenStore};
+use crate::oauth::{OAuthClient, OAuthError, PendingLogin, Redirect, TokenStore};
 
 /// How long a started login waits for its callback.
 const LOGIN_LIFE: Duration = Duration::from_secs(10 * 60);
@@ -102,7 +102,13 @@ impl Connects {
         let tokens = client
             .finish_login(pending, redirect)
             .await
-            .map_err(|e| ConnectError::Login(e.to_string()))?;
+            .map_err(|e| match e {
+                // (Its own message speaks of refresh tokens and `login`.)
+                OAuthError::InvalidGrant(why) => ConnectError::Login(format!(
+                    "the token endpoint refused the authorization code ({why})"
+                )),
+                other => ConnectError::Login(other.to_string()),
+            })?;
         let name = account.clone();
         tokio::task::spawn_blocking(move || store.put(&name, &tokens))
             .await
