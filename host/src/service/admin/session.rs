@@ -20,6 +20,9 @@ pub const SESSION_COOKIE: &str = "outreach_host_session";
 pub const SIGN_IN_COOKIE: &str = "outreach_host_sign_in";
 /// How long a sign-in form stays valid.
 const SIGN_IN_FORM_LIFE: Duration = Duration::from_secs(15 * 60);
+/// Sign-in forms kept at most (anyone may ask for one): past this, the
+/// oldest is forgotten.
+const MAX_SIGN_IN_FORMS: usize = 10_000;
 
 /// A random token: 32 bytes, URL-safe base64.
 pub fn token() -> String {
@@ -77,6 +80,16 @@ impl Sessions {
         let (cookie, form) = (token(), token());
         let mut forms = lock(&self.forms);
         forms.retain(|_, (_, expires)| *expires > now);
+        while forms.len() >= MAX_SIGN_IN_FORMS {
+            let Some(oldest) = forms
+                .iter()
+                .min_by_key(|(_, (_, expires))| *expires)
+                .map(|(cookie, _)| cookie.clone())
+            else {
+                break;
+            };
+            forms.remove(&oldest);
+        }
         forms.insert(cookie.clone(), (form.clone(), now + ms(SIGN_IN_FORM_LIFE)));
         (cookie, form)
     }
@@ -156,6 +169,21 @@ mod tests {
         assert_ne!(form, form2);
         assert!(sessions.take_sign_in_form(&cookie, &form2));
         assert!(!sessions.take_sign_in_form(&cookie, &form2), "used once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sign_in_forms_anyone_asks_for_are_bounded() {
+        let sessions = Sessions::new(Duration::from_secs(60), Clock::starting_at(1_000_000));
+        let (first, form) = sessions.sign_in_form();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        for _ in 0..MAX_SIGN_IN_FORMS {
+            let _ = sessions.sign_in_form();
+        }
+        assert_eq!(lock(&sessions.forms).len(), MAX_SIGN_IN_FORMS);
+        assert!(
+            !sessions.take_sign_in_form(&first, &form),
+            "the oldest went"
+        );
     }
 
     #[test]
