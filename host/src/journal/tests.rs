@@ -498,3 +498,51 @@ fn a_stream_run_per_period_and_api_base() {
     assert_eq!(journal.run(next).unwrap().status, "receiving");
     assert_eq!(journal.run(other).unwrap().status, "receiving");
 }
+
+#[test]
+fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
+    let dir = std::env::temp_dir().join(format!("outreach-journal-v2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("journal.sqlite");
+    {
+        let journal = Journal::open(&path).unwrap();
+        let run = journal
+            .start_run("run", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        journal
+            .ingest(
+                run,
+                vec![incoming(1, patch(1, json!({"a": 1}), &[]))],
+                None,
+                &merge,
+            )
+            .unwrap();
+        // As a host of schema 2 left it.
+        journal
+            .with(|conn| {
+                conn.execute_batch(
+                    "DROP INDEX receipts_by_age; DROP TABLE receipts; PRAGMA user_version = 2;",
+                )
+            })
+            .unwrap();
+    }
+    let journal = Journal::open(&path).unwrap();
+    let version: i64 = journal
+        .with(|conn| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(journal.backlog().unwrap().updates, 1, "the queue is kept");
+    let run = journal
+        .stream_run("test", "http://127.0.0.1/api/v2", 0)
+        .unwrap();
+    let receipt = Receipt {
+        key: "k".into(),
+        response: "{}".into(),
+    };
+    let batch = vec![incoming(2, patch(2, json!({"a": 2}), &[]))];
+    let journaled = journal.ingest_once(run, batch, &receipt, &merge).unwrap();
+    assert!(matches!(journaled, Intake::Journaled(_)), "{journaled:?}");
+    drop(journal);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
