@@ -104,7 +104,7 @@ pub enum AcceptError {
 pub struct Replayed {
     /// Letters planned again and queued (or dead letters again).
     pub replayed: u64,
-    /// Letters not sent: their prospect has a newer update.
+    /// Letters not sent: their key (the object in the destination) has a newer update.
     pub held_back: Vec<crate::journal::HeldBack>,
 }
 
@@ -229,7 +229,7 @@ impl Stream {
 
     /// Plans the records of dead letters `ids` again with the current
     /// configuration and queues them into the current run. As on the
-    /// command line, a letter whose prospect has had a newer update since
+    /// command line, a letter whose key has had a newer update since
     /// is held back (not sent over newer values), and a replayed letter is
     /// marked as such in the same transaction; letters already replayed
     /// are left alone.
