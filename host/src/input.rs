@@ -61,6 +61,27 @@ pub struct Item {
     pub replay: Option<Replay>,
 }
 
+impl Item {
+    /// A dead letter's record, as `Journal::letter_records` gives it
+    /// (letter, line, record, when it was received), to be replayed.
+    pub fn replaying(
+        (letter, line, text, received_ms): (i64, u64, String, u64),
+        force: bool,
+    ) -> Self {
+        Self {
+            line,
+            text,
+            refused: None,
+            position: None,
+            replay: Some(Replay {
+                letter,
+                received_ms,
+                force,
+            }),
+        }
+    }
+}
+
 /// A position in a checkpointed input.
 #[derive(Clone)]
 pub struct Position {
@@ -186,17 +207,7 @@ impl Input {
     pub fn replay(letters: Vec<(i64, u64, String, u64)>, force: bool) -> Self {
         let items: Vec<Item> = letters
             .into_iter()
-            .map(|(letter, line, text, received_ms)| Item {
-                line,
-                text,
-                refused: None,
-                position: None,
-                replay: Some(Replay {
-                    letter,
-                    received_ms,
-                    force,
-                }),
-            })
+            .map(|letter| Item::replaying(letter, force))
             .collect();
         Self {
             items: Items::Replay(items.into_iter()),

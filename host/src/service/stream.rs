@@ -252,17 +252,7 @@ impl Stream {
         }
         let items: Vec<Record> = letters
             .into_iter()
-            .map(|(letter, line, text, received_ms)| Item {
-                line,
-                text,
-                refused: None,
-                position: None,
-                replay: Some(crate::journal::Replay {
-                    letter,
-                    received_ms,
-                    force: false,
-                }),
-            })
+            .map(|letter| Item::replaying(letter, false))
             .collect();
         let planned = shared
             .guest

@@ -1,0 +1,179 @@
+//! What an operator does from the pages: connect an account through the
+//! browser, replay a dead letter.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct ConnectForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    account: String,
+}
+
+/// "Connect": sends the browser to the authorization server.
+pub(super) async fn connect_start(
+    State(service): State<Arc<Service>>,
+    operator: Operator,
+    Form(form): Form<ConnectForm>,
+) -> Response {
+    let session = operator.session;
+    if let Err(refused) = check_csrf(&session, &form.csrf) {
+        return *refused;
+    }
+    let Some(account) = service.current().accounts.get(&form.account).cloned() else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            Some(&session.csrf),
+            "Not found",
+            "No destination uses that account.",
+        );
+    };
+    let callback = format!("{}/oauth/callback", service.public_url());
+    match account.connect_client(&callback) {
+        // A page that moves on by itself rather than a redirect: the
+        // policy keeps forms to this site, redirects after them included.
+        Ok(Some((client, store))) => {
+            let url = service.connects().start(&account.name, client, store);
+            html(
+                StatusCode::OK,
+                &ConnectingPage {
+                    csrf: Some(&session.csrf),
+                    account: &account.name,
+                    url: &url,
+                },
+            )
+        }
+        Ok(None) => error_page(
+            StatusCode::CONFLICT,
+            Some(&session.csrf),
+            "Fixed token",
+            "This service uses one fixed access token (OUTREACH_ACCESS_TOKEN) for every account; there is nothing to connect.",
+        ),
+        Err(e) => error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&session.csrf),
+            "Cannot connect",
+            &format!("The OAuth client cannot be made: {e}"),
+        ),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "connecting.html")]
+struct ConnectingPage<'a> {
+    csrf: Option<&'a str>,
+    account: &'a str,
+    url: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "connected.html")]
+struct ConnectedPage<'a> {
+    csrf: Option<&'a str>,
+    account: &'a str,
+}
+
+/// Where the authorization server sends the browser back.
+pub(super) async fn connect_callback(
+    State(service): State<Arc<Service>>,
+    Query(redirect): Query<crate::oauth::Redirect>,
+) -> Response {
+    if service.sessions().is_none() {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let set = service.current();
+    match service.connects().finish(&redirect).await {
+        Ok(account) => {
+            if let Some(shared) = set.accounts.get(&account) {
+                shared.reload_tokens();
+            }
+            tracing::info!(account = %account, "connected from the status page");
+            html(
+                StatusCode::OK,
+                &ConnectedPage {
+                    csrf: None,
+                    account: &account,
+                },
+            )
+        }
+        Err(e) => {
+            tracing::warn!("a connection from the status page failed: {e}");
+            error_page(
+                StatusCode::BAD_REQUEST,
+                None,
+                "Not connected",
+                &sentence(&e.to_string()),
+            )
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct ReplayForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    letter: String,
+}
+
+#[derive(Template)]
+#[template(path = "replayed.html")]
+struct ReplayedPage<'a> {
+    csrf: Option<&'a str>,
+    name: &'a str,
+    run: i64,
+    replayed: u64,
+    held_back: Vec<crate::journal::HeldBack>,
+}
+
+/// Replays one dead letter with the destination's configuration as it is.
+pub(super) async fn replay(
+    State(service): State<Arc<Service>>,
+    operator: Operator,
+    Path(name): Path<String>,
+    Form(form): Form<ReplayForm>,
+) -> Response {
+    let session = operator.session;
+    if let Err(refused) = check_csrf(&session, &form.csrf) {
+        return *refused;
+    }
+    let served = match find(&service, &name, &session) {
+        Ok(served) => served,
+        Err(response) => return *response,
+    };
+    let Ok(letter) = form.letter.trim().parse::<i64>() else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&session.csrf),
+            "Bad request",
+            "No dead letter was named.",
+        );
+    };
+    let Some(stream) = &served.stream else {
+        return error_page(
+            StatusCode::CONFLICT,
+            Some(&session.csrf),
+            "Disabled",
+            "The destination is disabled: enable it to replay its dead letters.",
+        );
+    };
+    match stream.replay(vec![letter]).await {
+        Ok(done) => html(
+            StatusCode::OK,
+            &ReplayedPage {
+                csrf: Some(&session.csrf),
+                name: &name,
+                run: stream.current_run(),
+                replayed: done.replayed,
+                held_back: done.held_back,
+            },
+        ),
+        Err(e) => error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(&session.csrf),
+            "Not replayed",
+            &sentence(&e.to_string()),
+        ),
+    }
+}
