@@ -234,6 +234,7 @@ async fn bench(args: Args) {
         request_timeout: Duration::from_secs(30),
         clock: Clock::system(),
         run_length: Duration::from_secs(3_600),
+        nats: None,
     };
     let service = Service::start(env, &dir.join("destinations.toml"), None)
         .await

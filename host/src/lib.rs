@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod clock;
+pub mod cluster;
 pub mod delivery;
 pub mod egress;
 pub mod engine;

@@ -30,6 +30,9 @@ pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// would hammer the API.
 pub const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 
+/// How often a request waiting behind a probe looks again.
+const PROBE_POLL: Duration = Duration::from_millis(5);
+
 #[derive(Debug, thiserror::Error)]
 #[error("the component declares an unusable rate limit: {0}")]
 pub struct PolicyError(String);
@@ -60,6 +63,8 @@ pub struct Limiter {
     /// Whose turn it is to wait for the next permit: one [`Line`] at a
     /// time, first come first served (tokio's mutex is fair).
     turns: tokio::sync::Mutex<()>,
+    /// Until the API has reported the budget, one request at a time.
+    probe_first: bool,
 }
 
 /// One sharer's place in line for a [`Limiter`] several sharers use (the
@@ -123,7 +128,24 @@ impl Limiter {
             gate: Mutex::new(None),
             window: Mutex::default(),
             turns: tokio::sync::Mutex::new(()),
+            probe_first: false,
         })
+    }
+
+    /// Sends one request at a time until the API has reported what is
+    /// left of the budget: for a budget others may have spent (a cluster
+    /// worker taking an account over), whatever the pacer would allow.
+    pub fn probing_first(mut self) -> Self {
+        self.probe_first = true;
+        self
+    }
+
+    /// What the API last reported: requests left and when the window
+    /// resets (epoch ms), while that window lasts.
+    pub fn reported(&self) -> Option<(u32, u64)> {
+        self.window()
+            .reported
+            .filter(|&(_, reset_ms)| reset_ms > self.clock.now_ms())
     }
 
     /// [`Limiter::acquire`] for a sharer: waits behind the sharer's own
@@ -163,6 +185,11 @@ impl Limiter {
         self.window.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether a probe is out and its answer awaited.
+    fn probing(&self, window: &Window) -> bool {
+        self.probe_first && window.reported.is_none() && window.in_flight > 0
+    }
+
     /// When the budget the API reported is spent by the requests in flight:
     /// the reset to wait for.
     fn spent_until(&self, window: &Window) -> Option<Instant> {
@@ -174,7 +201,7 @@ impl Limiter {
     /// A place in the budget, if one is left.
     fn reserve(&self) -> Option<Permit<'_>> {
         let mut window = self.window();
-        if self.spent_until(&window).is_some() {
+        if self.spent_until(&window).is_some() || self.probing(&window) {
             return None;
         }
         window.in_flight += 1;
@@ -210,6 +237,10 @@ impl Limiter {
             }
             if let Some(permit) = self.reserve() {
                 return permit;
+            }
+            if self.probing(&self.window()) {
+                // The probe's answer has no notification of its own.
+                tokio::time::sleep(PROBE_POLL).await;
             }
         }
     }
@@ -417,6 +448,26 @@ mod tests {
         assert!(limiter.try_acquire().is_none());
         drop(lost);
         assert!(limiter.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_prober_sends_one_request_until_the_budget_is_reported() {
+        let clock = Clock::starting_at(1_700_000_000_000);
+        let limiter = Limiter::with_clock(&policy(10_000, 3_600), clock)
+            .unwrap()
+            .probing_first();
+        let probe = limiter.try_acquire().expect("the probe");
+        assert!(limiter.try_acquire().is_none(), "a second before any answer");
+        let waiting = tokio::time::timeout(Duration::from_secs(5), limiter.acquire()).await;
+        assert!(waiting.is_err(), "acquire went past the probe");
+        // The answer: 2 left in this window.
+        limiter.observe(&reported(2, clock.now_ms() + 60_000));
+        drop(probe);
+        assert_eq!(limiter.reported(), Some((2, clock.now_ms() + 60_000)));
+        let a = limiter.try_acquire().expect("paced by the report now");
+        let b = limiter.try_acquire().expect("paced by the report now");
+        assert!(limiter.try_acquire().is_none(), "over the reported budget");
+        drop((a, b));
     }
 
     #[tokio::test(start_paused = true)]

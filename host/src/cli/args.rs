@@ -157,6 +157,15 @@ pub(crate) struct ServeArgs {
     /// destination per period).
     #[arg(long, default_value_t = 3_600, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) run_length_secs: u64,
+    /// Run as a worker of a NATS JetStream cluster (server URLs,
+    /// comma-separated) instead of over journals: any number of workers
+    /// share the file's destinations (see the file's `[cluster]`).
+    #[arg(long, value_name = "URL")]
+    pub(crate) nats: Option<String>,
+    /// This worker's name in the cluster (default: host name and process
+    /// id); letters, digits, `-` and `_`.
+    #[arg(long, value_name = "NAME", requires = "nats")]
+    pub(crate) worker: Option<String>,
     #[command(flatten)]
     pub(crate) oauth: OAuthArgs,
 }

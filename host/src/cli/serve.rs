@@ -23,8 +23,17 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
         listen,
         timeout_secs,
         run_length_secs,
+        nats,
+        worker,
         oauth,
     } = args;
+    let nats = match nats {
+        None => None,
+        Some(url) => Some(service::NatsOptions {
+            url,
+            worker: worker_name(worker)?,
+        }),
+    };
     let env = Environment {
         default_component: component
             .component
@@ -46,6 +55,7 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
         request_timeout: Duration::from_secs(timeout_secs),
         clock: Clock::system(),
         run_length: Duration::from_secs(run_length_secs),
+        nats,
     };
     tokio_runtime()?.block_on(async move {
         let service = match Service::start(env, &destinations, listen).await {
@@ -96,9 +106,44 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
         service.drain().await;
         stopping.notify_one();
         server.await.context("the listener failed")??;
-        eprintln!("stopped; queued updates stay in the journals");
+        if service.worker().is_some() {
+            eprintln!("stopped; the partitions were handed over to the other workers");
+        } else {
+            eprintln!("stopped; queued updates stay in the journals");
+        }
         Ok(0)
     })
+}
+
+/// The worker's name: as given (checked), else host name and process id.
+fn worker_name(given: Option<String>) -> Result<String> {
+    let valid = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    match given {
+        Some(name) => {
+            anyhow::ensure!(
+                valid(&name),
+                "--worker {name:?}: use 1-64 letters, digits, `-` and `_`"
+            );
+            Ok(name)
+        }
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let host: String = host
+                .trim()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .take(40)
+                .collect();
+            let host = if host.is_empty() { "worker".into() } else { host };
+            Ok(format!("{host}-{}", std::process::id()))
+        }
+    }
 }
 
 /// Prints a new key and its hash, or the hash of a key on standard input.

@@ -13,7 +13,7 @@ use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::journal::{Attempt, RunId, Verdict};
 use crate::limiter::{Limiter, Line};
-use crate::queue::Queue;
+use crate::queue::WorkQueue;
 
 use super::Credentials;
 use super::control::Control;
@@ -50,7 +50,7 @@ pub(crate) struct Dispatcher<'a, C, Q> {
     pub clock: Clock,
 }
 
-impl<C: Credentials, Q: Queue> Dispatcher<'_, C, Q> {
+impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
     fn run(&self) -> RunId {
         self.run.load(Ordering::Relaxed)
     }

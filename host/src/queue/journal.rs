@@ -11,7 +11,7 @@ use std::thread;
 use destination_types::Request;
 use tokio::sync::oneshot;
 
-use super::{Merger, Queue, RunEnd, RunStart};
+use super::{Merger, Queue, RunEnd, RunStart, WorkQueue};
 use crate::journal::{
     Attempt, Checkpoint, Claim, DeadLetter, GROUP_COMMIT_WINDOW, Incoming, IngestReport, Journal,
     JournalError, LetterFilter, Merge, RunId, RunRecord, Verdict,
@@ -187,64 +187,8 @@ fn serve(journal: &Journal, merge: &Merger, inbox: &mpsc::Receiver<Job>) {
     }
 }
 
-impl Queue for JournalQueue {
+impl WorkQueue for JournalQueue {
     type Error = JournalError;
-
-    fn location(&self) -> String {
-        self.journal.path().display().to_string()
-    }
-
-    async fn pending_target(&self) -> Result<Option<(String, u64)>, JournalError> {
-        self.call(|journal, _| journal.pending_api_base()).await
-    }
-
-    async fn start_run(&self, start: RunStart) -> Result<(RunId, u64), JournalError> {
-        self.call(move |journal, _| {
-            let run = journal.start_run(
-                &start.kind,
-                &start.destination,
-                &start.api_base,
-                start.input.as_deref(),
-            )?;
-            Ok((run, journal.records_of_other_runs(run)?))
-        })
-        .await
-    }
-
-    async fn end_run(&self, run: RunId, end: RunEnd) -> Result<(RunRecord, u64), JournalError> {
-        self.call(move |journal, _| {
-            journal.end_run(
-                run,
-                end.status,
-                &end.stats,
-                end.resumed,
-                end.fatal.as_deref(),
-            )?;
-            Ok((journal.run(run)?, journal.pending_records(None)?))
-        })
-        .await
-    }
-
-    async fn run_record(&self, run: RunId) -> Result<RunRecord, JournalError> {
-        self.call(move |journal, _| journal.run(run)).await
-    }
-
-    async fn dead_letters(&self, filter: LetterFilter) -> Result<Vec<DeadLetter>, JournalError> {
-        self.call(move |journal, _| journal.dead_letters(&filter))
-            .await
-    }
-
-    async fn enqueue(
-        &self,
-        run: RunId,
-        batch: Vec<Incoming>,
-        checkpoint: Option<Checkpoint>,
-    ) -> Result<IngestReport, JournalError> {
-        self.call(move |journal, merge| {
-            journal.ingest(run, batch, checkpoint.as_ref(), &|o, n| merge(o, n))
-        })
-        .await
-    }
 
     async fn take(&self, run: RunId) -> Result<Option<Attempt>, JournalError> {
         if let Some(why) = self.ahead.failed() {
@@ -315,6 +259,64 @@ impl Queue for JournalQueue {
                 Ok(())
             })
             .await;
+    }
+}
+
+impl Queue for JournalQueue {
+    fn location(&self) -> String {
+        self.journal.path().display().to_string()
+    }
+
+    async fn pending_target(&self) -> Result<Option<(String, u64)>, JournalError> {
+        self.call(|journal, _| journal.pending_api_base()).await
+    }
+
+    async fn start_run(&self, start: RunStart) -> Result<(RunId, u64), JournalError> {
+        self.call(move |journal, _| {
+            let run = journal.start_run(
+                &start.kind,
+                &start.destination,
+                &start.api_base,
+                start.input.as_deref(),
+            )?;
+            Ok((run, journal.records_of_other_runs(run)?))
+        })
+        .await
+    }
+
+    async fn end_run(&self, run: RunId, end: RunEnd) -> Result<(RunRecord, u64), JournalError> {
+        self.call(move |journal, _| {
+            journal.end_run(
+                run,
+                end.status,
+                &end.stats,
+                end.resumed,
+                end.fatal.as_deref(),
+            )?;
+            Ok((journal.run(run)?, journal.pending_records(None)?))
+        })
+        .await
+    }
+
+    async fn run_record(&self, run: RunId) -> Result<RunRecord, JournalError> {
+        self.call(move |journal, _| journal.run(run)).await
+    }
+
+    async fn dead_letters(&self, filter: LetterFilter) -> Result<Vec<DeadLetter>, JournalError> {
+        self.call(move |journal, _| journal.dead_letters(&filter))
+            .await
+    }
+
+    async fn enqueue(
+        &self,
+        run: RunId,
+        batch: Vec<Incoming>,
+        checkpoint: Option<Checkpoint>,
+    ) -> Result<IngestReport, JournalError> {
+        self.call(move |journal, merge| {
+            journal.ingest(run, batch, checkpoint.as_ref(), &|o, n| merge(o, n))
+        })
+        .await
     }
 
     async fn release_ahead(&self) {

@@ -44,9 +44,47 @@ pub struct RunEnd {
     pub fatal: Option<String>,
 }
 
-/// What delivery needs from a queue.
-pub trait Queue: Send + Sync {
+/// What the workers need from a queue: take an update, attempt it again,
+/// finish it with a verdict or let it go. A cluster's partition owner
+/// implements this over what it holds in memory.
+pub trait WorkQueue: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
+
+    /// The oldest queued update whose key nobody owns, its key now owned
+    /// and the attempt started (later updates folded in; nothing merges
+    /// into it now).
+    fn take(&self, run: RunId)
+    -> impl Future<Output = Result<Option<Attempt>, Self::Error>> + Send;
+
+    /// Starts an attempt again after [`Queue::attempt_failed`]: the request
+    /// to send now (updates that arrived meanwhile folded in).
+    fn attempt(
+        &self,
+        claim: Claim,
+        run: RunId,
+    ) -> impl Future<Output = Result<Request, Self::Error>> + Send;
+
+    /// The attempt ended without a verdict (it will be tried again).
+    fn attempt_failed(&self, claim: Claim) -> impl Future<Output = ()> + Send;
+
+    /// Records a verdict; the key is let go, unless its next update is
+    /// taken at once (the next [`Queue::take`] may hand it to any worker).
+    /// Returns once the verdict is handed over, not necessarily recorded: a
+    /// failure to record it makes the next `take` fail.
+    fn finish(
+        &self,
+        claim: Claim,
+        verdict: Verdict,
+        run: RunId,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Lets a key go without a verdict; its updates stay queued.
+    fn release(&self, claim: Claim) -> impl Future<Output = ()> + Send;
+
+}
+
+/// What a run needs from a queue: the work, and the history kept with it.
+pub trait Queue: WorkQueue {
 
     /// Where the queue keeps its state, for messages.
     fn location(&self) -> String;
@@ -90,37 +128,6 @@ pub trait Queue: Send + Sync {
         batch: Vec<Incoming>,
         checkpoint: Option<Checkpoint>,
     ) -> impl Future<Output = Result<IngestReport, Self::Error>> + Send;
-
-    /// The oldest queued update whose key nobody owns, its key now owned
-    /// and the attempt started (later updates folded in; nothing merges
-    /// into it now).
-    fn take(&self, run: RunId)
-    -> impl Future<Output = Result<Option<Attempt>, Self::Error>> + Send;
-
-    /// Starts an attempt again after [`Queue::attempt_failed`]: the request
-    /// to send now (updates that arrived meanwhile folded in).
-    fn attempt(
-        &self,
-        claim: Claim,
-        run: RunId,
-    ) -> impl Future<Output = Result<Request, Self::Error>> + Send;
-
-    /// The attempt ended without a verdict (it will be tried again).
-    fn attempt_failed(&self, claim: Claim) -> impl Future<Output = ()> + Send;
-
-    /// Records a verdict; the key is let go, unless its next update is
-    /// taken at once (the next [`Queue::take`] may hand it to any worker).
-    /// Returns once the verdict is handed over, not necessarily recorded: a
-    /// failure to record it makes the next `take` fail.
-    fn finish(
-        &self,
-        claim: Claim,
-        verdict: Verdict,
-        run: RunId,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
-
-    /// Lets a key go without a verdict; its updates stay queued.
-    fn release(&self, claim: Claim) -> impl Future<Output = ()> + Send;
 
     /// The workers are done: lets go of whatever was taken ahead for them.
     fn release_ahead(&self) -> impl Future<Output = ()> + Send;

@@ -18,6 +18,8 @@ pub struct Account {
 pub enum AccountCredentials {
     /// One fixed token (`OUTREACH_ACCESS_TOKEN`), for every account.
     Fixed(StaticToken),
+    /// The cluster's tokens bucket (a cluster worker owning the account).
+    Shared(crate::cluster::tokens::SharedTokens),
     /// The token store, as `outreach-host login` left it. Loaded when
     /// first needed, so that a service starts before an account logs in.
     Stored {
@@ -61,8 +63,12 @@ impl Account {
 
     /// New tokens were stored (a login): read them again when next needed.
     pub fn reload_tokens(&self) {
-        if let AccountCredentials::Stored { loaded, .. } = &self.credentials {
-            *loaded.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        match &self.credentials {
+            AccountCredentials::Stored { loaded, .. } => {
+                *loaded.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            AccountCredentials::Shared(tokens) => tokens.reload(),
+            AccountCredentials::Fixed(_) => {}
         }
     }
 
@@ -107,11 +113,14 @@ impl Account {
     /// Seconds until the access token in use expires, when known (never
     /// the token itself).
     pub fn token_expires_in(&self, now_secs: u64) -> Option<i64> {
-        let AccountCredentials::Stored { loaded, .. } = &self.credentials else {
-            return None;
+        let at = match &self.credentials {
+            AccountCredentials::Stored { loaded, .. } => {
+                let loaded = loaded.lock().unwrap_or_else(|p| p.into_inner());
+                loaded.as_ref()?.expires_at()?
+            }
+            AccountCredentials::Shared(tokens) => tokens.expires_at()?,
+            AccountCredentials::Fixed(_) => return None,
         };
-        let loaded = loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let at = loaded.as_ref()?.expires_at()?;
         Some(i64::try_from(at).unwrap_or(i64::MAX) - i64::try_from(now_secs).unwrap_or(0))
     }
 
@@ -123,6 +132,7 @@ impl Account {
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .map_or(0, OAuthCredentials::refreshes),
+            AccountCredentials::Shared(tokens) => tokens.refreshes(),
             AccountCredentials::Fixed(_) => 0,
         }
     }
@@ -132,6 +142,7 @@ impl Credentials for Account {
     async fn token(&self) -> Result<String, String> {
         match &self.credentials {
             AccountCredentials::Fixed(token) => token.token().await,
+            AccountCredentials::Shared(tokens) => tokens.token().await,
             AccountCredentials::Stored { .. } => match self.oauth()? {
                 Some(credentials) => credentials.token().await,
                 None => Err("no credentials".into()),
@@ -140,6 +151,9 @@ impl Credentials for Account {
     }
 
     async fn refresh(&self, rejected: &str) -> Result<(), String> {
+        if let AccountCredentials::Shared(tokens) = &self.credentials {
+            return tokens.refresh(rejected).await;
+        }
         match self.oauth()? {
             Some(credentials) => credentials.refresh(rejected).await,
             None => Ok(()),
@@ -147,6 +161,9 @@ impl Credentials for Account {
     }
 
     async fn settle(&self) {
+        if let AccountCredentials::Shared(tokens) = &self.credentials {
+            return tokens.settle().await;
+        }
         if let Ok(Some(credentials)) = self.oauth() {
             credentials.settle().await;
         }

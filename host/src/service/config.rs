@@ -36,6 +36,7 @@ struct FileText {
     stall_alert_secs: Option<u64>,
     alert_timeout_secs: Option<u64>,
     admin: Option<AdminText>,
+    cluster: Option<ClusterText>,
     #[serde(default)]
     accounts: BTreeMap<String, AccountText>,
     #[serde(default)]
@@ -50,6 +51,16 @@ struct AdminText {
     session_hours: Option<u64>,
     secure_cookies: Option<bool>,
     public_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterText {
+    partitions: Option<u16>,
+    lease_secs: Option<u64>,
+    replicas: Option<usize>,
+    duplicate_window_secs: Option<u64>,
+    window_records: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +118,8 @@ pub struct ServiceFile {
     pub alerts: AlertSettings,
     /// The operators' status page; `None`: not served.
     pub admin: Option<AdminSettings>,
+    /// How workers share the destinations over JetStream (`serve --nats`).
+    pub cluster: ClusterFileSettings,
     pub accounts: BTreeMap<String, AccountSettings>,
     pub destinations: Vec<DestinationSpec>,
 }
@@ -124,6 +137,68 @@ pub struct AdminSettings {
     /// Where browsers reach the service (the OAuth redirect goes to
     /// `PUBLIC_URL/oauth/callback`); default: `http://LISTEN`.
     pub public_url: Option<String>,
+}
+
+/// The file's `[cluster]` section (used with `serve --nats`); every
+/// worker of a cluster must have the same `partitions` and `lease_secs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFileSettings {
+    /// Partitions records are spread over by account (fixed for the
+    /// cluster's life: it decides where each account's records go).
+    pub partitions: u16,
+    pub lease: Duration,
+    /// Copies of each stream and bucket.
+    pub replicas: usize,
+    /// How long JetStream remembers a message id (Idempotency-Key).
+    pub duplicate_window: Duration,
+    /// Records a partition's owner holds in memory at most.
+    pub window_records: usize,
+}
+
+impl Default for ClusterFileSettings {
+    fn default() -> Self {
+        Self {
+            partitions: 16,
+            lease: Duration::from_secs(10),
+            replicas: 3,
+            duplicate_window: Duration::from_secs(120),
+            window_records: 10_000,
+        }
+    }
+}
+
+fn cluster_settings(text: Option<ClusterText>, problems: &mut Vec<String>) -> ClusterFileSettings {
+    let defaults = ClusterFileSettings::default();
+    let Some(text) = text else {
+        return defaults;
+    };
+    let partitions = text.partitions.unwrap_or(defaults.partitions);
+    if !(1..=999).contains(&partitions) {
+        problems.push("cluster: partitions must be 1 to 999".into());
+    }
+    let lease_secs = text.lease_secs.unwrap_or(defaults.lease.as_secs());
+    if !(2..=300).contains(&lease_secs) {
+        problems.push("cluster: lease_secs must be 2 to 300".into());
+    }
+    let replicas = text.replicas.unwrap_or(defaults.replicas);
+    if !(1..=5).contains(&replicas) {
+        problems.push("cluster: replicas must be 1 to 5".into());
+    }
+    let window_records = text.window_records.unwrap_or(defaults.window_records);
+    if window_records == 0 {
+        problems.push("cluster: window_records must be at least 1".into());
+    }
+    ClusterFileSettings {
+        partitions,
+        lease: Duration::from_secs(lease_secs),
+        replicas,
+        duplicate_window: Duration::from_secs(
+            text.duplicate_window_secs
+                .unwrap_or(defaults.duplicate_window.as_secs())
+                .max(1),
+        ),
+        window_records,
+    }
 }
 
 /// Budget overrides for one API user (default: the component's
@@ -213,6 +288,7 @@ impl ServiceFile {
         let admin = file
             .admin
             .and_then(|admin| admin_settings(admin, &mut problems));
+        let cluster = cluster_settings(file.cluster, &mut problems);
         let max_body_bytes = file.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes == 0 {
             problems.push("max_body_bytes must be at least 1".into());
@@ -261,6 +337,7 @@ impl ServiceFile {
             login_retry: Duration::from_secs(file.login_retry_secs.unwrap_or(30).max(1)),
             alerts,
             admin,
+            cluster,
             accounts: file
                 .accounts
                 .into_iter()

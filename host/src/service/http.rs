@@ -90,6 +90,14 @@ fn any_keys(set: &Set) -> bool {
             .any(|served| !served.spec.ingest_keys.is_empty())
 }
 
+/// Where a destination's records go.
+enum Target {
+    /// Its stream, over its journal.
+    Stream(Arc<super::stream::Stream>),
+    /// The cluster's intake stream, through this worker.
+    Cluster(Arc<crate::cluster::Worker>),
+}
+
 async fn post_records(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
@@ -124,11 +132,15 @@ async fn post_records(
             DRAINING_RETRY_SECS,
         );
     }
-    let Some(stream) = served.stream.clone() else {
-        return error(
-            StatusCode::CONFLICT,
-            format!("destination {name} is disabled (enabled = false)"),
-        );
+    let target = match (served.stream.clone(), service.worker()) {
+        (Some(stream), _) => Target::Stream(stream),
+        (None, Some(worker)) if served.clustered => Target::Cluster(worker.clone()),
+        _ => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("destination {name} is disabled (enabled = false)"),
+            );
+        }
     };
     let headers = request.headers();
     let content_type = headers
@@ -191,7 +203,11 @@ async fn post_records(
         Ok(records) => records,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match stream.accept(records, idempotency_key).await {
+    let accepted = match target {
+        Target::Stream(stream) => stream.accept(records, idempotency_key).await,
+        Target::Cluster(worker) => worker.accept(&name, records, idempotency_key).await,
+    };
+    match accepted {
         Ok(Acceptance::Fresh(accepted)) => {
             (StatusCode::ACCEPTED, axum::Json(accepted)).into_response()
         }
@@ -232,12 +248,19 @@ async fn readyz(State(service): State<Arc<Service>>) -> Response {
     let mut destinations = serde_json::Map::new();
     for (name, served) in &set.destinations {
         let state = match &served.stream {
-            None => "disabled",
             Some(_) => "accepting",
+            None if served.clustered => "accepting",
+            None => "disabled",
         };
         destinations.insert(name.clone(), json!(state));
     }
-    axum::Json(json!({ "status": "ready", "destinations": destinations })).into_response()
+    let mut ready = json!({ "status": "ready", "destinations": destinations });
+    if let Some(worker) = service.worker() {
+        let status = worker.status();
+        ready["worker"] = json!(status.worker);
+        ready["partitions"] = json!(status.partitions.keys().collect::<Vec<_>>());
+    }
+    axum::Json(ready).into_response()
 }
 
 async fn metrics_text(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {

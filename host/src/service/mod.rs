@@ -14,6 +14,7 @@
 
 pub mod account;
 pub mod admin;
+mod clustered;
 pub mod config;
 mod http;
 pub mod intake;
@@ -63,6 +64,16 @@ pub struct Environment {
     pub clock: Clock,
     /// How long a dataflow run collects records.
     pub run_length: Duration,
+    /// Serve as a worker of a JetStream cluster instead of over journals.
+    pub nats: Option<NatsOptions>,
+}
+
+/// Where the cluster is, and this worker's name in it.
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// NATS server URLs, comma-separated.
+    pub url: String,
+    pub worker: String,
 }
 
 /// The destinations being served.
@@ -84,6 +95,8 @@ pub struct Served {
     pub stream: Option<Arc<Stream>>,
     /// Closing to open again with new settings (a reload).
     pub restarting: bool,
+    /// Served by the cluster's workers (`serve --nats`), not a stream.
+    pub clustered: bool,
 }
 
 pub struct Service {
@@ -102,6 +115,8 @@ pub struct Service {
     connects: admin::connect::Connects,
     /// The address the listener was bound to.
     bound: std::sync::OnceLock<SocketAddr>,
+    /// This process as a cluster worker (`serve --nats`).
+    worker: std::sync::OnceLock<Arc<crate::cluster::Worker>>,
 }
 
 /// A destination checked and configured, not started yet.
@@ -149,9 +164,13 @@ impl Service {
                 .map(|admin| Arc::new(admin::session::Sessions::new(admin.session, clock))),
             connects: admin::connect::Connects::new(clock),
             bound: std::sync::OnceLock::new(),
+            worker: std::sync::OnceLock::new(),
         });
         let empty = service.current();
-        let set = service.build(file, empty).await?;
+        let set = match service.env.nats.clone() {
+            Some(nats) => service.build_worker(file, &nats).await?,
+            None => service.build(file, empty).await?,
+        };
         *service.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         Ok(service)
     }
@@ -210,6 +229,11 @@ impl Service {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// This process as a cluster worker, if it is one.
+    pub fn worker(&self) -> Option<&Arc<crate::cluster::Worker>> {
+        self.worker.get()
+    }
+
     /// Reads the destinations file again and serves the new set; when the
     /// file has problems, they are returned and the current set keeps
     /// running.
@@ -217,6 +241,13 @@ impl Service {
         let _one_at_a_time = self.reloading.lock().await;
         if self.draining() {
             return Ok(());
+        }
+        if self.worker().is_some() {
+            return Err(FileProblems {
+                problems: vec![
+                    "a cluster worker does not reload its destinations file: restart the workers one at a time (SIGTERM hands a worker's partitions over)".into(),
+                ],
+            });
         }
         let mut file = ServiceFile::load(&self.file_path)?;
         if let Some(listen) = self.listen_override {
@@ -240,6 +271,10 @@ impl Service {
     pub async fn drain(&self) {
         self.draining.store(true, Ordering::Release);
         let _no_reload = self.reloading.lock().await;
+        if let Some(worker) = self.worker() {
+            worker.drain().await;
+            return;
+        }
         let set = self.current();
         for served in set.destinations.values() {
             if let Some(stream) = &served.stream {
@@ -266,6 +301,7 @@ impl Service {
                         audience_labels: served.audience_labels.clone(),
                         stream: None,
                         restarting: false,
+                        clustered: false,
                     };
                     (name.clone(), Arc::new(idle))
                 })
@@ -490,6 +526,7 @@ impl Service {
                     audience_labels: p.audience_labels,
                     stream,
                     restarting: false,
+                    clustered: false,
                 }),
             );
         }

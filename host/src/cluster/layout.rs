@@ -1,0 +1,260 @@
+//! Where the cluster keeps things in JetStream: the names of its streams,
+//! subjects and key-value buckets, how an account maps to a partition, and
+//! creating them (idempotently) at a worker's start.
+//!
+//! Subjects carry the partition and the destination, never a record's
+//! key: subject cardinality costs the servers memory, and keys are
+//! unbounded.
+//!
+//! | what | where |
+//! |---|---|
+//! | records in | stream `OUTREACH_INTAKE`, subjects `outreach.intake.<PPP>.<destination>` (work queue: a message is gone once acknowledged) |
+//! | dead letters | stream `OUTREACH_LETTERS`, subjects `outreach.letters.<destination>` |
+//! | partition leases | bucket `outreach_leases`, key `pPPP`; entries expire after one lease period |
+//! | live workers | bucket `outreach_workers`, key = worker name; expire after one lease period |
+//! | tokens | bucket `outreach_tokens`, key = account |
+//! | rate budgets handed over | bucket `outreach_budgets`, key = account |
+//! | progress handed over | bucket `outreach_progress`, key `pPPP` |
+//! | run counts | bucket `outreach_runs`, key `<destination>.<period start ms>` |
+//! | the cluster's shape | bucket `outreach_cluster`, key `layout` |
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use serde::{Deserialize, Serialize};
+
+use super::ClusterError;
+
+pub const INTAKE_STREAM: &str = "OUTREACH_INTAKE";
+pub const LETTERS_STREAM: &str = "OUTREACH_LETTERS";
+pub const INTAKE_PREFIX: &str = "outreach.intake";
+pub const LETTERS_PREFIX: &str = "outreach.letters";
+pub const LEASES: &str = "outreach_leases";
+pub const WORKERS: &str = "outreach_workers";
+pub const TOKENS: &str = "outreach_tokens";
+pub const BUDGETS: &str = "outreach_budgets";
+pub const PROGRESS: &str = "outreach_progress";
+pub const RUNS: &str = "outreach_runs";
+pub const SHAPE: &str = "outreach_cluster";
+
+/// Headers of an intake message.
+pub const RECEIVED_HEADER: &str = "Outreach-Received-Ms";
+/// A replayed dead letter: the letter's sequence in the letters stream.
+pub const REPLAY_HEADER: &str = "Outreach-Replays";
+
+/// What every worker of a cluster must agree on; the first worker stores
+/// it, the others check theirs against it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    pub partitions: u16,
+    pub lease_ms: u64,
+}
+
+/// The cluster's settings (the destinations file's `[cluster]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// NATS server URLs, comma-separated.
+    pub url: String,
+    /// This worker's name (unique in the cluster).
+    pub worker: String,
+    pub shape: Shape,
+    /// Copies of every stream and bucket (1 or 3 in practice).
+    pub replicas: usize,
+    /// How long JetStream remembers a message id (idempotent producers).
+    pub duplicate_window: Duration,
+    /// Records a partition's owner holds in memory at most (more wait in
+    /// the stream).
+    pub window_records: usize,
+}
+
+impl ClusterSettings {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.shape.lease_ms)
+    }
+}
+
+/// The partition an account's records go to: FNV-1a of its name, so that
+/// every worker and every producer computes the same.
+pub fn partition_of(account: &str, partitions: u16) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in account.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u16
+}
+
+pub fn intake_subject(partition: u16, destination: &str) -> String {
+    format!("{INTAKE_PREFIX}.{partition:03}.{destination}")
+}
+
+/// The subjects of one partition (a consumer's filter).
+pub fn partition_filter(partition: u16) -> String {
+    format!("{INTAKE_PREFIX}.{partition:03}.>")
+}
+
+/// The destination an intake subject names.
+pub fn destination_of(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(INTAKE_PREFIX)?.strip_prefix('.')?;
+    let (_, destination) = rest.split_once('.')?;
+    (!destination.is_empty() && !destination.contains('.')).then_some(destination)
+}
+
+pub fn letters_subject(destination: &str) -> String {
+    format!("{LETTERS_PREFIX}.{destination}")
+}
+
+pub fn lease_key(partition: u16) -> String {
+    format!("p{partition:03}")
+}
+
+pub fn consumer_name(partition: u16) -> String {
+    format!("partition-{partition:03}")
+}
+
+/// A key-value key for an account name (names that are not valid keys are
+/// written in hex).
+pub fn account_key(account: &str) -> String {
+    let valid = !account.is_empty()
+        && account
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        account.to_owned()
+    } else {
+        let hex: String = account.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("x-{hex}")
+    }
+}
+
+pub fn run_key(destination: &str, period_ms: u64) -> String {
+    format!("{destination}.{period_ms}")
+}
+
+/// The buckets a worker uses.
+#[derive(Clone)]
+pub struct Buckets {
+    pub leases: kv::Store,
+    pub workers: kv::Store,
+    pub tokens: kv::Store,
+    pub budgets: kv::Store,
+    pub progress: kv::Store,
+    pub runs: kv::Store,
+}
+
+fn failed(what: &str) -> impl Fn(String) -> ClusterError + '_ {
+    move |e| ClusterError::Setup(format!("{what}: {e}"))
+}
+
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    history: i64,
+    replicas: usize,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name.to_owned(),
+        history,
+        max_age,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| failed(name)(e.to_string()))
+}
+
+/// Creates what is missing, checks the shape against the cluster's, and
+/// opens the buckets.
+pub async fn ensure(
+    js: &jetstream::Context,
+    settings: &ClusterSettings,
+) -> Result<Buckets, ClusterError> {
+    let replicas = settings.replicas;
+    js.get_or_create_stream(stream::Config {
+        name: INTAKE_STREAM.into(),
+        subjects: vec![format!("{INTAKE_PREFIX}.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: settings.duplicate_window,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| failed(INTAKE_STREAM)(e.to_string()))?;
+    js.get_or_create_stream(stream::Config {
+        name: LETTERS_STREAM.into(),
+        subjects: vec![format!("{LETTERS_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| failed(LETTERS_STREAM)(e.to_string()))?;
+    let shape_bucket = bucket(js, SHAPE, Duration::ZERO, 1, replicas).await?;
+    let wanted = serde_json::to_vec(&settings.shape).unwrap_or_default();
+    if shape_bucket.create("layout", wanted.into()).await.is_err() {
+        let stored = shape_bucket
+            .get("layout")
+            .await
+            .map_err(|e| failed(SHAPE)(e.to_string()))?
+            .ok_or_else(|| failed(SHAPE)("the cluster's layout is missing".into()))?;
+        let stored: Shape = serde_json::from_slice(&stored)
+            .map_err(|e| failed(SHAPE)(format!("unreadable layout: {e}")))?;
+        if stored != settings.shape {
+            return Err(ClusterError::Setup(format!(
+                "this worker's [cluster] settings (partitions = {}, lease_secs = {}) differ from the cluster's (partitions = {}, lease_secs = {}): every worker must use the same",
+                settings.shape.partitions,
+                settings.shape.lease_ms as f64 / 1000.0,
+                stored.partitions,
+                stored.lease_ms as f64 / 1000.0
+            )));
+        }
+    }
+    let lease = settings.lease();
+    Ok(Buckets {
+        leases: bucket(js, LEASES, lease, 1, replicas).await?,
+        workers: bucket(js, WORKERS, lease, 1, replicas).await?,
+        tokens: bucket(js, TOKENS, Duration::ZERO, 1, replicas).await?,
+        budgets: bucket(js, BUDGETS, Duration::ZERO, 1, replicas).await?,
+        progress: bucket(js, PROGRESS, Duration::ZERO, 1, replicas).await?,
+        runs: bucket(js, RUNS, Duration::from_secs(30 * 86_400), 1, replicas).await?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        // Fixed values: producers compute the same (documented) function.
+        assert_eq!(partition_of("", 16), (0xcbf2_9ce4_8422_2325u64 % 16) as u16);
+        let mut seen = [0u32; 16];
+        for n in 0..1600 {
+            seen[usize::from(partition_of(&format!("user{n}"), 16))] += 1;
+        }
+        assert!(seen.iter().all(|&n| (50..=150).contains(&n)), "{seen:?}");
+        assert_eq!(partition_of("anyone", 1), 0);
+    }
+
+    #[test]
+    fn subjects_name_partition_and_destination_only() {
+        let subject = intake_subject(7, "crm-east");
+        assert_eq!(subject, "outreach.intake.007.crm-east");
+        assert_eq!(destination_of(&subject), Some("crm-east"));
+        assert_eq!(destination_of("outreach.intake.007"), None);
+        assert_eq!(destination_of("outreach.intake.007.a.b"), None);
+        assert_eq!(partition_filter(7), "outreach.intake.007.>");
+    }
+
+    #[test]
+    fn account_keys_are_valid_keys() {
+        assert_eq!(account_key("sales-1"), "sales-1");
+        assert_eq!(account_key("a b"), "x-612062");
+        assert_eq!(account_key(""), "x-");
+    }
+}

@@ -1,0 +1,287 @@
+//! One worker of the cluster: it takes records for any destination (and
+//! publishes them to the intake stream), and delivers the partitions it
+//! holds leases for.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::message::PublishMessage;
+use destination_types::{PlanOutcome, RecordFate};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::layout::{self, RECEIVED_HEADER};
+use super::partition::{Letter, Owner};
+use super::{Context, leases};
+use crate::delivery::planner::plan_items;
+use crate::input::Item;
+use crate::service::stream::{AcceptError, Accepted, Acceptance, Refusal};
+
+/// A partition held, as the lease keeper sees it.
+#[derive(Clone)]
+pub struct Holding {
+    pub owner: Arc<Owner>,
+    /// Sending must stop by then unless the lease is renewed.
+    pub valid_until: Instant,
+    /// Being handed over.
+    pub releasing: bool,
+}
+
+pub struct Worker {
+    ctx: Arc<Context>,
+    owners: Mutex<BTreeMap<u16, Holding>>,
+    draining: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    releases: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a worker holds, for health checks and the status page.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStatus {
+    pub worker: String,
+    /// Partition → (updates held, records waiting).
+    pub partitions: BTreeMap<u16, (usize, usize)>,
+}
+
+impl Worker {
+    /// Starts taking partitions.
+    pub fn start(ctx: Context) -> Arc<Self> {
+        let worker = Arc::new(Self {
+            ctx: Arc::new(ctx),
+            owners: Mutex::default(),
+            draining: AtomicBool::new(false),
+            tasks: Mutex::default(),
+            releases: Mutex::default(),
+        });
+        let tasks = vec![
+            tokio::spawn(leases::keep(worker.clone())),
+            tokio::spawn(leases::watch(worker.clone())),
+        ];
+        *lock(&worker.tasks) = tasks;
+        worker
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    pub fn owners(&self) -> BTreeMap<u16, Holding> {
+        lock(&self.owners).clone()
+    }
+
+    pub fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            worker: self.ctx.settings.worker.clone(),
+            partitions: self
+                .owners()
+                .into_iter()
+                .map(|(p, h)| (p, h.owner.held()))
+                .collect(),
+        }
+    }
+
+    pub(super) fn valid_until(&self, partition: u16, until: Instant) {
+        if let Some(held) = lock(&self.owners).get_mut(&partition) {
+            held.valid_until = until;
+        }
+    }
+
+    /// Starts delivering `partition`, whose lease was just created.
+    pub(super) async fn take(&self, partition: u16, revision: u64, valid_until: Instant) -> bool {
+        match Owner::start(self.ctx.clone(), partition, revision).await {
+            Ok(owner) => {
+                lock(&self.owners).insert(
+                    partition,
+                    Holding {
+                        owner,
+                        valid_until,
+                        releasing: false,
+                    },
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(partition, "cannot take the partition: {e}");
+                false
+            }
+        }
+    }
+
+    /// Hands `partition` over in the background (its lease is renewed
+    /// until it is let go).
+    pub(super) fn release(self: &Arc<Self>, partition: u16) {
+        let owner = {
+            let mut owners = lock(&self.owners);
+            let Some(held) = owners.get_mut(&partition) else {
+                return;
+            };
+            if held.releasing {
+                return;
+            }
+            held.releasing = true;
+            held.owner.clone()
+        };
+        let worker = self.clone();
+        let task = tokio::spawn(async move {
+            owner.release(worker.ctx.grace).await;
+            lock(&worker.owners).remove(&partition);
+        });
+        lock(&self.releases).push(task);
+    }
+
+    /// Gives `partition` up at once: its lease may be someone else's.
+    pub(super) async fn lose(&self, partition: u16) {
+        let held = lock(&self.owners).remove(&partition);
+        if let Some(held) = held {
+            held.owner.lose().await;
+        }
+    }
+
+    /// Plans a batch (for the answer) and publishes its records to the
+    /// intake stream; returns once JetStream has them. Records the reader
+    /// refused are dead letters at once.
+    pub async fn accept(
+        &self,
+        destination: &str,
+        records: Vec<Item>,
+        idempotency_key: Option<String>,
+    ) -> Result<Acceptance, AcceptError> {
+        if self.is_draining() {
+            return Err(AcceptError::Draining);
+        }
+        let nats = |e: String| AcceptError::Journal(e);
+        let member = self
+            .ctx
+            .members
+            .iter()
+            .find(|m| m.name == destination)
+            .ok_or_else(|| AcceptError::Component(format!("no destination {destination}")))?
+            .clone();
+        let planned = member
+            .guest
+            .with_planner(move |d| plan_items(d, records))
+            .await
+            .map_err(|e| AcceptError::Component(e.to_string()))?;
+        let mut answer = Accepted::default();
+        let mut texts = Vec::with_capacity(planned.len());
+        let mut refused = Vec::new();
+        for (index, (item, outcome)) in planned.into_iter().enumerate() {
+            let index = index as u64;
+            if let PlanOutcome::Invalid(error) = &outcome {
+                let refusal = Refusal {
+                    index,
+                    code: error.code.clone(),
+                    message: error.message.clone(),
+                };
+                match error.fate {
+                    RecordFate::Skipped => answer.skipped.push(refusal),
+                    RecordFate::Rejected => answer.invalid.push(refusal),
+                }
+            } else {
+                answer.accepted += 1;
+            }
+            match item.refused {
+                None => texts.push(item.text),
+                Some(why) => refused.push((index, item.text, why)),
+            }
+        }
+        let now = self.ctx.clock.now_ms();
+        for (index, text, why) in refused {
+            let letter = Letter {
+                destination: destination.to_owned(),
+                code: why.code.to_owned(),
+                reason: why.message,
+                record: text,
+                received_ms: now,
+                failed_ms: now,
+                intake_seq: 0,
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                request: None,
+                response: None,
+            };
+            let payload = serde_json::to_vec(&letter).map_err(|e| nats(e.to_string()))?;
+            self.ctx
+                .js
+                .publish(layout::letters_subject(destination), payload.into())
+                .await
+                .map_err(|e| nats(e.to_string()))?
+                .await
+                .map_err(|e| nats(e.to_string()))?;
+        }
+        let first = serde_json::to_string(&answer).map_err(|e| nats(e.to_string()))?;
+        if texts.is_empty() {
+            return Ok(Acceptance::Fresh(answer));
+        }
+        let mut payload = Vec::with_capacity(texts.iter().map(|t| t.len() + 1).sum::<usize>() + 2);
+        payload.push(b'[');
+        for (i, text) in texts.iter().enumerate() {
+            if i > 0 {
+                payload.push(b',');
+            }
+            payload.extend_from_slice(text.as_bytes());
+        }
+        payload.push(b']');
+        let mut publish = PublishMessage::build()
+            .payload(payload.into())
+            .header(RECEIVED_HEADER, now.to_string().as_str());
+        if let Some(key) = &idempotency_key {
+            publish = publish.message_id(format!("{destination}/{key}"));
+        }
+        let ack = self
+            .ctx
+            .js
+            .send_publish(layout::intake_subject(member.partition, destination), publish)
+            .await
+            .map_err(|e| nats(format!("not published: {e}")))?
+            .await
+            .map_err(|e| nats(format!("not stored: {e}")))?;
+        Ok(if ack.duplicate {
+            Acceptance::Repeated(first)
+        } else {
+            Acceptance::Fresh(answer)
+        })
+    }
+
+    /// Hands every partition over and stops.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        let _ = self
+            .ctx
+            .buckets
+            .workers
+            .delete(&self.ctx.settings.worker)
+            .await;
+        let held: Vec<Arc<Owner>> = {
+            let mut owners = lock(&self.owners);
+            owners
+                .values_mut()
+                .filter(|h| !h.releasing)
+                .map(|h| {
+                    h.releasing = true;
+                    h.owner.clone()
+                })
+                .collect()
+        };
+        let grace = self.ctx.grace;
+        futures::future::join_all(held.iter().map(|owner| owner.release(grace))).await;
+        for owner in held {
+            lock(&self.owners).remove(&owner.partition);
+        }
+        let releases = std::mem::take(&mut *lock(&self.releases));
+        futures::future::join_all(releases).await;
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in &tasks {
+            task.abort();
+        }
+        futures::future::join_all(tasks).await;
+    }
+}

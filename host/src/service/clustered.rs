@@ -1,0 +1,136 @@
+//! The service as a worker of a JetStream cluster (`serve --nats`): the
+//! destinations file is checked as on one machine, then each enabled
+//! destination becomes a [`Member`] of the cluster (its component, API
+//! client, merge and budget) instead of a stream over a journal.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::cluster::{self, ClusterSettings, Context, Member, Shape, Worker, layout};
+use crate::delivery::{DeliveryOptions, retry};
+use crate::guest::Guest;
+use crate::http::ApiClient;
+use crate::queue::Merger;
+
+use super::config::{FileProblems, ServiceFile};
+use super::{NatsOptions, Served, Service, Set};
+
+fn problem(text: String) -> FileProblems {
+    FileProblems {
+        problems: vec![text],
+    }
+}
+
+impl Service {
+    /// Connects to the cluster and starts this worker over the file's
+    /// destinations.
+    pub(super) async fn build_worker(
+        &self,
+        file: ServiceFile,
+        nats: &NatsOptions,
+    ) -> Result<Set, FileProblems> {
+        let prepared = self.prepare(&file).await?;
+        let settings = ClusterSettings {
+            url: nats.url.clone(),
+            worker: nats.worker.clone(),
+            shape: Shape {
+                partitions: file.cluster.partitions,
+                lease_ms: u64::try_from(file.cluster.lease.as_millis()).unwrap_or(u64::MAX),
+            },
+            replicas: file.cluster.replicas,
+            duplicate_window: file.cluster.duplicate_window,
+            window_records: file.cluster.window_records,
+        };
+        let (js, buckets) = cluster::connect(&settings)
+            .await
+            .map_err(|e| problem(e.to_string()))?;
+        let defaults = DeliveryOptions::default();
+        let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut members = Vec::new();
+        let mut destinations = BTreeMap::new();
+        for p in prepared {
+            let label = format!("destination {:?}", p.spec.name);
+            if let Some(destination) = p.destination {
+                let api_base = p
+                    .spec
+                    .api_base
+                    .clone()
+                    .unwrap_or_else(|| p.runtime.describe().default_api_base.clone());
+                let api = ApiClient::new(&api_base, self.env.request_timeout)
+                    .map_err(|e| problem(format!("{label}: {e}")))?;
+                let guest = Arc::new(
+                    Guest::spawn_planning_on(destination, planners)
+                        .map_err(|e| problem(format!("{label}: {e}")))?,
+                );
+                let merge: Option<Merger> = guest.can_merge().then(|| {
+                    let guest = guest.clone();
+                    Arc::new(move |older: &_, newer: &_| guest.merge_blocking(older, newer))
+                        as Merger
+                });
+                let mut rate_limit = p.runtime.describe().rate_limit.clone();
+                let overrides = file.accounts.get(&p.account).cloned().unwrap_or_default();
+                if let Some(requests) = overrides.rate_limit {
+                    rate_limit.requests = requests;
+                }
+                if let Some(seconds) = overrides.rate_window_secs {
+                    rate_limit.window_seconds = seconds;
+                }
+                let oauth = match &self.env.fixed_token {
+                    Some(_) => None,
+                    None => Some((self.env.oauth_client)(&p.runtime).map_err(problem)?),
+                };
+                members.push(Arc::new(Member {
+                    name: p.spec.name.clone(),
+                    account: p.account.clone(),
+                    partition: layout::partition_of(&p.account, settings.shape.partitions),
+                    guest,
+                    api,
+                    concurrency: p.spec.concurrency,
+                    policy: retry::Policy {
+                        max_attempts: defaults.max_attempts,
+                        backoff_base: defaults.backoff_base,
+                        backoff_max: defaults.backoff_max,
+                        max_server_wait: crate::clock::MAX_SERVER_WAIT,
+                    },
+                    merge,
+                    rate_limit,
+                    oauth,
+                }));
+            }
+            let enabled = p.spec.enabled;
+            destinations.insert(
+                p.spec.name.clone(),
+                Arc::new(Served {
+                    spec: p.spec,
+                    account: p.account,
+                    audience_labels: p.audience_labels,
+                    stream: None,
+                    restarting: false,
+                    clustered: enabled,
+                }),
+            );
+        }
+        let context = Context {
+            js,
+            buckets,
+            settings,
+            members,
+            fixed_token: self.env.fixed_token.clone(),
+            clock: self.env.clock,
+            restart_after: file.login_retry,
+            run_length: self.env.run_length,
+            max_record_bytes: file.max_record_bytes,
+            grace: file.drain_timeout,
+        };
+        let worker = Worker::start(context);
+        let _ = self.worker.set(worker);
+        for (name, served) in &destinations {
+            tracing::info!(destination = %name, account = %served.account, enabled = served.clustered, "serving as a cluster worker");
+        }
+        Ok(Set {
+            file,
+            destinations,
+            accounts: BTreeMap::new(),
+        })
+    }
+}
