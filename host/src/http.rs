@@ -54,18 +54,40 @@ impl ApiClient {
         egress: impl Egress + 'static,
         timeout: Duration,
     ) -> Result<Self, ClientError> {
+        Self::build(Box::new(egress), timeout, None)
+    }
+
+    /// [`ApiClient::new`] for a cluster worker: its `User-Agent` names the
+    /// worker, so that the API's logs tell which worker sent what.
+    pub fn for_worker(
+        api_base: &str,
+        timeout: Duration,
+        worker: &str,
+    ) -> Result<Self, ClientError> {
+        let policy =
+            EgressPolicy::new(api_base).map_err(|_| ClientError::Base(api_base.to_owned()))?;
+        Self::build(Box::new(policy), timeout, Some(worker))
+    }
+
+    fn build(
+        egress: Box<dyn Egress>,
+        timeout: Duration,
+        worker: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let agent = concat!("outreach-host/", env!("CARGO_PKG_VERSION"));
+        let agent = match worker {
+            Some(worker) => format!("{agent} worker/{worker}"),
+            None => agent.to_owned(),
+        };
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(60))
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("outreach-host/", env!("CARGO_PKG_VERSION")))
+            .user_agent(agent)
             .build()
             .map_err(|e| ClientError::Build(e.to_string()))?;
-        Ok(Self {
-            egress: Box::new(egress),
-            client,
-        })
+        Ok(Self { egress, client })
     }
 
     pub fn base(&self) -> &Url {

@@ -457,7 +457,10 @@ mod tests {
             .unwrap()
             .probing_first();
         let probe = limiter.try_acquire().expect("the probe");
-        assert!(limiter.try_acquire().is_none(), "a second before any answer");
+        assert!(
+            limiter.try_acquire().is_none(),
+            "a second before any answer"
+        );
         let waiting = tokio::time::timeout(Duration::from_secs(5), limiter.acquire()).await;
         assert!(waiting.is_err(), "acquire went past the probe");
         // The answer: 2 left in this window.

@@ -107,6 +107,17 @@ pub struct Stats {
     pub invalid_grants: u64,
 }
 
+/// An authenticated prospect request, as the simulator received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub user: String,
+    pub at: SystemTime,
+    /// The `User-Agent` header (which host, which worker).
+    pub agent: String,
+    /// Refused with a 429.
+    pub rate_limited: bool,
+}
+
 /// How a user's requests are counted against the limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RateWindowKind {
@@ -141,6 +152,10 @@ struct Store {
     windows: HashMap<String, RateWindow>,
     /// Windows that ended: user, start, requests counted.
     past_windows: Vec<(String, SystemTime, u32)>,
+    /// Every authenticated prospect request: who, when, from which agent.
+    sent: Vec<Sent>,
+    /// Every update applied, per prospect: the attributes it set.
+    applied: HashMap<u64, Vec<Map<String, Value>>>,
     rng: StdRng,
     stats: Stats,
 }
@@ -193,6 +208,8 @@ impl Simulator {
                 oauth: oauth::OAuthState::default(),
                 windows: HashMap::new(),
                 past_windows: Vec::new(),
+                sent: Vec::new(),
+                applied: HashMap::new(),
                 rng: StdRng::seed_from_u64(config.seed),
                 stats: Stats::default(),
             }),
@@ -276,6 +293,54 @@ impl Simulator {
 
     pub fn stats(&self) -> Stats {
         self.shared.store().stats.clone()
+    }
+
+    /// The updates applied to prospect `id`, oldest first: the attributes
+    /// each one set.
+    pub fn applied_to(&self, id: u64) -> Vec<Map<String, Value>> {
+        self.shared
+            .store()
+            .applied
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every authenticated prospect request of `user`, in arrival order.
+    pub fn requests_of(&self, user: &str) -> Vec<Sent> {
+        self.shared
+            .store()
+            .sent
+            .iter()
+            .filter(|s| s.user == user)
+            .cloned()
+            .collect()
+    }
+
+    /// When the token endpoint minted tokens for `user` (logins and
+    /// refreshes), oldest first.
+    pub fn mints_of(&self, user: &str) -> Vec<SystemTime> {
+        self.shared.store().oauth.mints_of(user)
+    }
+
+    /// Tokens for `user` as a login would leave them: an access token with
+    /// the app's lifetime and a refresh token. Counts as a mint.
+    pub fn grant_tokens(&self, user: &str, scope: &str) -> (String, String) {
+        let lifetimes = (
+            self.shared.config.oauth.access_lifetime,
+            self.shared.config.oauth.refresh_lifetime,
+        );
+        let mut store = self.shared.store();
+        let (access, refresh) = store.oauth.grant(user, scope, lifetimes);
+        store.tokens.insert(
+            access.clone(),
+            oauth::Issued {
+                user: user.to_owned(),
+                expires: Some(SystemTime::now() + lifetimes.0),
+            },
+        );
+        store.stats.tokens_minted += 1;
+        (access, refresh)
     }
 
     /// `user`'s rate-limit windows so far, oldest first: when each started
@@ -433,6 +498,11 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Response> {
             ));
         }
     };
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let (limit, length) = (shared.config.rate_limit, shared.config.rate_window);
     let fixed = shared.config.rate_window_kind == RateWindowKind::Fixed;
     let started = if fixed {
@@ -444,6 +514,7 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Response> {
         windows,
         past_windows,
         stats,
+        sent,
         ..
     } = &mut *store;
     let window = windows
@@ -455,10 +526,16 @@ fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Response> {
         now.duration_since(window.started).unwrap_or_default() >= length
     };
     if ended {
-        past_windows.push((user, window.started, window.used));
+        past_windows.push((user.clone(), window.started, window.used));
         *window = RateWindow { started, used: 0 };
     }
     let reset = window.started + length;
+    sent.push(Sent {
+        user: user.clone(),
+        at: now,
+        agent,
+        rate_limited: window.used >= limit,
+    });
     if window.used >= limit {
         if fixed {
             window.used = window.used.saturating_add(1);

@@ -99,6 +99,8 @@ pub(super) struct OAuthState {
     pub refresh_tokens: HashMap<String, RefreshGrant>,
     last_mint: HashMap<String, Instant>,
     revoked_users: HashSet<String>,
+    /// Every mint: user, when.
+    mints: Vec<(String, SystemTime)>,
 }
 
 fn random_token(prefix: &str) -> String {
@@ -496,6 +498,7 @@ fn mint(
     }
     .unwrap_or_default();
     store.oauth.last_mint.insert(user.clone(), instant);
+    store.oauth.mints.push((user.clone(), now));
     store.stats.tokens_minted += 1;
     let access = random_token("access");
     let refresh = random_token("refresh");
@@ -536,6 +539,36 @@ fn mint(
 }
 
 impl OAuthState {
+    pub(super) fn mints_of(&self, user: &str) -> Vec<SystemTime> {
+        self.mints
+            .iter()
+            .filter(|(u, _)| u == user)
+            .map(|(_, at)| *at)
+            .collect()
+    }
+
+    /// A login's grant: a new access and refresh token, recorded as a mint.
+    pub(super) fn grant(
+        &mut self,
+        user: &str,
+        scope: &str,
+        (_, refresh_lifetime): (Duration, Duration),
+    ) -> (String, String) {
+        let now = SystemTime::now();
+        let (access, refresh) = (random_token("access"), random_token("refresh"));
+        self.refresh_tokens.insert(
+            refresh.clone(),
+            RefreshGrant {
+                user: user.to_owned(),
+                scope: scope.to_owned(),
+                expires: now + refresh_lifetime,
+            },
+        );
+        self.last_mint.insert(user.to_owned(), Instant::now());
+        self.mints.push((user.to_owned(), now));
+        (access, refresh)
+    }
+
     pub(super) fn revoke(&mut self, user: &str) {
         self.revoked_users.insert(user.to_owned());
     }

@@ -215,6 +215,14 @@ fn update(shared: &Shared, raw_id: &str, headers: &HeaderMap, body: &[u8]) -> Re
         return error_response(errors);
     }
     let mut store = shared.store();
+    if !store.prospects.contains_key(&id) {
+        return not_found(raw_id);
+    }
+    store
+        .applied
+        .entry(id)
+        .or_default()
+        .push(attributes.clone());
     let Some(prospect) = store.prospects.get_mut(&id) else {
         return not_found(raw_id);
     };

@@ -288,6 +288,52 @@ pub(crate) enum Command {
     Describe,
     /// Serve the Outreach API simulator until interrupted.
     Simulate(SimulateArgs),
+    /// A JetStream cluster's shared state (`serve --nats`): runs, dead
+    /// letters, tokens, leases.
+    Cluster {
+        /// NATS server URLs, comma-separated.
+        #[arg(long, value_name = "URL")]
+        nats: String,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Hourly runs per destination, every worker's counts added up.
+    Runs {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters, one JSON line each (the id is the letter's sequence).
+    DeadLetters {
+        /// Only this destination's.
+        #[arg(long)]
+        destination: Option<String>,
+    },
+    /// Publish the records of dead letters to the intake stream again:
+    /// they are planned with the workers' current configuration and go
+    /// after every record already queued for their account.
+    Replay {
+        /// Letter ids (from `cluster dead-letters`).
+        #[arg(long = "id", required = true)]
+        ids: Vec<u64>,
+    },
+    /// Move an account's tokens from the token store (`outreach-host login`)
+    /// into the cluster; they are removed from the store, whose refresh
+    /// token would otherwise race the cluster's.
+    ImportTokens {
+        #[arg(long, default_value = "default")]
+        account: String,
+    },
+    /// Which worker holds which partition, and what waits in each.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -2,6 +2,7 @@
 //! command, and the rendering of their output ([`render`]).
 
 pub(crate) mod args;
+mod cluster;
 mod deliver;
 mod demo;
 mod history;
@@ -108,6 +109,7 @@ pub(crate) fn run(cli: Cli) -> Result<u8> {
             }
             | Command::Plan { .. }
             | Command::Describe
+            | Command::Cluster { .. }
     ) {
         die_quietly_on_closed_pipe();
     }
@@ -118,6 +120,9 @@ pub(crate) fn run(cli: Cli) -> Result<u8> {
         Command::IngestKey { hash } => serve::ingest_key(hash),
         Command::AdminPassword => serve::admin_password(),
         Command::Simulate(args) => tokio_runtime()?.block_on(simulate(args)),
+        Command::Cluster { nats, command } => {
+            tokio_runtime()?.block_on(cluster::run(&nats, &store, command))
+        }
         Command::Auth {
             command: AuthCommand::Status { account },
         } => auth_status(&store, account.as_deref()),

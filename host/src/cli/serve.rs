@@ -137,10 +137,20 @@ fn worker_name(given: Option<String>) -> Result<String> {
             let host: String = host
                 .trim()
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .take(40)
                 .collect();
-            let host = if host.is_empty() { "worker".into() } else { host };
+            let host = if host.is_empty() {
+                "worker".into()
+            } else {
+                host
+            };
             Ok(format!("{host}-{}", std::process::id()))
         }
     }

@@ -156,15 +156,27 @@ async fn bucket(
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
-    js.create_key_value(kv::Config {
-        bucket: name.to_owned(),
-        history,
+    // The bucket's stream, as the client library would make it: its own
+    // `create_key_value` first reads the account's limits, in a form a
+    // 2.9 server does not answer.
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: history,
         max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
         num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
         ..Default::default()
     })
     .await
-    .map_err(|e| failed(name)(e.to_string()))
+    .map_err(|e| failed(name)(e.to_string()))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| failed(name)(e.to_string()))
 }
 
 /// Creates what is missing, checks the shape against the cluster's, and
@@ -195,6 +207,8 @@ pub async fn ensure(
     .await
     .map_err(|e| failed(LETTERS_STREAM)(e.to_string()))?;
     let shape_bucket = bucket(js, SHAPE, Duration::ZERO, 1, replicas).await?;
+    // Two workers starting at once both find it missing: the second
+    // creation finds the first's, same config.
     let wanted = serde_json::to_vec(&settings.shape).unwrap_or_default();
     if shape_bucket.create("layout", wanted.into()).await.is_err() {
         let stored = shape_bucket

@@ -65,11 +65,7 @@ pub async fn keep(worker: Arc<Worker>) {
         let round = Instant::now();
         let draining = worker.is_draining();
         if !draining {
-            let _ = ctx
-                .buckets
-                .workers
-                .put(&settings.worker, "{}".into())
-                .await;
+            let _ = ctx.buckets.workers.put(&settings.worker, "{}".into()).await;
         }
         renew(&worker).await;
         if !draining {
@@ -138,7 +134,12 @@ async fn balance(worker: &Arc<Worker>) {
     if keeping.len() > fair {
         // One per round: the others' share grows as they take it.
         if let Some((&partition, _)) = keeping.iter().next_back() {
-            tracing::info!(partition, live, fair, "handing a partition over (rebalance)");
+            tracing::info!(
+                partition,
+                live,
+                fair,
+                "handing a partition over (rebalance)"
+            );
             worker.release(partition);
         }
         return;
@@ -159,7 +160,11 @@ async fn balance(worker: &Arc<Worker>) {
             continue;
         };
         if worker
-            .take(partition, revision, sent + settings.lease() - margin(settings))
+            .take(
+                partition,
+                revision,
+                sent + settings.lease() - margin(settings),
+            )
             .await
         {
             holding += 1;
@@ -182,7 +187,10 @@ pub async fn watch(worker: Arc<Worker>) {
         let now = Instant::now();
         for (partition, held) in worker.owners() {
             if held.valid_until <= now && !held.owner.is_released() {
-                tracing::warn!(partition, "lease not renewed in time: stopping its deliveries");
+                tracing::warn!(
+                    partition,
+                    "lease not renewed in time: stopping its deliveries"
+                );
                 worker.lose(partition).await;
             }
         }

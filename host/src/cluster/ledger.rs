@@ -2,9 +2,8 @@
 //! their records still wait for a verdict, and how far the partition's
 //! consumer may be acknowledged.
 //!
-//! Acknowledgement is cumulative (the consumer acknowledges "everything up
-//! to here"), and only ever up to the last message of the complete prefix:
-//! a message stays unacknowledged while any record of it, or of an older
+//! Messages are acknowledged in order, and only the complete prefix: a
+//! message stays unacknowledged while any record of it, or of an older
 //! message, waits. So whatever a new owner is redelivered starts at the
 //! oldest record without a verdict and comes in the original order, and an
 //! update for a key is never sent after a newer one. What the owner
@@ -44,7 +43,7 @@ struct Message<H> {
     /// Whether any request of the record was rejected.
     rejected: Vec<bool>,
     open: usize,
-    /// What acknowledges the message (and every older one).
+    /// What acknowledges the message.
     handle: Option<H>,
 }
 
@@ -91,6 +90,11 @@ impl<H> Ledger<H> {
         true
     }
 
+    /// Whether message `seq` is neither held nor acknowledged.
+    pub fn is_new(&self, seq: u64) -> bool {
+        seq > self.seen
+    }
+
     /// One request of record `index` of message `seq` has its verdict;
     /// the record's end when it was its last.
     pub fn request_done(&mut self, seq: u64, index: u32, rejected: bool) -> Option<Finished> {
@@ -114,18 +118,20 @@ impl<H> Ledger<H> {
         })
     }
 
-    /// Takes the complete messages at the front out; the handle of the
-    /// last of them acknowledges them all.
-    pub fn ackable(&mut self) -> Option<(u64, H)> {
-        let mut last = None;
+    /// Takes the complete messages at the front out, oldest first, to be
+    /// acknowledged.
+    pub fn ackable(&mut self) -> Vec<(u64, H)> {
+        let mut complete = Vec::new();
         while let Some(entry) = self.messages.first_entry() {
             if entry.get().open > 0 {
                 break;
             }
             let (seq, mut message) = entry.remove_entry();
-            last = message.handle.take().map(|h| (seq, h)).or(last);
+            if let Some(handle) = message.handle.take() {
+                complete.push((seq, handle));
+            }
         }
-        last
+        complete
     }
 
     /// Records held that wait for a verdict.
@@ -170,12 +176,12 @@ mod tests {
         assert_eq!(ledger.open_records(), 3);
         // The newer message is complete, the older is not: nothing acks.
         assert_eq!(ledger.request_done(2, 0, false), Some(Finished::Delivered));
-        assert_eq!(ledger.ackable(), None);
+        assert!(ledger.ackable().is_empty());
         assert_eq!(ledger.request_done(1, 0, true), Some(Finished::Rejected));
-        assert_eq!(ledger.ackable(), None);
+        assert!(ledger.ackable().is_empty());
         assert_eq!(ledger.request_done(1, 1, false), Some(Finished::Delivered));
-        // All three complete: the last one's handle acks them all.
-        assert_eq!(ledger.ackable(), Some((3, "m3")));
+        // All three complete, in order.
+        assert_eq!(ledger.ackable(), vec![(1, "m1"), (2, "m2"), (3, "m3")]);
         assert_eq!(ledger.held(), 0);
         assert_eq!(ledger.open_records(), 0);
     }
@@ -212,9 +218,6 @@ mod tests {
         assert!(progress.is_done(1, 1) && !progress.is_done(1, 0));
         assert!(progress.is_done(2, 0) && progress.is_done(2, 1));
         let text = serde_json::to_string(&progress).unwrap();
-        assert_eq!(
-            serde_json::from_str::<Progress>(&text).unwrap(),
-            progress
-        );
+        assert_eq!(serde_json::from_str::<Progress>(&text).unwrap(), progress);
     }
 }

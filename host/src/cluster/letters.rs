@@ -78,13 +78,7 @@ pub async fn list(
 
 /// Publishes the records of letters `ids` to the intake stream again;
 /// returns how many were published.
-pub async fn replay(
-    js: &jetstream::Context,
-    ids: &[u64],
-    partitions: u16,
-    account_of: impl Fn(&str) -> Option<String>,
-    now_ms: u64,
-) -> Result<u64, String> {
+pub async fn replay(js: &jetstream::Context, ids: &[u64], now_ms: u64) -> Result<u64, String> {
     let stream = js
         .get_stream(layout::LETTERS_STREAM)
         .await
@@ -97,23 +91,20 @@ pub async fn replay(
             .map_err(|e| format!("letter {id}: {e}"))?;
         let letter: Letter = serde_json::from_slice(&raw.payload)
             .map_err(|e| format!("letter {id} is unreadable: {e}"))?;
-        let account = account_of(&letter.destination).ok_or_else(|| {
-            format!(
-                "letter {id}: destination {:?} is not in the destinations file",
-                letter.destination
-            )
-        })?;
-        let partition = layout::partition_of(&account, partitions);
+        let partition = letter.partition;
         let publish = PublishMessage::build()
             .payload(format!("[{}]", letter.record).into_bytes().into())
             .header(RECEIVED_HEADER, now_ms.to_string().as_str())
             .header(REPLAY_HEADER, id.to_string().as_str())
             .message_id(format!("replay-{id}"));
-        js.send_publish(layout::intake_subject(partition, &letter.destination), publish)
-            .await
-            .map_err(|e| format!("letter {id}: {e}"))?
-            .await
-            .map_err(|e| format!("letter {id}: {e}"))?;
+        js.send_publish(
+            layout::intake_subject(partition, &letter.destination),
+            publish,
+        )
+        .await
+        .map_err(|e| format!("letter {id}: {e}"))?
+        .await
+        .map_err(|e| format!("letter {id}: {e}"))?;
         replayed += 1;
     }
     Ok(replayed)

@@ -18,8 +18,8 @@
 //!   dead letters ([`letters`]).
 
 pub mod layout;
-pub mod ledger;
 pub mod leases;
+pub mod ledger;
 pub mod letters;
 pub mod partition;
 pub mod pending;
@@ -93,6 +93,16 @@ pub struct Context {
     pub grace: Duration,
 }
 
+/// The servers of a comma-separated URL list (a client fails over
+/// between them).
+pub fn server_urls(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Connects to the servers and creates the streams and buckets missing.
 pub async fn connect(
     settings: &ClusterSettings,
@@ -100,7 +110,7 @@ pub async fn connect(
     let client = async_nats::ConnectOptions::new()
         .name(format!("outreach-host {}", settings.worker))
         .retry_on_initial_connect()
-        .connect(settings.url.as_str())
+        .connect(server_urls(&settings.url).as_slice())
         .await
         .map_err(|e| ClusterError::Nats(format!("cannot connect to {}: {e}", settings.url)))?;
     let js = jetstream::new(client);

@@ -12,7 +12,7 @@
 //! the rest over ([`Progress`], the budget the API last reported, the
 //! counts). Losing the lease ([`Owner::lose`]) stops every request at once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,6 +63,8 @@ pub struct Letter {
     pub record: String,
     pub received_ms: u64,
     pub failed_ms: u64,
+    /// The partition its records go to (where a replay sends it).
+    pub partition: u16,
     /// The intake message and the record's place in it.
     pub intake_seq: u64,
     pub index: u32,
@@ -108,15 +110,16 @@ impl Books {
         let finished = lock(&self.ledger).request_done(record.seq, record.index, rejected);
         if let Some(finished) = finished {
             lock(&self.records).remove(&record);
+            // A record counts as received when it has its verdict: a
+            // record handed over undecided is counted once, by the owner
+            // that decides it.
             let delta = match finished {
                 Finished::Delivered => RunDelta {
+                    received: 1,
                     delivered: 1,
                     ..RunDelta::default()
                 },
-                Finished::Rejected => RunDelta {
-                    rejected: 1,
-                    ..RunDelta::default()
-                },
+                Finished::Rejected => RunDelta::received_rejected(1),
             };
             self.tally.add(destination, &delta);
             self.progressed.notify_waiters();
@@ -157,7 +160,12 @@ impl WorkQueue for Lane {
         lock(&self.pending).attempt_failed(&claim);
     }
 
-    async fn finish(&self, claim: Claim, verdict: Verdict, _run: RunId) -> Result<(), ClusterError> {
+    async fn finish(
+        &self,
+        claim: Claim,
+        verdict: Verdict,
+        _run: RunId,
+    ) -> Result<(), ClusterError> {
         let records = lock(&self.pending).finish(&claim);
         let name = &self.member.name;
         match verdict {
@@ -185,6 +193,7 @@ impl WorkQueue for Lane {
                         record: text,
                         received_ms,
                         failed_ms: now,
+                        partition: self.member.partition,
                         intake_seq: record.seq,
                         index: record.index,
                         request: request.clone(),
@@ -278,7 +287,7 @@ impl Owner {
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(name.clone()),
                 filter_subject: layout::partition_filter(partition),
-                ack_policy: consumer::AckPolicy::All,
+                ack_policy: consumer::AckPolicy::Explicit,
                 deliver_policy: consumer::DeliverPolicy::All,
                 ack_wait: ACK_WAIT,
                 max_ack_pending: -1,
@@ -401,7 +410,16 @@ impl Owner {
             all.await;
         }
         let ctx = &self.books.ctx;
-        ack_complete(self, &mut None).await;
+        let mut unconfirmed = VecDeque::new();
+        ack_complete(self, &mut unconfirmed).await;
+        if !unconfirmed.is_empty() {
+            // Sent again by the next owner, in order.
+            tracing::warn!(
+                partition = self.partition,
+                "{} acknowledgements not confirmed at hand-over",
+                unconfirmed.len()
+            );
+        }
         let progress = lock(&self.books.ledger).progress();
         let key = layout::lease_key(self.partition);
         let written = match serde_json::to_vec(&progress) {
@@ -422,7 +440,10 @@ impl Owner {
             .delete_expect_revision(&key, Some(self.revision()))
             .await
         {
-            tracing::warn!(partition = self.partition, "lease not let go ({e}); it expires");
+            tracing::warn!(
+                partition = self.partition,
+                "lease not let go ({e}); it expires"
+            );
         }
         tracing::info!(partition = self.partition, "partition handed over");
     }
@@ -493,7 +514,10 @@ async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, progress: Pro
             let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
                 .unwrap_or_default();
             if let Err(e) = take_in(&owner, message, seq, published_ms, &progress).await {
-                tracing::warn!(partition = owner.partition, "message {seq}: {e}; handing the partition over");
+                tracing::warn!(
+                    partition = owner.partition,
+                    "message {seq}: {e}; handing the partition over"
+                );
                 owner.stopped.store(true, Ordering::Release);
                 return;
             }
@@ -526,6 +550,7 @@ async fn take_in(
         record,
         received_ms,
         failed_ms: books.ctx.clock.now_ms(),
+        partition: owner.partition,
         intake_seq: seq,
         index,
         request: None,
@@ -543,11 +568,17 @@ async fn take_in(
         books
             .dead_letter(&letter(0, whole(), "unknown-destination", reason))
             .await?;
-        books.tally.add(&destination, &RunDelta::received_rejected(1));
+        books
+            .tally
+            .add(&destination, &RunDelta::received_rejected(1));
         lock(&books.ledger).admit(seq, Vec::new(), message);
         books.progressed.notify_waiters();
         return Ok(());
     };
+    if !lock(&books.ledger).is_new(seq) {
+        // A redelivery of a message held already.
+        return Ok(());
+    }
     let format = match message.payload.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => Format::JsonArray,
         _ => Format::Ndjson,
@@ -558,7 +589,9 @@ async fn take_in(
             books
                 .dead_letter(&letter(0, whole(), "unreadable-message", e.to_string()))
                 .await?;
-            books.tally.add(&destination, &RunDelta::received_rejected(1));
+            books
+                .tally
+                .add(&destination, &RunDelta::received_rejected(1));
             lock(&books.ledger).admit(seq, Vec::new(), message);
             books.progressed.notify_waiters();
             return Ok(());
@@ -579,7 +612,6 @@ async fn take_in(
             requests.push(0);
             continue;
         }
-        delta.received += 1;
         match outcome {
             PlanOutcome::Send(planned) if !planned.is_empty() => {
                 requests.push(u32::try_from(planned.len()).unwrap_or(u32::MAX));
@@ -595,10 +627,12 @@ async fn take_in(
             }
             PlanOutcome::Send(_) | PlanOutcome::Skip(_) => {
                 requests.push(0);
+                delta.received += 1;
                 delta.skipped += 1;
             }
             PlanOutcome::Invalid(error) if error.fate == RecordFate::Skipped => {
                 requests.push(0);
+                delta.received += 1;
                 delta.skipped += 1;
             }
             PlanOutcome::Invalid(error) => {
@@ -606,6 +640,7 @@ async fn take_in(
                     .dead_letter(&letter(index, item.text, &error.code, error.message))
                     .await?;
                 requests.push(0);
+                delta.received += 1;
                 delta.rejected += 1;
             }
         }
@@ -615,12 +650,16 @@ async fn take_in(
         // A redelivery of a message held already.
         return Ok(());
     }
-    {
-        let mut pending = lock(&lane.pending);
+    // Merging calls into the component: off the async runtime's threads.
+    let held = lane.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut pending = lock(&held.pending);
         for (request, record) in updates {
             pending.push(request, record);
         }
-    }
+    })
+    .await
+    .map_err(|e| ClusterError::Component(e.to_string()))?;
     lane.work_arrived();
     books.progressed.notify_waiters();
     Ok(())
@@ -628,7 +667,7 @@ async fn take_in(
 
 /// Acknowledges complete messages as records get their verdicts.
 async fn acknowledge(owner: Arc<Owner>) {
-    let mut unconfirmed = None;
+    let mut unconfirmed = VecDeque::new();
     loop {
         let progressed = owner.books.progressed.notified();
         tokio::pin!(progressed);
@@ -641,18 +680,21 @@ async fn acknowledge(owner: Arc<Owner>) {
     }
 }
 
-/// Acknowledges the complete prefix (and an earlier acknowledgement the
-/// servers did not confirm: a later one covers it).
-async fn ack_complete(owner: &Owner, unconfirmed: &mut Option<jetstream::Message>) {
+/// Acknowledges the complete prefix, in order, each acknowledgement
+/// confirmed by the servers: one lost would leave its message to be sent
+/// again by the next owner after newer ones.
+async fn ack_complete(owner: &Owner, unconfirmed: &mut VecDeque<jetstream::Message>) {
     let complete = lock(&owner.books.ledger).ackable();
-    if let Some((_, message)) = complete {
-        *unconfirmed = Some(message);
-    }
-    if let Some(message) = unconfirmed.take()
-        && let Err(e) = message.double_ack().await
-    {
-        tracing::warn!(partition = owner.partition, "acknowledgement not sent: {e}");
-        *unconfirmed = Some(message);
+    unconfirmed.extend(complete.into_iter().map(|(_, message)| message));
+    while let Some(message) = unconfirmed.front() {
+        if let Err(e) = message.double_ack().await {
+            tracing::warn!(
+                partition = owner.partition,
+                "acknowledgement not confirmed: {e}"
+            );
+            return;
+        }
+        unconfirmed.pop_front();
     }
 }
 
@@ -746,7 +788,10 @@ pub struct HandedBudget {
 async fn flush(owner: &Owner) {
     let ctx = &owner.books.ctx;
     for lane in owner.lanes.values() {
-        owner.books.tally.add_requests(&lane.member.name, &lane.counters);
+        owner
+            .books
+            .tally
+            .add_requests(&lane.member.name, &lane.counters);
     }
     owner.books.tally.flush(ctx).await;
     for (name, account) in &owner.accounts {

@@ -111,10 +111,7 @@ impl Pending {
             queue.taken = true;
             queue.on_wire = true;
             return Some(Attempt {
-                claim: Claim {
-                    key,
-                    seq: first.id,
-                },
+                claim: Claim { key, seq: first.id },
                 request: first.request.clone(),
             });
         }
@@ -199,7 +196,10 @@ mod tests {
     /// Merging concatenates bodies, so tests can see what merged.
     fn concatenating() -> Option<Merger> {
         Some(Arc::new(|older: &Request, newer: &Request| {
-            Some(request(&older.key, &format!("{}+{}", older.body, newer.body)))
+            Some(request(
+                &older.key,
+                &format!("{}+{}", older.body, newer.body),
+            ))
         }))
     }
 
@@ -210,14 +210,20 @@ mod tests {
         pending.push(request("b", "1"), at(2));
         pending.push(request("a", "2"), at(3));
         let first = pending.take().unwrap();
-        assert_eq!((first.claim.key.as_str(), first.request.body.as_str()), ("a", "1"));
+        assert_eq!(
+            (first.claim.key.as_str(), first.request.body.as_str()),
+            ("a", "1")
+        );
         let second = pending.take().unwrap();
         assert_eq!(second.claim.key, "b");
         // a's second update waits for the first's verdict.
         assert!(pending.take().is_none());
         assert_eq!(pending.finish(&first.claim), vec![at(1)]);
         let third = pending.take().unwrap();
-        assert_eq!((third.claim.key.as_str(), third.request.body.as_str()), ("a", "2"));
+        assert_eq!(
+            (third.claim.key.as_str(), third.request.body.as_str()),
+            ("a", "2")
+        );
         assert_eq!(pending.len(), 2);
     }
 

@@ -133,7 +133,11 @@ impl SharedTokens {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        Ok(self.current().await.map_err(|e| e.to_string())?.access_token)
+        Ok(self
+            .current()
+            .await
+            .map_err(|e| e.to_string())?
+            .access_token)
     }
 
     /// The API refused `rejected`: a new token, unless one replaced it.
@@ -212,7 +216,11 @@ async fn store_rotated(inner: &Inner, fresh: &TokenSet, revision: u64) -> Option
     let value: bytes::Bytes = serde_json::to_vec(fresh).unwrap_or_default().into();
     let mut wait = Duration::from_millis(100);
     loop {
-        match inner.bucket.update(&inner.key, value.clone(), revision).await {
+        match inner
+            .bucket
+            .update(&inner.key, value.clone(), revision)
+            .await
+        {
             Ok(new_revision) => return Some(new_revision),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                 // An earlier try may have been stored without its answer.

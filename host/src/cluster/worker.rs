@@ -16,7 +16,7 @@ use super::partition::{Letter, Owner};
 use super::{Context, leases};
 use crate::delivery::planner::plan_items;
 use crate::input::Item;
-use crate::service::stream::{AcceptError, Accepted, Acceptance, Refusal};
+use crate::service::stream::{AcceptError, Acceptance, Accepted, Refusal};
 
 /// A partition held, as the lease keeper sees it.
 #[derive(Clone)]
@@ -203,6 +203,7 @@ impl Worker {
                 record: text,
                 received_ms: now,
                 failed_ms: now,
+                partition: member.partition,
                 intake_seq: 0,
                 index: u32::try_from(index).unwrap_or(u32::MAX),
                 request: None,
@@ -239,7 +240,10 @@ impl Worker {
         let ack = self
             .ctx
             .js
-            .send_publish(layout::intake_subject(member.partition, destination), publish)
+            .send_publish(
+                layout::intake_subject(member.partition, destination),
+                publish,
+            )
             .await
             .map_err(|e| nats(format!("not published: {e}")))?
             .await

@@ -80,12 +80,10 @@ pub trait WorkQueue: Send + Sync {
 
     /// Lets a key go without a verdict; its updates stay queued.
     fn release(&self, claim: Claim) -> impl Future<Output = ()> + Send;
-
 }
 
 /// What a run needs from a queue: the work, and the history kept with it.
 pub trait Queue: WorkQueue {
-
     /// Where the queue keeps its state, for messages.
     fn location(&self) -> String;
 

@@ -56,7 +56,7 @@ impl Service {
                     .api_base
                     .clone()
                     .unwrap_or_else(|| p.runtime.describe().default_api_base.clone());
-                let api = ApiClient::new(&api_base, self.env.request_timeout)
+                let api = ApiClient::for_worker(&api_base, self.env.request_timeout, &nats.worker)
                     .map_err(|e| problem(format!("{label}: {e}")))?;
                 let guest = Arc::new(
                     Guest::spawn_planning_on(destination, planners)

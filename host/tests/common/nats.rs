@@ -1,0 +1,152 @@
+//! A NATS JetStream cluster on loopback for tests: `nats-server`
+//! processes (Debian's package) with JetStream on, routed to each other,
+//! each with its own store under the test's directory.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `nats-server` from PATH, else where Debian puts it.
+fn server_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path
+        .or_else(|| {
+            let debian = PathBuf::from("/usr/sbin/nats-server");
+            debian.is_file().then_some(debian)
+        })
+        .expect("nats-server is not installed (apt-get install nats-server)")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct NatsCluster {
+    nodes: Vec<Option<Child>>,
+    pub client_ports: Vec<u16>,
+    route_ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl NatsCluster {
+    /// `size` servers in one cluster (1: a single server, no routes).
+    pub fn start(dir: &Path, size: usize) -> Self {
+        let client_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let route_ports: Vec<u16> = (0..size).map(|_| free_port()).collect();
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            client_ports,
+            route_ports,
+            dir: dir.to_owned(),
+        };
+        for node in 0..size {
+            let child = cluster.spawn(node);
+            cluster.nodes.push(Some(child));
+        }
+        cluster
+    }
+
+    fn spawn(&self, node: usize) -> Child {
+        let store = self.dir.join(format!("nats-{node}"));
+        std::fs::create_dir_all(&store).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("nats-{node}.log"))).unwrap();
+        let mut command = Command::new(server_binary());
+        command
+            .args(["-a", "127.0.0.1", "-js", "-sd"])
+            .arg(&store)
+            .args(["-p", &self.client_ports[node].to_string()])
+            .args(["-n", &format!("n{node}")]);
+        if self.route_ports.len() > 1 {
+            let routes: Vec<String> = self
+                .route_ports
+                .iter()
+                .map(|port| format!("nats://127.0.0.1:{port}"))
+                .collect();
+            command
+                .args([
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", self.route_ports[node]),
+                ])
+                .args(["--routes", &routes.join(",")])
+                .args(["--cluster_name", "test"]);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start nats-server")
+    }
+
+    /// Every server's URL, for clients that fail over between them.
+    pub fn url(&self) -> String {
+        self.client_ports
+            .iter()
+            .map(|port| format!("nats://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until JetStream answers (a meta leader was elected).
+    pub async fn wait_ready(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ready = async {
+                let urls = outreach_host::cluster::server_urls(&self.url());
+                let client = async_nats::connect(urls.as_slice())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let js = async_nats::jetstream::new(client);
+                // A replicated stream can be made: a meta leader is elected
+                // and enough servers are up.
+                let config = async_nats::jetstream::stream::Config {
+                    name: "READY_PROBE".into(),
+                    subjects: vec!["ready.probe".into()],
+                    num_replicas: self.client_ports.len(),
+                    ..Default::default()
+                };
+                js.get_or_create_stream(config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                js.delete_stream("READY_PROBE")
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let why = match tokio::time::timeout(Duration::from_secs(2), ready).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e,
+                Err(_) => "no answer within 2 s".into(),
+            };
+            assert!(
+                Instant::now() < deadline,
+                "the NATS cluster was not ready within {limit:?}: {why}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGKILLs server `node`.
+    pub fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.kill(node);
+        }
+    }
+}
