@@ -64,11 +64,17 @@ fn value(round: usize, id: u64) -> String {
     format!("r{round}-{id}")
 }
 
+/// One cluster at a time: three servers and three workers per test are
+/// already more processes than CI's two cores, and leases are timed.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Setup {
     dir: PathBuf,
     simulator: Simulator,
     nats: NatsCluster,
     workers: Vec<Option<Service>>,
+    /// Last: held until the processes above are gone.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 fn destinations_file(dir: &Path, api_base: &str) {
@@ -133,6 +139,7 @@ fn cli(dir: &Path, nats: &str, args: &[&str]) -> std::process::Output {
 
 impl Setup {
     async fn start(name: &str) -> Self {
+        let turn = ONE_AT_A_TIME.lock().await;
         let dir = scratch("cluster", name);
         let users: Vec<(String, String)> = (0..ACCOUNTS)
             .map(|a| (user(a), "password".to_string()))
@@ -165,6 +172,7 @@ impl Setup {
             simulator,
             nats,
             workers: Vec::new(),
+            _turn: turn,
         };
         for n in 0..3 {
             let worker = setup.start_worker(n);
@@ -182,7 +190,7 @@ impl Setup {
             &format!("w{n}"),
             &self.simulator.token_url(),
         );
-        Service::start_with(&self.dir, &args, &[])
+        Service::start_with(&self.dir, &args, &[("RUST_LOG", "info")])
     }
 
     /// Logs every account in (a login's tokens) and moves the tokens into
@@ -453,5 +461,124 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
             "runs count {counted:?}, not {expected:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The accounts whose partition `worker` held (its /readyz).
+async fn accounts_of(worker: &Service) -> Vec<usize> {
+    let response = reqwest::get(worker.url("/readyz")).await.unwrap();
+    let ready: Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let partitions: BTreeSet<u64> = ready["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    (0..ACCOUNTS)
+        .filter(|&a| {
+            let p = outreach_host::cluster::layout::partition_of(&user(a), PARTITIONS);
+            partitions.contains(&u64::from(p))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_and_a_killed_server_lose_nothing_and_its_accounts_move_within_two_leases()
+{
+    let mut setup = Setup::start("failover").await;
+    let victim = 1;
+    let moved = accounts_of(setup.workers[victim].as_ref().unwrap()).await;
+    assert!(!moved.is_empty(), "the victim holds no account");
+    setup.post_round(0).await;
+    setup.post_round(1).await;
+    // Mid-run: its accounts have updates held and on the wire.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = SystemTime::now();
+    setup.workers[victim].take(); // dropped: SIGKILL
+    setup.post_round(2).await;
+    tokio::time::sleep(ROUND_GAP).await;
+    // Then a NATS server: streams and buckets keep 2 of their 3 copies.
+    setup.nats.kill(0);
+    setup.post_round(3).await;
+    setup.check_outcome().await;
+    let victim_name = format!("w{victim}");
+    let mut failovers = Vec::new();
+    for account in moved {
+        let senders = setup.senders(account);
+        let before = senders.iter().take_while(|(w, _, _)| *w == victim_name);
+        if let Some((_, _, last)) = before.last() {
+            assert!(
+                *last <= killed_at,
+                "{}: sent by the killed worker after its death",
+                user(account)
+            );
+        }
+        let after: Vec<_> = senders
+            .iter()
+            .filter(|(w, _, _)| *w != victim_name)
+            .collect();
+        let (_, first, _) = after
+            .first()
+            .unwrap_or_else(|| panic!("{}: never sent again", user(account)));
+        let failover = first.duration_since(killed_at).unwrap_or_default();
+        failovers.push(failover);
+        assert!(
+            failover < 2 * LEASE,
+            "{}: its next request came {failover:?} after the kill (lease {LEASE:?})",
+            user(account)
+        );
+    }
+    for account in 0..ACCOUNTS {
+        let senders = setup.senders(account);
+        // The kill moves an account once; a server's death may move it
+        // once more (leases not renewable while the buckets elect new
+        // leaders). Two owners at once would alternate far more.
+        assert!(senders.len() <= 3, "{}: senders {senders:?}", user(account));
+    }
+    failovers.sort();
+    eprintln!(
+        "failover (kill to the next request of a moved account): min {:?}, max {:?}, lease {LEASE:?}",
+        failovers[0],
+        failovers[failovers.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_stopped_with_sigterm_hands_over_without_sending_anything_twice() {
+    let mut setup = Setup::start("handover").await;
+    let leaving = 2;
+    let moved = accounts_of(setup.workers[leaving].as_ref().unwrap()).await;
+    setup.post_round(0).await;
+    setup.post_round(1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut worker = setup.workers[leaving].take().unwrap();
+    worker.signal(libc::SIGTERM);
+    let status = worker.wait(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}: {}", worker.log());
+    drop(worker);
+    setup.wait_balanced().await;
+    setup.post_round(2).await;
+    tokio::time::sleep(ROUND_GAP).await;
+    setup.post_round(3).await;
+    setup.check_outcome().await;
+    for account in 0..ACCOUNTS {
+        for n in 1..=PROSPECTS_PER_ACCOUNT {
+            let id = prospect(account, n);
+            let applied: Vec<String> = setup
+                .simulator
+                .applied_to(id)
+                .iter()
+                .filter_map(|a| a.get("firstName")?.as_str().map(str::to_owned))
+                .collect();
+            let distinct: BTreeSet<&String> = applied.iter().collect();
+            assert_eq!(
+                distinct.len(),
+                applied.len(),
+                "prospect {id} got an update twice: {applied:?}"
+            );
+        }
+    }
+    for account in moved {
+        assert!(setup.senders(account).len() <= 2, "{}", user(account));
     }
 }

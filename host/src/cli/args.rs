@@ -308,11 +308,15 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Dead letters, one JSON line each (the id is the letter's sequence).
+    /// Dead letters, one JSON line each, oldest first (the id is the
+    /// letter's sequence in the letters stream).
     DeadLetters {
         /// Only this destination's.
         #[arg(long)]
         destination: Option<String>,
+        /// At most this many, the newest.
+        #[arg(long, default_value_t = 1_000)]
+        limit: usize,
     },
     /// Publish the records of dead letters to the intake stream again:
     /// they are planned with the workers' current configuration and go

@@ -15,7 +15,10 @@ use super::args::ClusterCommand;
 use super::render::utc;
 
 pub(crate) async fn run(url: &str, store: &TokenStore, command: ClusterCommand) -> Result<u8> {
-    let client = async_nats::connect(outreach_host::cluster::server_urls(url).as_slice())
+    // Generous: right after a server's death, streams elect new leaders.
+    let client = async_nats::ConnectOptions::new()
+        .request_timeout(Some(std::time::Duration::from_secs(30)))
+        .connect(outreach_host::cluster::server_urls(url).as_slice())
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
     let js = jetstream::new(client);
@@ -69,8 +72,8 @@ pub(crate) async fn run(url: &str, store: &TokenStore, command: ClusterCommand) 
             }
             Ok(0)
         }
-        ClusterCommand::DeadLetters { destination } => {
-            let letters = letters::list(&js, destination.as_deref())
+        ClusterCommand::DeadLetters { destination, limit } => {
+            let letters = letters::list(&js, destination.as_deref(), limit)
                 .await
                 .map_err(anyhow::Error::msg)?;
             let mut out = std::io::stdout().lock();
@@ -105,7 +108,8 @@ pub(crate) async fn run(url: &str, store: &TokenStore, command: ClusterCommand) 
         ClusterCommand::Status { json } => {
             let leases = bucket(layout::LEASES).await?;
             let workers = bucket(layout::WORKERS).await?;
-            let live: Vec<String> = workers.keys().await?.try_collect().await?;
+            let live: std::collections::BTreeSet<String> =
+                workers.keys().await?.try_collect().await?;
             let mut held: BTreeMap<String, String> = BTreeMap::new();
             let keys: Vec<String> = leases.keys().await?.try_collect().await?;
             for key in keys {
@@ -137,6 +141,7 @@ pub(crate) async fn run(url: &str, store: &TokenStore, command: ClusterCommand) 
                 );
                 return Ok(0);
             }
+            let live: Vec<String> = live.into_iter().collect();
             println!("live workers: {}", live.join(", "));
             for (partition, worker) in &held {
                 println!(

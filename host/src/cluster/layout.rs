@@ -167,7 +167,10 @@ async fn bucket(
         storage: stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        // Reads go to the leader: a follower may answer with an older
+        // revision, and compare-and-set on it would fail (or a refresh
+        // token already used be read back).
+        allow_direct: false,
         num_replicas: replicas,
         discard: stream::DiscardPolicy::New,
         ..Default::default()

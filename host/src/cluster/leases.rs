@@ -24,7 +24,7 @@ use futures::TryStreamExt;
 use tokio::time::Instant;
 
 use super::layout::{self, ClusterSettings};
-use super::worker::Worker;
+use super::worker::{Holding, Worker};
 
 /// What a worker may hold with `live` workers up.
 pub fn share(partitions: u16, live: usize) -> usize {
@@ -55,65 +55,129 @@ fn lease_value(settings: &ClusterSettings) -> bytes::Bytes {
         .into()
 }
 
-/// Keeps this worker's leases, and its share of the partitions, until
-/// the worker drains.
+/// Keeps this worker's leases until the worker drains and holds none.
+/// Renewals go out together, and nothing else waits in this loop: taking
+/// a partition over (slow: a consumer is made) happens in [`share_out`].
 pub async fn keep(worker: Arc<Worker>) {
     let ctx = worker.context();
     let settings = &ctx.settings;
     let tick = tick(settings);
     loop {
         let round = Instant::now();
-        let draining = worker.is_draining();
-        if !draining {
+        if !worker.is_draining() {
             let _ = ctx.buckets.workers.put(&settings.worker, "{}".into()).await;
-        }
-        renew(&worker).await;
-        if !draining {
-            balance(&worker).await;
         } else if worker.owners().is_empty() {
             return;
         }
+        let owners = worker.owners();
+        futures::future::join_all(
+            owners
+                .into_iter()
+                .map(|(partition, held)| renew(&worker, partition, held)),
+        )
+        .await;
         tokio::time::sleep_until(round + tick).await;
     }
 }
 
-/// Renews every lease held; a lease that cannot be renewed is given up.
-async fn renew(worker: &Arc<Worker>) {
+/// Hands over what is beyond this worker's share and takes free
+/// partitions up to it, until the worker drains.
+pub async fn share_out(worker: Arc<Worker>) {
+    let tick = tick(&worker.context().settings);
+    while !worker.is_draining() {
+        let round = Instant::now();
+        balance(&worker).await;
+        tokio::time::sleep_until(round + tick).await;
+    }
+}
+
+/// Renews one lease; one that cannot be renewed is given up.
+async fn renew(worker: &Arc<Worker>, partition: u16, held: Holding) {
     let ctx = worker.context();
     let settings = &ctx.settings;
-    for (partition, held) in worker.owners() {
-        if held.owner.has_stopped() && !held.releasing {
-            worker.release(partition);
+    if held.owner.has_stopped() && !held.releasing {
+        worker.release(partition);
+    }
+    if held.owner.is_released() {
+        return;
+    }
+    let sent = Instant::now();
+    let key = layout::lease_key(partition);
+    match ctx
+        .buckets
+        .leases
+        .update(&key, lease_value(settings), held.owner.revision())
+        .await
+    {
+        Ok(revision) => {
+            held.owner.renewed(revision);
+            worker.valid_until(partition, sent + settings.lease() - margin(settings));
         }
-        if held.owner.is_released() {
-            continue;
+        Err(e) if held.owner.is_released() => {
+            tracing::debug!(partition, "lease of a released partition: {e}");
         }
-        let sent = Instant::now();
-        let key = layout::lease_key(partition);
-        match ctx
-            .buckets
-            .leases
-            .update(&key, lease_value(settings), held.owner.revision())
-            .await
-        {
-            Ok(revision) => {
-                held.owner.renewed(revision);
-                worker.valid_until(partition, sent + settings.lease() - margin(settings));
+        Err(e) => {
+            tracing::warn!(partition, "lease not renewed: {e}");
+            if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision {
+                // Someone else holds it now: stop at once.
+                worker.lose(partition).await;
             }
-            Err(e) if held.owner.is_released() => {
-                tracing::debug!(partition, "lease of a released partition: {e}");
-            }
-            Err(e) => {
-                tracing::warn!(partition, "lease not renewed: {e}");
-                if e.kind() == async_nats::jetstream::kv::UpdateErrorKind::WrongLastRevision {
-                    // Someone else holds it now: stop at once.
-                    worker.lose(partition).await;
-                }
-                // Otherwise the servers may just be slow: the watchdog
-                // stops sending once the lease could expire.
-            }
+            // Otherwise the servers may just be slow: the watchdog stops
+            // sending once the lease could expire.
         }
     }
+}
+
+/// Renews a lease just created, once its partition is ready: the time
+/// it took to get ready does not count against the lease.
+pub async fn confirm(worker: &Worker, partition: u16, revision: u64) -> Option<(u64, Instant)> {
+    let ctx = worker.context();
+    let settings = &ctx.settings;
+    let sent = Instant::now();
+    let revision = ctx
+        .buckets
+        .leases
+        .update(
+            layout::lease_key(partition),
+            lease_value(settings),
+            revision,
+        )
+        .await
+        .ok()?;
+    Some((revision, sent + settings.lease() - margin(settings)))
+}
+
+/// Workers whose heartbeat has not expired and who are not leaving. Read
+/// from the bucket's stream (its subjects, then each entry), not with a
+/// key listing: that makes a consumer each time, which a server's death
+/// can leave hanging.
+pub async fn live_workers(worker: &Worker) -> Result<usize, String> {
+    let ctx = worker.context();
+    let stream = ctx
+        .js
+        .get_stream(format!("KV_{}", layout::WORKERS))
+        .await
+        .map_err(|e| e.to_string())?;
+    let prefix = format!("$KV.{}.", layout::WORKERS);
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .map_err(|e| e.to_string())?
+        .try_collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut live = 0;
+    for (subject, _) in subjects {
+        let Some(key) = subject.strip_prefix(&prefix) else {
+            continue;
+        };
+        if let Ok(Some(entry)) = ctx.buckets.workers.entry(key).await
+            && entry.operation == async_nats::jetstream::kv::Operation::Put
+        {
+            live += 1;
+        }
+    }
+    Ok(live.max(1))
 }
 
 /// Hands over partitions beyond the share, takes free ones up to it.
@@ -121,12 +185,8 @@ async fn balance(worker: &Arc<Worker>) {
     let ctx = worker.context();
     let settings = &ctx.settings;
     let partitions = settings.shape.partitions;
-    let live: usize = match ctx.buckets.workers.keys().await {
-        Ok(keys) => keys
-            .try_collect::<Vec<String>>()
-            .await
-            .map_or(1, |k| k.len().max(1)),
-        Err(_) => return,
+    let Ok(live) = live_workers(worker).await else {
+        return;
     };
     let fair = share(partitions, live);
     let owners = worker.owners();
@@ -154,19 +214,11 @@ async fn balance(worker: &Arc<Worker>) {
         if keeping.contains_key(&partition) || worker.owners().contains_key(&partition) {
             continue;
         }
-        let sent = Instant::now();
         let key = layout::lease_key(partition);
         let Ok(revision) = ctx.buckets.leases.create(&key, lease_value(settings)).await else {
             continue;
         };
-        if worker
-            .take(
-                partition,
-                revision,
-                sent + settings.lease() - margin(settings),
-            )
-            .await
-        {
+        if worker.take(partition, revision).await {
             holding += 1;
         } else {
             let _ = ctx

@@ -6,10 +6,7 @@
 //! `replay-<letter>`, so that replaying twice within the stream's
 //! duplicate window sends it once).
 
-use std::time::Duration;
-
-use async_nats::jetstream::{self, consumer, message::PublishMessage};
-use futures::StreamExt;
+use async_nats::jetstream::{self, message::PublishMessage};
 use serde::Serialize;
 
 use super::layout::{self, RECEIVED_HEADER, REPLAY_HEADER};
@@ -23,57 +20,37 @@ pub struct Stored {
     pub letter: Letter,
 }
 
-/// The letters of `destination` (every destination's when `None`), oldest
-/// first.
+/// The newest `limit` letters of `destination` (every destination's when
+/// `None`), oldest first. Read message by message from the stream's
+/// leader rather than through a consumer: a consumer may be placed on a
+/// server that just died.
 pub async fn list(
     js: &jetstream::Context,
     destination: Option<&str>,
+    limit: usize,
 ) -> Result<Vec<Stored>, String> {
     let stream = js
         .get_stream(layout::LETTERS_STREAM)
         .await
         .map_err(|e| e.to_string())?;
-    let filter = match destination {
-        Some(name) => layout::letters_subject(name),
-        None => format!("{}.>", layout::LETTERS_PREFIX),
-    };
-    let consumer: consumer::PullConsumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: filter,
-            ack_policy: consumer::AckPolicy::None,
-            deliver_policy: consumer::DeliverPolicy::All,
-            inactive_threshold: Duration::from_secs(60),
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    let state = stream.get_info().await.map_err(|e| e.to_string())?.state;
+    let subject = destination.map(layout::letters_subject);
     let mut letters = Vec::new();
-    loop {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(500)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut pending = 0;
-        let mut got = 0;
-        while let Some(message) = batch.next().await {
-            let message = message.map_err(|e| e.to_string())?;
-            got += 1;
-            let Ok(info) = message.info() else { continue };
-            pending = info.pending;
-            if let Ok(letter) = serde_json::from_slice::<Letter>(&message.payload) {
-                letters.push(Stored {
-                    id: info.stream_sequence,
-                    letter,
-                });
-            }
+    let mut seq = state.last_sequence;
+    while seq >= state.first_sequence.max(1) && letters.len() < limit {
+        // A gap (a message removed) is no error.
+        if let Ok(message) = stream.get_raw_message(seq).await
+            && subject
+                .as_deref()
+                .is_none_or(|s| message.subject.as_str() == s)
+            && let Ok(letter) = serde_json::from_slice::<Letter>(&message.payload)
+        {
+            letters.push(Stored { id: seq, letter });
         }
-        if got == 0 || pending == 0 {
-            return Ok(letters);
-        }
+        seq -= 1;
     }
+    letters.reverse();
+    Ok(letters)
 }
 
 /// Publishes the records of letters `ids` to the intake stream again;

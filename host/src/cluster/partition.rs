@@ -267,13 +267,14 @@ impl Owner {
         (updates, lock(&self.books.ledger).open_records())
     }
 
-    /// Takes the partition over: a fresh consumer from the oldest message
-    /// not acknowledged, what the last owner handed over, and the workers.
+    /// Prepares to take the partition over: a fresh consumer from the
+    /// oldest message not acknowledged, what the last owner handed over,
+    /// the accounts; nothing is read or sent until [`Owner::run`].
     pub async fn start(
         ctx: Arc<Context>,
         partition: u16,
         revision: u64,
-    ) -> Result<Arc<Self>, ClusterError> {
+    ) -> Result<(Arc<Self>, consumer::PullConsumer, Progress), ClusterError> {
         let stream = ctx
             .js
             .get_stream(layout::INTAKE_STREAM)
@@ -338,22 +339,26 @@ impl Owner {
             released: AtomicBool::new(false),
             tasks: Mutex::default(),
         });
-        tracing::info!(partition, revision, "partition taken");
+        Ok((owner, consumer, progress))
+    }
+
+    /// Starts reading and delivering (once the lease is confirmed).
+    pub fn run(self: &Arc<Self>, consumer: consumer::PullConsumer, progress: Progress) {
+        tracing::info!(
+            partition = self.partition,
+            revision = self.revision(),
+            "partition taken"
+        );
         let mut tasks = vec![
-            tokio::spawn(feed(owner.clone(), consumer, progress)),
-            tokio::spawn(acknowledge(owner.clone())),
-            tokio::spawn(flush_every(owner.clone())),
+            tokio::spawn(feed(self.clone(), consumer, progress)),
+            tokio::spawn(acknowledge(self.clone())),
+            tokio::spawn(flush_every(self.clone())),
         ];
-        for lane in owner.lanes.values() {
-            let account = owner.accounts[&lane.member.account].clone();
-            tasks.push(tokio::spawn(supervise(
-                owner.clone(),
-                lane.clone(),
-                account,
-            )));
+        for lane in self.lanes.values() {
+            let account = self.accounts[&lane.member.account].clone();
+            tasks.push(tokio::spawn(supervise(self.clone(), lane.clone(), account)));
         }
-        *lock(&owner.tasks) = tasks;
-        Ok(owner)
+        *lock(&self.tasks) = tasks;
     }
 
     fn ending(&self) -> Option<Ending> {

@@ -192,7 +192,7 @@ impl SharedTokens {
                 .ok_or_else(|| OAuthError::InvalidGrant("no refresh token is stored".into()))?;
             tracing::info!(account = %inner.account, "refreshing the access token");
             let fresh = inner.client.refresh(&refresh_token).await?;
-            match store_rotated(&inner, &fresh, revision).await {
+            match store_rotated(&inner, &refresh_token, &fresh, revision).await {
                 Some(new_revision) => {
                     *lock(&inner.current) = Some((fresh, new_revision));
                     inner.refreshes.fetch_add(1, Ordering::Relaxed);
@@ -210,8 +210,14 @@ impl SharedTokens {
 
 /// Stores rotated tokens over the entry at `revision`: retried while the
 /// servers do not answer (the refresh token in `fresh` is the only one
-/// left); `None` when someone else's tokens replaced that entry.
-async fn store_rotated(inner: &Inner, fresh: &TokenSet, revision: u64) -> Option<u64> {
+/// left); `None` when someone else's tokens (a login) replaced the ones
+/// that were exchanged.
+async fn store_rotated(
+    inner: &Inner,
+    presented: &str,
+    fresh: &TokenSet,
+    mut revision: u64,
+) -> Option<u64> {
     use async_nats::jetstream::kv::UpdateErrorKind;
     let value: bytes::Bytes = serde_json::to_vec(fresh).unwrap_or_default().into();
     let mut wait = Duration::from_millis(100);
@@ -223,26 +229,35 @@ async fn store_rotated(inner: &Inner, fresh: &TokenSet, revision: u64) -> Option
         {
             Ok(new_revision) => return Some(new_revision),
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                // An earlier try may have been stored without its answer.
-                if let Ok((stored, at)) = read(&inner.bucket, &inner.account).await
-                    && stored.access_token == fresh.access_token
-                {
-                    return Some(at);
+                match read(&inner.bucket, &inner.account).await {
+                    // An earlier try was stored without its answer.
+                    Ok((stored, at)) if stored.access_token == fresh.access_token => {
+                        return Some(at);
+                    }
+                    // Still the exchanged tokens, at another revision than
+                    // was read: store over them.
+                    Ok((stored, at)) if stored.refresh_token.as_deref() == Some(presented) => {
+                        revision = at;
+                        continue;
+                    }
+                    Ok(_) => {
+                        tracing::warn!(
+                            account = %inner.account,
+                            "new tokens were stored during a refresh (a login); using those"
+                        );
+                        return None;
+                    }
+                    Err(e) => tracing::warn!(account = %inner.account, "{e}"),
                 }
-                tracing::warn!(
-                    account = %inner.account,
-                    "the cluster's tokens changed during a refresh; using the stored ones"
-                );
-                return None;
             }
             Err(e) => {
                 tracing::warn!(
                     account = %inner.account,
                     "cannot store the rotated tokens yet ({e}); trying again in {wait:?}"
                 );
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }

@@ -60,6 +60,7 @@ impl Worker {
         });
         let tasks = vec![
             tokio::spawn(leases::keep(worker.clone())),
+            tokio::spawn(leases::share_out(worker.clone())),
             tokio::spawn(leases::watch(worker.clone())),
         ];
         *lock(&worker.tasks) = tasks;
@@ -96,9 +97,18 @@ impl Worker {
     }
 
     /// Starts delivering `partition`, whose lease was just created.
-    pub(super) async fn take(&self, partition: u16, revision: u64, valid_until: Instant) -> bool {
+    pub(super) async fn take(&self, partition: u16, revision: u64) -> bool {
         match Owner::start(self.ctx.clone(), partition, revision).await {
-            Ok(owner) => {
+            Ok((owner, consumer, progress)) => {
+                // Nothing was sent yet: without a confirmed lease, nothing is.
+                let Some((revision, valid_until)) =
+                    leases::confirm(self, partition, revision).await
+                else {
+                    tracing::warn!(partition, "the lease could not be confirmed; not taken");
+                    return false;
+                };
+                owner.renewed(revision);
+                owner.run(consumer, progress);
                 lock(&self.owners).insert(
                     partition,
                     Holding {
