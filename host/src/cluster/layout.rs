@@ -8,8 +8,8 @@
 //!
 //! | what | where |
 //! |---|---|
-//! | records in | stream `OUTREACH_INTAKE`, subjects `outreach.intake.<PPP>.<destination>` (work queue: a message is gone once acknowledged) |
-//! | dead letters | stream `OUTREACH_LETTERS`, subjects `outreach.letters.<destination>` |
+//! | records in | stream `OUTREACH_INTAKE`, subjects `outreach_host.intake.<PPP>.<destination>` (work queue: a message is gone once acknowledged) |
+//! | dead letters | stream `OUTREACH_LETTERS`, subjects `outreach_host.letters.<destination>` |
 //! | partition leases | bucket `outreach_leases`, key `pPPP`; entries expire after one lease period |
 //! | live workers | bucket `outreach_workers`, key = worker name; expire after one lease period |
 //! | tokens | bucket `outreach_tokens`, key = account |
@@ -27,8 +27,8 @@ use super::ClusterError;
 
 pub const INTAKE_STREAM: &str = "OUTREACH_INTAKE";
 pub const LETTERS_STREAM: &str = "OUTREACH_LETTERS";
-pub const INTAKE_PREFIX: &str = "outreach.intake";
-pub const LETTERS_PREFIX: &str = "outreach.letters";
+pub const INTAKE_PREFIX: &str = "outreach_host.intake";
+pub const LETTERS_PREFIX: &str = "outreach_host.letters";
 pub const LEASES: &str = "outreach_leases";
 pub const WORKERS: &str = "outreach_workers";
 pub const TOKENS: &str = "outreach_tokens";
@@ -222,7 +222,7 @@ pub async fn ensure(
         let stored: Shape = serde_json::from_slice(&stored)
             .map_err(|e| failed(SHAPE)(format!("unreadable layout: {e}")))?;
         if stored != settings.shape {
-            return Err(ClusterError::Setup(format!(
+            return Err(ClusterError::Mismatch(format!(
                 "this worker's [cluster] settings (partitions = {}, lease_secs = {}) differ from the cluster's (partitions = {}, lease_secs = {}): every worker must use the same",
                 settings.shape.partitions,
                 settings.shape.lease_ms as f64 / 1000.0,
@@ -261,11 +261,11 @@ mod tests {
     #[test]
     fn subjects_name_partition_and_destination_only() {
         let subject = intake_subject(7, "crm-east");
-        assert_eq!(subject, "outreach.intake.007.crm-east");
+        assert_eq!(subject, "outreach_host.intake.007.crm-east");
         assert_eq!(destination_of(&subject), Some("crm-east"));
-        assert_eq!(destination_of("outreach.intake.007"), None);
-        assert_eq!(destination_of("outreach.intake.007.a.b"), None);
-        assert_eq!(partition_filter(7), "outreach.intake.007.>");
+        assert_eq!(destination_of("outreach_host.intake.007"), None);
+        assert_eq!(destination_of("outreach_host.intake.007.a.b"), None);
+        assert_eq!(partition_filter(7), "outreach_host.intake.007.>");
     }
 
     #[test]

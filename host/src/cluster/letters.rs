@@ -1,6 +1,6 @@
 //! Dead letters across the cluster: every worker publishes its dead
 //! letters to the replicated `OUTREACH_LETTERS` stream (one JSON
-//! [`Letter`] per message, subject `outreach.letters.<destination>`); a
+//! [`Letter`] per message, subject `outreach_host.letters.<destination>`); a
 //! letter's id is its sequence in that stream. Replaying a letter
 //! publishes its record to the intake stream again (message id
 //! `replay-<letter>`, so that replaying twice within the stream's

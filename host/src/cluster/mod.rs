@@ -48,6 +48,8 @@ pub use worker::Worker;
 pub enum ClusterError {
     #[error("cannot set up the cluster: {0}")]
     Setup(String),
+    #[error("{0}")]
+    Mismatch(String),
     #[error("NATS: {0}")]
     Nats(String),
     #[error("the component failed: {0}")]
@@ -93,6 +95,9 @@ pub struct Context {
     pub grace: Duration,
 }
 
+/// How many times setting up is tried, a second apart.
+const SETUP_TRIES: u32 = 30;
+
 /// The servers of a comma-separated URL list (a client fails over
 /// between them).
 pub fn server_urls(url: &str) -> Vec<String> {
@@ -114,8 +119,20 @@ pub async fn connect(
         .await
         .map_err(|e| ClusterError::Nats(format!("cannot connect to {}: {e}", settings.url)))?;
     let js = jetstream::new(client);
-    let buckets = layout::ensure(&js, settings).await?;
-    Ok((js, buckets))
+    // Servers that just started may still be electing their leaders.
+    let mut tries = 0;
+    loop {
+        match layout::ensure(&js, settings).await {
+            Ok(buckets) => return Ok((js, buckets)),
+            Err(e @ ClusterError::Mismatch(_)) => return Err(e),
+            Err(e) if tries < SETUP_TRIES => {
+                tries += 1;
+                tracing::warn!("the cluster is not ready ({e}); trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl Context {
