@@ -134,6 +134,11 @@ impl NatsCluster {
         }
     }
 
+    /// The running servers' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().flatten().map(Child::id).collect()
+    }
+
     /// SIGKILLs server `node`.
     pub fn kill(&mut self, node: usize) {
         if let Some(mut child) = self.nodes[node].take() {
