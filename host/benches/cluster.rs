@@ -50,7 +50,10 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("outreach-bench-cluster-{}-{name}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "outreach-bench-cluster-{}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -103,8 +106,9 @@ async fn wait_partitions(workers: &[&Service]) {
         let mut held = 0;
         for worker in workers {
             if let Ok(response) = reqwest::get(worker.url("/readyz")).await
-                && let Ok(ready) =
-                    serde_json::from_slice::<serde_json::Value>(&response.bytes().await.unwrap_or_default())
+                && let Ok(ready) = serde_json::from_slice::<serde_json::Value>(
+                    &response.bytes().await.unwrap_or_default(),
+                )
             {
                 held += ready["partitions"].as_array().map_or(0, Vec::len);
             }
@@ -130,7 +134,8 @@ async fn post(workers: &[&Service], accounts: usize, first: u64, records: u64) {
             let body: String = (base + n..base + n + size)
                 .map(|id| common::record(id) + "\n")
                 .collect();
-            let url = workers[jobs.len() % workers.len()].url(&format!("/v1/destinations/d{a:02}/records"));
+            let url = workers[jobs.len() % workers.len()]
+                .url(&format!("/v1/destinations/d{a:02}/records"));
             jobs.push((url, body));
             n += size;
         }
@@ -170,7 +175,11 @@ async fn cost(records_total: u64) {
         "  {:<34} {:>9} {:>10} {:>14} {:>18}",
         "backend", "wall s", "updates/s", "worker µs/upd", "+ NATS µs/upd"
     );
-    for (label, workers_n) in [("SQLite journal (serve)", 0), ("JetStream, 1 worker", 1), ("JetStream, 3 workers", 3)] {
+    for (label, workers_n) in [
+        ("SQLite journal (serve)", 0),
+        ("JetStream, 1 worker", 1),
+        ("JetStream, 3 workers", 3),
+    ] {
         let dir = scratch(&format!("cost-{workers_n}"));
         let simulator = Simulator::start(
             SimulatorConfig {
@@ -184,7 +193,13 @@ async fn cost(records_total: u64) {
         .await
         .unwrap();
         let token = simulator.issue_token("bench@example.com");
-        destinations_file(&dir, &simulator.api_base(), accounts, (1_000_000_000, 1), 10);
+        destinations_file(
+            &dir,
+            &simulator.api_base(),
+            accounts,
+            (1_000_000_000, 1),
+            10,
+        );
         let cluster = (workers_n > 0).then(|| NatsCluster::start(&dir, 3));
         if let Some(cluster) = &cluster {
             cluster.wait_ready(Duration::from_secs(30)).await;
@@ -205,7 +220,10 @@ async fn cost(records_total: u64) {
         post(&live, accounts, 1, per_account).await;
         while simulator.stats().updates_applied < total {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            assert!(started.elapsed() < Duration::from_secs(600), "not delivered in 10 minutes");
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "not delivered in 10 minutes"
+            );
         }
         let wall = started.elapsed().as_secs_f64();
         let worker_cpu = cpu(&worker_pids) - worker_before;
@@ -215,7 +233,11 @@ async fn cost(records_total: u64) {
             "  {label:<34} {wall:>9.1} {:>10.0} {:>14.1} {:>18}",
             total as f64 / wall,
             per(worker_cpu),
-            if cluster.is_some() { format!("{:.1}", per(worker_cpu + nats_cpu)) } else { "-".into() }
+            if cluster.is_some() {
+                format!("{:.1}", per(worker_cpu + nats_cpu))
+            } else {
+                "-".into()
+            }
         );
         drop(workers);
         drop(cluster);
@@ -247,7 +269,12 @@ async fn budget() {
     let workers: Vec<Service> = (0..3)
         .map(|n| {
             let mut args = Service::start_args(&dir);
-            args.extend(["--nats".into(), cluster.url(), "--worker".into(), format!("w{n}")]);
+            args.extend([
+                "--nats".into(),
+                cluster.url(),
+                "--worker".into(),
+                format!("w{n}"),
+            ]);
             Service::start_with(&dir, &args, &[])
         })
         .collect();
@@ -298,11 +325,18 @@ fn import_tokens(dir: &Path, url: &str, simulator: &Simulator, users: &[String])
             )
             .unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_outreach-host"))
-            .args(["--token-store", &dir.join("tokens.json").display().to_string()])
+            .args([
+                "--token-store",
+                &dir.join("tokens.json").display().to_string(),
+            ])
             .args(["cluster", "--nats", url, "import-tokens", "--account", user])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -322,13 +356,24 @@ async fn failover() {
     )
     .await
     .unwrap();
-    destinations_file(&dir, &simulator.api_base(), accounts, (1_000_000_000, 1), lease_secs);
+    destinations_file(
+        &dir,
+        &simulator.api_base(),
+        accounts,
+        (1_000_000_000, 1),
+        lease_secs,
+    );
     let cluster = NatsCluster::start(&dir, 3);
     cluster.wait_ready(Duration::from_secs(30)).await;
     let mut workers: Vec<Option<Service>> = (0..3)
         .map(|n| {
             let mut args = Service::start_args(&dir);
-            args.extend(["--nats".into(), cluster.url(), "--worker".into(), format!("w{n}")]);
+            args.extend([
+                "--nats".into(),
+                cluster.url(),
+                "--worker".into(),
+                format!("w{n}"),
+            ]);
             Some(Service::start_with(&dir, &args, &[]))
         })
         .collect();
@@ -337,14 +382,19 @@ async fn failover() {
         let live: Vec<&Service> = workers.iter().flatten().collect();
         wait_partitions(&live).await;
     }
-    let survivors: Vec<String> = vec![workers[0].as_ref().unwrap().base.clone(), workers[2].as_ref().unwrap().base.clone()];
+    let survivors: Vec<String> = vec![
+        workers[0].as_ref().unwrap().base.clone(),
+        workers[2].as_ref().unwrap().base.clone(),
+    ];
     // Records keep coming: 20 per account every 200 ms, to the survivors.
     let feeding = tokio::spawn(async move {
         let client = reqwest::Client::new();
         let mut next = 1u64;
         loop {
             for a in 0..accounts {
-                let body: String = (next..next + 20).map(|id| common::record(id) + "\n").collect();
+                let body: String = (next..next + 20)
+                    .map(|id| common::record(id) + "\n")
+                    .collect();
                 next += 20;
                 let base = &survivors[a % survivors.len()];
                 let _ = client
@@ -373,8 +423,14 @@ async fn failover() {
         if !victim {
             continue;
         }
-        if let Some(next) = sent.iter().find(|s| s.at > killed_at && !s.agent.ends_with("worker/w1")) {
-            moved.insert(user.clone(), next.at.duration_since(killed_at).unwrap_or_default());
+        if let Some(next) = sent
+            .iter()
+            .find(|s| s.at > killed_at && !s.agent.ends_with("worker/w1"))
+        {
+            moved.insert(
+                user.clone(),
+                next.at.duration_since(killed_at).unwrap_or_default(),
+            );
         }
     }
     let mut times: Vec<Duration> = moved.values().copied().collect();

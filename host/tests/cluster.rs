@@ -77,9 +77,25 @@ struct Setup {
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
+const ADMIN_PASSWORD: &str = "cluster-operator";
+
+fn password_hash(password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("admin-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), password.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
 fn destinations_file(dir: &Path, api_base: &str) {
     let mut text = format!(
-        "login_retry_secs = 1\ndrain_timeout_secs = 10\n[cluster]\npartitions = {PARTITIONS}\nlease_secs = {}\nreplicas = 3\n",
+        "login_retry_secs = 1\ndrain_timeout_secs = 10\n[admin]\nuser = \"ops\"\npassword_hash = \"{}\"\n[cluster]\npartitions = {PARTITIONS}\nlease_secs = {}\nreplicas = 3\n",
+        password_hash(ADMIN_PASSWORD),
         LEASE.as_secs()
     );
     for account in 0..ACCOUNTS {
@@ -462,6 +478,46 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Signs in to `worker`'s status page over HTTP; the session cookie.
+async fn sign_in(http: &reqwest::Client, worker: &Service) -> String {
+    let page = http.get(worker.url("/admin/sign-in")).send().await.unwrap();
+    let form_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
+    let html = page.text().await.unwrap();
+    let from = html.find("name=\"form\" value=\"").unwrap() + 19;
+    let form = &html[from..from + html[from..].find('"').unwrap()];
+    let signed_in = http
+        .post(worker.url("/admin/sign-in"))
+        .header("cookie", &form_cookie)
+        .form(&[
+            ("user", "ops"),
+            ("password", ADMIN_PASSWORD),
+            ("form", form),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("outreach_host_session="))
+        .expect("a session cookie")
+}
+
+async fn page(http: &reqwest::Client, worker: &Service, session: &str, path: &str) -> String {
+    let response = http
+        .get(worker.url(path))
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    response.text().await.unwrap()
 }
 
 /// The accounts whose partition `worker` held (its /readyz).

@@ -25,6 +25,7 @@ pub mod partition;
 pub mod pending;
 pub mod runs;
 pub mod tokens;
+pub mod view;
 pub mod worker;
 
 use std::sync::Arc;

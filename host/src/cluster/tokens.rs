@@ -85,6 +85,16 @@ impl SharedTokens {
         }
     }
 
+    /// The OAuth client refreshes go through.
+    pub fn client(&self) -> &OAuthClient {
+        &self.inner.client
+    }
+
+    /// The bucket the tokens are in.
+    pub fn bucket(&self) -> &kv::Store {
+        &self.inner.bucket
+    }
+
     /// Tokens minted by this worker's refreshes.
     pub fn refreshes(&self) -> u64 {
         self.inner.refreshes.load(Ordering::Relaxed)

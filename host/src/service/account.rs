@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use crate::delivery::{Credentials, StaticToken};
 use crate::limiter::Limiter;
-use crate::oauth::{OAuthClient, OAuthCredentials, TokenStore};
+use crate::oauth::{OAuthClient, OAuthCredentials, TokenSet, TokenStore};
 
 pub struct Account {
     pub name: String,
@@ -27,6 +27,30 @@ pub enum AccountCredentials {
         store: TokenStore,
         loaded: Mutex<Option<OAuthCredentials>>,
     },
+}
+
+/// Where a browser login's tokens go.
+pub enum TokenSink {
+    Store(TokenStore),
+    /// The cluster's tokens bucket.
+    Cluster(async_nats::jetstream::kv::Store),
+}
+
+impl TokenSink {
+    pub async fn put(&self, account: &str, tokens: &TokenSet) -> Result<(), String> {
+        match self {
+            Self::Store(store) => {
+                let (store, account, tokens) = (store.clone(), account.to_owned(), tokens.clone());
+                tokio::task::spawn_blocking(move || store.put(&account, &tokens))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            }
+            Self::Cluster(bucket) => crate::cluster::tokens::store(bucket, account, tokens)
+                .await
+                .map(|_| ()),
+        }
+    }
 }
 
 /// How an account's credentials stand, for the status page (never the
@@ -51,14 +75,21 @@ impl Account {
     pub fn connect_client(
         &self,
         redirect_uri: &str,
-    ) -> Result<Option<(OAuthClient, TokenStore)>, String> {
-        let AccountCredentials::Stored { client, store, .. } = &self.credentials else {
-            return Ok(None);
+    ) -> Result<Option<(OAuthClient, TokenSink)>, String> {
+        let (client, sink) = match &self.credentials {
+            AccountCredentials::Stored { client, store, .. } => {
+                (client.settings(), TokenSink::Store(store.clone()))
+            }
+            AccountCredentials::Shared(tokens) => (
+                tokens.client().settings(),
+                TokenSink::Cluster(tokens.bucket().clone()),
+            ),
+            AccountCredentials::Fixed(_) => return Ok(None),
         };
-        let mut settings = client.settings().clone();
+        let mut settings = client.clone();
         settings.redirect_uri = redirect_uri.to_owned();
         let client = OAuthClient::new(settings).map_err(|e| e.to_string())?;
-        Ok(Some((client, store.clone())))
+        Ok(Some((client, sink)))
     }
 
     /// New tokens were stored (a login): read them again when next needed.
@@ -74,8 +105,21 @@ impl Account {
 
     /// What the token store holds for the account now.
     pub async fn connection(&self, now_secs: u64) -> Connection {
-        let AccountCredentials::Stored { store, .. } = &self.credentials else {
-            return Connection::Fixed;
+        let store = match &self.credentials {
+            AccountCredentials::Stored { store, .. } => store,
+            AccountCredentials::Shared(tokens) => {
+                return match crate::cluster::tokens::read(tokens.bucket(), &self.name).await {
+                    Ok((tokens, _)) => Connection::Connected {
+                        expires_in: tokens.expires_at.map(|at| {
+                            i64::try_from(at).unwrap_or(i64::MAX)
+                                - i64::try_from(now_secs).unwrap_or(0)
+                        }),
+                        scope: tokens.scope,
+                    },
+                    Err(e) => Connection::NeedsLogin(e.to_string()),
+                };
+            }
+            AccountCredentials::Fixed(_) => return Connection::Fixed,
         };
         let (store, name) = (store.clone(), self.name.clone());
         match tokio::task::spawn_blocking(move || store.get(&name)).await {

@@ -12,8 +12,10 @@ use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::queue::Merger;
 
+use super::account::{Account, AccountCredentials};
 use super::config::{FileProblems, ServiceFile};
 use super::{NatsOptions, Served, Service, Set};
+use crate::cluster::tokens::SharedTokens;
 
 fn problem(text: String) -> FileProblems {
     FileProblems {
@@ -110,6 +112,35 @@ impl Service {
                 }),
             );
         }
+        // The accounts as the status page sees them (connection, Connect);
+        // delivery uses each partition owner's own.
+        let mut accounts = BTreeMap::new();
+        for member in &members {
+            if accounts.contains_key(&member.account) {
+                continue;
+            }
+            let limiter = crate::limiter::Limiter::with_clock(&member.rate_limit, self.env.clock)
+                .map_err(|e| problem(format!("account {:?}: {e}", member.account)))?;
+            let credentials = match (&self.env.fixed_token, &member.oauth) {
+                (Some(token), _) => {
+                    AccountCredentials::Fixed(crate::delivery::StaticToken(token.clone()))
+                }
+                (None, Some(client)) => AccountCredentials::Shared(SharedTokens::new(
+                    buckets.tokens.clone(),
+                    &member.account,
+                    client.clone(),
+                )),
+                (None, None) => continue,
+            };
+            accounts.insert(
+                member.account.clone(),
+                Arc::new(Account {
+                    name: member.account.clone(),
+                    limiter,
+                    credentials,
+                }),
+            );
+        }
         let context = Context {
             js,
             buckets,
@@ -130,7 +161,7 @@ impl Service {
         Ok(Set {
             file,
             destinations,
-            accounts: BTreeMap::new(),
+            accounts,
         })
     }
 }

@@ -150,6 +150,26 @@ pub(super) async fn replay(
             "No dead letter was named.",
         );
     };
+    if let Some(worker) = service.worker().filter(|_| served.clustered) {
+        return match worker.replay(u64::try_from(letter).unwrap_or(0)).await {
+            Ok(replayed) => html(
+                StatusCode::OK,
+                &ReplayedPage {
+                    csrf: Some(&session.csrf),
+                    name: &name,
+                    run: 0,
+                    replayed,
+                    held_back: Vec::new(),
+                },
+            ),
+            Err(e) => error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&session.csrf),
+                "Not replayed",
+                &sentence(&e),
+            ),
+        };
+    }
     let Some(stream) = &served.stream else {
         return error_page(
             StatusCode::CONFLICT,

@@ -16,7 +16,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::clock::Clock;
-use crate::oauth::{OAuthClient, OAuthError, PendingLogin, Redirect, TokenStore};
+use crate::oauth::{OAuthClient, OAuthError, PendingLogin, Redirect};
+use crate::service::account::TokenSink;
 
 /// How long a started login waits for its callback.
 const LOGIN_LIFE: Duration = Duration::from_secs(10 * 60);
@@ -25,7 +26,7 @@ const LOGIN_LIFE: Duration = Duration::from_secs(10 * 60);
 struct Started {
     account: String,
     client: OAuthClient,
-    store: TokenStore,
+    store: TokenSink,
     pending: PendingLogin,
     expires_ms: u64,
 }
@@ -63,7 +64,7 @@ impl Connects {
     /// Starts a login for `account` with `client` (whose redirect URI is
     /// the service's callback), its tokens to go to `store`: where to send
     /// the browser.
-    pub fn start(&self, account: &str, client: OAuthClient, store: TokenStore) -> String {
+    pub fn start(&self, account: &str, client: OAuthClient, store: TokenSink) -> String {
         let now = self.clock.now_ms();
         let (url, pending) = client.authorize_url();
         let mut started = lock(&self.started);
@@ -109,11 +110,10 @@ impl Connects {
                 )),
                 other => ConnectError::Login(other.to_string()),
             })?;
-        let name = account.clone();
-        tokio::task::spawn_blocking(move || store.put(&name, &tokens))
+        store
+            .put(&account, &tokens)
             .await
-            .map_err(|e| ConnectError::Store(e.to_string()))?
-            .map_err(|e| ConnectError::Store(e.to_string()))?;
+            .map_err(ConnectError::Store)?;
         Ok(account)
     }
 }

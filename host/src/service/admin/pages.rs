@@ -30,6 +30,8 @@ struct DestinationCard {
     hour: String,
     budget: String,
     paused: Option<String>,
+    /// In a cluster: the worker delivering it, and its partition.
+    held_by: Option<String>,
 }
 
 #[derive(Template)]
@@ -49,6 +51,10 @@ pub(super) async fn destinations(
     let mut cards = Vec::new();
     for (name, served) in &set.destinations {
         let account = set.accounts.get(&served.account).cloned();
+        let view = match service.worker() {
+            Some(worker) if served.clustered => Some(worker.view(name, &served.account).await),
+            _ => None,
+        };
         let status = match &served.stream {
             Some(stream) => stream.status().await.ok(),
             None => None,
@@ -81,8 +87,18 @@ pub(super) async fn destinations(
             },
             None => ("—".to_owned(), "muted"),
         };
-        let hour = match &served.stream {
-            Some(stream) => {
+        let hour = match (&served.stream, &view) {
+            (_, Some(view)) => match &view.hour {
+                Some(run) => format!(
+                    "{} received, {} activated, {} failed, {} skipped (every worker)",
+                    run.counts.received,
+                    run.counts.delivered,
+                    run.counts.rejected,
+                    run.counts.skipped
+                ),
+                None => "nothing yet".into(),
+            },
+            (Some(stream), None) => {
                 let current = stream.current_run();
                 match stream.read(move |journal| journal.run(current)).await {
                     Ok(run) => format!(
@@ -95,17 +111,34 @@ pub(super) async fn destinations(
                     Err(_) => "—".into(),
                 }
             }
-            None => "—".into(),
+            (None, None) => "—".into(),
         };
-        let budget = match account.as_ref().map(|a| a.limiter.budget_view()) {
-            Some((_, Some(left))) => format!("{left} requests (as the API last said)"),
-            Some((_, None)) => "not reported yet".into(),
-            None => "—".into(),
+        let budget = match (&view, account.as_ref().map(|a| a.limiter.budget_view())) {
+            (Some(view), _) => match view.budget {
+                Some((left, _)) => format!("{left} requests (as the API last told the owner)"),
+                None => "not reported yet".into(),
+            },
+            (None, budget) => match budget {
+                Some((_, Some(left))) => format!("{left} requests (as the API last said)"),
+                Some((_, None)) => "not reported yet".into(),
+                None => "—".into(),
+            },
         };
         let backlog = status.as_ref().map(|s| s.backlog).unwrap_or_default();
+        let queued = match &view {
+            Some(view) => view.waiting_messages.unwrap_or(0),
+            None => backlog.updates,
+        };
+        let held_by = view.as_ref().map(|view| {
+            format!(
+                "{} (partition {})",
+                view.held_by.as_deref().unwrap_or("no worker yet"),
+                view.partition
+            )
+        });
         cards.push(DestinationCard {
             name: name.clone(),
-            enabled: served.stream.is_some(),
+            enabled: served.stream.is_some() || served.clustered,
             account: served.account.clone(),
             connectable: !matches!(
                 account.as_ref().map(|a| &a.credentials),
@@ -113,13 +146,14 @@ pub(super) async fn destinations(
             ),
             connection,
             connection_class,
-            queued: backlog.updates,
+            queued,
             oldest_age: backlog
                 .oldest_received_ms
                 .map(|at| age(now_ms.saturating_sub(at))),
             hour,
             budget,
             paused,
+            held_by,
         });
     }
     html(
@@ -157,6 +191,22 @@ impl From<&RunRecord> for RunRow {
     }
 }
 
+/// A cluster's run: its id is the period's start (epoch ms).
+impl From<&crate::cluster::runs::ClusterRun> for RunRow {
+    fn from(r: &crate::cluster::runs::ClusterRun) -> Self {
+        Self {
+            id: i64::try_from(r.period_start_ms).unwrap_or(i64::MAX),
+            started: utc(r.period_start_ms),
+            status: "cluster (every worker)".into(),
+            received: r.counts.received,
+            delivered: r.counts.delivered,
+            rejected: r.counts.rejected,
+            skipped: r.counts.skipped,
+            pending: 0,
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "destination.html")]
 struct DestinationPage<'a> {
@@ -175,16 +225,22 @@ pub(super) async fn destination(
         Ok(served) => served,
         Err(response) => return *response,
     };
-    let runs = match read_journal(&service, &served, |journal| journal.runs(PAGE)).await {
-        Ok(runs) => runs,
-        Err(e) => return unreadable(&session, &e),
+    let runs = match service.worker() {
+        Some(worker) => match worker.runs_of(&name, PAGE).await {
+            Ok(runs) => runs.iter().map(RunRow::from).collect(),
+            Err(e) => return unreadable(&session, &e),
+        },
+        None => match read_journal(&service, &served, |journal| journal.runs(PAGE)).await {
+            Ok(runs) => runs.iter().map(RunRow::from).collect(),
+            Err(e) => return unreadable(&session, &e),
+        },
     };
     html(
         StatusCode::OK,
         &DestinationPage {
             csrf: Some(&session.csrf),
             name: &name,
-            runs: runs.iter().map(RunRow::from).collect(),
+            runs,
         },
     )
 }
@@ -225,6 +281,34 @@ pub(super) async fn run(
         Ok(served) => served,
         Err(response) => return *response,
     };
+    if let Some(worker) = service.worker() {
+        let Some(run) = worker.run_of(&name, u64::try_from(id).unwrap_or(0)).await else {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                Some(&session.csrf),
+                "Not found",
+                "There is no such run.",
+            );
+        };
+        return html(
+            StatusCode::OK,
+            &RunPage {
+                csrf: Some(&session.csrf),
+                name: &name,
+                id,
+                kind: "hourly, every worker's counts".into(),
+                status: format!("updated {}", utc(run.updated_ms)),
+                started: utc(run.period_start_ms),
+                received: run.counts.received,
+                delivered: run.counts.delivered,
+                rejected: run.counts.rejected,
+                skipped: run.counts.skipped,
+                pending: 0,
+                audiences: Vec::new(),
+                failures: Vec::new(),
+            },
+        );
+    }
     let record = match read_journal(&service, &served, move |journal| journal.run(id)).await {
         Ok(record) => record,
         Err(_) => {
@@ -294,6 +378,28 @@ impl From<DeadLetter> for LetterRow {
     }
 }
 
+/// A cluster's letter: its id is its sequence in the letters stream, its
+/// line the record's place in its intake message.
+impl From<crate::cluster::letters::Stored> for LetterRow {
+    fn from(stored: crate::cluster::letters::Stored) -> Self {
+        let l = stored.letter;
+        let record = serde_json::from_str::<serde_json::Value>(&l.record)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(l.record);
+        Self {
+            id: i64::try_from(stored.id).unwrap_or(i64::MAX),
+            run: 0,
+            line: u64::from(l.index) + 1,
+            code: l.code,
+            reason: l.reason,
+            status: l.response.as_ref().map(|r| r.status),
+            record,
+            response: l.response.map(|r| r.body),
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "letters.html")]
 struct LettersPage<'a> {
@@ -344,6 +450,29 @@ pub(super) async fn letters(
         code: Some(query.code.trim().to_owned()).filter(|c| !c.is_empty()),
         ..LetterFilter::default()
     };
+    if let Some(worker) = service.worker() {
+        let letters = match worker.letters_of(&name, PAGE).await {
+            Ok(letters) => letters,
+            Err(e) => return unreadable(&session, &e),
+        };
+        let code = filter.code.clone();
+        return html(
+            StatusCode::OK,
+            &LettersPage {
+                csrf: Some(&session.csrf),
+                name: &name,
+                enabled: served.clustered,
+                code: query.code,
+                run: query.run,
+                letters: letters
+                    .into_iter()
+                    .rev()
+                    .filter(|l| code.as_ref().is_none_or(|c| *c == l.letter.code))
+                    .map(LetterRow::from)
+                    .collect(),
+            },
+        );
+    }
     let letters = match read_journal(&service, &served, move |journal| {
         journal.dead_letters(&filter)
     })
