@@ -204,10 +204,12 @@ async fn balance(worker: &Arc<Worker>) {
         }
         return;
     }
-    let mut holding = keeping.len();
+    // Claim free partitions up to the share, then make them ready
+    // together (each takes a consumer to be made).
+    let mut claimed = Vec::new();
     let start = first_choice(&settings.worker, partitions);
     for step in 0..partitions {
-        if holding >= fair || worker.is_draining() {
+        if keeping.len() + claimed.len() >= fair || worker.is_draining() {
             break;
         }
         let partition = (start + step) % partitions;
@@ -215,19 +217,16 @@ async fn balance(worker: &Arc<Worker>) {
             continue;
         }
         let key = layout::lease_key(partition);
-        let Ok(revision) = ctx.buckets.leases.create(&key, lease_value(settings)).await else {
-            continue;
-        };
-        if worker.take(partition, revision).await {
-            holding += 1;
-        } else {
-            let _ = ctx
-                .buckets
-                .leases
-                .delete_expect_revision(&key, Some(revision))
-                .await;
+        if let Ok(revision) = ctx.buckets.leases.create(&key, lease_value(settings)).await {
+            claimed.push((partition, revision));
         }
     }
+    futures::future::join_all(
+        claimed
+            .into_iter()
+            .map(|(partition, revision)| worker.take(partition, revision)),
+    )
+    .await;
 }
 
 /// Gives up partitions whose lease could have expired; runs beside
