@@ -581,6 +581,38 @@ ingest_keys = ["{HASH}"]
     }
 
     #[test]
+    fn the_cluster_section_has_defaults_and_bounds() {
+        let minimal = "[[destinations]]\nname = \"crm\"\nconfig = {}\n";
+        let file = ServiceFile::parse(minimal, Path::new(".")).unwrap();
+        assert_eq!(file.cluster, ClusterFileSettings::default());
+        let set = format!("[cluster]\npartitions = 64\nlease_secs = 4\nreplicas = 1\n{minimal}");
+        let file = ServiceFile::parse(&set, Path::new(".")).unwrap();
+        assert_eq!(file.cluster.partitions, 64);
+        assert_eq!(file.cluster.lease, Duration::from_secs(4));
+        assert_eq!(file.cluster.replicas, 1);
+        let wrong = format!(
+            "[cluster]\npartitions = 0\nlease_secs = 1\nreplicas = 9\nwindow_records = 0\n{minimal}"
+        );
+        let problems = ServiceFile::parse(&wrong, Path::new("."))
+            .unwrap_err()
+            .problems;
+        assert_eq!(
+            problems,
+            [
+                "cluster: partitions must be 1 to 999",
+                "cluster: lease_secs must be 2 to 300",
+                "cluster: replicas must be 1 to 5",
+                "cluster: window_records must be at least 1",
+            ]
+        );
+        let typo = format!("[cluster]\npartition = 4\n{minimal}");
+        let problems = ServiceFile::parse(&typo, Path::new("."))
+            .unwrap_err()
+            .problems;
+        assert!(problems[0].contains("partition"), "{problems:?}");
+    }
+
+    #[test]
     fn duplicate_names_and_unknown_settings_are_refused() {
         let twice = "[[destinations]]\nname = \"a\"\nconfig = {}\n[[destinations]]\nname = \"a\"\nconfig = {}\n";
         let problems = ServiceFile::parse(twice, Path::new("."))
