@@ -310,25 +310,11 @@ async fn budget() {
 
 /// Logs every account in and moves its tokens into the cluster.
 fn import_tokens(dir: &Path, url: &str, simulator: &Simulator, users: &[String]) {
-    let store = outreach_host::oauth::TokenStore::new(dir.join("tokens.json"));
+    let users: Vec<&str> = users.iter().map(String::as_str).collect();
+    let store = serve::store_tokens(dir, simulator, &users);
     for user in users {
-        store
-            .put(
-                user,
-                &outreach_host::oauth::TokenSet {
-                    access_token: simulator.issue_token(user),
-                    refresh_token: None,
-                    expires_at: Some(4_000_000_000),
-                    scope: Some("prospects.all".into()),
-                    obtained_at_ms: 0,
-                },
-            )
-            .unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_outreach-host"))
-            .args([
-                "--token-store",
-                &dir.join("tokens.json").display().to_string(),
-            ])
+            .args(["--token-store", &store.display().to_string()])
             .args(["cluster", "--nats", url, "import-tokens", "--account", user])
             .output()
             .unwrap();

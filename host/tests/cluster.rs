@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::nats::NatsCluster;
 use common::scratch;
-use common::serve::{Service, eventually};
+use common::serve::{Service, eventually, password_hash, sign_in};
 use outreach_host::oauth::{TokenSet, TokenStore};
 use outreach_simulator::{OAuthApp, RateWindowKind, Simulator, SimulatorConfig};
 use serde_json::{Value, json};
@@ -79,19 +79,6 @@ struct Setup {
 
 const ADMIN_PASSWORD: &str = "cluster-operator";
 
-fn password_hash(password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
-        .arg("admin-password")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), password.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 fn destinations_file(dir: &Path, api_base: &str) {
     let mut text = format!(
         "login_retry_secs = 1\ndrain_timeout_secs = 10\n[admin]\nuser = \"ops\"\npassword_hash = \"{}\"\n[cluster]\npartitions = {PARTITIONS}\nlease_secs = {}\nreplicas = 3\n",
@@ -116,28 +103,21 @@ fn destinations_file(dir: &Path, api_base: &str) {
 }
 
 fn worker_args(dir: &Path, nats: &str, name: &str, token_url: &str) -> Vec<String> {
-    vec![
-        "--cache-dir".into(),
-        std::env::temp_dir()
-            .join(format!("outreach-cluster-cache-{}", std::process::id()))
-            .display()
-            .to_string(),
-        "--token-store".into(),
-        dir.join("tokens.json").display().to_string(),
-        "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--destinations".into(),
-        dir.join("destinations.toml").display().to_string(),
-        "--nats".into(),
-        nats.into(),
-        "--worker".into(),
-        name.into(),
-        "--token-url".into(),
-        token_url.into(),
-        "--min-token-interval".into(),
-        MINT_INTERVAL.as_secs().to_string(),
-    ]
+    let mut args = Service::start_args(dir);
+    args.extend(
+        [
+            "--nats",
+            nats,
+            "--worker",
+            name,
+            "--token-url",
+            token_url,
+            "--min-token-interval",
+            &MINT_INTERVAL.as_secs().to_string(),
+        ]
+        .map(str::to_owned),
+    );
+    args
 }
 
 fn cli(dir: &Path, nats: &str, args: &[&str]) -> std::process::Output {
@@ -478,35 +458,36 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Signs in to `worker`'s status page over HTTP; the session cookie.
-async fn sign_in(http: &reqwest::Client, worker: &Service) -> String {
-    let page = http.get(worker.url("/admin/sign-in")).send().await.unwrap();
-    let form_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
-    let html = page.text().await.unwrap();
-    let from = html.find("name=\"form\" value=\"").unwrap() + 19;
-    let form = &html[from..from + html[from..].find('"').unwrap()];
-    let signed_in = http
-        .post(worker.url("/admin/sign-in"))
-        .header("cookie", &form_cookie)
-        .form(&[
-            ("user", "ops"),
-            ("password", ADMIN_PASSWORD),
-            ("form", form),
-        ])
-        .send()
-        .await
+    // The status page of any worker shows the cluster's state: who
+    // delivers each destination, the hour's counts of every worker, the
+    // runs and the dead letters.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
         .unwrap();
-    assert_eq!(signed_in.status(), 303);
-    signed_in
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
-        .find(|c| c.starts_with("outreach_host_session="))
-        .expect("a session cookie")
+    let worker = setup.workers[0].as_ref().unwrap();
+    let session = sign_in(&http, worker, "ops", ADMIN_PASSWORD).await;
+    let overview = page(&http, worker, &session, "/admin").await;
+    assert_eq!(
+        overview.matches("Delivered by").count(),
+        ACCOUNTS,
+        "{overview}"
+    );
+    assert!(overview.contains("(every worker)"), "{overview}");
+    assert!(overview.contains("Connected ✓"), "{overview}");
+    let runs = page(&http, worker, &session, "/admin/destinations/d05").await;
+    assert!(runs.contains("cluster (every worker)"), "{runs}");
+    let letters = page(
+        &http,
+        worker,
+        &session,
+        "/admin/destinations/d05/dead-letters",
+    )
+    .await;
+    assert!(
+        letters.contains(&missing_prospect(5).to_string()),
+        "{letters}"
+    );
 }
 
 async fn page(http: &reqwest::Client, worker: &Service, session: &str, path: &str) -> String {

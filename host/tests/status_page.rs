@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::serve::{Service, eventually, store_tokens};
+use common::serve::{Service, eventually, password_hash, store_tokens};
 use common::{loopback, scratch};
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -168,19 +168,6 @@ impl Drop for Browser {
 /// A page that moved on while it was read: wait for the next one.
 async fn page_moved_on(_why: fantoccini::error::CmdError) {
     tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-fn password_hash(password: &str) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
-        .arg("admin-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut child.stdin.take().unwrap(), password.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 const CONFIG: &str = r#"{ name = "Webinar sync", identityMapping = { source = "Oid", target = "OutreachId" },

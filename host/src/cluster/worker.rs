@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::message::PublishMessage;
-use destination_types::{PlanOutcome, RecordFate};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -16,7 +15,7 @@ use super::partition::{Letter, Owner};
 use super::{Context, leases};
 use crate::delivery::planner::plan_items;
 use crate::input::Item;
-use crate::service::stream::{AcceptError, Acceptance, Accepted, Refusal};
+use crate::service::stream::{AcceptError, Acceptance, Accepted};
 
 /// A partition held, as the lease keeper sees it.
 #[derive(Clone)]
@@ -184,21 +183,9 @@ impl Worker {
         let mut answer = Accepted::default();
         let mut texts = Vec::with_capacity(planned.len());
         let mut refused = Vec::new();
-        for (index, (item, outcome)) in planned.into_iter().enumerate() {
-            let index = index as u64;
-            if let PlanOutcome::Invalid(error) = &outcome {
-                let refusal = Refusal {
-                    index,
-                    code: error.code.clone(),
-                    message: error.message.clone(),
-                };
-                match error.fate {
-                    RecordFate::Skipped => answer.skipped.push(refusal),
-                    RecordFate::Rejected => answer.invalid.push(refusal),
-                }
-            } else {
-                answer.accepted += 1;
-            }
+        for (item, outcome) in planned {
+            let index = item.line.saturating_sub(1);
+            answer.count(index, &outcome);
             match item.refused {
                 None => texts.push(item.text),
                 Some(why) => refused.push((index, item.text, why)),

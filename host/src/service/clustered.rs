@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cluster::{self, ClusterSettings, Context, Member, Shape, Worker, layout};
-use crate::delivery::{DeliveryOptions, retry};
 use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::queue::Merger;
@@ -46,7 +45,6 @@ impl Service {
         let (js, buckets) = cluster::connect(&settings)
             .await
             .map_err(|e| problem(e.to_string()))?;
-        let defaults = DeliveryOptions::default();
         let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut members = Vec::new();
         let mut destinations = BTreeMap::new();
@@ -88,12 +86,7 @@ impl Service {
                     guest,
                     api,
                     concurrency: p.spec.concurrency,
-                    policy: retry::Policy {
-                        max_attempts: defaults.max_attempts,
-                        backoff_base: defaults.backoff_base,
-                        backoff_max: defaults.backoff_max,
-                        max_server_wait: crate::clock::MAX_SERVER_WAIT,
-                    },
+                    policy: super::retry_policy(),
                     merge,
                     rate_limit,
                     oauth,

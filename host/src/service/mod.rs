@@ -68,6 +68,18 @@ pub struct Environment {
     pub nats: Option<NatsOptions>,
 }
 
+/// How a destination's requests are retried: as a command-line run's
+/// defaults.
+fn retry_policy() -> retry::Policy {
+    let defaults = DeliveryOptions::default();
+    retry::Policy {
+        max_attempts: defaults.max_attempts,
+        backoff_base: defaults.backoff_base,
+        backoff_max: defaults.backoff_max,
+        max_server_wait: crate::clock::MAX_SERVER_WAIT,
+    }
+}
+
 /// Where the cluster is, and this worker's name in it.
 #[derive(Clone, Debug)]
 pub struct NatsOptions {
@@ -616,7 +628,6 @@ impl Service {
                 api.base()
             ));
         }
-        let defaults = DeliveryOptions::default();
         let alerts = Arc::new(Alerts::new(file.alerts.clone()).map_err(|e| e.to_string())?);
         // Batches from several producers are planned at once, one per core.
         let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -625,12 +636,7 @@ impl Service {
         let settings = StreamSettings {
             name: spec.name.clone(),
             concurrency: spec.concurrency,
-            policy: retry::Policy {
-                max_attempts: defaults.max_attempts,
-                backoff_base: defaults.backoff_base,
-                backoff_max: defaults.backoff_max,
-                max_server_wait: crate::clock::MAX_SERVER_WAIT,
-            },
+            policy: retry_policy(),
             max_queued_updates: spec.max_queued_updates,
             restart_after: file.login_retry,
             run_length: self.env.run_length,

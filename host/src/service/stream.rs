@@ -70,6 +70,25 @@ pub struct Accepted {
     pub skipped: Vec<Refusal>,
 }
 
+impl Accepted {
+    /// Counts the record at `index` of the batch, planned as `outcome`.
+    pub fn count(&mut self, index: u64, outcome: &PlanOutcome) {
+        let PlanOutcome::Invalid(error) = outcome else {
+            self.accepted += 1;
+            return;
+        };
+        let refusal = Refusal {
+            index,
+            code: error.code.clone(),
+            message: error.message.clone(),
+        };
+        match error.fate {
+            RecordFate::Skipped => self.skipped.push(refusal),
+            RecordFate::Rejected => self.invalid.push(refusal),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Refusal {
     /// The record's position in the batch, from 0.
@@ -327,21 +346,7 @@ impl Stream {
         let mut answer = Accepted::default();
         let mut batch = Vec::with_capacity(planned.len());
         for (item, outcome) in planned {
-            let index = item.line.saturating_sub(1);
-            match &outcome {
-                PlanOutcome::Invalid(error) => {
-                    let refusal = Refusal {
-                        index,
-                        code: error.code.clone(),
-                        message: error.message.clone(),
-                    };
-                    match error.fate {
-                        RecordFate::Skipped => answer.skipped.push(refusal),
-                        RecordFate::Rejected => answer.invalid.push(refusal),
-                    }
-                }
-                _ => answer.accepted += 1,
-            }
+            answer.count(item.line.saturating_sub(1), &outcome);
             batch.push(Incoming {
                 line: item.line,
                 outcome,

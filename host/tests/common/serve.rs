@@ -152,3 +152,53 @@ pub fn first_name(simulator: &Simulator, id: u64) -> Option<String> {
         .as_str()
         .map(str::to_owned)
 }
+
+/// The status page's password hash for `password`, as
+/// `outreach-host admin-password` prints it.
+pub fn password_hash(password: &str) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("admin-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), password.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Signs in to `service`'s status page over HTTP as `user`, through the
+/// sign-in form; the session cookie (`name=value`).
+pub async fn sign_in(
+    http: &reqwest::Client,
+    service: &Service,
+    user: &str,
+    password: &str,
+) -> String {
+    let page = http
+        .get(service.url("/admin/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let form_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
+    let html = page.text().await.unwrap();
+    let from = html.find("name=\"form\" value=\"").unwrap() + 19;
+    let form = &html[from..from + html[from..].find('"').unwrap()];
+    let signed_in = http
+        .post(service.url("/admin/sign-in"))
+        .header("cookie", &form_cookie)
+        .form(&[("user", user), ("password", password), ("form", form)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    signed_in
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|c| c.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("outreach_host_session="))
+        .expect("a session cookie")
+}
