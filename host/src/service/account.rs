@@ -32,8 +32,8 @@ pub enum AccountCredentials {
 /// Where a browser login's tokens go.
 pub enum TokenSink {
     Store(TokenStore),
-    /// The cluster's tokens bucket.
-    Cluster(async_nats::jetstream::kv::Store),
+    /// The cluster's tokens bucket (a large handle: boxed).
+    Cluster(Box<async_nats::jetstream::kv::Store>),
 }
 
 impl TokenSink {
@@ -82,7 +82,7 @@ impl Account {
             }
             AccountCredentials::Shared(tokens) => (
                 tokens.client().settings(),
-                TokenSink::Cluster(tokens.bucket().clone()),
+                TokenSink::Cluster(Box::new(tokens.bucket().clone())),
             ),
             AccountCredentials::Fixed(_) => return Ok(None),
         };
