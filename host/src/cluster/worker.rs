@@ -167,7 +167,7 @@ impl Worker {
         if self.is_draining() {
             return Err(AcceptError::Draining);
         }
-        let nats = |e: String| AcceptError::Journal(e);
+        let nats = AcceptError::Cluster;
         let member = self
             .ctx
             .members

@@ -7,7 +7,10 @@
 //! where it keeps its state is its own business.
 //!
 //! [`JournalQueue`] (`journal.rs`) is the single-machine implementation:
-//! the SQLite journal ([`crate::journal`]) on a thread of its own.
+//! the SQLite journal ([`crate::journal`]) on a thread of its own. A
+//! cluster's partition owner implements the workers' part
+//! ([`WorkQueue`]) over updates it holds in memory, its durable state
+//! being JetStream's ([`crate::cluster`]).
 
 mod journal;
 

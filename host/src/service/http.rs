@@ -296,7 +296,7 @@ async fn metrics_text(State(service): State<Arc<Service>>, headers: HeaderMap) -
         destinations.push(DestinationFigures {
             name: name.clone(),
             account: served.account.clone(),
-            enabled: served.stream.is_some(),
+            enabled: served.stream.is_some() || served.clustered,
             status,
             now_ms,
         });

@@ -114,6 +114,8 @@ pub enum AcceptError {
     OverQuota { queued: u64, limit: u64 },
     #[error("the journal failed: {0}")]
     Journal(String),
+    #[error("the cluster did not take the records: {0}")]
+    Cluster(String),
     #[error("the component is gone: {0}")]
     Component(String),
 }
