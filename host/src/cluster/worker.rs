@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::message::PublishMessage;
+use std::time::Duration;
+
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -16,6 +18,9 @@ use super::{Context, leases};
 use crate::delivery::planner::plan_items;
 use crate::input::Item;
 use crate::service::stream::{AcceptError, Acceptance, Accepted};
+
+/// Publishing a batch is tried this many times more (0.25 + 0.5 + 1 s).
+const PUBLISH_TRIES: u32 = 3;
 
 /// A partition held, as the lease keeper sees it.
 #[derive(Clone)]
@@ -228,23 +233,37 @@ impl Worker {
             payload.extend_from_slice(text.as_bytes());
         }
         payload.push(b']');
-        let mut publish = PublishMessage::build()
-            .payload(payload.into())
-            .header(RECEIVED_HEADER, now.to_string().as_str());
-        if let Some(key) = &idempotency_key {
-            publish = publish.message_id(format!("{destination}/{key}"));
-        }
-        let ack = self
-            .ctx
-            .js
-            .send_publish(
-                layout::intake_subject(member.partition, destination),
-                publish,
-            )
-            .await
-            .map_err(|e| nats(format!("not published: {e}")))?
-            .await
-            .map_err(|e| nats(format!("not stored: {e}")))?;
+        let payload: bytes::Bytes = payload.into();
+        let subject = layout::intake_subject(member.partition, destination);
+        // While the servers elect a new stream leader (a server died),
+        // publishing fails for a moment: try a few times before answering
+        // 503. A try whose acknowledgement was lost may have been stored:
+        // with a message id JetStream drops the repeat; without one the
+        // records are sent twice, in order (at least once).
+        let mut wait = Duration::from_millis(250);
+        let mut tries = 0;
+        let ack = loop {
+            let mut publish = PublishMessage::build()
+                .payload(payload.clone())
+                .header(RECEIVED_HEADER, now.to_string().as_str());
+            if let Some(key) = &idempotency_key {
+                publish = publish.message_id(format!("{destination}/{key}"));
+            }
+            let stored = match self.ctx.js.send_publish(subject.clone(), publish).await {
+                Ok(ack) => ack.await.map_err(|e| format!("not stored: {e}")),
+                Err(e) => Err(format!("not published: {e}")),
+            };
+            match stored {
+                Ok(ack) => break ack,
+                Err(e) if tries >= PUBLISH_TRIES => return Err(nats(e)),
+                Err(e) => {
+                    tracing::debug!(%destination, "publishing again: {e}");
+                    tries += 1;
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+            }
+        };
         Ok(if ack.duplicate {
             Acceptance::Repeated(first)
         } else {

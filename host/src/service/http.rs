@@ -22,6 +22,8 @@ use super::{Service, Set};
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// Retry-After for a destination over its queue quota, seconds.
 const OVER_QUOTA_RETRY_SECS: u64 = 10;
+/// Retry-After while the cluster does not take records, seconds.
+const CLUSTER_RETRY_SECS: u64 = 2;
 /// Retry-After while the service shuts down, seconds.
 const DRAINING_RETRY_SECS: u64 = 5;
 
@@ -229,6 +231,13 @@ async fn post_records(
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             DRAINING_RETRY_SECS,
         ),
+        Err(e @ AcceptError::Cluster(_)) => {
+            tracing::warn!(destination = %name, "intake failed: {e}");
+            with_retry_after(
+                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                CLUSTER_RETRY_SECS,
+            )
+        }
         Err(e) => {
             tracing::error!(destination = %name, "intake failed: {e}");
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
