@@ -9,8 +9,8 @@
 use async_nats::jetstream::{self, message::PublishMessage};
 use serde::Serialize;
 
+use super::lane::Letter;
 use super::layout::{self, RECEIVED_HEADER, REPLAY_HEADER};
-use super::partition::Letter;
 
 /// A letter and its id.
 #[derive(Clone, Debug, Serialize)]

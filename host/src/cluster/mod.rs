@@ -10,13 +10,15 @@
 //!   worker delivers a partition only while it holds the partition's lease
 //!   in a key-value bucket, so an account's limiter and token refresher
 //!   live in one place at a time.
-//! - **Delivery** ([`partition`]): the owner plans, holds updates in
-//!   memory ([`pending`]), delivers them with the single-machine workers,
-//!   and acknowledges intake messages as records get verdicts
-//!   ([`ledger`]).
+//! - **Delivery** ([`partition`]): the owner reads its partition (`feed`),
+//!   plans, holds updates in memory ([`pending`]; `lane` is the workers'
+//!   view), delivers them with the single-machine workers, and
+//!   acknowledges intake messages as records get verdicts ([`ledger`]).
 //! - **State across workers**: tokens ([`tokens`]), run counts ([`runs`]),
 //!   dead letters ([`letters`]).
 
+mod feed;
+mod lane;
 pub mod layout;
 pub mod leases;
 pub mod ledger;
@@ -42,6 +44,7 @@ use crate::limiter::Limiter;
 use crate::oauth::OAuthClient;
 use crate::queue::Merger;
 use crate::service::account::{Account, AccountCredentials};
+pub use lane::Letter;
 pub use layout::{Buckets, ClusterSettings, Shape};
 pub use worker::Worker;
 

@@ -1,48 +1,40 @@
-//! One partition while this worker holds its lease: the partition's
-//! consumer feeds intake messages in stream order; their records are
-//! planned by each destination's component and held as updates
-//! ([`Pending`], one per destination), delivered by the same workers as on
-//! one machine ([`Dispatcher`]) under the account's limiter and shared
-//! tokens. Messages are acknowledged as their records get verdicts
-//! ([`Ledger`]): dead letters are published (and acknowledged by
-//! JetStream) before the records they hold are counted done.
+//! One partition while this worker holds its lease: [`Owner::start`]
+//! makes the partition's consumer and accounts, [`Owner::run`] starts the
+//! feed (`feed.rs`), the destinations' workers (each over its `Lane`), the
+//! in-order acknowledgements and the periodic writes of counts and
+//! budgets. Messages are acknowledged as their records get verdicts
+//! ([`super::ledger`]).
 //!
 //! Letting go gracefully ([`Owner::release`]) stops the feed, lets the
 //! updates on the wire finish, acknowledges what is complete and hands
 //! the rest over ([`Progress`], the budget the API last reported, the
 //! counts). Losing the lease ([`Owner::lose`]) stops every request at once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use destination_types::{PlanOutcome, RecordFate, Request, Response};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::layout::{self, RECEIVED_HEADER};
-use super::ledger::{Finished, Ledger, Progress};
-use super::pending::{Pending, RecordRef};
-use super::runs::{RunDelta, Tally};
-use super::{ClusterError, Context, Member};
+use super::feed::feed;
+use super::lane::{Books, Lane};
+use super::layout;
+use super::ledger::Progress;
+use super::pending::Pending;
+use super::runs::Tally;
+use super::{ClusterError, Context};
 use crate::delivery::Credentials as _;
 use crate::delivery::control::Control;
 use crate::delivery::dispatch::{Counters, Dispatcher};
-use crate::delivery::planner::plan_items;
-use crate::journal::{Attempt, Claim, RunId, Verdict};
 use crate::limiter::Line;
-use crate::queue::WorkQueue;
 use crate::service::account::Account;
-use crate::service::intake::{self, Format};
 
-/// Messages asked for per pull.
-const PULL_BATCH: usize = 200;
 /// How long a pull waits for messages before asking again.
-const PULL_WAIT: Duration = Duration::from_secs(1);
+pub(super) const PULL_WAIT: Duration = Duration::from_secs(1);
 /// How often counts and budgets are written to the cluster.
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// A held message is redelivered only after this (a new owner makes its
@@ -53,169 +45,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A dead letter as the letters stream keeps it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Letter {
-    pub destination: String,
-    pub code: String,
-    pub reason: String,
-    /// The record as received.
-    pub record: String,
-    pub received_ms: u64,
-    pub failed_ms: u64,
-    /// The partition its records go to (where a replay sends it).
-    pub partition: u16,
-    /// The intake message and the record's place in it.
-    pub intake_seq: u64,
-    pub index: u32,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub request: Option<Request>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub response: Option<Response>,
-}
-
-/// A record held: its text (for a dead letter) and when it arrived.
-struct Held {
-    text: String,
-    received_ms: u64,
-}
-
-/// What the partition's tasks share about its messages.
-struct Books {
-    ctx: Arc<Context>,
-    ledger: Mutex<Ledger<jetstream::Message>>,
-    records: Mutex<HashMap<RecordRef, Held>>,
-    tally: Tally,
-    /// A record got its verdict (an acknowledgement may be due, and room
-    /// in the window freed).
-    progressed: Notify,
-}
-
-impl Books {
-    /// Publishes a dead letter and waits for JetStream to have it.
-    async fn dead_letter(&self, letter: &Letter) -> Result<(), ClusterError> {
-        let payload = serde_json::to_vec(letter).map_err(|e| ClusterError::Nats(e.to_string()))?;
-        self.ctx
-            .js
-            .publish(layout::letters_subject(&letter.destination), payload.into())
-            .await
-            .map_err(|e| ClusterError::Nats(format!("dead letter not published: {e}")))?
-            .await
-            .map_err(|e| ClusterError::Nats(format!("dead letter not stored: {e}")))?;
-        Ok(())
-    }
-
-    /// One request of `record` has its verdict.
-    fn request_done(&self, destination: &str, record: RecordRef, rejected: bool) {
-        let finished = lock(&self.ledger).request_done(record.seq, record.index, rejected);
-        if let Some(finished) = finished {
-            lock(&self.records).remove(&record);
-            // A record counts as received when it has its verdict: a
-            // record handed over undecided is counted once, by the owner
-            // that decides it.
-            let delta = match finished {
-                Finished::Delivered => RunDelta {
-                    received: 1,
-                    delivered: 1,
-                    ..RunDelta::default()
-                },
-                Finished::Rejected => RunDelta::received_rejected(1),
-            };
-            self.tally.add(destination, &delta);
-            self.progressed.notify_waiters();
-        }
-    }
-}
-
-/// One destination's updates in this partition, as its workers see them.
-struct Lane {
-    member: Arc<Member>,
-    pending: Mutex<Pending>,
-    books: Arc<Books>,
-    control: Mutex<Arc<Control>>,
-    counters: Counters,
-    line: Line,
-}
-
-impl Lane {
-    fn work_arrived(&self) {
-        lock(&self.control).work_available.notify_waiters();
-    }
-}
-
-impl WorkQueue for Lane {
-    type Error = ClusterError;
-
-    async fn take(&self, _run: RunId) -> Result<Option<Attempt>, ClusterError> {
-        Ok(lock(&self.pending).take())
-    }
-
-    async fn attempt(&self, claim: Claim, _run: RunId) -> Result<Request, ClusterError> {
-        lock(&self.pending)
-            .attempt(&claim)
-            .ok_or_else(|| ClusterError::Nats(format!("key {} is no longer held", claim.key)))
-    }
-
-    async fn attempt_failed(&self, claim: Claim) {
-        lock(&self.pending).attempt_failed(&claim);
-    }
-
-    async fn finish(
-        &self,
-        claim: Claim,
-        verdict: Verdict,
-        _run: RunId,
-    ) -> Result<(), ClusterError> {
-        let records = lock(&self.pending).finish(&claim);
-        let name = &self.member.name;
-        match verdict {
-            Verdict::Delivered => {
-                for record in records {
-                    self.books.request_done(name, record, false);
-                }
-            }
-            Verdict::Rejected {
-                code,
-                reason,
-                request,
-                response,
-            } => {
-                let now = self.books.ctx.clock.now_ms();
-                for record in records {
-                    let (text, received_ms) = lock(&self.books.records)
-                        .get(&record)
-                        .map(|held| (held.text.clone(), held.received_ms))
-                        .unwrap_or_default();
-                    let letter = Letter {
-                        destination: name.clone(),
-                        code: code.clone(),
-                        reason: reason.clone(),
-                        record: text,
-                        received_ms,
-                        failed_ms: now,
-                        partition: self.member.partition,
-                        intake_seq: record.seq,
-                        index: record.index,
-                        request: request.clone(),
-                        response: response.clone(),
-                    };
-                    self.books.dead_letter(&letter).await?;
-                    self.books.request_done(name, record, true);
-                }
-            }
-        }
-        self.work_arrived();
-        Ok(())
-    }
-
-    async fn release(&self, claim: Claim) {
-        lock(&self.pending).release(&claim);
-    }
-}
-
 /// How a partition stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
+pub(super) enum Ending {
     /// Hand over: finish what is on the wire, write the progress.
     Graceful,
     /// The lease may be gone: stop sending now.
@@ -227,12 +59,12 @@ pub struct Owner {
     pub partition: u16,
     /// The lease's revision (the fencing token).
     revision: AtomicU64,
-    books: Arc<Books>,
-    lanes: BTreeMap<String, Arc<Lane>>,
+    pub(super) books: Arc<Books>,
+    pub(super) lanes: BTreeMap<String, Arc<Lane>>,
     accounts: BTreeMap<String, Arc<Account>>,
-    ending: Mutex<Option<Ending>>,
-    stop: Notify,
-    stopped: AtomicBool,
+    pub(super) ending: Mutex<Option<Ending>>,
+    pub(super) stop: Notify,
+    pub(super) stopped: AtomicBool,
     /// Handed over: the lease is being let go.
     released: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -361,7 +193,7 @@ impl Owner {
         *lock(&self.tasks) = tasks;
     }
 
-    fn ending(&self) -> Option<Ending> {
+    pub(super) fn ending(&self) -> Option<Ending> {
         *lock(&self.ending)
     }
 
@@ -452,222 +284,6 @@ impl Owner {
         }
         tracing::info!(partition = self.partition, "partition handed over");
     }
-}
-
-/// Reads the partition's messages while there is room in the window.
-async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, progress: Progress) {
-    let books = &owner.books;
-    let window = books.ctx.settings.window_records.max(1);
-    let mut last_delivery: Option<u64> = None;
-    loop {
-        if owner.ending().is_some() {
-            return;
-        }
-        let room = lock(&books.ledger).open_records() < window;
-        if !room {
-            let progressed = books.progressed.notified();
-            tokio::pin!(progressed);
-            progressed.as_mut().enable();
-            if lock(&books.ledger).open_records() >= window && owner.ending().is_none() {
-                let _ = tokio::time::timeout(PULL_WAIT, progressed).await;
-            }
-            continue;
-        }
-        let batch = consumer
-            .fetch()
-            .max_messages(PULL_BATCH)
-            .expires(PULL_WAIT)
-            .messages()
-            .await;
-        let mut messages = match batch {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::warn!(partition = owner.partition, "cannot pull: {e}");
-                tokio::time::sleep(PULL_WAIT).await;
-                continue;
-            }
-        };
-        let stop = owner.stop.notified();
-        tokio::pin!(stop);
-        stop.as_mut().enable();
-        loop {
-            let next = tokio::select! {
-                next = messages.next() => next,
-                () = &mut stop => return,
-            };
-            let Some(message) = next else { break };
-            let message = match message {
-                Ok(message) => message,
-                Err(e) => {
-                    tracing::warn!(partition = owner.partition, "pull failed: {e}");
-                    break;
-                }
-            };
-            let Ok(info) = message.info() else { continue };
-            let (seq, delivery) = (info.stream_sequence, info.consumer_sequence);
-            // Deliveries are numbered: one that never arrived must not be
-            // acknowledged with a later one. Take the partition again.
-            if last_delivery.is_some_and(|last| delivery != last + 1) {
-                tracing::warn!(
-                    partition = owner.partition,
-                    "a delivery went missing ({last_delivery:?} then {delivery}); handing the partition over to start again"
-                );
-                owner.stopped.store(true, Ordering::Release);
-                return;
-            }
-            last_delivery = Some(delivery);
-            let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
-                .unwrap_or_default();
-            if let Err(e) = take_in(&owner, message, seq, published_ms, &progress).await {
-                tracing::warn!(
-                    partition = owner.partition,
-                    "message {seq}: {e}; handing the partition over"
-                );
-                owner.stopped.store(true, Ordering::Release);
-                return;
-            }
-        }
-    }
-}
-
-/// Plans one intake message's records and holds their updates.
-async fn take_in(
-    owner: &Owner,
-    message: jetstream::Message,
-    seq: u64,
-    published_ms: u64,
-    progress: &Progress,
-) -> Result<(), ClusterError> {
-    let books = &owner.books;
-    let received_ms = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(RECEIVED_HEADER))
-        .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(published_ms);
-    let destination = layout::destination_of(message.subject.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let letter = |index: u32, record: String, code: &str, reason: String| Letter {
-        destination: destination.clone(),
-        code: code.into(),
-        reason,
-        record,
-        received_ms,
-        failed_ms: books.ctx.clock.now_ms(),
-        partition: owner.partition,
-        intake_seq: seq,
-        index,
-        request: None,
-        response: None,
-    };
-    let whole = || String::from_utf8_lossy(&message.payload).into_owned();
-    let Some(lane) = owner.lanes.get(&destination) else {
-        let reason = match books.ctx.members.iter().find(|m| m.name == destination) {
-            Some(m) => format!(
-                "destination {destination} is on account {:?}, whose records go to partition {}, not {}",
-                m.account, m.partition, owner.partition
-            ),
-            None => format!("no destination {destination:?} in this worker's destinations file"),
-        };
-        books
-            .dead_letter(&letter(0, whole(), "unknown-destination", reason))
-            .await?;
-        books
-            .tally
-            .add(&destination, &RunDelta::received_rejected(1));
-        lock(&books.ledger).admit(seq, Vec::new(), message);
-        books.progressed.notify_waiters();
-        return Ok(());
-    };
-    if !lock(&books.ledger).is_new(seq) {
-        // A redelivery of a message held already.
-        return Ok(());
-    }
-    let format = match message.payload.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => Format::JsonArray,
-        _ => Format::Ndjson,
-    };
-    let items = match intake::records(&message.payload, format, books.ctx.max_record_bytes) {
-        Ok(items) => items,
-        Err(e) => {
-            books
-                .dead_letter(&letter(0, whole(), "unreadable-message", e.to_string()))
-                .await?;
-            books
-                .tally
-                .add(&destination, &RunDelta::received_rejected(1));
-            lock(&books.ledger).admit(seq, Vec::new(), message);
-            books.progressed.notify_waiters();
-            return Ok(());
-        }
-    };
-    let planned = lane
-        .member
-        .guest
-        .with_planner(move |destination| plan_items(destination, items))
-        .await
-        .map_err(|e| ClusterError::Component(e.to_string()))?;
-    let mut requests = Vec::with_capacity(planned.len());
-    let mut updates = Vec::new();
-    let mut delta = RunDelta::default();
-    for (index, (item, outcome)) in planned.into_iter().enumerate() {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        if progress.is_done(seq, index) {
-            requests.push(0);
-            continue;
-        }
-        match outcome {
-            PlanOutcome::Send(planned) if !planned.is_empty() => {
-                requests.push(u32::try_from(planned.len()).unwrap_or(u32::MAX));
-                let record = RecordRef { seq, index };
-                lock(&books.records).insert(
-                    record,
-                    Held {
-                        text: item.text,
-                        received_ms,
-                    },
-                );
-                updates.extend(planned.into_iter().map(|request| (request, record)));
-            }
-            PlanOutcome::Send(_) | PlanOutcome::Skip(_) => {
-                requests.push(0);
-                delta.received += 1;
-                delta.skipped += 1;
-            }
-            PlanOutcome::Invalid(error) if error.fate == RecordFate::Skipped => {
-                requests.push(0);
-                delta.received += 1;
-                delta.skipped += 1;
-            }
-            PlanOutcome::Invalid(error) => {
-                books
-                    .dead_letter(&letter(index, item.text, &error.code, error.message))
-                    .await?;
-                requests.push(0);
-                delta.received += 1;
-                delta.rejected += 1;
-            }
-        }
-    }
-    books.tally.add(&destination, &delta);
-    if !lock(&books.ledger).admit(seq, requests, message) {
-        // A redelivery of a message held already.
-        return Ok(());
-    }
-    // Merging calls into the component: off the async runtime's threads.
-    let held = lane.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut pending = lock(&held.pending);
-        for (request, record) in updates {
-            pending.push(request, record);
-        }
-    })
-    .await
-    .map_err(|e| ClusterError::Component(e.to_string()))?;
-    lane.work_arrived();
-    books.progressed.notify_waiters();
-    Ok(())
 }
 
 /// Acknowledges complete messages as records get their verdicts.

@@ -12,8 +12,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::lane::Letter;
 use super::layout::{self, RECEIVED_HEADER};
-use super::partition::{Letter, Owner};
+use super::partition::Owner;
 use super::{Context, leases};
 use crate::delivery::planner::plan_items;
 use crate::input::Item;

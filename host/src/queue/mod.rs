@@ -59,7 +59,7 @@ pub trait WorkQueue: Send + Sync {
     fn take(&self, run: RunId)
     -> impl Future<Output = Result<Option<Attempt>, Self::Error>> + Send;
 
-    /// Starts an attempt again after [`Queue::attempt_failed`]: the request
+    /// Starts an attempt again after [`WorkQueue::attempt_failed`]: the request
     /// to send now (updates that arrived meanwhile folded in).
     fn attempt(
         &self,
@@ -71,7 +71,7 @@ pub trait WorkQueue: Send + Sync {
     fn attempt_failed(&self, claim: Claim) -> impl Future<Output = ()> + Send;
 
     /// Records a verdict; the key is let go, unless its next update is
-    /// taken at once (the next [`Queue::take`] may hand it to any worker).
+    /// taken at once (the next [`WorkQueue::take`] may hand it to any worker).
     /// Returns once the verdict is handed over, not necessarily recorded: a
     /// failure to record it makes the next `take` fail.
     fn finish(

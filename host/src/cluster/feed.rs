@@ -1,0 +1,245 @@
+//! A partition's feed: reads the partition's intake messages in stream
+//! order while the window has room, plans their records with each
+//! destination's component and holds their updates; what cannot be sent
+//! (an unknown destination, an unreadable message, a record the component
+//! refuses) becomes a dead letter first.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use async_nats::jetstream::{self, consumer};
+use destination_types::{PlanOutcome, RecordFate};
+use futures::StreamExt;
+
+use super::ClusterError;
+use super::lane::{Held, Letter};
+use super::layout::{self, RECEIVED_HEADER};
+use super::ledger::Progress;
+use super::partition::{Owner, PULL_WAIT};
+use super::pending::RecordRef;
+use super::runs::RunDelta;
+use crate::delivery::planner::plan_items;
+use crate::service::intake::{self, Format};
+
+/// Messages asked for per pull.
+const PULL_BATCH: usize = 200;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads the partition's messages while there is room in the window.
+pub(super) async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, progress: Progress) {
+    let books = &owner.books;
+    let window = books.ctx.settings.window_records.max(1);
+    let mut last_delivery: Option<u64> = None;
+    loop {
+        if owner.ending().is_some() {
+            return;
+        }
+        let room = lock(&books.ledger).open_records() < window;
+        if !room {
+            let progressed = books.progressed.notified();
+            tokio::pin!(progressed);
+            progressed.as_mut().enable();
+            if lock(&books.ledger).open_records() >= window && owner.ending().is_none() {
+                let _ = tokio::time::timeout(PULL_WAIT, progressed).await;
+            }
+            continue;
+        }
+        let batch = consumer
+            .fetch()
+            .max_messages(PULL_BATCH)
+            .expires(PULL_WAIT)
+            .messages()
+            .await;
+        let mut messages = match batch {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(partition = owner.partition, "cannot pull: {e}");
+                tokio::time::sleep(PULL_WAIT).await;
+                continue;
+            }
+        };
+        let stop = owner.stop.notified();
+        tokio::pin!(stop);
+        stop.as_mut().enable();
+        loop {
+            let next = tokio::select! {
+                next = messages.next() => next,
+                () = &mut stop => return,
+            };
+            let Some(message) = next else { break };
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    tracing::warn!(partition = owner.partition, "pull failed: {e}");
+                    break;
+                }
+            };
+            let Ok(info) = message.info() else { continue };
+            let (seq, delivery) = (info.stream_sequence, info.consumer_sequence);
+            // Deliveries are numbered: one that never arrived must not be
+            // acknowledged with a later one. Take the partition again.
+            if last_delivery.is_some_and(|last| delivery != last + 1) {
+                tracing::warn!(
+                    partition = owner.partition,
+                    "a delivery went missing ({last_delivery:?} then {delivery}); handing the partition over to start again"
+                );
+                owner.stopped.store(true, Ordering::Release);
+                return;
+            }
+            last_delivery = Some(delivery);
+            let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or_default();
+            if let Err(e) = take_in(&owner, message, seq, published_ms, &progress).await {
+                tracing::warn!(
+                    partition = owner.partition,
+                    "message {seq}: {e}; handing the partition over"
+                );
+                owner.stopped.store(true, Ordering::Release);
+                return;
+            }
+        }
+    }
+}
+
+/// Plans one intake message's records and holds their updates.
+async fn take_in(
+    owner: &Owner,
+    message: jetstream::Message,
+    seq: u64,
+    published_ms: u64,
+    progress: &Progress,
+) -> Result<(), ClusterError> {
+    let books = &owner.books;
+    let received_ms = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(RECEIVED_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(published_ms);
+    let destination = layout::destination_of(message.subject.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let letter = |index: u32, record: String, code: &str, reason: String| Letter {
+        destination: destination.clone(),
+        code: code.into(),
+        reason,
+        record,
+        received_ms,
+        failed_ms: books.ctx.clock.now_ms(),
+        partition: owner.partition,
+        intake_seq: seq,
+        index,
+        request: None,
+        response: None,
+    };
+    let whole = || String::from_utf8_lossy(&message.payload).into_owned();
+    let Some(lane) = owner.lanes.get(&destination) else {
+        let reason = match books.ctx.members.iter().find(|m| m.name == destination) {
+            Some(m) => format!(
+                "destination {destination} is on account {:?}, whose records go to partition {}, not {}",
+                m.account, m.partition, owner.partition
+            ),
+            None => format!("no destination {destination:?} in this worker's destinations file"),
+        };
+        books
+            .dead_letter(&letter(0, whole(), "unknown-destination", reason))
+            .await?;
+        books
+            .tally
+            .add(&destination, &RunDelta::received_rejected(1));
+        lock(&books.ledger).admit(seq, Vec::new(), message);
+        books.progressed.notify_waiters();
+        return Ok(());
+    };
+    if !lock(&books.ledger).is_new(seq) {
+        // A redelivery of a message held already.
+        return Ok(());
+    }
+    let format = match message.payload.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'[') => Format::JsonArray,
+        _ => Format::Ndjson,
+    };
+    let items = match intake::records(&message.payload, format, books.ctx.max_record_bytes) {
+        Ok(items) => items,
+        Err(e) => {
+            books
+                .dead_letter(&letter(0, whole(), "unreadable-message", e.to_string()))
+                .await?;
+            books
+                .tally
+                .add(&destination, &RunDelta::received_rejected(1));
+            lock(&books.ledger).admit(seq, Vec::new(), message);
+            books.progressed.notify_waiters();
+            return Ok(());
+        }
+    };
+    let planned = lane
+        .member
+        .guest
+        .with_planner(move |destination| plan_items(destination, items))
+        .await
+        .map_err(|e| ClusterError::Component(e.to_string()))?;
+    let mut requests = Vec::with_capacity(planned.len());
+    let mut updates = Vec::new();
+    let mut delta = RunDelta::default();
+    for (index, (item, outcome)) in planned.into_iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        if progress.is_done(seq, index) {
+            requests.push(0);
+            continue;
+        }
+        match outcome {
+            PlanOutcome::Send(planned) if !planned.is_empty() => {
+                requests.push(u32::try_from(planned.len()).unwrap_or(u32::MAX));
+                let record = RecordRef { seq, index };
+                lock(&books.records).insert(
+                    record,
+                    Held {
+                        text: item.text,
+                        received_ms,
+                    },
+                );
+                updates.extend(planned.into_iter().map(|request| (request, record)));
+            }
+            PlanOutcome::Send(_) | PlanOutcome::Skip(_) => {
+                requests.push(0);
+                delta.received += 1;
+                delta.skipped += 1;
+            }
+            PlanOutcome::Invalid(error) if error.fate == RecordFate::Skipped => {
+                requests.push(0);
+                delta.received += 1;
+                delta.skipped += 1;
+            }
+            PlanOutcome::Invalid(error) => {
+                books
+                    .dead_letter(&letter(index, item.text, &error.code, error.message))
+                    .await?;
+                requests.push(0);
+                delta.received += 1;
+                delta.rejected += 1;
+            }
+        }
+    }
+    books.tally.add(&destination, &delta);
+    if !lock(&books.ledger).admit(seq, requests, message) {
+        // A redelivery of a message held already.
+        return Ok(());
+    }
+    // Merging calls into the component: off the async runtime's threads.
+    let held = lane.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut pending = lock(&held.pending);
+        for (request, record) in updates {
+            pending.push(request, record);
+        }
+    })
+    .await
+    .map_err(|e| ClusterError::Component(e.to_string()))?;
+    lane.work_arrived();
+    books.progressed.notify_waiters();
+    Ok(())
+}

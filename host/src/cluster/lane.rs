@@ -1,0 +1,186 @@
+//! One destination's updates in a partition, as its workers see them
+//! ([`Lane`], the workers' queue), and what the partition's tasks share
+//! about its messages ([`Books`]): the ledger, the records' texts for dead
+//! letters, the counts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream;
+use destination_types::{Request, Response};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use super::ledger::{Finished, Ledger};
+use super::pending::{Pending, RecordRef};
+use super::runs::{RunDelta, Tally};
+use super::{ClusterError, Context, Member, layout};
+use crate::delivery::control::Control;
+use crate::delivery::dispatch::Counters;
+use crate::journal::{Attempt, Claim, RunId, Verdict};
+use crate::limiter::Line;
+use crate::queue::WorkQueue;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A dead letter as the letters stream keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Letter {
+    pub destination: String,
+    pub code: String,
+    pub reason: String,
+    /// The record as received.
+    pub record: String,
+    pub received_ms: u64,
+    pub failed_ms: u64,
+    /// The partition its records go to (where a replay sends it).
+    pub partition: u16,
+    /// The intake message and the record's place in it.
+    pub intake_seq: u64,
+    pub index: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub request: Option<Request>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub response: Option<Response>,
+}
+
+/// A record held: its text (for a dead letter) and when it arrived.
+pub(super) struct Held {
+    pub(super) text: String,
+    pub(super) received_ms: u64,
+}
+
+/// What the partition's tasks share about its messages.
+pub(super) struct Books {
+    pub(super) ctx: Arc<Context>,
+    pub(super) ledger: Mutex<Ledger<jetstream::Message>>,
+    pub(super) records: Mutex<HashMap<RecordRef, Held>>,
+    pub(super) tally: Tally,
+    /// A record got its verdict (an acknowledgement may be due, and room
+    /// in the window freed).
+    pub(super) progressed: Notify,
+}
+
+impl Books {
+    /// Publishes a dead letter and waits for JetStream to have it.
+    pub(super) async fn dead_letter(&self, letter: &Letter) -> Result<(), ClusterError> {
+        let payload = serde_json::to_vec(letter).map_err(|e| ClusterError::Nats(e.to_string()))?;
+        self.ctx
+            .js
+            .publish(layout::letters_subject(&letter.destination), payload.into())
+            .await
+            .map_err(|e| ClusterError::Nats(format!("dead letter not published: {e}")))?
+            .await
+            .map_err(|e| ClusterError::Nats(format!("dead letter not stored: {e}")))?;
+        Ok(())
+    }
+
+    /// One request of `record` has its verdict.
+    pub(super) fn request_done(&self, destination: &str, record: RecordRef, rejected: bool) {
+        let finished = lock(&self.ledger).request_done(record.seq, record.index, rejected);
+        if let Some(finished) = finished {
+            lock(&self.records).remove(&record);
+            // A record counts as received when it has its verdict: a
+            // record handed over undecided is counted once, by the owner
+            // that decides it.
+            let delta = match finished {
+                Finished::Delivered => RunDelta {
+                    received: 1,
+                    delivered: 1,
+                    ..RunDelta::default()
+                },
+                Finished::Rejected => RunDelta::received_rejected(1),
+            };
+            self.tally.add(destination, &delta);
+            self.progressed.notify_waiters();
+        }
+    }
+}
+
+/// One destination's updates in this partition, as its workers see them.
+pub(super) struct Lane {
+    pub(super) member: Arc<Member>,
+    pub(super) pending: Mutex<Pending>,
+    pub(super) books: Arc<Books>,
+    pub(super) control: Mutex<Arc<Control>>,
+    pub(super) counters: Counters,
+    pub(super) line: Line,
+}
+
+impl Lane {
+    pub(super) fn work_arrived(&self) {
+        lock(&self.control).work_available.notify_waiters();
+    }
+}
+
+impl WorkQueue for Lane {
+    type Error = ClusterError;
+
+    async fn take(&self, _run: RunId) -> Result<Option<Attempt>, ClusterError> {
+        Ok(lock(&self.pending).take())
+    }
+
+    async fn attempt(&self, claim: Claim, _run: RunId) -> Result<Request, ClusterError> {
+        lock(&self.pending)
+            .attempt(&claim)
+            .ok_or_else(|| ClusterError::Nats(format!("key {} is no longer held", claim.key)))
+    }
+
+    async fn attempt_failed(&self, claim: Claim) {
+        lock(&self.pending).attempt_failed(&claim);
+    }
+
+    async fn finish(
+        &self,
+        claim: Claim,
+        verdict: Verdict,
+        _run: RunId,
+    ) -> Result<(), ClusterError> {
+        let records = lock(&self.pending).finish(&claim);
+        let name = &self.member.name;
+        match verdict {
+            Verdict::Delivered => {
+                for record in records {
+                    self.books.request_done(name, record, false);
+                }
+            }
+            Verdict::Rejected {
+                code,
+                reason,
+                request,
+                response,
+            } => {
+                let now = self.books.ctx.clock.now_ms();
+                for record in records {
+                    let (text, received_ms) = lock(&self.books.records)
+                        .get(&record)
+                        .map(|held| (held.text.clone(), held.received_ms))
+                        .unwrap_or_default();
+                    let letter = Letter {
+                        destination: name.clone(),
+                        code: code.clone(),
+                        reason: reason.clone(),
+                        record: text,
+                        received_ms,
+                        failed_ms: now,
+                        partition: self.member.partition,
+                        intake_seq: record.seq,
+                        index: record.index,
+                        request: request.clone(),
+                        response: response.clone(),
+                    };
+                    self.books.dead_letter(&letter).await?;
+                    self.books.request_done(name, record, true);
+                }
+            }
+        }
+        self.work_arrived();
+        Ok(())
+    }
+
+    async fn release(&self, claim: Claim) {
+        lock(&self.pending).release(&claim);
+    }
+}
