@@ -79,8 +79,8 @@ pub(super) async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, pr
             };
             let Ok(info) = message.info() else { continue };
             let (seq, delivery) = (info.stream_sequence, info.consumer_sequence);
-            // Deliveries are numbered: one that never arrived must not be
-            // acknowledged with a later one. Take the partition again.
+            // Deliveries are numbered: one that never arrived would come
+            // again later, after newer ones. Take the partition again.
             if last_delivery.is_some_and(|last| delivery != last + 1) {
                 tracing::warn!(
                     partition = owner.partition,

@@ -150,7 +150,9 @@ impl Worker {
             owner.release(worker.ctx.grace).await;
             lock(&worker.owners).remove(&partition);
         });
-        lock(&self.releases).push(task);
+        let mut releases = lock(&self.releases);
+        releases.retain(|release| !release.is_finished());
+        releases.push(task);
     }
 
     /// Gives `partition` up at once: its lease may be someone else's.
