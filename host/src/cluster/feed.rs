@@ -12,7 +12,7 @@ use destination_types::{PlanOutcome, RecordFate};
 use futures::StreamExt;
 
 use super::ClusterError;
-use super::lane::{Held, Letter};
+use super::lane::{Books, Held, Letter};
 use super::layout::{self, RECEIVED_HEADER};
 use super::ledger::Progress;
 use super::partition::{Owner, PULL_WAIT};
@@ -104,6 +104,23 @@ pub(super) async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, pr
     }
 }
 
+/// A whole message that cannot be delivered: its dead letter first, then
+/// the message counts as done (one rejected record).
+async fn dead_message(
+    books: &Books,
+    letter: &Letter,
+    seq: u64,
+    message: jetstream::Message,
+) -> Result<(), ClusterError> {
+    books.dead_letter(letter).await?;
+    books
+        .tally
+        .add(&letter.destination, &RunDelta::received_rejected(1));
+    lock(&books.ledger).admit(seq, Vec::new(), message);
+    books.progressed.notify_waiters();
+    Ok(())
+}
+
 /// Plans one intake message's records and holds their updates.
 async fn take_in(
     owner: &Owner,
@@ -113,6 +130,10 @@ async fn take_in(
     progress: &Progress,
 ) -> Result<(), ClusterError> {
     let books = &owner.books;
+    if !lock(&books.ledger).is_new(seq) {
+        // A redelivery of a message held already.
+        return Ok(());
+    }
     let received_ms = message
         .headers
         .as_ref()
@@ -144,20 +165,9 @@ async fn take_in(
             ),
             None => format!("no destination {destination:?} in this worker's destinations file"),
         };
-        books
-            .dead_letter(&letter(0, whole(), "unknown-destination", reason))
-            .await?;
-        books
-            .tally
-            .add(&destination, &RunDelta::received_rejected(1));
-        lock(&books.ledger).admit(seq, Vec::new(), message);
-        books.progressed.notify_waiters();
-        return Ok(());
+        let letter = letter(0, whole(), "unknown-destination", reason);
+        return dead_message(books, &letter, seq, message).await;
     };
-    if !lock(&books.ledger).is_new(seq) {
-        // A redelivery of a message held already.
-        return Ok(());
-    }
     let format = match message.payload.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => Format::JsonArray,
         _ => Format::Ndjson,
@@ -165,15 +175,8 @@ async fn take_in(
     let items = match intake::records(&message.payload, format, books.ctx.max_record_bytes) {
         Ok(items) => items,
         Err(e) => {
-            books
-                .dead_letter(&letter(0, whole(), "unreadable-message", e.to_string()))
-                .await?;
-            books
-                .tally
-                .add(&destination, &RunDelta::received_rejected(1));
-            lock(&books.ledger).admit(seq, Vec::new(), message);
-            books.progressed.notify_waiters();
-            return Ok(());
+            let letter = letter(0, whole(), "unreadable-message", e.to_string());
+            return dead_message(books, &letter, seq, message).await;
         }
     };
     let planned = lane
