@@ -21,12 +21,11 @@ use tokio::task::JoinHandle;
 use destination_types::{PlanOutcome, RecordFate};
 
 use super::account::Account;
-use crate::alerts::{Alert, AlertKind, Alerts};
+use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::delivery::control::Control;
-use crate::delivery::dispatch::{Counters, Dispatcher};
+use crate::delivery::dispatch::Counters;
 use crate::delivery::planner::plan_items;
-use crate::delivery::report::StallWatch;
 use crate::delivery::retry;
 use crate::guest::Guest;
 use crate::http::ApiClient;
@@ -34,6 +33,9 @@ use crate::input::Item;
 use crate::journal::{Backlog, Counts, Incoming, Intake, Journal, Receipt, RunId, RunStats};
 use crate::limiter::Line;
 use crate::queue::{JournalQueue, Merger, Queue};
+
+mod tasks;
+use tasks::{next_period, period_start, record_stats, supervise, upkeep};
 
 /// How often the backlog figures are read and the period checked.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
@@ -470,228 +472,4 @@ impl Stream {
             Err(_) => tracing::warn!("the journal of a closed stream is still in use"),
         }
     }
-}
-
-/// When the period `now` falls in started (epoch ms).
-fn period_start(settings: &StreamSettings) -> u64 {
-    let length = u64::try_from(settings.run_length.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let now = settings.clock.now_ms();
-    now - now % length
-}
-
-/// The current period's guard, after moving on to a new run if the
-/// period changed (the old run gets the workers' figures so far).
-async fn next_period(
-    shared: &Arc<Shared>,
-) -> Result<tokio::sync::MutexGuard<'_, (u64, RunId)>, AcceptError> {
-    let mut period = shared.period.lock().await;
-    let start = period_start(&shared.settings);
-    if start != period.0 {
-        record_stats(shared).await;
-        let closing = period.1;
-        if let Ok(record) = shared
-            .queue
-            .call(move |journal, _| journal.run(closing))
-            .await
-            && record.counts.rejected > 0
-        {
-            alert(
-                shared,
-                AlertKind::RunFailed,
-                format!(
-                    "run {closing} closed with {} of {} records rejected so far (see `outreach-host dead-letters list --run {closing}`)",
-                    record.counts.rejected, record.counts.received
-                ),
-                closing,
-            );
-        }
-        let (name, api_base) = (
-            shared.settings.name.clone(),
-            shared.api.base().as_str().to_owned(),
-        );
-        let run = shared
-            .queue
-            .call(move |journal, _| journal.stream_run(&name, &api_base, start))
-            .await
-            .map_err(|e| AcceptError::Journal(e.to_string()))?;
-        *period = (start, run);
-        shared.run.store(run, Ordering::Relaxed);
-    }
-    Ok(period)
-}
-
-/// Fires `event` for `run` (with the run's counts so far) without holding
-/// up the caller.
-fn alert(shared: &Arc<Shared>, event: AlertKind, message: String, run: RunId) {
-    if shared.settings.alerts.is_empty() {
-        return;
-    }
-    let shared = shared.clone();
-    tokio::spawn(async move {
-        let summary = shared
-            .queue
-            .call(move |journal, _| journal.run(run))
-            .await
-            .ok()
-            .and_then(|record| serde_json::to_value(record).ok())
-            .unwrap_or_default();
-        shared
-            .settings
-            .alerts
-            .fire(&Alert {
-                event,
-                message,
-                run,
-                destination: shared.settings.name.clone(),
-                at_ms: shared.settings.clock.now_ms(),
-                summary,
-            })
-            .await;
-    });
-}
-
-/// Adds what the workers counted since last time to the current run.
-async fn record_stats(shared: &Shared) {
-    let counters = &shared.counters;
-    let now = RunStats {
-        requests_sent: counters.requests_sent.load(Ordering::Relaxed),
-        rate_limited: counters.rate_limited.load(Ordering::Relaxed),
-        retries: counters.retries.load(Ordering::Relaxed),
-        credential_refreshes: counters.refreshes.load(Ordering::Relaxed),
-    };
-    let delta = {
-        let mut recorded = lock(&shared.recorded);
-        let delta = RunStats {
-            requests_sent: now.requests_sent - recorded.requests_sent,
-            rate_limited: now.rate_limited - recorded.rate_limited,
-            retries: now.retries - recorded.retries,
-            credential_refreshes: now.credential_refreshes - recorded.credential_refreshes,
-        };
-        *recorded = now;
-        delta
-    };
-    let run = shared.run.load(Ordering::Relaxed);
-    if let Err(e) = shared
-        .queue
-        .call(move |journal, _| journal.add_run_stats(run, &delta))
-        .await
-    {
-        tracing::warn!("cannot record the run's request counts: {e}");
-    }
-}
-
-/// Keeps the backlog figures fresh and moves on to a new run when the
-/// period changes, even while no batch arrives.
-async fn upkeep(shared: Arc<Shared>) {
-    let mut stalls = shared.settings.alerts.stall_after().map(StallWatch::new);
-    loop {
-        tokio::time::sleep(UPKEEP_EVERY).await;
-        if let Some(watch) = &mut stalls {
-            let now = shared.settings.clock.now_ms();
-            let last = shared.last_verdict_ms.load(Ordering::Relaxed);
-            if let Some(stalled_for) = watch.due(now, last)
-                && lock(&shared.backlog).updates > 0
-            {
-                watch.alerted(now);
-                alert(
-                    &shared,
-                    AlertKind::Stalled,
-                    format!(
-                        "delivery has been stalled for {:.0} s with updates queued (rate limit, API errors or credentials)",
-                        stalled_for as f64 / 1000.0
-                    ),
-                    shared.run.load(Ordering::Relaxed),
-                );
-            }
-        }
-        let before = shared.accepted_since_backlog.load(Ordering::Relaxed);
-        match shared.queue.call(|journal, _| journal.backlog()).await {
-            Ok(backlog) => {
-                *lock(&shared.backlog) = backlog;
-                shared
-                    .accepted_since_backlog
-                    .fetch_sub(before, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!("cannot read the backlog: {e}"),
-        }
-        if let Err(e) = next_period(&shared).await {
-            tracing::warn!("cannot start the next run: {e}");
-        }
-    }
-}
-
-/// Runs the workers; when they stop for a reason other than a shutdown,
-/// pauses and starts them again.
-async fn supervise(shared: Arc<Shared>) {
-    // The verdict time when a login was last asked for: asked again only
-    // after delivery went on in between.
-    let mut login_asked_at: Option<u64> = None;
-    loop {
-        let control = Arc::new(Control::default());
-        *lock(&shared.control) = control.clone();
-        if shared.draining.load(Ordering::Acquire) {
-            break;
-        }
-        let dispatcher = Dispatcher {
-            api: &shared.api,
-            limiter: &shared.account.limiter,
-            line: &shared.line,
-            credentials: &*shared.account,
-            guest: &shared.guest,
-            queue: &shared.queue,
-            policy: shared.settings.policy,
-            run: &shared.run,
-            control: &control,
-            counters: &shared.counters,
-            intake_done: &shared.intake_done,
-            last_verdict_ms: &shared.last_verdict_ms,
-            progress: None,
-            clock: shared.settings.clock,
-        };
-        futures::future::join_all(
-            (0..shared.settings.concurrency.max(1)).map(|_| dispatcher.work()),
-        )
-        .await;
-        shared.queue.release_ahead().await;
-        if shared.draining.load(Ordering::Acquire) {
-            break;
-        }
-        let why = control
-            .stopped()
-            .unwrap_or_else(|| "the workers ended".into());
-        tracing::warn!(
-            destination = %shared.settings.name,
-            "delivery paused: {why}; trying again in {:?} (records are still accepted and queued)",
-            shared.settings.restart_after
-        );
-        let last_verdict = shared.last_verdict_ms.load(Ordering::Relaxed);
-        if control.login_required() && login_asked_at != Some(last_verdict) {
-            login_asked_at = Some(last_verdict);
-            alert(
-                &shared,
-                AlertKind::LoginRequired,
-                format!(
-                    "account {} needs a new login (`outreach-host login --account {}`): {why}",
-                    shared.account.name, shared.account.name
-                ),
-                shared.run.load(Ordering::Relaxed),
-            );
-        }
-        *lock(&shared.paused) = Some(why);
-        let woken = shared.drained.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        if shared.draining.load(Ordering::Acquire) {
-            break;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(shared.settings.restart_after) => {}
-            () = woken => {}
-        }
-        *lock(&shared.paused) = None;
-    }
-    use crate::delivery::Credentials as _;
-    shared.account.settle().await;
 }

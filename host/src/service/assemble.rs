@@ -1,0 +1,360 @@
+//! Assembling a set of destinations from a checked destinations file:
+//! each destination's component loaded once and asked to validate its
+//! configuration, accounts shared by the destinations that name them, and
+//! each enabled destination's stream opened over its journal. A reload
+//! builds the new set beside the old one and keeps what did not change.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use super::account::{Account, AccountCredentials};
+use super::config::{AccountSettings, DestinationSpec, FileProblems, ServiceFile};
+use super::stream::{Stream, StreamSettings};
+use super::{Served, Service, Set, retry_policy};
+use crate::alerts::Alerts;
+use crate::delivery::StaticToken;
+use crate::engine::{Destination, Runtime};
+use crate::guest::Guest;
+use crate::http::ApiClient;
+use crate::journal::Journal;
+use crate::limiter::Limiter;
+
+/// A destination checked and configured, not started yet.
+pub(super) struct Prepared {
+    pub(super) spec: DestinationSpec,
+    pub(super) account: String,
+    pub(super) audience_labels: BTreeMap<String, String>,
+    pub(super) runtime: Arc<Runtime>,
+    pub(super) destination: Option<Destination>,
+}
+
+impl Service {
+    /// The component at `path`, loaded once.
+    async fn runtime(&self, path: &Path) -> Result<Arc<Runtime>, String> {
+        if let Some(runtime) = self
+            .runtimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+        {
+            return Ok(runtime.clone());
+        }
+        let (owned, cache, limits) = (
+            path.to_owned(),
+            self.env.cache_dir.clone(),
+            self.env.limits.clone(),
+        );
+        let runtime = tokio::task::spawn_blocking(move || {
+            Runtime::load(&owned, cache.as_deref(), limits).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let runtime = Arc::new(runtime);
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned(), runtime.clone());
+        Ok(runtime)
+    }
+
+    /// Checks every destination of `file` with its component.
+    pub(super) async fn prepare(&self, file: &ServiceFile) -> Result<Vec<Prepared>, FileProblems> {
+        let mut problems = Vec::new();
+        let mut prepared = Vec::new();
+        for spec in &file.destinations {
+            let label = format!("destination {:?}", spec.name);
+            let path = spec
+                .component
+                .clone()
+                .unwrap_or_else(|| self.env.default_component.clone());
+            let runtime = match self.runtime(&path).await {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    problems.push(format!("{label}: component: {e}"));
+                    continue;
+                }
+            };
+            let (config, checker) = (spec.config.clone(), runtime.clone());
+            let configured = tokio::task::spawn_blocking(move || {
+                checker.configure(&config).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let destination = match configured {
+                Ok(Ok(destination)) => destination,
+                Ok(Err(errors)) => {
+                    for error in errors {
+                        problems.push(format!(
+                            "{label}: config ({}): {}",
+                            spec.config_origin, error.message
+                        ));
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    problems.push(format!("{label}: component: {e}"));
+                    continue;
+                }
+            };
+            let account = spec
+                .account
+                .clone()
+                .or_else(|| destination.identity().account.clone())
+                .unwrap_or_else(|| "default".into());
+            let audience_labels = destination
+                .identity()
+                .audiences
+                .iter()
+                .map(|a| (a.id.clone(), a.label.clone()))
+                .collect();
+            prepared.push(Prepared {
+                spec: spec.clone(),
+                account,
+                audience_labels,
+                runtime,
+                destination: spec.enabled.then_some(destination),
+            });
+        }
+        if self.env.fixed_token.is_none() {
+            for p in &prepared {
+                if let Err(e) = (self.env.oauth_client)(&p.runtime) {
+                    problems.push(format!("destination {:?}: OAuth client: {e}", p.spec.name));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(prepared)
+        } else {
+            Err(FileProblems { problems })
+        }
+    }
+
+    /// The set `file` describes: destinations unchanged since `old` keep
+    /// running; the others are closed and opened anew.
+    pub(super) async fn build(
+        &self,
+        file: ServiceFile,
+        old: Arc<Set>,
+    ) -> Result<Set, FileProblems> {
+        let prepared = self.prepare(&file).await?;
+        let mut accounts: BTreeMap<String, Arc<Account>> = BTreeMap::new();
+        let mut problems = Vec::new();
+        for p in &prepared {
+            if accounts.contains_key(&p.account) {
+                continue;
+            }
+            let settings = file.accounts.get(&p.account).cloned().unwrap_or_default();
+            let unchanged = old
+                .file
+                .accounts
+                .get(&p.account)
+                .cloned()
+                .unwrap_or_default()
+                == settings;
+            if let Some(account) = old.accounts.get(&p.account)
+                && unchanged
+            {
+                accounts.insert(p.account.clone(), account.clone());
+                continue;
+            }
+            match self.account(&p.account, &settings, &p.runtime) {
+                Ok(account) => {
+                    accounts.insert(p.account.clone(), Arc::new(account));
+                }
+                Err(e) => problems.push(format!("account {:?}: {e}", p.account)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(FileProblems { problems });
+        }
+        // What keeps running, and what closes first (a journal has one
+        // owner at a time).
+        let mut kept = BTreeMap::new();
+        let mut closing = Vec::new();
+        for (name, served) in &old.destinations {
+            let same = prepared
+                .iter()
+                .find(|p| &p.spec.name == name)
+                .is_some_and(|p| {
+                    p.spec == served.spec
+                        && p.account == served.account
+                        && old
+                            .accounts
+                            .get(&p.account)
+                            .zip(accounts.get(&p.account))
+                            .is_some_and(|(a, b)| Arc::ptr_eq(a, b))
+                });
+            if same {
+                kept.insert(name.clone(), served.clone());
+            } else if let Some(stream) = &served.stream {
+                closing.push((name.clone(), stream.clone()));
+            }
+        }
+        if !closing.is_empty() {
+            // While they close and open again, their intake answers 503;
+            // the set that held them lets go of them, so that they close.
+            let mut restarting = (*old).clone();
+            for (name, _) in &closing {
+                if let Some(served) = restarting.destinations.get_mut(name) {
+                    *served = Arc::new(Served {
+                        stream: None,
+                        restarting: true,
+                        ..(**served).clone()
+                    });
+                }
+            }
+            *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(restarting);
+        }
+        drop(old);
+        let closing: Vec<Arc<Stream>> = closing.into_iter().map(|(_, stream)| stream).collect();
+        futures::future::join_all(
+            closing
+                .into_iter()
+                .map(|stream| Stream::close(stream, file.drain_timeout)),
+        )
+        .await;
+        let mut destinations = BTreeMap::new();
+        let mut started: Vec<Arc<Stream>> = Vec::new();
+        for p in prepared {
+            if let Some(served) = kept.remove(&p.spec.name) {
+                destinations.insert(p.spec.name.clone(), served);
+                continue;
+            }
+            let account = accounts[&p.account].clone();
+            let stream = match p.destination {
+                None => None,
+                Some(destination) => match self
+                    .open(&file, &p.spec, &p.runtime, destination, account)
+                    .await
+                {
+                    Ok(stream) => {
+                        started.push(stream.clone());
+                        Some(stream)
+                    }
+                    Err(e) => {
+                        problems.push(format!("destination {:?}: {e}", p.spec.name));
+                        None
+                    }
+                },
+            };
+            destinations.insert(
+                p.spec.name.clone(),
+                Arc::new(Served {
+                    spec: p.spec,
+                    account: p.account,
+                    audience_labels: p.audience_labels,
+                    stream,
+                    restarting: false,
+                    clustered: false,
+                }),
+            );
+        }
+        if !problems.is_empty() {
+            for stream in started {
+                Stream::close(stream, file.drain_timeout).await;
+            }
+            return Err(FileProblems { problems });
+        }
+        for (name, served) in &destinations {
+            tracing::info!(
+                destination = %name,
+                account = %served.account,
+                enabled = served.stream.is_some(),
+                "serving"
+            );
+        }
+        Ok(Set {
+            file,
+            destinations,
+            accounts,
+        })
+    }
+
+    fn account(
+        &self,
+        name: &str,
+        settings: &AccountSettings,
+        runtime: &Runtime,
+    ) -> Result<Account, String> {
+        let mut policy = runtime.describe().rate_limit.clone();
+        if let Some(requests) = settings.rate_limit {
+            policy.requests = requests;
+        }
+        if let Some(seconds) = settings.rate_window_secs {
+            policy.window_seconds = seconds;
+        }
+        let limiter = Limiter::with_clock(&policy, self.env.clock).map_err(|e| e.to_string())?;
+        let credentials = match &self.env.fixed_token {
+            Some(token) => AccountCredentials::Fixed(StaticToken(token.clone())),
+            None => AccountCredentials::Stored {
+                client: Box::new((self.env.oauth_client)(runtime)?),
+                store: self.env.token_store.clone(),
+                loaded: Mutex::default(),
+            },
+        };
+        Ok(Account {
+            name: name.to_owned(),
+            limiter,
+            credentials,
+        })
+    }
+
+    /// Opens a destination's journal and starts its stream.
+    async fn open(
+        &self,
+        file: &ServiceFile,
+        spec: &DestinationSpec,
+        runtime: &Runtime,
+        destination: Destination,
+        account: Arc<Account>,
+    ) -> Result<Arc<Stream>, String> {
+        let api_base = spec
+            .api_base
+            .clone()
+            .unwrap_or_else(|| runtime.describe().default_api_base.clone());
+        let api = ApiClient::new(&api_base, self.env.request_timeout).map_err(|e| e.to_string())?;
+        let path = file.state_dir.join(format!("{}.journal", spec.name));
+        let journal = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            Journal::open(&path).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let journal = Arc::new(journal);
+        let probe = journal.clone();
+        let queued_for = tokio::task::spawn_blocking(move || probe.pending_api_base())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        if let Some((queued_for, records)) = queued_for
+            && queued_for != api.base().as_str()
+        {
+            return Err(format!(
+                "its journal holds {records} records queued for {queued_for}, not for {}: deliver them there first (or move the journal aside)",
+                api.base()
+            ));
+        }
+        let alerts = Arc::new(Alerts::new(file.alerts.clone()).map_err(|e| e.to_string())?);
+        // Batches from several producers are planned at once, one per core.
+        let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let guest =
+            Arc::new(Guest::spawn_planning_on(destination, planners).map_err(|e| e.to_string())?);
+        let settings = StreamSettings {
+            name: spec.name.clone(),
+            concurrency: spec.concurrency,
+            policy: retry_policy(),
+            max_queued_updates: spec.max_queued_updates,
+            restart_after: file.login_retry,
+            run_length: self.env.run_length,
+            clock: self.env.clock,
+            alerts,
+        };
+        let stream = Stream::start(settings, api, account, guest, journal)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(stream))
+    }
+}
