@@ -12,10 +12,10 @@ use axum::response::Response;
 use rand::Rng;
 use serde_json::{Map, Value, json};
 
+use crate::admission::admit;
 use crate::schema::{self, Attribute, Field};
 use crate::{
-    ApiError, JSON_API, Shared, admit, epoch_seconds_ceil, error_response, iso_utc, json_api,
-    one_error,
+    ApiError, JSON_API, Shared, epoch_seconds_ceil, error_response, iso_utc, json_api, one_error,
 };
 
 fn parse_id(raw: &str) -> Option<u64> {
