@@ -132,14 +132,6 @@ impl<Q: Queue> Intake<'_, Q> {
             .with_planner(move |destination| planner::plan_items(destination, items))
             .await
             .map_err(|e| format!("the component is gone: {e}"))?;
-        Ok(planned
-            .into_iter()
-            .map(|(item, outcome)| Incoming {
-                line: item.line,
-                outcome,
-                record: item.text,
-                replay: item.replay,
-            })
-            .collect())
+        Ok(planned.into_iter().map(Incoming::from).collect())
     }
 }

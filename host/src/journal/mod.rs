@@ -118,6 +118,18 @@ pub struct Incoming {
     pub replay: Option<Replay>,
 }
 
+impl From<(crate::input::Item, PlanOutcome)> for Incoming {
+    /// A record as read and planned.
+    fn from((item, outcome): (crate::input::Item, PlanOutcome)) -> Self {
+        Self {
+            line: item.line,
+            outcome,
+            record: item.text,
+            replay: item.replay,
+        }
+    }
+}
+
 /// What an intake batch did besides journaling.
 #[derive(Debug, Default)]
 pub struct IngestReport {

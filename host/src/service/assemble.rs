@@ -29,6 +29,21 @@ pub(super) struct Prepared {
     pub(super) destination: Option<Destination>,
 }
 
+impl Prepared {
+    /// The destination as the service serves it: by `stream`, or by the
+    /// cluster's workers when `clustered`.
+    pub(super) fn served(self, stream: Option<Arc<Stream>>, clustered: bool) -> Served {
+        Served {
+            spec: self.spec,
+            account: self.account,
+            audience_labels: self.audience_labels,
+            stream,
+            restarting: false,
+            clustered,
+        }
+    }
+}
+
 impl Service {
     /// The component at `path`, loaded once.
     async fn runtime(&self, path: &Path) -> Result<Arc<Runtime>, String> {
@@ -217,13 +232,13 @@ impl Service {
         .await;
         let mut destinations = BTreeMap::new();
         let mut started: Vec<Arc<Stream>> = Vec::new();
-        for p in prepared {
+        for mut p in prepared {
             if let Some(served) = kept.remove(&p.spec.name) {
                 destinations.insert(p.spec.name.clone(), served);
                 continue;
             }
             let account = accounts[&p.account].clone();
-            let stream = match p.destination {
+            let stream = match p.destination.take() {
                 None => None,
                 Some(destination) => match self
                     .open(&file, &p.spec, &p.runtime, destination, account)
@@ -239,17 +254,7 @@ impl Service {
                     }
                 },
             };
-            destinations.insert(
-                p.spec.name.clone(),
-                Arc::new(Served {
-                    spec: p.spec,
-                    account: p.account,
-                    audience_labels: p.audience_labels,
-                    stream,
-                    restarting: false,
-                    clustered: false,
-                }),
-            );
+            destinations.insert(p.spec.name.clone(), Arc::new(p.served(stream, false)));
         }
         if !problems.is_empty() {
             for stream in started {

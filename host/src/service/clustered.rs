@@ -13,7 +13,7 @@ use crate::queue::Merger;
 
 use super::account::{Account, AccountCredentials};
 use super::config::{FileProblems, ServiceFile};
-use super::{NatsOptions, Served, Service, Set};
+use super::{NatsOptions, Service, Set};
 use crate::cluster::tokens::SharedTokens;
 
 fn problem(text: String) -> FileProblems {
@@ -48,9 +48,9 @@ impl Service {
         let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut members = Vec::new();
         let mut destinations = BTreeMap::new();
-        for p in prepared {
+        for mut p in prepared {
             let label = format!("destination {:?}", p.spec.name);
-            if let Some(destination) = p.destination {
+            if let Some(destination) = p.destination.take() {
                 let api_base = p
                     .spec
                     .api_base
@@ -93,17 +93,7 @@ impl Service {
                 }));
             }
             let enabled = p.spec.enabled;
-            destinations.insert(
-                p.spec.name.clone(),
-                Arc::new(Served {
-                    spec: p.spec,
-                    account: p.account,
-                    audience_labels: p.audience_labels,
-                    stream: None,
-                    restarting: false,
-                    clustered: enabled,
-                }),
-            );
+            destinations.insert(p.spec.name.clone(), Arc::new(p.served(None, enabled)));
         }
         // The accounts as the status page sees them (connection, Connect);
         // delivery uses each partition owner's own.

@@ -283,15 +283,7 @@ impl Stream {
             .await
             .map_err(|e| AcceptError::Component(e.to_string()))?;
         let replayed = planned.len() as u64;
-        let batch: Vec<Incoming> = planned
-            .into_iter()
-            .map(|(item, outcome)| Incoming {
-                line: item.line,
-                outcome,
-                record: item.text,
-                replay: item.replay,
-            })
-            .collect();
+        let batch: Vec<Incoming> = planned.into_iter().map(Incoming::from).collect();
         let period = self.period_run().await?;
         let report = shared
             .queue
@@ -351,12 +343,7 @@ impl Stream {
         let mut batch = Vec::with_capacity(planned.len());
         for (item, outcome) in planned {
             answer.count(item.line.saturating_sub(1), &outcome);
-            batch.push(Incoming {
-                line: item.line,
-                outcome,
-                record: item.text,
-                replay: None,
-            });
+            batch.push(Incoming::from((item, outcome)));
         }
         let period = self.period_run().await?;
         let run = period.1;
