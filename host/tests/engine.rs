@@ -1,6 +1,8 @@
 //! The engine's own guarantees, exercised with the real Outreach component:
 //! the compile cache, the memory cap, the call deadline, and recovery after
-//! a guest is stopped.
+//! a guest is stopped; and the guest's actors (`outreach_host::guest`):
+//! every call runs on a component thread, and a classify is answered while
+//! a long plan holds the planning instance.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -211,4 +213,69 @@ fn a_cached_artifact_swapped_for_other_native_code_is_not_run() {
     );
     std::fs::remove_dir_all(&cache).unwrap();
     std::fs::remove_dir_all(&other).unwrap();
+}
+
+fn actors() -> outreach_host::guest::Guest {
+    let runtime = Runtime::load(component(), None, Limits::default()).unwrap();
+    let destination = runtime.configure(CONFIG).unwrap().unwrap();
+    outreach_host::guest::Guest::spawn(destination).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn component_calls_run_on_the_component_s_threads_not_the_runtime_s() {
+    let guest = actors();
+    let thread = guest
+        .with_planner(|_| std::thread::current().name().map(str::to_owned))
+        .await
+        .unwrap();
+    assert_eq!(thread.as_deref(), Some("guest-plan"));
+    let here = std::thread::current().name().map(str::to_owned);
+    assert_ne!(thread, here, "a component call ran on the caller's thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classify_is_answered_while_a_long_plan_holds_the_planner() {
+    let guest = std::sync::Arc::new(actors());
+    let outcomes = guest.plan(vec![record(7)]).await.unwrap();
+    let Some(PlanOutcome::Send(requests)) = outcomes.into_iter().next() else {
+        panic!("the record plans to a request");
+    };
+    let request = requests.into_iter().next().unwrap();
+
+    // A plan that keeps the planning instance until it is let go.
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let planning = tokio::spawn({
+        let guest = guest.clone();
+        async move {
+            guest
+                .with_planner(move |destination| {
+                    started_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    destination.plan(&[record(8)])
+                })
+                .await
+        }
+    });
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
+
+    let response = destination_types::Response {
+        status: 200,
+        headers: Vec::new(),
+        body: String::new(),
+    };
+    let classified = tokio::time::timeout(
+        Duration::from_secs(20),
+        guest.classify(&request, &response, 1_700_000_000_000),
+    )
+    .await
+    .expect("classify waited for the plan");
+    assert!(classified.is_ok(), "{classified:?}");
+    assert!(!planning.is_finished(), "the plan was let go too early");
+
+    release_tx.send(()).unwrap();
+    let planned = planning.await.unwrap().unwrap().unwrap();
+    assert!(matches!(planned.as_slice(), [PlanOutcome::Send(_)]));
 }
