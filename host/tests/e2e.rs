@@ -13,7 +13,7 @@ use outreach_simulator::{Faults, RateWindowKind, Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
 mod common;
-use common::{loopback, repo_root, runtime, temp_path};
+use common::{loopback, outreach_host, repo_root, runtime, scratch, temp_path};
 use std::sync::Arc;
 
 const CONFIG: &str = r#"{
@@ -502,8 +502,9 @@ async fn dry_run_sends_nothing() {
     )
     .unwrap();
     let api_base = simulator.api_base();
+    let home = scratch("e2e", "dry-run-home");
     let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        outreach_host(&home)
             .args(["run", "--dry-run", "--config"])
             .arg(&config)
             .arg("--input")
@@ -531,7 +532,7 @@ async fn dry_run_sends_nothing() {
 
 #[test]
 fn the_demo_prints_a_summary_per_audience() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+    let output = outreach_host(&scratch("e2e", "demo-home"))
         .current_dir(repo_root())
         .args(["demo", "--json", "--dead-letters"])
         .arg(temp_path("e2e", "demo-letters.ndjson"))

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Cursor};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use outreach_simulator::{Faults, OAuthApp, Simulator, SimulatorConfig};
 use serde_json::json;
 
 mod common;
-use common::temp_path;
+use common::{outreach_host, scratch, temp_path};
 
 const USER: &str = "demo@example.com";
 const PASSWORD: &str = "demo-password";
@@ -194,11 +194,25 @@ async fn expired_login(sim: &Simulator, interval: Duration) -> (TokenSet, TokenS
     (tokens, store)
 }
 
-/// Reads the `login` command's output up to the authorize URL it prints;
-/// returns the URL and the rest of the output.
-async fn authorize_url_printed_by(
-    child: &mut std::process::Child,
-) -> (String, BufReader<std::process::ChildStdout>) {
+/// What a `login` command printed: the authorize URL, the rest of its
+/// standard output, and its standard error read on a thread of its own.
+struct LoginOutput {
+    url: String,
+    stdout: BufReader<std::process::ChildStdout>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Reads the `login` command's output up to the authorize URL it prints.
+/// Its standard error is read meanwhile: a command logging at debug level
+/// (a first compile of the component logs plenty) would otherwise fill the
+/// pipe and stop before it printed the URL.
+async fn authorize_url_printed_by(child: &mut std::process::Child) -> LoginOutput {
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     tokio::task::spawn_blocking(move || {
         let mut line = String::new();
@@ -209,7 +223,11 @@ async fn authorize_url_printed_by(
                 "login printed no URL"
             );
             if line.starts_with("http") {
-                return (line.trim().to_owned(), stdout);
+                return LoginOutput {
+                    url: line.trim().to_owned(),
+                    stdout,
+                    stderr,
+                };
             }
         }
     })
@@ -266,7 +284,7 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
         .port();
     let store_path = temp_path("oauth", "tokens.json");
     let app = OAuthApp::default();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+    let mut child = outreach_host(&scratch("oauth", "login-home"))
         .args(["login", "--account", "ada", "--pkce", "--redirect-uri"])
         .arg(format!("http://127.0.0.1:{port}/callback"))
         .args([
@@ -284,7 +302,11 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (url, mut stdout) = authorize_url_printed_by(&mut child).await;
+    let LoginOutput {
+        url,
+        mut stdout,
+        stderr,
+    } = authorize_url_printed_by(&mut child).await;
     assert!(
         url.contains("state=") && url.contains("scope=prospects.write"),
         "{url}"
@@ -297,9 +319,7 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
     let output = tokio::task::spawn_blocking(move || {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        (child.wait().unwrap(), rest, stderr)
+        (child.wait().unwrap(), rest, stderr.join().unwrap())
     })
     .await
     .unwrap();
@@ -327,7 +347,7 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
     assert_eq!(prospect.status(), 200);
 
     // `auth status` shows the connection, not the secrets.
-    let status = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+    let status = outreach_host(&scratch("oauth", "status-home"))
         .args(["auth", "status", "--token-store"])
         .arg(&store_path)
         .output()
@@ -337,7 +357,7 @@ async fn cli_login_through_the_loopback_redirect_stores_tokens_owner_only() {
     assert!(shown.contains("scope prospects.write"), "{shown}");
     assert!(!shown.contains(&tokens.access_token) && !shown.contains(&refresh));
 
-    let logout = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+    let logout = outreach_host(&scratch("oauth", "logout-home"))
         .args(["logout", "--account", "ada", "--token-store"])
         .arg(&store_path)
         .output()
@@ -359,7 +379,7 @@ async fn manual_login_takes_the_pasted_redirect_and_a_client_file() {
     )
     .unwrap();
     // Nothing listens on this redirect URI: the user pastes the address.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+    let mut child = outreach_host(&scratch("oauth", "manual-home"))
         .args([
             "login",
             "--manual",
@@ -383,7 +403,7 @@ async fn manual_login_takes_the_pasted_redirect_and_a_client_file() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (url, stdout) = authorize_url_printed_by(&mut child).await;
+    let LoginOutput { url, stdout, .. } = authorize_url_printed_by(&mut child).await;
     let location = browser_login(&url, USER, PASSWORD).await;
     let output = tokio::task::spawn_blocking(move || {
         use std::io::Write;
@@ -593,8 +613,12 @@ async fn a_cli_run_never_prints_or_writes_a_secret() {
     let (api_base, token_url, store_path) =
         (sim.api_base(), sim.token_url(), store.path().to_path_buf());
     let (config2, input2, letters2) = (config.clone(), input.clone(), letters.clone());
+    // The journal and compile cache in their default places, in a home of
+    // the test's own.
+    let home = scratch("oauth", "secret-home");
+    let home2 = home.clone();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        outreach_host(&home2)
             .args(["run", "--json", "--account", "ada", "--concurrency", "2"])
             .arg("--config")
             .arg(&config2)
@@ -627,6 +651,14 @@ async fn a_cli_run_never_prints_or_writes_a_secret() {
     );
     let letters_text = std::fs::read_to_string(&letters).unwrap();
     assert_eq!(letters_text.lines().count(), 40);
+    // Every file the run kept: the journal (with its log, if left) and the
+    // compile cache.
+    let journal = home.join("state/outreach-host/journal.sqlite");
+    assert!(journal.is_file(), "the journal is not where it belongs");
+    let mut kept = String::new();
+    for path in files_under(&home) {
+        kept.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
+    }
     for secret in [
         first.access_token.as_str(),
         first.refresh_token.as_deref().unwrap(),
@@ -638,6 +670,7 @@ async fn a_cli_run_never_prints_or_writes_a_secret() {
             ("stdout", &stdout),
             ("stderr", &stderr),
             ("dead letters", &letters_text),
+            ("the journal or the cache", &kept),
         ] {
             assert!(!text.contains(secret), "a secret appears in {what}");
         }
@@ -645,6 +678,20 @@ async fn a_cli_run_never_prints_or_writes_a_secret() {
     for path in [&config, &input, &letters, store.path()] {
         std::fs::remove_file(path).unwrap();
     }
+    std::fs::remove_dir_all(&home).unwrap();
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

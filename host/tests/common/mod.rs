@@ -88,6 +88,23 @@ pub fn write(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// The `outreach-host` command with a home of its own in `dir`: `HOME`
+/// and the XDG directories point there and the `OUTREACH_*` locations are
+/// unset, so whatever it keeps in its default places (journal, token
+/// store, compile cache) never touches the user's, and a test can read it.
+pub fn outreach_host(dir: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_outreach-host"));
+    command
+        .env("HOME", dir)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("XDG_CONFIG_HOME", dir.join("config"))
+        .env_remove("OUTREACH_JOURNAL")
+        .env_remove("OUTREACH_TOKEN_STORE")
+        .env_remove("OUTREACH_CACHE_DIR");
+    command
+}
+
 /// The command line with a journal and cache in `dir` and a fixed token.
 pub struct Cli {
     pub dir: PathBuf,
@@ -96,7 +113,7 @@ pub struct Cli {
 
 impl Cli {
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_outreach-host"));
+        let mut command = outreach_host(&self.dir);
         command
             .arg("--journal")
             .arg(self.dir.join("journal.sqlite"))
