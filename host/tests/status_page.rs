@@ -123,7 +123,14 @@ impl Browser {
             .unwrap();
     }
 
+    /// Clicks what `css` finds and waits (10 s at most) for the page it
+    /// leads to. Every click in these tests follows a link or submits a
+    /// form, and WebDriver's click may return before the browser has left
+    /// the page: reading straight after it would read the old page (on a
+    /// loaded machine it did). The old page's root going stale is the sign
+    /// that the browser left it.
     async fn click(&self, css: &str) {
+        let leaving = self.client().find(Locator::Css("html")).await.unwrap();
         self.client()
             .find(Locator::Css(css))
             .await
@@ -131,6 +138,25 @@ impl Browser {
             .click()
             .await
             .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while leaving.tag_name().await.is_ok() {
+            assert!(Instant::now() < deadline, "clicking {css} led nowhere");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        loop {
+            let state = self
+                .client()
+                .execute("return document.readyState", vec![])
+                .await;
+            if matches!(state, Ok(Value::String(ref s)) if s == "complete") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the page after {css} never loaded"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Waits (10 s at most) until the browser is on a page whose URL
