@@ -541,14 +541,7 @@ async fn connect_through_the_browser_stores_tokens_and_a_forged_or_denied_login_
 
     // Consent denied at the authorization server: an error page, nothing
     // stored (the state was real).
-    browser.client().goto(&service.url("/admin")).await.unwrap();
-    browser.click("form[action='/admin/connect'] button").await;
-    let authorize = browser.until_at("state=").await;
-    let state = authorize
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| panic!("no state in {authorize}"));
+    let state = connect_started(&browser, &service).await;
     browser
         .client()
         .goto(&service.url(&format!(
@@ -563,14 +556,7 @@ async fn connect_through_the_browser_stores_tokens_and_a_forged_or_denied_login_
 
     // The token endpoint refuses the exchange (a code it never issued):
     // an error page, nothing stored.
-    browser.client().goto(&service.url("/admin")).await.unwrap();
-    browser.click("form[action='/admin/connect'] button").await;
-    let authorize = browser.until_at("state=").await;
-    let state = authorize
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_else(|| panic!("no state in {authorize}"));
+    let state = connect_started(&browser, &service).await;
     browser
         .client()
         .goto(&service.url(&format!("/oauth/callback?code=never-issued&state={state}")))
@@ -606,6 +592,19 @@ async fn connect_through_the_browser_stores_tokens_and_a_forged_or_denied_login_
     let tokens = stored().expect("tokens stored by the connection");
     assert!(tokens.refresh_token.is_some());
     browser.close().await;
+}
+
+/// Presses Connect on the destinations page: the `state` of the
+/// authorization request the browser was sent to.
+async fn connect_started(browser: &Browser, service: &Service) -> String {
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    browser.click("form[action='/admin/connect'] button").await;
+    let authorize = browser.until_at("state=").await;
+    authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no state in {authorize}"))
 }
 
 /// Signs in through the page.

@@ -105,7 +105,8 @@ impl Errors {
     }
 }
 
-fn kind_of(v: &Value) -> &'static str {
+/// How a JSON value's type is named in messages ("not a number").
+pub(crate) fn kind_of(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use serde_json::{Map, Number, Value};
 
 use crate::catalog::AttributeKind;
-use crate::config::{AttributeMapping, Audience, Config, STATUSES};
+use crate::config::{AttributeMapping, Audience, Config, STATUSES, kind_of};
 use crate::time;
 use crate::types::{Header, Method, PlanOutcome, RecordError, RecordFate, Request};
 
@@ -22,17 +22,6 @@ struct Problem {
 
 fn problem(code: &'static str, message: String) -> Problem {
     Problem { code, message }
-}
-
-fn kind_of(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// A value quoted for a message, shortened so one huge field cannot flood a
