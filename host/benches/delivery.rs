@@ -4,7 +4,9 @@
 //!    pacing): updates per second.
 //! 2. Budget use with the limit on (600 per minute by default), against
 //!    the simulator's windows that start with a user's first request and
-//!    against fixed windows that count every request (429s included): the
+//!    against fixed windows that count every request (429s included), each
+//!    with the reset written rounded up (the default) and rounded down, and
+//!    fixed windows on a server clock 2 s behind and 2 s ahead of ours: the
 //!    requests each window counted, the share of the budget used in the
 //!    windows the run spanned wholly, and the 429s received per window.
 //!
@@ -23,7 +25,7 @@ use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
-use outreach_simulator::{RateWindowKind, Simulator, SimulatorConfig};
+use outreach_simulator::{RateWindowKind, ResetRounding, Simulator, SimulatorConfig};
 
 mod common;
 
@@ -153,7 +155,14 @@ fn main() {
         // The component's declared policy, as a real run uses it; the
         // simulator's stricter limit is learnt from its headers (and 429s).
         let declared = runtime.describe().rate_limit.clone();
-        for kind in [RateWindowKind::FromFirstRequest, RateWindowKind::Fixed] {
+        let servers = [
+            (RateWindowKind::FromFirstRequest, ResetRounding::Up, 0),
+            (RateWindowKind::Fixed, ResetRounding::Up, 0),
+            (RateWindowKind::FromFirstRequest, ResetRounding::Down, 0),
+            (RateWindowKind::Fixed, ResetRounding::Down, -2_000),
+            (RateWindowKind::Fixed, ResetRounding::Down, 2_000),
+        ];
+        for (kind, rounding, offset_ms) in servers {
             if args.limited_records == 0 {
                 break;
             }
@@ -163,6 +172,8 @@ fn main() {
                     rate_limit: args.limit,
                     rate_window: window,
                     rate_window_kind: kind,
+                    reset_rounding: rounding,
+                    clock_offset_ms: offset_ms,
                     ..SimulatorConfig::default()
                 },
                 loopback,
@@ -191,7 +202,7 @@ fn main() {
             let used: u64 = whole.iter().map(|c| u64::from(*c).min(u64::from(args.limit))).sum();
             let budget = (whole.len() as u64 * u64::from(args.limit)).max(1);
             println!(
-                "limited to {} per {} s, {kind:?} windows: {} delivered in {:.1} s; requests per window {counts:?}; budget used in the {} windows between the first and the last {:.1}%; 429s {} ({:.2} per window)",
+                "limited to {} per {} s, {kind:?} windows, reset rounded {rounding:?}, server clock {offset_ms:+} ms: {} delivered in {:.1} s; requests per window {counts:?}; budget used in the {} windows between the first and the last {:.1}%; 429s {} ({:.2} per window)",
                 args.limit,
                 args.window_secs,
                 summary.delivered,

@@ -9,7 +9,7 @@ use outreach_host::delivery::{self, DeliveryOptions, Input, StaticToken, Summary
 use outreach_host::http::ApiClient;
 use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
-use outreach_simulator::{Faults, RateWindowKind, Simulator, SimulatorConfig};
+use outreach_simulator::{Faults, RateWindowKind, ResetRounding, Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
 mod common;
@@ -319,6 +319,106 @@ async fn a_fixed_window_is_used_in_full_with_at_most_one_429_per_window() {
     for id in 1..=RECORDS {
         assert_eq!(simulator.prospect(id).unwrap()["custom4"], "realized");
     }
+}
+
+/// A run against windows of 20 requests per 3 s whose resets are written
+/// rounded down, on a server clock `offset_ms` off ours: at every turn one
+/// request goes first and the others follow its answer, so a window's turn
+/// costs at most one 429, and every window is used in full.
+async fn turns_cost_at_most_one_429(kind: RateWindowKind, offset_ms: i64) {
+    const LIMIT: u32 = 20;
+    const RECORDS: u64 = 80;
+    const CONCURRENCY: u32 = 16;
+    let window = Duration::from_secs(3);
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=1000,
+            rate_limit: LIMIT,
+            rate_window: window,
+            rate_window_kind: kind,
+            reset_rounding: ResetRounding::Down,
+            clock_offset_ms: offset_ms,
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let user = "ada@example.com";
+    let token = simulator.issue_token(user);
+    let records: Vec<String> = (1..=RECORDS)
+        .map(|id| profile(id, "Turn", "realized"))
+        .collect();
+    let job = run_job(
+        &simulator,
+        CONFIG,
+        &records,
+        DeliveryOptions {
+            concurrency: CONCURRENCY as usize,
+            ..DeliveryOptions::default()
+        },
+        token,
+    )
+    .await;
+    let s = &job.summary;
+    assert_eq!(s.delivered, RECORDS, "{s:?}");
+    assert_eq!(simulator.stats().rate_limited, s.rate_limited);
+    let windows = simulator.rate_windows(user);
+    let counts: Vec<u32> = windows.iter().map(|(_, used)| *used).collect();
+    eprintln!(
+        "{kind:?} windows, server clock {offset_ms:+} ms: {} 429s, windows counted {counts:?}",
+        s.rate_limited
+    );
+    // Without a probe at each turn, about the concurrency met a 429 at
+    // every turn (16 × 3 here).
+    assert!(
+        s.rate_limited <= windows.len() as u64 + 1,
+        "{} 429s in {} windows: {counts:?}",
+        s.rate_limited,
+        windows.len()
+    );
+    if kind == RateWindowKind::Fixed {
+        // Every request counts, 429s too; the windows follow each other
+        // with none skipped and every one but the last is used in full.
+        assert!(
+            windows.windows(2).all(|w| w[1].0 == w[0].0 + window),
+            "a window went unused: {windows:?}"
+        );
+        let admitted: Vec<u32> = counts[..counts.len() - 1]
+            .iter()
+            .map(|used| used.min(&LIMIT))
+            .copied()
+            .collect();
+        assert!(
+            admitted[1..].iter().all(|used| *used == LIMIT),
+            "a window's budget went unused: {counts:?}"
+        );
+    } else {
+        // Windows start with the first request after the last one ended
+        // and count what they admit: every one but the last is full.
+        assert!(
+            counts[..counts.len() - 1].iter().all(|used| *used == LIMIT),
+            "{counts:?}"
+        );
+    }
+    for id in 1..=RECORDS {
+        assert_eq!(simulator.prospect(id).unwrap()["custom4"], "realized");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_rounded_down_costs_at_most_one_429_per_window() {
+    turns_cost_at_most_one_429(RateWindowKind::FromFirstRequest, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_clock_2_s_behind_costs_at_most_one_429_per_window() {
+    turns_cost_at_most_one_429(RateWindowKind::Fixed, -2_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_clock_2_s_ahead_costs_no_window() {
+    turns_cost_at_most_one_429(RateWindowKind::Fixed, 2_000).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
-use crate::{Sent, Shared, Store, epoch_seconds_ceil, iso_utc, one_error, with_thousands};
+use crate::{
+    Sent, Shared, SimulatorConfig, Store, epoch_seconds_ceil, epoch_seconds_floor, iso_utc,
+    one_error, with_thousands,
+};
 
 /// How a user's requests are counted against the limit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -22,6 +25,40 @@ pub enum RateWindowKind {
     /// every authenticated request counts: those answered 5xx, and those
     /// refused with a 429 too.
     Fixed,
+}
+
+/// How the moment a window turns is written as whole epoch seconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResetRounding {
+    /// The first whole second at or after the turn: a client that waits
+    /// for it never comes early.
+    #[default]
+    Up,
+    /// The whole second the turn falls in, as some servers write it: up to
+    /// a second before the window really turns.
+    Down,
+}
+
+impl ResetRounding {
+    fn seconds(self, at: SystemTime) -> u64 {
+        match self {
+            Self::Up => epoch_seconds_ceil(at),
+            Self::Down => epoch_seconds_floor(at),
+        }
+    }
+}
+
+impl SimulatorConfig {
+    /// The time on the server's clock.
+    pub(crate) fn server_now(&self) -> SystemTime {
+        let now = SystemTime::now();
+        let offset = Duration::from_millis(self.clock_offset_ms.unsigned_abs());
+        if self.clock_offset_ms >= 0 {
+            now + offset
+        } else {
+            now.checked_sub(offset).unwrap_or(UNIX_EPOCH)
+        }
+    }
 }
 
 pub(crate) struct RateWindow {
@@ -41,7 +78,8 @@ fn fixed_window_start(now: SystemTime, length: Duration) -> SystemTime {
 pub(crate) struct Quota {
     limit: u32,
     remaining: u32,
-    reset: SystemTime,
+    /// The reset as written: whole epoch seconds.
+    reset: u64,
 }
 
 impl Quota {
@@ -49,10 +87,7 @@ impl Quota {
         let headers = response.headers_mut();
         headers.insert("X-RateLimit-Limit", HeaderValue::from(self.limit));
         headers.insert("X-RateLimit-Remaining", HeaderValue::from(self.remaining));
-        headers.insert(
-            "X-RateLimit-Reset",
-            HeaderValue::from(epoch_seconds_ceil(self.reset)),
-        );
+        headers.insert("X-RateLimit-Reset", HeaderValue::from(self.reset));
     }
 }
 
@@ -66,9 +101,9 @@ pub(crate) fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Respo
         .and_then(|v| v.strip_prefix("Bearer "));
     let mut store = shared.store();
     store.stats.requests += 1;
-    let now = SystemTime::now();
     let issued = token.and_then(|t| store.tokens.get(t));
-    let user = match issued.filter(|i| i.expires.is_none_or(|at| at > now)) {
+    let real_now = SystemTime::now();
+    let user = match issued.filter(|i| i.expires.is_none_or(|at| at > real_now)) {
         Some(issued) => issued.user.clone(),
         None => {
             store.stats.unauthorized += 1;
@@ -87,6 +122,8 @@ pub(crate) fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Respo
         .unwrap_or_default()
         .to_owned();
     let (limit, length) = (shared.config.rate_limit, shared.config.rate_window);
+    // Windows turn on the server's clock, which may not be the real one.
+    let now = shared.config.server_now();
     let fixed = shared.config.rate_window_kind == RateWindowKind::Fixed;
     let started = if fixed {
         fixed_window_start(now, length)
@@ -112,10 +149,13 @@ pub(crate) fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Respo
         past_windows.push((user.clone(), window.started, window.used));
         *window = RateWindow { started, used: 0 };
     }
-    let reset = window.started + length;
+    let reset = shared
+        .config
+        .reset_rounding
+        .seconds(window.started + length);
     sent.push(Sent {
         user: user.clone(),
-        at: now,
+        at: real_now,
         agent,
         rate_limited: window.used >= limit,
     });
@@ -136,7 +176,7 @@ pub(crate) fn admit(shared: &Shared, headers: &HeaderMap) -> Result<Quota, Respo
             format!(
                 "You have exceeded your permitted rate limit of {}; please try again at {}.",
                 with_thousands(limit),
-                iso_utc(epoch_seconds_ceil(reset))
+                iso_utc(reset)
             ),
             None,
         );

@@ -33,7 +33,7 @@ mod prospects;
 pub mod schema;
 
 use admission::RateWindow;
-pub use admission::RateWindowKind;
+pub use admission::{RateWindowKind, ResetRounding};
 pub use oauth::OAuthApp;
 
 const JSON_API: &str = "application/vnd.api+json";
@@ -63,6 +63,13 @@ pub struct SimulatorConfig {
     pub rate_window: Duration,
     /// Where windows start and what they count.
     pub rate_window_kind: RateWindowKind,
+    /// How `X-RateLimit-Reset` (whole epoch seconds) rounds the moment the
+    /// window turns.
+    pub reset_rounding: ResetRounding,
+    /// How far the server's clock is ahead of the real one (negative:
+    /// behind), in milliseconds: its windows turn, and the resets it names
+    /// are read, on its own clock.
+    pub clock_offset_ms: i64,
     /// Custom fields this Outreach account has (`custom1..=N`).
     pub custom_fields: u32,
     /// Bearer tokens accepted from the start, with the user each belongs to.
@@ -81,6 +88,8 @@ impl Default for SimulatorConfig {
             rate_limit: 10_000,
             rate_window: Duration::from_secs(3_600),
             rate_window_kind: RateWindowKind::default(),
+            reset_rounding: ResetRounding::default(),
+            clock_offset_ms: 0,
             custom_fields: MAX_CUSTOM_FIELDS,
             tokens: Vec::new(),
             faults: Faults::default(),
@@ -351,6 +360,11 @@ fn seed_prospect(id: u64) -> Map<String, Value> {
 
 /// Whole epoch seconds, rounded up: a client that waits until this second
 /// is never early.
+/// Whole seconds since the epoch, rounded down.
+fn epoch_seconds_floor(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 fn epoch_seconds_ceil(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0))

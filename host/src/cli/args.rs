@@ -32,7 +32,7 @@ pub(crate) enum LogFormat {
 #[derive(Args, Clone)]
 pub(crate) struct ComponentArgs {
     /// Destination component to run (default: the Outreach component built
-    /// with this host).
+    /// into this binary).
     #[arg(long, global = true, value_name = "WASM")]
     pub(crate) component: Option<PathBuf>,
     /// Directory for compiled components (default: $OUTREACH_CACHE_DIR,
@@ -426,6 +426,16 @@ pub(crate) struct SimulateArgs {
     /// user's first request.
     #[arg(long)]
     pub(crate) fixed_window: bool,
+    /// Write `X-RateLimit-Reset` rounded down to the whole second (up to a
+    /// second before the window turns), as some servers do; by default it
+    /// is rounded up.
+    #[arg(long)]
+    pub(crate) reset_rounded_down: bool,
+    /// Run the server's clock this many milliseconds ahead of the real one
+    /// (negative: behind): its windows turn, and its resets are named, on
+    /// that clock.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub(crate) clock_offset_ms: i64,
     /// Custom fields the account has (custom1..=N).
     #[arg(long, default_value_t = 150)]
     pub(crate) custom_fields: u32,

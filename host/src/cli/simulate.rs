@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use outreach_simulator::{Faults, RateWindowKind, Simulator, SimulatorConfig};
+use outreach_simulator::{Faults, RateWindowKind, ResetRounding, Simulator, SimulatorConfig};
 
 use super::args::SimulateArgs;
 use super::{CLIENT_ID_ENV, CLIENT_SECRET_ENV, TOKEN_ENV};
@@ -25,6 +25,12 @@ pub(crate) async fn simulate(args: SimulateArgs) -> Result<u8> {
             } else {
                 RateWindowKind::FromFirstRequest
             },
+            reset_rounding: if args.reset_rounded_down {
+                ResetRounding::Down
+            } else {
+                ResetRounding::Up
+            },
+            clock_offset_ms: args.clock_offset_ms,
             custom_fields: args.custom_fields.min(150),
             faults: Faults {
                 error_share: args.error_share,

@@ -154,8 +154,7 @@ impl Context {
             .find(|m| m.account == name)
             .ok_or_else(|| failed("no destination uses it".into()))?;
         let limiter = Limiter::with_clock(&member.rate_limit, self.clock)
-            .map_err(|e| failed(e.to_string()))?
-            .probing_first();
+            .map_err(|e| failed(e.to_string()))?;
         if let Ok(Some(bytes)) = self.buckets.budgets.get(layout::account_key(name)).await
             && let Ok(handed) = serde_json::from_slice::<partition::HandedBudget>(&bytes)
             && handed.reset_ms > self.clock.now_ms()

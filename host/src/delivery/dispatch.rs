@@ -180,7 +180,7 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                         .await
                     {
                         Ok(classification) => {
-                            self.limiter.observe(&classification.budget);
+                            permit.observe(&classification.budget);
                             let event = Event::Classified {
                                 verdict: classification.verdict,
                                 status: response.status,

@@ -8,6 +8,20 @@
 //! count reaches 0 do not meet a 429; and a gate a 429 closes until the
 //! time the API gave. A rate-limited update is never dropped; it waits.
 //!
+//! **Turns of the window.** The reset an API names is only approximately
+//! when its window turns: Outreach writes it in whole seconds (a server
+//! may round down), and the server's clock is not ours. So a report stays
+//! authoritative until an answer names a later reset, and once it is
+//! spent, the reset only lets **one** request go (a probe); the others
+//! wait for its answer. If the answer names a new window, they follow its
+//! `X-RateLimit-Remaining`; if the window had not turned (a 429), the
+//! probe is tried again after the 429's wait, and the limiter remembers
+//! how late after its named reset the API's window turned, so the next
+//! turn's probe waits that long too: at most one 429 per window however
+//! the reset is rounded or the clocks disagree. Before the API has
+//! reported anything (a start, a restart, a new owner of the account) the
+//! first request is a probe as well: the window may already be spent.
+//!
 //! Both layers wait on tokio's clock and read server times on the host's
 //! [`Clock`], so their tests pause time instead of sleeping.
 
@@ -30,8 +44,10 @@ pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// would hammer the API.
 pub const MIN_RATE_LIMIT_WAIT: Duration = Duration::from_secs(1);
 
-/// How often a request waiting behind a probe looks again.
-const PROBE_POLL: Duration = Duration::from_millis(5);
+/// The most a window's turn may be learned to lag behind its named reset:
+/// a longer lag is a server whose clock is broken, not skewed, and its
+/// 429s then say when to come back.
+const MAX_TURN_LAG_MS: u64 = 60_000;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the component declares an unusable rate limit: {0}")]
@@ -63,8 +79,10 @@ pub struct Limiter {
     /// Whose turn it is to wait for the next permit: one [`Line`] at a
     /// time, first come first served (tokio's mutex is fair).
     turns: tokio::sync::Mutex<()>,
-    /// Until the API has reported the budget, one request at a time.
-    probe_first: bool,
+    /// Told whenever a place may have come free (an answer observed, a
+    /// permit dropped), so a spent budget is looked at again at once
+    /// rather than at its reset.
+    changed: tokio::sync::Notify,
 }
 
 /// One sharer's place in line for a [`Limiter`] several sharers use (the
@@ -81,23 +99,76 @@ pub struct Line(tokio::sync::Mutex<()>);
 #[derive(Debug, Default)]
 struct Window {
     /// Requests left, as reported, in the window that resets at this time
-    /// (epoch ms).
+    /// (epoch ms). It holds until an answer names a later reset.
     reported: Option<(u32, u64)>,
     in_flight: u32,
+    /// The probe on its way, if one is.
+    probe: Option<Probe>,
+    /// How long after its named reset the API's window was last seen to
+    /// turn (rounding, clock skew): the next turn's probe waits this long.
+    turn_lag_ms: u64,
+    /// The API answered without reporting a budget: there is nothing to
+    /// probe for until it does.
+    unreported: bool,
+}
+
+/// A request sent to learn whether the window turned (or, with no report
+/// yet, what is left of it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Probe {
+    sent_ms: u64,
+    /// The reset of the spent window it probes; `None` before any report.
+    after_reset_ms: Option<u64>,
+}
+
+/// What the reported budget allows now.
+enum Turn {
+    /// A place is free.
+    Free,
+    /// The budget is spent until this instant (its reset, plus the lag).
+    SpentUntil(Instant),
+    /// The budget is spent and the window may have turned: one request
+    /// may go to find out.
+    Probe(Option<u64>),
+    /// A probe is out: wait for its answer.
+    AwaitProbe,
 }
 
 /// A request's place in the budget, from [`Limiter::acquire`] until its
 /// answer was observed (or it failed): dropping it frees the place.
 #[must_use = "the request's place in the budget ends when the permit is dropped"]
-#[derive(Debug)]
 pub struct Permit<'a> {
-    window: &'a Mutex<Window>,
+    limiter: &'a Limiter,
+    probe: Option<Probe>,
+}
+
+impl std::fmt::Debug for Permit<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("probe", &self.probe)
+            .finish()
+    }
+}
+
+impl Permit<'_> {
+    /// Takes the answer's view of the budget into account (see
+    /// [`Limiter::observe`]); an answer to a probe also tells whether the
+    /// window had turned when it was sent.
+    pub fn observe(&self, budget: &Budget) {
+        self.limiter.observe_answer(budget, self.probe);
+    }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        window.in_flight = window.in_flight.saturating_sub(1);
+        {
+            let mut window = self.limiter.window();
+            window.in_flight = window.in_flight.saturating_sub(1);
+            if self.probe.is_some() && window.probe == self.probe {
+                window.probe = None;
+            }
+        }
+        self.limiter.changed.notify_waiters();
     }
 }
 
@@ -128,16 +199,8 @@ impl Limiter {
             gate: Mutex::new(None),
             window: Mutex::default(),
             turns: tokio::sync::Mutex::new(()),
-            probe_first: false,
+            changed: tokio::sync::Notify::new(),
         })
-    }
-
-    /// Sends one request at a time until the API has reported what is
-    /// left of the budget: for a budget others may have spent (a cluster
-    /// worker taking an account over), whatever the pacer would allow.
-    pub fn probing_first(mut self) -> Self {
-        self.probe_first = true;
-        self
     }
 
     /// What the API last reported: requests left and when the window
@@ -185,28 +248,48 @@ impl Limiter {
         self.window.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a probe is out and its answer awaited.
-    fn probing(&self, window: &Window) -> bool {
-        self.probe_first && window.reported.is_none() && window.in_flight > 0
-    }
-
-    /// When the budget the API reported is spent by the requests in flight:
-    /// the reset to wait for.
-    fn spent_until(&self, window: &Window) -> Option<Instant> {
-        let (remaining, reset_ms) = window.reported?;
-        let reset = self.clock.instant_at(reset_ms);
-        (reset > Instant::now() && window.in_flight >= remaining).then_some(reset)
+    /// What the reported budget allows now.
+    fn turn(&self, window: &Window) -> Turn {
+        let probe_or_wait = |after_reset_ms| {
+            if window.probe.is_some() {
+                Turn::AwaitProbe
+            } else {
+                Turn::Probe(after_reset_ms)
+            }
+        };
+        match window.reported {
+            None if window.unreported => Turn::Free,
+            None => probe_or_wait(None),
+            Some((remaining, _)) if window.in_flight < remaining => Turn::Free,
+            Some((_, reset_ms)) => {
+                let turned = self
+                    .clock
+                    .instant_at(reset_ms.saturating_add(window.turn_lag_ms));
+                if turned > Instant::now() {
+                    Turn::SpentUntil(turned)
+                } else {
+                    probe_or_wait(Some(reset_ms))
+                }
+            }
+        }
     }
 
     /// A place in the budget, if one is left.
     fn reserve(&self) -> Option<Permit<'_>> {
         let mut window = self.window();
-        if self.spent_until(&window).is_some() || self.probing(&window) {
-            return None;
-        }
+        let probe = match self.turn(&window) {
+            Turn::Free => None,
+            Turn::Probe(after_reset_ms) => Some(Probe {
+                sent_ms: self.clock.now_ms(),
+                after_reset_ms,
+            }),
+            Turn::SpentUntil(_) | Turn::AwaitProbe => return None,
+        };
         window.in_flight += 1;
+        window.probe = probe.or(window.probe);
         Some(Permit {
-            window: &self.window,
+            limiter: self,
+            probe,
         })
     }
 
@@ -220,10 +303,24 @@ impl Limiter {
                 tokio::time::sleep_until(until).await;
                 continue;
             }
-            let spent = self.spent_until(&self.window());
-            if let Some(reset) = spent {
-                tokio::time::sleep_until(reset).await;
-                continue;
+            // Registered before looking, so a change after the look wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let turn = self.turn(&self.window());
+            match turn {
+                Turn::SpentUntil(turned) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(turned) => {}
+                        () = changed => {}
+                    }
+                    continue;
+                }
+                Turn::AwaitProbe => {
+                    changed.await;
+                    continue;
+                }
+                Turn::Free | Turn::Probe(_) => {}
             }
             if let Err(not_until) = self.pacer.check() {
                 use governor::clock::Clock as _;
@@ -238,10 +335,6 @@ impl Limiter {
             if let Some(permit) = self.reserve() {
                 return permit;
             }
-            if self.probing(&self.window()) {
-                // The probe's answer has no notification of its own.
-                tokio::time::sleep(PROBE_POLL).await;
-            }
         }
     }
 
@@ -249,7 +342,10 @@ impl Limiter {
     /// would have to wait.
     pub fn try_acquire(&self) -> Option<Permit<'_>> {
         if self.gate().is_some_and(|until| until > Instant::now())
-            || self.spent_until(&self.window()).is_some()
+            || matches!(
+                self.turn(&self.window()),
+                Turn::SpentUntil(_) | Turn::AwaitProbe
+            )
         {
             return None;
         }
@@ -266,19 +362,54 @@ impl Limiter {
     }
 
     /// Takes the API's view of the budget into account: the requests left
-    /// in the window are shared by those in flight and any new one; at the
-    /// reset, requests flow again.
+    /// in the window are shared by those in flight and any new one; a
+    /// later reset is a new window. (An answer to a request sent with a
+    /// [`Permit`] goes through [`Permit::observe`].)
     pub fn observe(&self, budget: &Budget) {
+        self.observe_answer(budget, None);
+    }
+
+    fn observe_answer(&self, budget: &Budget, probe: Option<Probe>) {
+        self.record_answer(budget, probe);
+        self.changed.notify_waiters();
+    }
+
+    fn record_answer(&self, budget: &Budget, probe: Option<Probe>) {
+        let mut window = self.window();
         let (Some(remaining), Some(reset_ms)) = (budget.remaining, budget.reset_at_ms) else {
+            if probe.is_some_and(|p| p.after_reset_ms.is_none()) && window.reported.is_none() {
+                window.unreported = true;
+            }
             return;
         };
-        let mut window = self.window();
-        window.reported = match window.reported {
+        let known = window.reported;
+        window.reported = match known {
             // Answers come back out of order: the lowest count is the newest.
-            Some((known, at)) if at == reset_ms => Some((known.min(remaining), at)),
+            Some((count, at)) if at == reset_ms => Some((count.min(remaining), at)),
             // An answer from a window already over.
-            Some((known, at)) if at > reset_ms => Some((known, at)),
+            Some((count, at)) if at > reset_ms => Some((count, at)),
             _ => Some((remaining, reset_ms)),
+        };
+        let Some(Probe {
+            sent_ms,
+            after_reset_ms: Some(probed),
+        }) = probe
+        else {
+            return;
+        };
+        let late_by = sent_ms.saturating_sub(probed);
+        window.turn_lag_ms = if reset_ms > probed {
+            // The window had turned when the probe was sent: it turns no
+            // later than that after its named reset.
+            window.turn_lag_ms.min(late_by)
+        } else {
+            // Not yet: the next turn's probe goes no earlier than this
+            // one's retry would.
+            let retry_ms = u64::try_from(MIN_RATE_LIMIT_WAIT.as_millis()).unwrap_or(u64::MAX);
+            window
+                .turn_lag_ms
+                .max(late_by.saturating_add(retry_ms))
+                .min(MAX_TURN_LAG_MS)
         };
     }
 

@@ -122,6 +122,7 @@ async fn requests_in_flight_hold_places_in_the_reported_budget() {
     let clock = Clock::starting_at(1_700_000_000_000);
     let limiter = Limiter::with_clock(&policy(10_000, 3_600), clock).unwrap();
     let reset = clock.now_ms() + 60_000;
+    limiter.observe(&reported(600, reset));
     // Two requests are on their way when an answer says 3 are left.
     let first = limiter.acquire().await;
     let second = limiter.acquire().await;
@@ -129,11 +130,11 @@ async fn requests_in_flight_hold_places_in_the_reported_budget() {
     let third = limiter.try_acquire().expect("one place is left");
     assert!(limiter.try_acquire().is_none(), "three are in flight");
     // Their answers take the count down with them: still nothing left.
-    limiter.observe(&reported(2, reset));
+    first.observe(&reported(2, reset));
     drop(first);
-    limiter.observe(&reported(1, reset));
+    second.observe(&reported(1, reset));
     drop(second);
-    limiter.observe(&reported(0, reset));
+    third.observe(&reported(0, reset));
     drop(third);
     assert!(limiter.try_acquire().is_none(), "the window is spent");
     // The next request goes at the reset, not before.
@@ -154,11 +155,11 @@ async fn a_request_that_got_no_answer_frees_its_place() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_prober_sends_one_request_until_the_budget_is_reported() {
+async fn the_first_request_is_a_probe_until_the_budget_is_reported() {
+    // A start, a restart or a new owner of the account: the window may
+    // already be spent, so one request goes first.
     let clock = Clock::starting_at(1_700_000_000_000);
-    let limiter = Limiter::with_clock(&policy(10_000, 3_600), clock)
-        .unwrap()
-        .probing_first();
+    let limiter = Limiter::with_clock(&policy(10_000, 3_600), clock).unwrap();
     let probe = limiter.try_acquire().expect("the probe");
     assert!(
         limiter.try_acquire().is_none(),
@@ -167,13 +168,97 @@ async fn a_prober_sends_one_request_until_the_budget_is_reported() {
     let waiting = tokio::time::timeout(Duration::from_secs(5), limiter.acquire()).await;
     assert!(waiting.is_err(), "acquire went past the probe");
     // The answer: 2 left in this window.
-    limiter.observe(&reported(2, clock.now_ms() + 60_000));
+    probe.observe(&reported(2, clock.now_ms() + 60_000));
     drop(probe);
     assert_eq!(limiter.reported(), Some((2, clock.now_ms() + 60_000)));
     let a = limiter.try_acquire().expect("paced by the report now");
     let b = limiter.try_acquire().expect("paced by the report now");
     assert!(limiter.try_acquire().is_none(), "over the reported budget");
     drop((a, b));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_api_that_reports_no_budget_is_probed_once() {
+    let limiter = Limiter::new(&policy(10_000, 3_600)).unwrap();
+    let probe = limiter.try_acquire().expect("the probe");
+    probe.observe(&Budget::default());
+    drop(probe);
+    let a = limiter.try_acquire().expect("nothing to wait for");
+    let b = limiter.try_acquire().expect("nothing to wait for");
+    drop((a, b));
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_a_turn_one_request_goes_first_and_the_rest_follow_its_answer() {
+    let clock = Clock::starting_at(1_700_000_000_000);
+    let limiter = std::sync::Arc::new(Limiter::with_clock(&policy(10_000, 3_600), clock).unwrap());
+    let reset = clock.now_ms() + 10_000;
+    limiter.observe(&reported(0, reset));
+    let start = Instant::now();
+    let probe = limiter.acquire().await;
+    assert_eq!(start.elapsed(), Duration::from_secs(10), "at the reset");
+    assert!(limiter.try_acquire().is_none(), "one at a time at a turn");
+    let waiters: Vec<_> = (0..4)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let permit = limiter.acquire().await;
+                std::mem::forget(permit);
+                Instant::now()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "went before the probe's answer"
+    );
+    // The probe's answer names a new window with 3 left: three follow.
+    probe.observe(&reported(3, reset + 10_000));
+    drop(probe);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let done = waiters.iter().filter(|w| w.is_finished()).count();
+    assert_eq!(done, 3, "the new window's remaining, no more");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_later_than_its_reset_costs_one_429_and_is_waited_for_next_time() {
+    // The server rounds its reset down and its clock runs 1.5 s behind
+    // ours: its window turns 1.5 s after the reset it names.
+    let clock = Clock::starting_at(1_700_000_000_000);
+    let limiter = Limiter::with_clock(&policy(10_000, 3_600), clock).unwrap();
+    let window_ms = 10_000;
+    let mut named = clock.now_ms() + window_ms;
+    limiter.observe(&reported(0, named));
+    let mut rate_limited = 0;
+    let mut probes = Vec::new();
+    for _turn in 0..4 {
+        loop {
+            let probe = limiter.acquire().await;
+            let sent = clock.now_ms();
+            probes.push(sent - named);
+            if sent < named + 1_500 {
+                // Not yet turned: a 429 naming the same reset.
+                probe.observe(&reported(0, named));
+                drop(probe);
+                rate_limited += 1;
+                limiter.rate_limited(Some(named));
+                continue;
+            }
+            assert!(
+                limiter.try_acquire().is_none(),
+                "a second request before the answer"
+            );
+            named += window_ms;
+            // The new window, spent at once by the others.
+            probe.observe(&reported(0, named));
+            break;
+        }
+    }
+    // The first turn meets a 429 per second of lag (it cannot know
+    // better); every later turn's probe waits the lag it learned.
+    assert_eq!(rate_limited, 2, "the first turn only: {probes:?}");
+    assert_eq!(probes, [0, 1_000, 2_000, 2_000, 2_000, 2_000]);
 }
 
 #[tokio::test(start_paused = true)]
