@@ -360,6 +360,59 @@ fn the_owner_of_a_key_takes_the_next_update_after_a_verdict() {
 }
 
 #[test]
+fn an_update_let_go_without_a_verdict_is_taken_again_in_the_same_run() {
+    // Delivery paused (a login needed) with prospect 7 claimed, then went
+    // on: 7 and the update queued behind it must be taken again, not only
+    // the prospects queued after them.
+    let (journal, run) = journal_with_run();
+    journal
+        .ingest(
+            run,
+            vec![
+                incoming(1, patch(7, json!({"firstName": "A"}), &[])),
+                incoming(2, patch(8, json!({"firstName": "B"}), &[])),
+            ],
+            None,
+            &merge,
+        )
+        .unwrap();
+    let seven = journal.claim_next().unwrap().unwrap();
+    let eight = journal.claim_next().unwrap().unwrap();
+    journal.begin_attempt(&seven, run, &merge).unwrap();
+    journal.attempt_failed(&seven);
+    journal.release(&seven);
+    journal.release(&eight);
+    journal
+        .ingest(
+            run,
+            vec![
+                incoming(3, patch(7, json!({"firstName": "A2"}), &[])),
+                incoming(4, patch(9, json!({"firstName": "C"}), &[])),
+            ],
+            None,
+            &merge,
+        )
+        .unwrap();
+    let mut taken = Vec::new();
+    while let Some(claim) = journal.claim_next().unwrap() {
+        let request = journal.begin_attempt(&claim, run, &merge).unwrap();
+        taken.push((claim.key.clone(), attributes(&request)["firstName"].clone()));
+        assert_eq!(
+            journal.finish(&claim, &Verdict::Delivered, run).unwrap(),
+            None
+        );
+    }
+    assert_eq!(
+        taken,
+        [
+            ("7".to_owned(), json!("A2")),
+            ("8".to_owned(), json!("B")),
+            ("9".to_owned(), json!("C")),
+        ]
+    );
+}
+
+#[test]
 fn a_new_run_takes_over_what_a_stopped_one_left() {
     let (journal, first) = journal_with_run();
     journal

@@ -293,6 +293,10 @@ impl Journal {
         let mut state = self.state();
         state.sending.remove(&claim.seq);
         state.claimed.remove(&claim.key);
+        // The scan went past this update (and past the key's later ones,
+        // skipped while the key was claimed): it must see them again, or
+        // they wait for a restart while newer keys are delivered.
+        state.cursor = state.cursor.min(claim.seq - 1);
     }
 }
 
