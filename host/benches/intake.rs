@@ -225,7 +225,9 @@ async fn bench(args: Args) {
     )
     .unwrap();
     let env = Environment {
-        default_component: PathBuf::from(outreach_host::BUILT_COMPONENT),
+        default_component: outreach_host::engine::ComponentSource::File(PathBuf::from(
+            outreach_host::BUILT_COMPONENT,
+        )),
         cache_dir: None,
         limits: Limits::default(),
         token_store: TokenStore::new(dir.join("tokens.json")),

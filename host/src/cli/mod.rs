@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use destination_types::ConfigError;
 use outreach_host::delivery::Input;
-use outreach_host::engine::{self, Destination, Limits, Runtime};
+use outreach_host::engine::{self, ComponentSource, Destination, Limits, Runtime};
 use outreach_host::journal::{self, Journal};
 use outreach_host::oauth::{self, TokenStore};
 
@@ -44,16 +44,26 @@ pub(crate) const TOKEN_ENV: &str = "OUTREACH_ACCESS_TOKEN";
 pub(crate) const CLIENT_ID_ENV: &str = "OUTREACH_CLIENT_ID";
 pub(crate) const CLIENT_SECRET_ENV: &str = "OUTREACH_CLIENT_SECRET";
 
+/// The Outreach component, built into the binary: copying the one
+/// binary is a complete install (`--component` runs another).
+pub(crate) const EMBEDDED_COMPONENT: ComponentSource = ComponentSource::Embedded {
+    name: "the built-in Outreach component",
+    bytes: include_bytes!(env!("OUTREACH_COMPONENT_PATH")),
+};
+
+/// The component `--component` names, else the built-in one.
+pub(crate) fn component_source(component: Option<PathBuf>) -> ComponentSource {
+    component.map_or(EMBEDDED_COMPONENT, ComponentSource::File)
+}
+
 pub(crate) fn load_runtime(args: ComponentArgs) -> Result<Runtime> {
-    let path = args
-        .component
-        .unwrap_or_else(|| PathBuf::from(outreach_host::BUILT_COMPONENT));
+    let source = component_source(args.component);
     let cache = args.cache_dir.or_else(engine::default_cache_dir);
     let limits = Limits {
         memory_bytes: (args.guest_memory_mib as usize) << 20,
         call_deadline: Duration::from_millis(args.guest_deadline_ms),
     };
-    Ok(Runtime::load(&path, cache.as_deref(), limits)?)
+    Ok(Runtime::load_from(&source, cache.as_deref(), limits)?)
 }
 
 pub(crate) fn tokio_runtime() -> Result<tokio::runtime::Runtime> {

@@ -2,7 +2,6 @@
 //! reloading the destinations file and SIGTERM (or SIGINT) draining it.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,9 +34,7 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
         }),
     };
     let env = Environment {
-        default_component: component
-            .component
-            .unwrap_or_else(|| PathBuf::from(outreach_host::BUILT_COMPONENT)),
+        default_component: super::component_source(component.component),
         cache_dir: component
             .cache_dir
             .or_else(outreach_host::engine::default_cache_dir),

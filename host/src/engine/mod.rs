@@ -183,11 +183,47 @@ pub enum CompileSource {
     Cache,
 }
 
+/// Where a component comes from: a file, or bytes built into the program
+/// (so that copying one binary is a complete install).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ComponentSource {
+    File(PathBuf),
+    /// `name` stands for the component in messages.
+    Embedded {
+        name: &'static str,
+        bytes: &'static [u8],
+    },
+}
+
+impl ComponentSource {
+    /// How messages name it.
+    pub fn name(&self) -> PathBuf {
+        match self {
+            Self::File(path) => path.clone(),
+            Self::Embedded { name, .. } => PathBuf::from(name),
+        }
+    }
+}
+
 impl Runtime {
     /// Loads the component at `path`, using `cache_dir` for compiled
     /// artifacts when given.
     pub fn load(path: &Path, cache_dir: Option<&Path>, limits: Limits) -> Result<Self, LoadError> {
         Ok(Self::load_reporting(path, cache_dir, limits)?.0)
+    }
+
+    /// Loads a component from a file or from the program's own bytes.
+    pub fn load_from(
+        source: &ComponentSource,
+        cache_dir: Option<&Path>,
+        limits: Limits,
+    ) -> Result<Self, LoadError> {
+        match source {
+            ComponentSource::File(path) => Self::load(path, cache_dir, limits),
+            ComponentSource::Embedded { name, bytes } => {
+                Ok(Self::from_bytes(Path::new(name), bytes, cache_dir, limits)?.0)
+            }
+        }
     }
 
     /// [`Runtime::load`], also telling whether the cache was used.
@@ -200,6 +236,16 @@ impl Runtime {
             path: path.to_path_buf(),
             source,
         })?;
+        Self::from_bytes(path, &bytes, cache_dir, limits)
+    }
+
+    /// A component from its bytes; `path` names it in errors.
+    fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        cache_dir: Option<&Path>,
+        limits: Limits,
+    ) -> Result<(Self, CompileSource), LoadError> {
         let invalid = |reason: String| LoadError::Invalid {
             path: path.to_path_buf(),
             reason,
@@ -207,7 +253,7 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        let (component, source) = cache::compile_cached(&engine, &bytes, cache_dir)
+        let (component, source) = cache::compile_cached(&engine, bytes, cache_dir)
             .map_err(|e| invalid(format!("{e:#}")))?;
         let contract_version = exported_contract_version(&engine, &component)
             .map_err(invalid)?

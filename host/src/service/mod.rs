@@ -46,7 +46,7 @@ pub type MakeOAuthClient = Box<dyn Fn(&Runtime) -> Result<OAuthClient, String> +
 /// What the command line supplies besides the destinations file.
 pub struct Environment {
     /// The component for destinations that name none.
-    pub default_component: PathBuf,
+    pub default_component: crate::engine::ComponentSource,
     pub cache_dir: Option<PathBuf>,
     pub limits: Limits,
     pub token_store: TokenStore,
@@ -114,7 +114,7 @@ pub struct Service {
     /// The command line's `--listen`, which outranks the file's.
     listen_override: Option<SocketAddr>,
     set: RwLock<Arc<Set>>,
-    runtimes: Mutex<HashMap<PathBuf, Arc<Runtime>>>,
+    runtimes: Mutex<HashMap<crate::engine::ComponentSource, Arc<Runtime>>>,
     draining: AtomicBool,
     reloading: tokio::sync::Mutex<()>,
     /// Operators' sessions, when the file has an `[admin]` section at start.
