@@ -19,6 +19,7 @@ use super::{Context, leases};
 use crate::delivery::planner::plan_items;
 use crate::input::Item;
 use crate::service::stream::{AcceptError, Acceptance, Accepted};
+use destination_types::PlanOutcome;
 
 /// Publishing a batch is tried this many times more (0.25 + 0.5 + 1 s).
 const PUBLISH_TRIES: u32 = 3;
@@ -194,17 +195,42 @@ impl Worker {
         for (item, outcome) in planned {
             let index = item.line.saturating_sub(1);
             answer.count(index, &outcome);
-            match item.refused {
-                None => texts.push(item.text),
-                Some(why) => refused.push((index, item.text, why)),
+            match (item.refused, outcome) {
+                // An NDJSON line that is not JSON cannot travel inside the
+                // message's JSON array: its letter is written here.
+                (None, PlanOutcome::Invalid(error))
+                    if serde_json::from_str::<serde::de::IgnoredAny>(&item.text).is_err() =>
+                {
+                    refused.push((index, item.text, (error.code, error.message)));
+                }
+                (None, _) => texts.push(item.text),
+                (Some(why), _) => {
+                    refused.push((index, item.text, (why.code.to_owned(), why.message)))
+                }
             }
         }
+        // A message may not exceed the servers' `max_payload` (1 MiB by
+        // default) while a batch may be `max_body_bytes` (16 MiB): a batch
+        // travels as as many messages as it needs, published in order.
+        let limit = self
+            .ctx
+            .js
+            .client()
+            .server_info()
+            .max_payload
+            .saturating_sub(PAYLOAD_HEADROOM);
+        // Checked before anything is published: a refused batch leaves nothing.
+        let messages = pack(&texts, limit).map_err(|(index, size)| {
+            AcceptError::TooLarge(format!(
+                "record {index} is {size} bytes, more than a NATS message may carry ({limit} bytes: the servers' max_payload)"
+            ))
+        })?;
         let now = self.ctx.clock.now_ms();
-        for (index, text, why) in refused {
+        for (index, text, (code, reason)) in refused {
             let letter = Letter {
                 destination: destination.to_owned(),
-                code: why.code.to_owned(),
-                reason: why.message,
+                code,
+                reason,
                 record: text,
                 received_ms: now,
                 failed_ms: now,
@@ -224,20 +250,41 @@ impl Worker {
                 .map_err(|e| nats(e.to_string()))?;
         }
         let first = serde_json::to_string(&answer).map_err(|e| nats(e.to_string()))?;
-        if texts.is_empty() {
+        if messages.is_empty() {
             return Ok(Acceptance::Fresh(answer));
         }
-        let mut payload = Vec::with_capacity(texts.iter().map(|t| t.len() + 1).sum::<usize>() + 2);
-        payload.push(b'[');
-        for (i, text) in texts.iter().enumerate() {
-            if i > 0 {
-                payload.push(b',');
-            }
-            payload.extend_from_slice(text.as_bytes());
-        }
-        payload.push(b']');
-        let payload: bytes::Bytes = payload.into();
         let subject = layout::intake_subject(member.partition, destination);
+        let parts = messages.len();
+        let mut duplicates = 0;
+        for (part, payload) in messages.into_iter().enumerate() {
+            let message_id = idempotency_key.as_ref().map(|key| match parts {
+                1 => format!("{destination}/{key}"),
+                _ => format!("{destination}/{key}/{part}"),
+            });
+            if self
+                .publish(destination, &subject, payload, message_id, now)
+                .await?
+            {
+                duplicates += 1;
+            }
+        }
+        Ok(if duplicates == parts {
+            Acceptance::Repeated(first)
+        } else {
+            Acceptance::Fresh(answer)
+        })
+    }
+
+    /// Publishes one intake message; `true` when JetStream had it already
+    /// (its message id seen within the duplicate window).
+    async fn publish(
+        &self,
+        destination: &str,
+        subject: &str,
+        payload: bytes::Bytes,
+        message_id: Option<String>,
+        received_ms: u64,
+    ) -> Result<bool, AcceptError> {
         // While the servers elect a new stream leader (a server died),
         // publishing fails for a moment: try a few times before answering
         // 503. A try whose acknowledgement was lost may have been stored:
@@ -245,20 +292,20 @@ impl Worker {
         // records are sent twice, in order (at least once).
         let mut wait = Duration::from_millis(250);
         let mut tries = 0;
-        let ack = loop {
+        loop {
             let mut publish = PublishMessage::build()
                 .payload(payload.clone())
-                .header(RECEIVED_HEADER, now.to_string().as_str());
-            if let Some(key) = &idempotency_key {
-                publish = publish.message_id(format!("{destination}/{key}"));
+                .header(RECEIVED_HEADER, received_ms.to_string().as_str());
+            if let Some(id) = &message_id {
+                publish = publish.message_id(id.as_str());
             }
-            let stored = match self.ctx.js.send_publish(subject.clone(), publish).await {
+            let stored = match self.ctx.js.send_publish(subject.to_owned(), publish).await {
                 Ok(ack) => ack.await.map_err(|e| format!("not stored: {e}")),
                 Err(e) => Err(format!("not published: {e}")),
             };
             match stored {
-                Ok(ack) => break ack,
-                Err(e) if tries >= PUBLISH_TRIES => return Err(nats(e)),
+                Ok(ack) => return Ok(ack.duplicate),
+                Err(e) if tries >= PUBLISH_TRIES => return Err(AcceptError::Cluster(e)),
                 Err(e) => {
                     tracing::debug!(%destination, "publishing again: {e}");
                     tries += 1;
@@ -266,12 +313,7 @@ impl Worker {
                     wait *= 2;
                 }
             }
-        };
-        Ok(if ack.duplicate {
-            Acceptance::Repeated(first)
-        } else {
-            Acceptance::Fresh(answer)
-        })
+        }
     }
 
     /// Hands every partition over and stops.
@@ -306,5 +348,52 @@ impl Worker {
             task.abort();
         }
         futures::future::join_all(tasks).await;
+    }
+}
+
+/// Room left in a message for its headers (message id, received time).
+const PAYLOAD_HEADROOM: usize = 4 * 1024;
+
+/// Record texts as JSON arrays of at most `limit` bytes each, in order;
+/// `Err((index, size))` names a record too large for any message.
+fn pack(texts: &[String], limit: usize) -> Result<Vec<bytes::Bytes>, (usize, usize)> {
+    let mut messages = Vec::new();
+    let mut payload: Vec<u8> = Vec::new();
+    for (index, text) in texts.iter().enumerate() {
+        if text.len() + 2 > limit {
+            return Err((index, text.len()));
+        }
+        if !payload.is_empty() && payload.len() + 1 + text.len() + 1 > limit {
+            payload.push(b']');
+            messages.push(std::mem::take(&mut payload).into());
+        }
+        payload.push(if payload.is_empty() { b'[' } else { b',' });
+        payload.extend_from_slice(text.as_bytes());
+    }
+    if !payload.is_empty() {
+        payload.push(b']');
+        messages.push(payload.into());
+    }
+    Ok(messages)
+}
+
+#[cfg(test)]
+mod pack_tests {
+    use super::pack;
+
+    #[test]
+    fn a_batch_is_packed_into_messages_under_the_limit_in_order() {
+        let texts: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let messages = pack(&texts, 20).unwrap();
+        let mut seen = Vec::new();
+        for message in &messages {
+            assert!(message.len() <= 20, "{message:?}");
+            let records: Vec<serde_json::Value> = serde_json::from_slice(message).unwrap();
+            seen.extend(records.into_iter().map(|r| r["n"].as_u64().unwrap()));
+        }
+        assert_eq!(seen, (0..10).collect::<Vec<_>>());
+        assert_eq!(pack(&texts, 1_000).unwrap().len(), 1);
+        let huge = vec!["x".repeat(50)];
+        assert_eq!(pack(&huge, 20), Err((0, 50)));
     }
 }

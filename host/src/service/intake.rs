@@ -1,10 +1,12 @@
 //! Reading an intake body into records: NDJSON (one record per line) or a
-//! JSON array. The framing must be sound for anything to be accepted — a
-//! body that is not UTF-8, a line that is not JSON, an array that does not
-//! parse — and the error names the line; what a record means is the
-//! component's business (a record it cannot use becomes an invalid entry).
-//! A record over the size limit is an invalid entry too, not a failed
-//! request.
+//! JSON array. Only a body that cannot be split into records at all is
+//! refused — an array that does not parse (or is not UTF-8) — and the
+//! error names the line. An NDJSON line is a record whatever it holds:
+//! one that is not UTF-8 is an invalid entry (`invalid-record`), one that
+//! is not JSON goes to the component like any record (which calls it
+//! `not-json`), as in a command-line run, so one bad line never refuses
+//! the rest of the batch. A record over the size limit is an invalid
+//! entry too, not a failed request.
 
 use serde_json::value::RawValue;
 
@@ -44,8 +46,6 @@ impl Format {
 pub enum FramingError {
     #[error("line {line} is not valid UTF-8")]
     NotUtf8 { line: u64 },
-    #[error("line {line} is not JSON: {detail}")]
-    NotJson { line: u64, detail: String },
     #[error("the body is not a JSON array of records (line {line}, column {column}): {detail}")]
     NotAnArray {
         line: u64,
@@ -63,48 +63,56 @@ pub fn records(
     format: Format,
     max_record_bytes: usize,
 ) -> Result<Vec<Item>, FramingError> {
-    let text = std::str::from_utf8(body).map_err(|e| FramingError::NotUtf8 {
-        line: line_of(body, e.valid_up_to()),
-    })?;
-    let texts: Vec<&str> = match format {
-        Format::Ndjson => {
-            let mut texts = Vec::new();
-            for (number, line) in text.split('\n').enumerate() {
-                let line = line.strip_suffix('\r').unwrap_or(line);
-                if line.trim().is_empty() {
-                    continue;
-                }
-                // A record too large is refused whatever it holds.
-                if line.len() <= max_record_bytes
-                    && let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(line)
-                {
-                    return Err(FramingError::NotJson {
-                        line: number as u64 + 1,
-                        detail: e.to_string(),
-                    });
-                }
-                texts.push(line);
-            }
-            texts
-        }
-        Format::JsonArray => serde_json::from_str::<Vec<&RawValue>>(text)
-            .map_err(|e| FramingError::NotAnArray {
-                line: e.line() as u64,
-                column: e.column() as u64,
-                detail: e.to_string(),
-            })?
-            .into_iter()
-            .map(RawValue::get)
+    let items: Vec<Item> = match format {
+        Format::Ndjson => body
+            .split(|&b| b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+            .filter(|line| !line.trim_ascii().is_empty())
+            .enumerate()
+            .map(|(index, line)| ndjson_item(index as u64 + 1, line, max_record_bytes))
             .collect(),
+        Format::JsonArray => {
+            let text = std::str::from_utf8(body).map_err(|e| FramingError::NotUtf8 {
+                line: line_of(body, e.valid_up_to()),
+            })?;
+            serde_json::from_str::<Vec<&RawValue>>(text)
+                .map_err(|e| FramingError::NotAnArray {
+                    line: e.line() as u64,
+                    column: e.column() as u64,
+                    detail: e.to_string(),
+                })?
+                .into_iter()
+                .enumerate()
+                .map(|(index, text)| item(index as u64 + 1, text.get(), max_record_bytes))
+                .collect()
+        }
     };
-    if texts.is_empty() {
+    if items.is_empty() {
         return Err(FramingError::Empty);
     }
-    Ok(texts
-        .into_iter()
-        .enumerate()
-        .map(|(index, text)| item(index as u64 + 1, text, max_record_bytes))
-        .collect())
+    Ok(items)
+}
+
+/// An NDJSON line as a record: one that is not UTF-8 keeps its text (with
+/// the bad bytes replaced) for its dead letter.
+fn ndjson_item(position: u64, line: &[u8], max_record_bytes: usize) -> Item {
+    match std::str::from_utf8(line) {
+        Ok(text) => item(position, text, max_record_bytes),
+        Err(e) => {
+            let mut item = item(position, &String::from_utf8_lossy(line), max_record_bytes);
+            if item.refused.is_none() {
+                item.refused = Some(Refused {
+                    code: "invalid-record",
+                    message: format!(
+                        "record {} is not valid UTF-8 (byte {})",
+                        position - 1,
+                        e.valid_up_to()
+                    ),
+                });
+            }
+            item
+        }
+    }
 }
 
 fn item(position: u64, text: &str, max_record_bytes: usize) -> Item {
@@ -175,10 +183,8 @@ mod tests {
 
     #[test]
     fn bad_framing_names_the_line() {
-        let not_json = framing(b"{}\n{}\n{oops\n", Format::Ndjson).to_string();
-        assert!(not_json.starts_with("line 3 is not JSON: "), "{not_json}");
         assert_eq!(
-            framing(b"{}\n\xff\n", Format::Ndjson),
+            framing(b"[{},\n\xff]", Format::JsonArray),
             FramingError::NotUtf8 { line: 2 }
         );
         assert!(matches!(
@@ -191,6 +197,19 @@ mod tests {
         ));
         assert_eq!(framing(b"\n\n", Format::Ndjson), FramingError::Empty);
         assert_eq!(framing(b"[]", Format::JsonArray), FramingError::Empty);
+    }
+
+    #[test]
+    fn a_bad_ndjson_line_is_a_record_of_its_own_and_the_rest_stand() {
+        let items = records(b"{}\n{oops\n\xffx\n{\"a\":1}\n", Format::Ndjson, 100).unwrap();
+        assert_eq!(texts(&items), ["{}", "{oops", "\u{fffd}x", "{\"a\":1}"]);
+        // Not JSON: the component's to judge, like any record.
+        assert!(items[1].refused.is_none());
+        let refused = items[2].refused.as_ref().expect("not UTF-8 is refused");
+        assert_eq!(refused.code, "invalid-record");
+        assert!(refused.message.starts_with("record 2 is not valid UTF-8"));
+        assert!(items[0].refused.is_none() && items[3].refused.is_none());
+        assert_eq!(items[3].line, 4);
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub enum AcceptError {
     Cluster(String),
     #[error("the component is gone: {0}")]
     Component(String),
+    /// A record the queue cannot carry (a message over the cluster's size).
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// What a replay of dead letters did.
