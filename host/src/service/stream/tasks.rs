@@ -129,6 +129,9 @@ pub(super) async fn upkeep(shared: Arc<Shared>) {
     let mut stalls = shared.settings.alerts.stall_after().map(StallWatch::new);
     loop {
         tokio::time::sleep(UPKEEP_EVERY).await;
+        // The hour's run shows its requests as they happen, not only when
+        // it closes.
+        record_stats(&shared).await;
         if let Some(watch) = &mut stalls {
             let now = shared.settings.clock.now_ms();
             let last = shared.last_verdict_ms.load(Ordering::Relaxed);
