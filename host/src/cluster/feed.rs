@@ -212,7 +212,12 @@ async fn take_in(
                 delta.received += 1;
                 delta.skipped += 1;
             }
+            // A record without a usable id is skipped, with a letter of
+            // its own, as on one machine: an operator sees why.
             PlanOutcome::Invalid(error) if error.fate == RecordFate::Skipped => {
+                books
+                    .dead_letter(&letter(index, item.text, &error.code, error.message))
+                    .await?;
                 requests.push(0);
                 delta.received += 1;
                 delta.skipped += 1;

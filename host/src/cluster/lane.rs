@@ -64,12 +64,22 @@ pub(super) struct Books {
 }
 
 impl Books {
-    /// Publishes a dead letter and waits for JetStream to have it.
+    /// Publishes a dead letter and waits for JetStream to have it. A
+    /// message redelivered (its owner died, or it changed hands) plans its
+    /// records again: the letter's id — its intake message and place in
+    /// it — makes JetStream keep the first letter and drop the repeats.
     pub(super) async fn dead_letter(&self, letter: &Letter) -> Result<(), ClusterError> {
         let payload = serde_json::to_vec(letter).map_err(|e| ClusterError::Nats(e.to_string()))?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(layout::letter_id(
+                letter.partition,
+                letter.intake_seq,
+                letter.index,
+            ));
         self.ctx
             .js
-            .publish(layout::letters_subject(&letter.destination), payload.into())
+            .send_publish(layout::letters_subject(&letter.destination), publish)
             .await
             .map_err(|e| ClusterError::Nats(format!("dead letter not published: {e}")))?
             .await

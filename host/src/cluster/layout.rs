@@ -104,6 +104,17 @@ pub fn letters_subject(destination: &str) -> String {
     format!("{LETTERS_PREFIX}.{destination}")
 }
 
+/// A dead letter's message id: the record's intake message and place in
+/// it, so the letters stream keeps one letter per record.
+pub fn letter_id(partition: u16, intake_seq: u64, index: u32) -> String {
+    format!("letter/{partition}/{intake_seq}/{index}")
+}
+
+/// How long the letters stream remembers letter ids: longer than any
+/// redelivery of an intake message takes (a lease period, or the servers'
+/// election after a loss).
+pub const LETTER_DEDUP_WINDOW: Duration = Duration::from_secs(3_600);
+
 pub fn lease_key(partition: u16) -> String {
     format!("p{partition:03}")
 }
@@ -112,10 +123,13 @@ pub fn consumer_name(partition: u16) -> String {
     format!("partition-{partition:03}")
 }
 
-/// A key-value key for an account name (names that are not valid keys are
-/// written in hex).
+/// A key-value key for an account name: the name itself when it is a
+/// valid key, else `x-` and its bytes in hex. A name that itself starts
+/// with `x-` is written in hex too, so no two names share a key (and with
+/// it tokens and a budget).
 pub fn account_key(account: &str) -> String {
     let valid = !account.is_empty()
+        && !account.starts_with("x-")
         && account
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -205,6 +219,7 @@ pub async fn ensure(
         subjects: vec![format!("{LETTERS_PREFIX}.>")],
         storage: stream::StorageType::File,
         num_replicas: replicas,
+        duplicate_window: LETTER_DEDUP_WINDOW,
         ..Default::default()
     })
     .await
@@ -245,6 +260,18 @@ pub async fn ensure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_keys_are_valid_keys_and_never_shared() {
+        assert_eq!(account_key("ops_team-1"), "ops_team-1");
+        assert_eq!(account_key("a b"), "x-612062");
+        // A name that looks like another's encoding is encoded itself.
+        assert_ne!(account_key("x-612062"), account_key("a b"));
+        let names = ["a b", "x-612062", "x-", "x", "", "ada@example.com"];
+        let keys: std::collections::BTreeSet<String> =
+            names.iter().map(|n| account_key(n)).collect();
+        assert_eq!(keys.len(), names.len(), "{keys:?}");
+    }
 
     #[test]
     fn partitions_are_stable_and_spread() {

@@ -13,11 +13,41 @@ use super::lane::Letter;
 use super::layout::{self, RECEIVED_HEADER, REPLAY_HEADER};
 
 /// A letter and its id.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct Stored {
     pub id: u64,
-    #[serde(flatten)]
     pub letter: Letter,
+}
+
+/// Printed in the shape of a journal's dead letter (`dead-letters list`):
+/// the same fields with the same types — the record and the request as
+/// JSON, the response as its text; a cluster has no numbered runs and no
+/// replay marks, so `run` and `replayed_by` are `null` — and what only a
+/// cluster's letter has besides (`destination`, `received_ms`,
+/// `partition`, `intake_seq`).
+impl Serialize for Stored {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let l = &self.letter;
+        serde_json::json!({
+            "id": self.id,
+            "run": null,
+            "created_ms": l.failed_ms,
+            "line": u64::from(l.index) + 1,
+            "record": serde_json::from_str::<serde_json::Value>(&l.record)
+                .unwrap_or_else(|_| serde_json::Value::String(l.record.clone())),
+            "request": l.request.as_ref().map(crate::journal::request_summary),
+            "status": l.response.as_ref().map(|r| r.status),
+            "response": l.response.as_ref().map(|r| &r.body),
+            "code": l.code,
+            "reason": l.reason,
+            "replayed_by": null,
+            "destination": l.destination,
+            "received_ms": l.received_ms,
+            "partition": l.partition,
+            "intake_seq": l.intake_seq,
+        })
+        .serialize(serializer)
+    }
 }
 
 /// The newest `limit` letters of `destination` (every destination's when
