@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::serve::{Service, eventually, first_name, store_tokens};
+use common::serve::{Service, eventually, first_name, password_hash, sign_in, store_tokens};
 use common::{loopback, scratch};
 use outreach_simulator::{RateWindowKind, Simulator, SimulatorConfig};
 use reqwest::StatusCode;
@@ -200,6 +200,12 @@ async fn three_destinations_two_sharing_an_account_deliver_every_accepted_record
         ],
     );
     let service = Service::start(&dir, &[]);
+    // The journals' directory is the owner's alone: they hold profiles.
+    let mode = std::fs::metadata(dir.join("state")).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
 
     // A backlog of 150 updates on Ada's account, then 12 for another
     // destination of hers: in turns, the newcomer's are through long before
@@ -272,6 +278,25 @@ async fn three_destinations_two_sharing_an_account_deliver_every_accepted_record
     .await;
     eventually("the backlog", Duration::from_secs(60), || {
         (1..=150).all(|id| first_name(&simulator, id).as_deref() == Some("backlog"))
+    })
+    .await;
+
+    // The runs count the requests while the hour's run is still open:
+    // Bob's account serves "other" alone, so its run's requests and 429s
+    // are what the API saw of Bob.
+    let sent_by_bob = simulator.requests_of(BOB);
+    let bob_429s = sent_by_bob.iter().filter(|s| s.rate_limited).count();
+    let counted = |field: &str| -> u64 {
+        let runs = journal_json(&dir, "other", &["runs", "--json"]);
+        runs.as_array()
+            .unwrap()
+            .iter()
+            .map(|run| run[field].as_u64().unwrap())
+            .sum()
+    };
+    eventually("the run's request counts", Duration::from_secs(10), || {
+        counted("requests_sent") == sent_by_bob.len() as u64
+            && counted("rate_limited") == bob_429s as u64
     })
     .await;
 
@@ -513,8 +538,12 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
             "framing",
             post(
                 &url,
-                "application/x-ndjson",
-                format!("{one}{one}{{\"broken\n"),
+                "application/json",
+                format!(
+                    "[{},\n{},\n{{\"broken",
+                    profile(1, "Ann"),
+                    profile(1, "Ann")
+                ),
                 &[auth],
             )
             .await,
@@ -549,7 +578,7 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
         cases[6].1.body["error"]
             .as_str()
             .unwrap()
-            .starts_with("line 3 is not JSON"),
+            .starts_with("the body is not a JSON array of records (line 3,"),
         "{}",
         cases[6].1.body
     );
@@ -612,6 +641,35 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
         ],
         "{letters}"
     );
+
+    // An NDJSON batch with a line that is not JSON and one that is not
+    // UTF-8: those two are invalid entries, dead-lettered with their
+    // text, and the rest of the batch is accepted.
+    let mut body = format!("{}\n{{\"broken\n", profile(4, "Dee")).into_bytes();
+    body.extend_from_slice(b"\xff\xfe not text\n");
+    body.extend_from_slice(format!("{}\n", profile(5, "Eve")).as_bytes());
+    let answer = post(&url, "application/x-ndjson", body, &[auth]).await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.body);
+    assert_eq!(answer.body["accepted"], 2, "{}", answer.body);
+    let invalid: Vec<(u64, &str)> = answer.body["invalid"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["index"].as_u64().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(invalid, [(1, "not-json"), (2, "invalid-record")]);
+    eventually("Eve", Duration::from_secs(10), || {
+        first_name(&simulator, 5).as_deref() == Some("Eve")
+    })
+    .await;
+    let out = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("--journal")
+        .arg(dir.join("state/crm.journal"))
+        .args(["dead-letters", "list", "--code", "not-json"])
+        .output()
+        .unwrap();
+    let letter: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(letter["record"], "{\"broken", "the line's text is kept");
 
     // Over the queue quota: 429 with Retry-After, and the batch is not
     // journaled.
@@ -697,11 +755,14 @@ async fn reload_drain_and_metrics() {
     .await;
     let dir = scratch("service", "reload");
     store_tokens(&dir, &simulator, &[ADA]);
+    // crm's producer holds a key of crm's own.
+    const CRM_KEY: &str = "crm-producer-key";
+    let crm_keys = format!("ingest_keys = [\"{}\"]", key_hash(CRM_KEY));
     destinations_file(
         &dir,
         &simulator,
         "drain_timeout_secs = 5",
-        &[("crm", ADA, 4, "")],
+        &[("crm", ADA, 4, &crm_keys)],
     );
     let service = Service::start(&dir, &[]);
     let records: Vec<String> = (1..=30).map(|id| profile(id, "One")).collect();
@@ -723,6 +784,39 @@ async fn reload_drain_and_metrics() {
     let client = reqwest::Client::new();
     let unauthorized = client.get(service.url("/metrics")).send().await.unwrap();
     assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    // A destination's own key posts to it but reads no one's figures.
+    let own = client
+        .get(service.url("/metrics"))
+        .bearer_auth(CRM_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::UNAUTHORIZED);
+    // The scheme's name is case-insensitive (RFC 9110).
+    let lower = client
+        .get(service.url("/metrics"))
+        .header("authorization", format!("bearer {KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), StatusCode::OK);
+    // A loopback service answers only requests addressed to a loopback
+    // name: a page whose name was rebound to 127.0.0.1 gets nothing.
+    let rebound = client
+        .get(service.url("/metrics"))
+        .bearer_auth(KEY)
+        .header("host", "attacker.example:8088")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::MISDIRECTED_REQUEST);
+    let localhost = client
+        .get(service.url("/healthz"))
+        .header("host", "localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(localhost.status(), StatusCode::OK);
     // Verdicts are recorded just after the API answered: the counts
     // settle at the simulator's.
     let crm = [("destination", "crm"), ("outcome", "delivered")];
@@ -801,7 +895,7 @@ async fn reload_drain_and_metrics() {
         &dir,
         &simulator,
         "drain_timeout_secs = 5",
-        &[("crm", ADA, 4, ""), ("second", ADA, 5, "")],
+        &[("crm", ADA, 4, &crm_keys), ("second", ADA, 5, "")],
     );
     service.signal(libc::SIGHUP);
     let second = service.url("/v1/destinations/second/records");
@@ -1140,4 +1234,69 @@ fn ingest_key_prints_a_key_and_the_hash_the_file_needs() {
     .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), hash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_password_ends_every_session_at_the_reload() {
+    let simulator = simulator(
+        10_000,
+        Duration::from_secs(3_600),
+        RateWindowKind::default(),
+    )
+    .await;
+    let dir = scratch("service", "password");
+    store_tokens(&dir, &simulator, &[ADA]);
+    let admin = |password: &str| {
+        format!(
+            "[admin]\nuser = \"ops\"\npassword_hash = \"{}\"\n",
+            password_hash(password)
+        )
+    };
+    destinations_file(
+        &dir,
+        &simulator,
+        &admin("old password"),
+        &[("crm", ADA, 4, "")],
+    );
+    let service = Service::start(&dir, &[]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let session = sign_in(&http, &service, "ops", "old password").await;
+    let page = |session: String| {
+        let http = http.clone();
+        let url = service.url("/admin");
+        async move {
+            http.get(url)
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(page(session.clone()).await, StatusCode::OK);
+    // The same file reloaded keeps the session.
+    service.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(page(session.clone()).await, StatusCode::OK);
+    // A new password: the old session ends.
+    destinations_file(
+        &dir,
+        &simulator,
+        &admin("new password"),
+        &[("crm", ADA, 4, "")],
+    );
+    service.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while page(session.clone()).await == StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "the session outlived the password"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = sign_in(&http, &service, "ops", "new password").await;
+    assert_eq!(page(fresh).await, StatusCode::OK);
 }

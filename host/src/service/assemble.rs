@@ -5,7 +5,6 @@
 //! builds the new set beside the old one and keeps what did not change.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::account::{Account, AccountCredentials};
@@ -14,7 +13,7 @@ use super::stream::{Stream, StreamSettings};
 use super::{Served, Service, Set, retry_policy};
 use crate::alerts::Alerts;
 use crate::delivery::StaticToken;
-use crate::engine::{Destination, Runtime};
+use crate::engine::{ComponentSource, Destination, Runtime};
 use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::journal::Journal;
@@ -45,23 +44,23 @@ impl Prepared {
 }
 
 impl Service {
-    /// The component at `path`, loaded once.
-    async fn runtime(&self, path: &Path) -> Result<Arc<Runtime>, String> {
+    /// The component, loaded once.
+    async fn runtime(&self, source: &ComponentSource) -> Result<Arc<Runtime>, String> {
         if let Some(runtime) = self
             .runtimes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(path)
+            .get(source)
         {
             return Ok(runtime.clone());
         }
         let (owned, cache, limits) = (
-            path.to_owned(),
+            source.clone(),
             self.env.cache_dir.clone(),
             self.env.limits.clone(),
         );
         let runtime = tokio::task::spawn_blocking(move || {
-            Runtime::load(&owned, cache.as_deref(), limits).map_err(|e| e.to_string())
+            Runtime::load_from(&owned, cache.as_deref(), limits).map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -69,7 +68,7 @@ impl Service {
         self.runtimes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_owned(), runtime.clone());
+            .insert(source.clone(), runtime.clone());
         Ok(runtime)
     }
 
@@ -79,11 +78,11 @@ impl Service {
         let mut prepared = Vec::new();
         for spec in &file.destinations {
             let label = format!("destination {:?}", spec.name);
-            let path = spec
+            let source = spec
                 .component
                 .clone()
-                .unwrap_or_else(|| self.env.default_component.clone());
-            let runtime = match self.runtime(&path).await {
+                .map_or_else(|| self.env.default_component.clone(), ComponentSource::File);
+            let runtime = match self.runtime(&source).await {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     problems.push(format!("{label}: component: {e}"));
@@ -321,13 +320,11 @@ impl Service {
             .unwrap_or_else(|| runtime.describe().default_api_base.clone());
         let api = ApiClient::new(&api_base, self.env.request_timeout).map_err(|e| e.to_string())?;
         let path = file.state_dir.join(format!("{}.journal", spec.name));
-        let journal = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-            Journal::open(&path).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())??;
+        // The journal makes its directory owner-only: it holds profiles.
+        let journal =
+            tokio::task::spawn_blocking(move || Journal::open(&path).map_err(|e| e.to_string()))
+                .await
+                .map_err(|e| e.to_string())??;
         let journal = Arc::new(journal);
         let probe = journal.clone();
         let queued_for = tokio::task::spawn_blocking(move || probe.pending_api_base())

@@ -34,7 +34,67 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(super::admin::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            service.clone(),
+            loopback_hosts_only,
+        ))
         .with_state(service)
+}
+
+/// A service on loopback answers only requests addressed to a loopback
+/// name (or its `public_url`): a web page whose own name was made to
+/// resolve to 127.0.0.1 (DNS rebinding) would otherwise reach it from the
+/// user's browser, keys or not.
+async fn loopback_hosts_only(
+    State(service): State<Arc<Service>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // Read and let go: a request must not hold the set (and its streams)
+    // while it runs, or a reload waits for it.
+    let (loopback, public_host) = {
+        let set = service.current();
+        let public_host = set
+            .file
+            .admin
+            .as_ref()
+            .and_then(|admin| admin.public_url.as_deref())
+            .and_then(|url| reqwest::Url::parse(url).ok())
+            .and_then(|url| url.host_str().map(str::to_ascii_lowercase));
+        (set.file.listen.ip().is_loopback(), public_host)
+    };
+    if !loopback {
+        return next.run(request).await;
+    }
+    let allowed = match request.headers().get(header::HOST) {
+        // HTTP/1.0 may omit it; browsers never do.
+        None => true,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|host| reqwest::Url::parse(&format!("http://{host}/")).ok())
+            .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+            .is_some_and(|host| {
+                is_loopback_name(&host) || public_host.as_deref() == Some(host.as_str())
+            }),
+    };
+    if allowed {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this service on loopback answers only requests addressed to a loopback name (127.0.0.1, [::1], localhost) or its public_url",
+        )
+    }
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -59,13 +119,15 @@ fn unauthorized() -> Response {
     response
 }
 
+/// The credentials of `Authorization: Bearer KEY` (the scheme's name is
+/// case-insensitive).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+        .filter(|key| !key.is_empty())
 }
 
 /// Whether the request may use `destination` (`None`: one that does not
@@ -231,6 +293,7 @@ async fn post_records(
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             DRAINING_RETRY_SECS,
         ),
+        Err(e @ AcceptError::TooLarge(_)) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         Err(e @ AcceptError::Cluster(_)) => {
             tracing::warn!(destination = %name, "intake failed: {e}");
             with_retry_after(
@@ -274,18 +337,11 @@ async fn readyz(State(service): State<Arc<Service>>) -> Response {
 
 async fn metrics_text(State(service): State<Arc<Service>>, headers: HeaderMap) -> Response {
     let set = service.current();
-    if any_keys(&set) {
-        let every_key: Vec<_> = set
-            .file
-            .ingest_keys
-            .iter()
-            .chain(
-                set.destinations
-                    .values()
-                    .flat_map(|s| s.spec.ingest_keys.iter()),
-            )
-            .collect();
-        if !bearer(&headers).is_some_and(|key| keys::accepts(every_key, key)) {
+    // The figures cover every destination: a destination's own key, which
+    // its producer holds, does not read them.
+    if any_keys(&set) || !set.file.metrics_keys.is_empty() {
+        let accepted = set.file.ingest_keys.iter().chain(&set.file.metrics_keys);
+        if !bearer(&headers).is_some_and(|key| keys::accepts(accepted, key)) {
             return unauthorized();
         }
     }

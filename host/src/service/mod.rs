@@ -259,8 +259,24 @@ impl Service {
                 self.listen
             );
         }
+        let operator = |file: &ServiceFile| {
+            file.admin
+                .as_ref()
+                .map(|a| (a.user.clone(), a.password_hash.clone()))
+        };
         let old = self.current();
+        let old_operator = operator(&old.file);
+        // The old set is the build's to let go of: a destination that
+        // changed closes only once nothing else holds its stream.
         let set = self.build(file, old).await?;
+        // A changed password (or user) ends every session signed in with
+        // the old one: changing it is how an operator locks others out.
+        if old_operator != operator(&set.file)
+            && let Some(sessions) = &self.sessions
+        {
+            sessions.end_all();
+            tracing::warn!("the status page's user or password changed: every session ended");
+        }
         *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
         Ok(())
     }

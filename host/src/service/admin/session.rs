@@ -137,6 +137,11 @@ impl Sessions {
         lock(&self.signed_in).remove(id);
     }
 
+    /// Signs everyone out (the operator's password changed).
+    pub fn end_all(&self) {
+        lock(&self.signed_in).clear();
+    }
+
     /// The `Set-Cookie` value for `name` = `value`, for `life` (`None`:
     /// deletes it).
     pub fn cookie(name: &str, value: &str, life: Option<Duration>, secure: bool) -> String {

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Password checks running at once, at most (argon2id with 19 MiB each).
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 #[derive(Template)]
 #[template(path = "sign_in.html")]
 struct SignInPage<'a> {
@@ -75,6 +78,12 @@ pub(super) async fn sign_in(
     }
     let hash = admin.password_hash.clone();
     let password = sign_in.password;
+    // Each check takes argon2's 19 MiB for a moment: however many attempts
+    // arrive at once, only a few run; the rest wait their turn, holding
+    // nothing but their small form.
+    let Ok(_check) = PASSWORD_CHECKS.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
     let password_ok = tokio::task::spawn_blocking(move || {
         use argon2::PasswordVerifier;
         argon2::PasswordHash::new(&hash).is_ok_and(|parsed| {

@@ -29,6 +29,8 @@ struct FileText {
     max_record_bytes: Option<usize>,
     #[serde(default)]
     ingest_keys: Vec<String>,
+    #[serde(default)]
+    metrics_keys: Vec<String>,
     drain_timeout_secs: Option<u64>,
     login_retry_secs: Option<u64>,
     alert_webhook: Option<String>,
@@ -108,6 +110,9 @@ pub struct ServiceFile {
     pub max_record_bytes: usize,
     /// Keys accepted for every destination.
     pub ingest_keys: Vec<KeyHash>,
+    /// Keys that may read `/metrics` (besides the global ingest keys; a
+    /// destination's own keys may not: the figures cover every destination).
+    pub metrics_keys: Vec<KeyHash>,
     /// How long in-flight requests may take to finish on SIGTERM.
     pub drain_timeout: Duration,
     /// How long a destination whose delivery stopped (a login is needed)
@@ -235,6 +240,21 @@ pub struct FileProblems {
     pub problems: Vec<String>,
 }
 
+/// A TOML error as its position and message, never the line's text: the
+/// line may hold a secret (a webhook URL), and the message is logged.
+fn toml_problem(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("TOML: line {line}, column {column}: {message}")
+        }
+        None => format!("TOML: {message}"),
+    }
+}
+
 impl ServiceFile {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Self, FileProblems> {
@@ -253,7 +273,7 @@ impl ServiceFile {
     /// Checks `text`; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Self, FileProblems> {
         let file: FileText = toml::from_str(text).map_err(|e| FileProblems {
-            problems: vec![e.to_string().trim_end().replace('\n', " ")],
+            problems: vec![toml_problem(text, &e)],
         })?;
         let mut problems = Vec::new();
         let listen_text = file.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
@@ -264,6 +284,7 @@ impl ServiceFile {
             SocketAddr::from(([127, 0, 0, 1], 8088))
         });
         let ingest_keys = hashes(&file.ingest_keys, "ingest_keys", &mut problems);
+        let metrics_keys = hashes(&file.metrics_keys, "metrics_keys", &mut problems);
         for (name, account) in &file.accounts {
             if account.rate_limit == Some(0) {
                 problems.push(format!("account {name:?}: rate_limit must be at least 1"));
@@ -333,6 +354,7 @@ impl ServiceFile {
             max_body_bytes,
             max_record_bytes,
             ingest_keys,
+            metrics_keys,
             drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
             login_retry: Duration::from_secs(file.login_retry_secs.unwrap_or(30).max(1)),
             alerts,

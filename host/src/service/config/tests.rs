@@ -147,3 +147,19 @@ fn a_public_listener_needs_keys_for_every_destination() {
     );
     assert!(file.listening_on("10.0.0.1:9".parse().unwrap()).is_err());
 }
+
+#[test]
+fn a_toml_error_names_the_line_but_never_quotes_it() {
+    // A missing quote on the webhook line: the line holds the secret.
+    let text =
+        "stall_alert_secs = 60\nalert_webhook = \"https://hooks.example.com/T0/SECRET-PATH\n";
+    let problems = ServiceFile::parse(text, Path::new("."))
+        .unwrap_err()
+        .problems;
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].starts_with("TOML: line 2, column "),
+        "{problems:?}"
+    );
+    assert!(!problems[0].contains("SECRET"), "{problems:?}");
+}
