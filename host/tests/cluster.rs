@@ -337,7 +337,16 @@ impl Setup {
     }
 
     fn dead_letters(&self) -> Vec<Value> {
-        let out = cli(&self.dir, &self.nats.url(), &["dead-letters"]);
+        // Right after a server's death the letters stream may still be
+        // electing its leader: an operator runs the command again.
+        let mut out = cli(&self.dir, &self.nats.url(), &["dead-letters"]);
+        for _ in 0..5 {
+            if out.status.success() {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            out = cli(&self.dir, &self.nats.url(), &["dead-letters"]);
+        }
         assert!(
             out.status.success(),
             "{}",

@@ -283,7 +283,13 @@ fn alerts_reach_a_webhook_and_a_command() {
     let seen = events(&received);
     assert!(seen.contains(&"stalled".to_owned()), "{seen:?}");
     assert!(!seen.contains(&"run-failed".to_owned()), "{seen:?}");
-    assert!(simulator.stats().rate_limited > 0);
+    // The stall was a wait for the window to turn; the host waits for it
+    // without spending 429s (one at most, by its probe at a turn).
+    assert!(
+        simulator.stats().rate_limited <= 1,
+        "{:?}",
+        simulator.stats()
+    );
     assert_eq!(simulator.stats().updates_applied, 12);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -631,10 +631,13 @@ async fn a_dead_letter_replayed_after_the_configuration_is_fixed_is_delivered() 
     .unwrap();
     let dir = scratch("status-page", "replay");
     store_tokens(&dir, &simulator, &[ADA]);
+    // One hash for both files: a new hash is a new password, which ends
+    // the sessions.
+    let hash = password_hash(PASSWORD);
     let file = |mapping: u32| {
         format!(
             "state_dir = \"state\"\n[admin]\nuser = \"ops\"\npassword_hash = \"{}\"\n[[destinations]]\nname = \"webinars\"\naccount = \"{ADA}\"\napi_base = \"{}\"\nconfig = {}\n",
-            password_hash(PASSWORD),
+            hash,
             simulator.api_base(),
             CONFIG.replace("mappingId = 4", &format!("mappingId = {mapping}"))
         )

@@ -361,9 +361,9 @@ fn the_owner_of_a_key_takes_the_next_update_after_a_verdict() {
 
 #[test]
 fn an_update_let_go_without_a_verdict_is_taken_again_in_the_same_run() {
-    // Delivery paused (a login needed) with prospect 7 claimed, then went
+    // Delivery paused (a login needed) with key 7 claimed, then went
     // on: 7 and the update queued behind it must be taken again, not only
-    // the prospects queued after them.
+    // the keys queued after them.
     let (journal, run) = journal_with_run();
     journal
         .ingest(

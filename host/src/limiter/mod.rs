@@ -9,7 +9,7 @@
 //! time the API gave. A rate-limited update is never dropped; it waits.
 //!
 //! **Turns of the window.** The reset an API names is only approximately
-//! when its window turns: Outreach writes it in whole seconds (a server
+//! when its window turns: APIs write it in whole seconds (a server
 //! may round down), and the server's clock is not ours. So a report stays
 //! authoritative until an answer names a later reset, and once it is
 //! spent, the reset only lets **one** request go (a probe); the others
