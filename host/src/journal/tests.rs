@@ -365,34 +365,21 @@ fn an_update_let_go_without_a_verdict_is_taken_again_in_the_same_run() {
     // on: 7 and the update queued behind it must be taken again, not only
     // the keys queued after them.
     let (journal, run) = journal_with_run();
-    journal
-        .ingest(
-            run,
-            vec![
-                incoming(1, patch(7, json!({"firstName": "A"}), &[])),
-                incoming(2, patch(8, json!({"firstName": "B"}), &[])),
-            ],
-            None,
-            &merge,
-        )
-        .unwrap();
+    let queue = |updates: [(u64, u64, &str); 2]| {
+        let batch = updates
+            .iter()
+            .map(|&(line, key, name)| incoming(line, patch(key, json!({"firstName": name}), &[])))
+            .collect();
+        journal.ingest(run, batch, None, &merge).unwrap();
+    };
+    queue([(1, 7, "A"), (2, 8, "B")]);
     let seven = journal.claim_next().unwrap().unwrap();
     let eight = journal.claim_next().unwrap().unwrap();
     journal.begin_attempt(&seven, run, &merge).unwrap();
     journal.attempt_failed(&seven);
     journal.release(&seven);
     journal.release(&eight);
-    journal
-        .ingest(
-            run,
-            vec![
-                incoming(3, patch(7, json!({"firstName": "A2"}), &[])),
-                incoming(4, patch(9, json!({"firstName": "C"}), &[])),
-            ],
-            None,
-            &merge,
-        )
-        .unwrap();
+    queue([(3, 7, "A2"), (4, 9, "C")]);
     let mut taken = Vec::new();
     while let Some(claim) = journal.claim_next().unwrap() {
         let request = journal.begin_attempt(&claim, run, &merge).unwrap();
