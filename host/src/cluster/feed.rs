@@ -12,7 +12,7 @@ use destination_types::{PlanOutcome, RecordFate};
 use futures::StreamExt;
 
 use super::ClusterError;
-use super::lane::{Books, Held, Letter};
+use super::lane::{Books, Held, Intake, Letter};
 use super::layout::{self, RECEIVED_HEADER};
 use super::ledger::Progress;
 use super::partition::{Owner, PULL_WAIT};
@@ -106,17 +106,10 @@ pub(super) async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, pr
 
 /// A whole message that cannot be delivered: its dead letter first, then
 /// the message counts as done (one rejected record).
-async fn dead_message(
-    books: &Books,
-    letter: &Letter,
-    seq: u64,
-    message: jetstream::Message,
-) -> Result<(), ClusterError> {
+async fn dead_message(books: &Books, letter: &Letter, intake: Intake) -> Result<(), ClusterError> {
     books.dead_letter(letter).await?;
-    books
-        .tally
-        .add(&letter.destination, &RunDelta::received_rejected(1));
-    lock(&books.ledger).admit(seq, Vec::new(), message);
+    let counted = RunDelta::received_rejected(1);
+    lock(&books.ledger).admit(letter.intake_seq, Vec::new(), counted, intake);
     books.progressed.notify_waiters();
     Ok(())
 }
@@ -156,7 +149,13 @@ async fn take_in(
         request: None,
         response: None,
     };
-    let whole = || String::from_utf8_lossy(&message.payload).into_owned();
+    let payload = message.payload.clone();
+    let whole = || String::from_utf8_lossy(&payload).into_owned();
+    let intake = Intake {
+        message,
+        destination: destination.clone(),
+        received_ms,
+    };
     let Some(lane) = owner.lanes.get(&destination) else {
         let reason = match books.ctx.members.iter().find(|m| m.name == destination) {
             Some(m) => format!(
@@ -166,17 +165,17 @@ async fn take_in(
             None => format!("no destination {destination:?} in this worker's destinations file"),
         };
         let letter = letter(0, whole(), "unknown-destination", reason);
-        return dead_message(books, &letter, seq, message).await;
+        return dead_message(books, &letter, intake).await;
     };
-    let format = match message.payload.iter().find(|b| !b.is_ascii_whitespace()) {
+    let format = match payload.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => Format::JsonArray,
         _ => Format::Ndjson,
     };
-    let items = match intake::records(&message.payload, format, books.ctx.max_record_bytes) {
+    let items = match intake::records(&payload, format, books.ctx.max_record_bytes) {
         Ok(items) => items,
         Err(e) => {
             let letter = letter(0, whole(), "unreadable-message", e.to_string());
-            return dead_message(books, &letter, seq, message).await;
+            return dead_message(books, &letter, intake).await;
         }
     };
     let planned = lane
@@ -187,7 +186,9 @@ async fn take_in(
         .map_err(|e| ClusterError::Component(e.to_string()))?;
     let mut requests = Vec::with_capacity(planned.len());
     let mut updates = Vec::new();
-    let mut delta = RunDelta::default();
+    // The records done by an owner that handed the message over counted
+    // there.
+    let mut delta = progress.counted(seq);
     for (index, (item, outcome)) in planned.into_iter().enumerate() {
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         if progress.is_done(seq, index) {
@@ -232,8 +233,7 @@ async fn take_in(
             }
         }
     }
-    books.tally.add(&destination, &delta);
-    if !lock(&books.ledger).admit(seq, requests, message) {
+    if !lock(&books.ledger).admit(seq, requests, delta, intake) {
         // A redelivery of a message held already.
         return Ok(());
     }

@@ -11,9 +11,9 @@ use destination_types::{Request, Response};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::ledger::{Finished, Ledger};
+use super::ledger::Ledger;
 use super::pending::{Pending, RecordRef};
-use super::runs::{RunDelta, Tally};
+use super::runs::Tally;
 use super::{ClusterError, Context, Member, layout};
 use crate::delivery::control::Control;
 use crate::delivery::dispatch::Counters;
@@ -52,10 +52,18 @@ pub(super) struct Held {
     pub(super) received_ms: u64,
 }
 
+/// An intake message held until it is acknowledged, and where its
+/// records count.
+pub(super) struct Intake {
+    pub(super) message: jetstream::Message,
+    pub(super) destination: String,
+    pub(super) received_ms: u64,
+}
+
 /// What the partition's tasks share about its messages.
 pub(super) struct Books {
     pub(super) ctx: Arc<Context>,
-    pub(super) ledger: Mutex<Ledger<jetstream::Message>>,
+    pub(super) ledger: Mutex<Ledger<Intake>>,
     pub(super) records: Mutex<HashMap<RecordRef, Held>>,
     pub(super) tally: Tally,
     /// A record got its verdict (an acknowledgement may be due, and room
@@ -87,23 +95,12 @@ impl Books {
         Ok(())
     }
 
-    /// One request of `record` has its verdict.
-    pub(super) fn request_done(&self, destination: &str, record: RecordRef, rejected: bool) {
+    /// One request of `record` has its verdict (the ledger counts the
+    /// record's when it was its last).
+    pub(super) fn request_done(&self, record: RecordRef, rejected: bool) {
         let finished = lock(&self.ledger).request_done(record.seq, record.index, rejected);
-        if let Some(finished) = finished {
+        if finished.is_some() {
             lock(&self.records).remove(&record);
-            // A record counts as received when it has its verdict: a
-            // record handed over undecided is counted once, by the owner
-            // that decides it.
-            let delta = match finished {
-                Finished::Delivered => RunDelta {
-                    received: 1,
-                    delivered: 1,
-                    ..RunDelta::default()
-                },
-                Finished::Rejected => RunDelta::received_rejected(1),
-            };
-            self.tally.add(destination, &delta);
             self.progressed.notify_waiters();
         }
     }
@@ -153,7 +150,7 @@ impl WorkQueue for Lane {
         match verdict {
             Verdict::Delivered => {
                 for record in records {
-                    self.books.request_done(name, record, false);
+                    self.books.request_done(record, false);
                 }
             }
             Verdict::Rejected {
@@ -182,7 +179,7 @@ impl WorkQueue for Lane {
                         response: response.clone(),
                     };
                     self.books.dead_letter(&letter).await?;
-                    self.books.request_done(name, record, true);
+                    self.books.request_done(record, true);
                 }
             }
         }

@@ -17,6 +17,7 @@
 //! - **State across workers**: tokens ([`tokens`]), run counts ([`runs`]),
 //!   dead letters ([`letters`]).
 
+mod acknowledge;
 mod feed;
 mod lane;
 pub mod layout;

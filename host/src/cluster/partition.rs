@@ -1,25 +1,26 @@
 //! One partition while this worker holds its lease: [`Owner::start`]
 //! makes the partition's consumer and accounts, [`Owner::run`] starts the
 //! feed (`feed.rs`), the destinations' workers (each over its `Lane`), the
-//! in-order acknowledgements and the periodic writes of counts and
-//! budgets. Messages are acknowledged as their records get verdicts
-//! ([`super::ledger`]).
+//! in-order acknowledgements (which count the records) and the periodic
+//! writes of request counts and budgets. Messages are acknowledged as
+//! their records get verdicts ([`super::ledger`]).
 //!
 //! Letting go gracefully ([`Owner::release`]) stops the feed, lets the
 //! updates on the wire finish, acknowledges what is complete and hands
 //! the rest over ([`Progress`], the budget the API last reported, the
 //! counts). Losing the lease ([`Owner::lose`]) stops every request at once.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::consumer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::acknowledge::{Acknowledgements, acknowledge, acknowledge_complete};
 use super::feed::feed;
 use super::lane::{Books, Lane};
 use super::layout;
@@ -67,6 +68,7 @@ pub struct Owner {
     pub(super) stopped: AtomicBool,
     /// Handed over: the lease is being let go.
     released: AtomicBool,
+    pub(super) acknowledgements: tokio::sync::Mutex<Acknowledgements>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -169,6 +171,7 @@ impl Owner {
             stop: Notify::new(),
             stopped: AtomicBool::new(false),
             released: AtomicBool::new(false),
+            acknowledgements: tokio::sync::Mutex::default(),
             tasks: Mutex::default(),
         });
         Ok((owner, consumer, progress))
@@ -247,14 +250,14 @@ impl Owner {
             all.await;
         }
         let ctx = &self.books.ctx;
-        let mut unconfirmed = VecDeque::new();
-        ack_complete(self, &mut unconfirmed).await;
-        if !unconfirmed.is_empty() {
-            // Sent again by the next owner, in order.
+        acknowledge_complete(self).await;
+        let unfinished = self.acknowledgements.lock().await.unfinished();
+        if unfinished > 0 {
+            // Sent again by the next owner, in order (and not counted
+            // twice).
             tracing::warn!(
                 partition = self.partition,
-                "{} acknowledgements not confirmed at hand-over",
-                unconfirmed.len()
+                "{unfinished} acknowledgements not confirmed at hand-over",
             );
         }
         let progress = lock(&self.books.ledger).progress();
@@ -283,39 +286,6 @@ impl Owner {
             );
         }
         tracing::info!(partition = self.partition, "partition handed over");
-    }
-}
-
-/// Acknowledges complete messages as records get their verdicts.
-async fn acknowledge(owner: Arc<Owner>) {
-    let mut unconfirmed = VecDeque::new();
-    loop {
-        let progressed = owner.books.progressed.notified();
-        tokio::pin!(progressed);
-        progressed.as_mut().enable();
-        ack_complete(&owner, &mut unconfirmed).await;
-        if owner.ending().is_some() {
-            return;
-        }
-        let _ = tokio::time::timeout(PULL_WAIT, progressed).await;
-    }
-}
-
-/// Acknowledges the complete prefix, in order, each acknowledgement
-/// confirmed by the servers: one lost would leave its message to be sent
-/// again by the next owner after newer ones.
-async fn ack_complete(owner: &Owner, unconfirmed: &mut VecDeque<jetstream::Message>) {
-    let complete = lock(&owner.books.ledger).ackable();
-    unconfirmed.extend(complete.into_iter().map(|(_, message)| message));
-    while let Some(message) = unconfirmed.front() {
-        if let Err(e) = message.double_ack().await {
-            tracing::warn!(
-                partition = owner.partition,
-                "acknowledgement not confirmed: {e}"
-            );
-            return;
-        }
-        unconfirmed.pop_front();
     }
 }
 

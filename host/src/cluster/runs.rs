@@ -1,8 +1,15 @@
 //! Dataflow runs across the cluster: one run per destination per period
 //! (an hour unless configured), its counts the sum of what every worker
-//! added to the run's entry in the `outreach_runs` bucket. Workers add
-//! their counts every few seconds with compare-and-set, so no addition is
-//! lost to a concurrent one.
+//! added to the run's entry in the `outreach_runs` bucket, with
+//! compare-and-set, so no addition is lost to a concurrent one.
+//!
+//! Records count in the period they were received, when their intake
+//! message is complete and before it is acknowledged; the run remembers,
+//! per partition, the last message it counted. A message delivered again
+//! (its owner died after counting it, before acknowledging it) is not
+//! counted again, however often that happens: the books stay exact under
+//! any kill. Requests, 429s, retries and refreshes are what was sent and
+//! count every few seconds in the period they happened.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -63,10 +70,71 @@ pub struct ClusterRun {
     #[serde(flatten)]
     pub counts: RunDelta,
     pub updated_ms: u64,
+    /// Per partition, the last intake message whose records this run
+    /// counted.
+    #[serde(default)]
+    pub counted_through: BTreeMap<u16, u64>,
 }
 
-/// Counts not yet added to the cluster's runs, per destination; and the
-/// request counters as last added.
+/// The period `at_ms` falls in.
+pub fn period_of(at_ms: u64, run_length: Duration) -> u64 {
+    let length = u64::try_from(run_length.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    at_ms - at_ms % length
+}
+
+/// A complete intake message's counts, ready to be added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageCounts {
+    pub destination: String,
+    pub received_ms: u64,
+    pub seq: u64,
+    pub counts: RunDelta,
+}
+
+/// Adds complete messages of `partition`, oldest first, to the runs of
+/// the periods they were received in: those a run counted already are
+/// left out. On an error, calling again with the same messages is safe.
+pub async fn count_complete(
+    bucket: &kv::Store,
+    partition: u16,
+    run_length: Duration,
+    messages: &[MessageCounts],
+    now: u64,
+) -> Result<(), String> {
+    let mut by_run: BTreeMap<(&str, u64), Vec<&MessageCounts>> = BTreeMap::new();
+    for message in messages {
+        let period = period_of(message.received_ms, run_length);
+        by_run
+            .entry((&message.destination, period))
+            .or_default()
+            .push(message);
+    }
+    for ((destination, period), messages) in by_run {
+        update(bucket, destination, period, now, |run| {
+            run.count(partition, &messages);
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+impl ClusterRun {
+    /// Adds the messages of `partition` (oldest first) it has not counted.
+    fn count(&mut self, partition: u16, messages: &[&MessageCounts]) {
+        let through = self.counted_through.entry(partition).or_default();
+        for message in messages {
+            if message.seq > *through {
+                self.counts.add(&message.counts);
+                *through = message.seq;
+            }
+        }
+    }
+}
+
+/// Request counts not yet added to the cluster's runs, per destination;
+/// and the request counters as last added.
 #[derive(Default)]
 pub struct Tally {
     deltas: Mutex<BTreeMap<String, RunDelta>>,
@@ -78,7 +146,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Tally {
-    pub fn add(&self, destination: &str, delta: &RunDelta) {
+    fn add(&self, destination: &str, delta: &RunDelta) {
         lock(&self.deltas)
             .entry(destination.to_owned())
             .or_default()
@@ -113,15 +181,15 @@ impl Tally {
     pub async fn flush(&self, ctx: &Context) {
         let deltas = std::mem::take(&mut *lock(&self.deltas));
         let now = ctx.clock.now_ms();
-        let length = u64::try_from(ctx.run_length.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let period = now - now % length;
+        let period = period_of(now, ctx.run_length);
         for (destination, delta) in deltas {
             if delta.is_empty() {
                 continue;
             }
-            if let Err(e) = add(&ctx.buckets.runs, &destination, period, &delta, now).await {
+            let added = update(&ctx.buckets.runs, &destination, period, now, |run| {
+                run.counts.add(&delta);
+            });
+            if let Err(e) = added.await {
                 tracing::warn!(%destination, "run counts not written yet: {e}");
                 self.add(&destination, &delta);
             }
@@ -129,13 +197,13 @@ impl Tally {
     }
 }
 
-/// Adds `delta` to a run's entry with compare-and-set.
-async fn add(
+/// Changes a run's entry with compare-and-set.
+async fn update(
     bucket: &kv::Store,
     destination: &str,
     period: u64,
-    delta: &RunDelta,
     now: u64,
+    change: impl Fn(&mut ClusterRun),
 ) -> Result<(), String> {
     let key = layout::run_key(destination, period);
     for _ in 0..20 {
@@ -149,7 +217,7 @@ async fn add(
         };
         run.destination = destination.to_owned();
         run.period_start_ms = period;
-        run.counts.add(delta);
+        change(&mut run);
         run.updated_ms = now;
         let value = serde_json::to_vec(&run).map_err(|e| e.to_string())?;
         let written = match revision {
@@ -185,4 +253,54 @@ pub async fn list(bucket: &kv::Store) -> Result<Vec<ClusterRun>, String> {
         (b.period_start_ms, &a.destination).cmp(&(a.period_start_ms, &b.destination))
     });
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, received: u64, rejected: u64) -> MessageCounts {
+        MessageCounts {
+            destination: "d".into(),
+            received_ms: 0,
+            seq,
+            counts: RunDelta {
+                received,
+                delivered: received - rejected,
+                rejected,
+                ..RunDelta::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_message_delivered_again_after_it_was_counted_is_not_counted_again() {
+        let (m1, m2, m3) = (message(10, 3, 1), message(14, 2, 0), message(20, 1, 1));
+        let mut run = ClusterRun::default();
+        run.count(3, &[&m1, &m2]);
+        // The owner died before acknowledging: the next owner counts the
+        // same messages again, and a newer one.
+        run.count(3, &[&m1, &m2, &m3]);
+        assert_eq!(
+            run.counts,
+            RunDelta {
+                received: 6,
+                delivered: 4,
+                rejected: 2,
+                ..RunDelta::default()
+            }
+        );
+        // Another partition's messages count on their own.
+        run.count(4, &[&m1]);
+        assert_eq!(run.counts.received, 9);
+        assert_eq!(run.counted_through, BTreeMap::from([(3, 20), (4, 10)]));
+    }
+
+    #[test]
+    fn records_count_in_the_period_they_were_received() {
+        let hour = Duration::from_secs(3_600);
+        assert_eq!(period_of(7_199_999, hour), 3_600_000);
+        assert_eq!(period_of(7_200_000, hour), 7_200_000);
+        assert_eq!(period_of(5, Duration::ZERO), 5);
+    }
 }
