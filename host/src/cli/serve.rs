@@ -78,11 +78,12 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
         let stopping = Arc::new(tokio::sync::Notify::new());
         let server = {
             let stopping = stopping.clone();
-            tokio::spawn(
-                axum::serve(listener, service::router(service.clone()))
-                    .with_graceful_shutdown(async move { stopping.notified().await })
-                    .into_future(),
-            )
+            tokio::spawn(service::listener::serve(
+                listener,
+                service::router(service.clone()),
+                service.listener_limits(),
+                async move { stopping.notified().await },
+            ))
         };
         let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -102,7 +103,7 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
         eprintln!("draining: intake answers 503, requests in flight finish");
         service.drain().await;
         stopping.notify_one();
-        server.await.context("the listener failed")??;
+        server.await.context("the listener failed")?;
         if service.worker().is_some() {
             eprintln!("stopped; the partitions were handed over to the other workers");
         } else {

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::intake::{self, Format};
 use super::keys;
+use super::listener::BodyError;
 use super::metrics::{self, AccountFigures, DestinationFigures};
 use super::stream::{AcceptError, Acceptance};
 use super::{Service, Set};
@@ -39,6 +40,19 @@ pub fn router(service: Arc<Service>) -> Router {
             loopback_hosts_only,
         ))
         .with_state(service)
+}
+
+/// Why a body could not be read, when the listener says (it was late,
+/// or the connection broke); `None`: over the limit.
+fn body_error(error: &axum::Error) -> Option<&BodyError> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<BodyError>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// A service on loopback answers only requests addressed to a loopback
@@ -261,7 +275,15 @@ async fn post_records(
     .await
     {
         Ok(body) => body,
-        Err(_) => return too_large(),
+        Err(e) => {
+            return match body_error(&e) {
+                Some(late @ BodyError::Deadline(_)) => {
+                    error(StatusCode::REQUEST_TIMEOUT, late.to_string())
+                }
+                Some(broken) => error(StatusCode::BAD_REQUEST, broken.to_string()),
+                None => too_large(),
+            };
+        }
     };
     let records = match intake::records(&body, format, max_record_bytes) {
         Ok(records) => records,

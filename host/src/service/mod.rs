@@ -20,6 +20,7 @@ pub mod config;
 mod http;
 pub mod intake;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod stream;
 
@@ -177,6 +178,20 @@ impl Service {
     /// Where to listen.
     pub fn listen(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// What the listener allows a client (read at start: a reload does
+    /// not change them, as it does not change `listen`).
+    pub fn listener_limits(&self) -> listener::ListenerLimits {
+        let set = self.current();
+        listener::ListenerLimits {
+            max_connections: set.file.max_connections,
+            header_deadline: set.file.header_timeout,
+            body_deadline: set.file.body_timeout,
+            // The requests in flight had the drain timeout; the answers
+            // to intake posts a little more.
+            drain_deadline: set.file.drain_timeout + std::time::Duration::from_secs(2),
+        }
     }
 
     /// The listener is bound to `address` (with port 0 in the file, the

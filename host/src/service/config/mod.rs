@@ -18,6 +18,10 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
 /// Queued updates per destination beyond which intake answers 429.
 pub const DEFAULT_MAX_QUEUED_UPDATES: u64 = 1_000_000;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
+/// Open connections beyond which a new one is closed at once: well under
+/// the unit's file limit, so the journals and the service's own requests
+/// always find descriptors.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -32,6 +36,9 @@ struct FileText {
     #[serde(default)]
     metrics_keys: Vec<String>,
     drain_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
     login_retry_secs: Option<u64>,
     alert_webhook: Option<String>,
     alert_command: Option<String>,
@@ -115,6 +122,11 @@ pub struct ServiceFile {
     pub metrics_keys: Vec<KeyHash>,
     /// How long in-flight requests may take to finish on SIGTERM.
     pub drain_timeout: Duration,
+    /// Open connections at most, and deadlines for a request's headers and
+    /// body (the listener's limits).
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
     /// How long a destination whose delivery stopped (a login is needed)
     /// waits before it tries again.
     pub login_retry: Duration,
@@ -314,6 +326,18 @@ impl ServiceFile {
         if max_body_bytes == 0 {
             problems.push("max_body_bytes must be at least 1".into());
         }
+        let max_connections = file.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            problems.push("max_connections must be at least 1".into());
+        }
+        for (setting, value) in [
+            ("header_timeout_secs", file.header_timeout_secs),
+            ("body_timeout_secs", file.body_timeout_secs),
+        ] {
+            if value == Some(0) {
+                problems.push(format!("{setting} must be at least 1"));
+            }
+        }
         let max_record_bytes = file.max_record_bytes.unwrap_or(DEFAULT_MAX_RECORD_BYTES);
         if max_record_bytes == 0 {
             problems.push("max_record_bytes must be at least 1".into());
@@ -356,6 +380,9 @@ impl ServiceFile {
             ingest_keys,
             metrics_keys,
             drain_timeout: Duration::from_secs(file.drain_timeout_secs.unwrap_or(10)),
+            max_connections,
+            header_timeout: Duration::from_secs(file.header_timeout_secs.unwrap_or(10)),
+            body_timeout: Duration::from_secs(file.body_timeout_secs.unwrap_or(60)),
             login_retry: Duration::from_secs(file.login_retry_secs.unwrap_or(30).max(1)),
             alerts,
             admin,
