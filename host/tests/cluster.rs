@@ -9,7 +9,6 @@
 //! worker SIGKILLed and a NATS server killed mid-run, and with a worker
 //! handing over on SIGTERM (no update delivered twice then).
 
-
 mod common;
 #[path = "cluster/setup.rs"]
 mod setup;
@@ -39,6 +38,27 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
         );
     }
     // The cluster's runs add up every worker's counts.
+    setup.check_runs().await;
+    // A round's key again: with its body, the first answer and nothing
+    // taken; with another body, refused.
+    let again = |body: String| {
+        reqwest::Client::new()
+            .post(
+                setup.workers[1]
+                    .as_ref()
+                    .unwrap()
+                    .url("/v1/destinations/d00/records"),
+            )
+            .header("content-type", "application/x-ndjson")
+            .header("idempotency-key", "0-1")
+            .body(body)
+            .send()
+    };
+    let repeat = again(round_body(0, 1)).await.unwrap();
+    assert_eq!(repeat.status(), 202);
+    assert_eq!(repeat.headers()["idempotent-replayed"], "true");
+    let reused = again(round_body(0, 2)).await.unwrap();
+    assert_eq!(reused.status(), 422);
     setup.check_runs().await;
     // The status page of any worker shows the cluster's state: who
     // delivers each destination, the hour's counts of every worker, the

@@ -82,7 +82,10 @@ async fn connections_over_the_cap_are_closed_and_stalled_headers_time_out() {
     // answers again.
     for stream in &mut stalled {
         let (_, closed) = read_until_closed(stream, Duration::from_secs(5)).await;
-        assert!(closed, "a stalled request kept its connection past the deadline");
+        assert!(
+            closed,
+            "a stalled request kept its connection past the deadline"
+        );
     }
     assert!(
         started.elapsed() >= Duration::from_millis(1_500),

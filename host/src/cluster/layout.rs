@@ -35,6 +35,7 @@ pub const TOKENS: &str = "outreach_tokens";
 pub const BUDGETS: &str = "outreach_budgets";
 pub const PROGRESS: &str = "outreach_progress";
 pub const RUNS: &str = "outreach_runs";
+pub const RECEIPTS: &str = "outreach_receipts";
 pub const SHAPE: &str = "outreach_cluster";
 
 /// Headers of an intake message.
@@ -110,6 +111,12 @@ pub fn letter_id(partition: u16, intake_seq: u64, index: u32) -> String {
     format!("letter/{partition}/{intake_seq}/{index}")
 }
 
+/// The message id of a letter written at intake for record `index` of a
+/// batch sent under an idempotency key (a repeat writes no second letter).
+pub fn intake_letter_id(destination: &str, scoped_key: &str, index: u64) -> String {
+    format!("letter/intake/{destination}/{scoped_key}/{index}")
+}
+
 /// How long the letters stream remembers letter ids: longer than any
 /// redelivery of an intake message takes (a lease period, or the servers'
 /// election after a loss).
@@ -154,6 +161,8 @@ pub struct Buckets {
     pub budgets: kv::Store,
     pub progress: kv::Store,
     pub runs: kv::Store,
+    /// Idempotency receipts, for the intake stream's duplicate window.
+    pub receipts: kv::Store,
 }
 
 fn failed(what: &str) -> impl Fn(String) -> ClusterError + '_ {
@@ -254,6 +263,7 @@ pub async fn ensure(
         budgets: bucket(js, BUDGETS, Duration::ZERO, 1, replicas).await?,
         progress: bucket(js, PROGRESS, Duration::ZERO, 1, replicas).await?,
         runs: bucket(js, RUNS, Duration::from_secs(30 * 86_400), 1, replicas).await?,
+        receipts: bucket(js, RECEIPTS, settings.duplicate_window, 1, replicas).await?,
     })
 }
 

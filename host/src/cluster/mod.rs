@@ -26,6 +26,7 @@ pub mod ledger;
 pub mod letters;
 pub mod partition;
 pub mod pending;
+pub mod receipts;
 pub mod runs;
 pub mod tokens;
 pub mod view;

@@ -15,9 +15,11 @@ use tokio::time::Instant;
 use super::lane::Letter;
 use super::layout::{self, RECEIVED_HEADER};
 use super::partition::Owner;
+use super::receipts::{self, Receipt};
 use super::{Context, leases};
 use crate::delivery::planner::plan_items;
 use crate::input::Item;
+use crate::service::idempotency::IdempotencyKey;
 use crate::service::stream::{AcceptError, Acceptance, Accepted};
 use destination_types::PlanOutcome;
 
@@ -171,7 +173,7 @@ impl Worker {
         &self,
         destination: &str,
         records: Vec<Item>,
-        idempotency_key: Option<String>,
+        idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Acceptance, AcceptError> {
         if self.is_draining() {
             return Err(AcceptError::Draining);
@@ -225,6 +227,21 @@ impl Worker {
                 "record {index} is {size} bytes, more than a NATS message may carry ({limit} bytes: the servers' max_payload)"
             ))
         })?;
+        let first = serde_json::to_string(&answer).map_err(|e| nats(e.to_string()))?;
+        let earlier = match &idempotency_key {
+            None => Receipt::New,
+            Some(key) => receipts::take(&self.ctx.buckets.receipts, destination, key, &first)
+                .await
+                .map_err(nats)?,
+        };
+        let first = match earlier {
+            Receipt::OtherBody => {
+                let key = idempotency_key.map(|key| key.key).unwrap_or_default();
+                return Err(AcceptError::KeyReused(key));
+            }
+            Receipt::Answered(earlier) => earlier,
+            Receipt::New => first,
+        };
         let now = self.ctx.clock.now_ms();
         for (index, text, (code, reason)) in refused {
             let letter = Letter {
@@ -241,15 +258,19 @@ impl Worker {
                 response: None,
             };
             let payload = serde_json::to_vec(&letter).map_err(|e| nats(e.to_string()))?;
+            let mut publish = PublishMessage::build().payload(payload.into());
+            if let Some(key) = &idempotency_key {
+                let id = layout::intake_letter_id(destination, &key.scoped, index);
+                publish = publish.message_id(id.as_str());
+            }
             self.ctx
                 .js
-                .publish(layout::letters_subject(destination), payload.into())
+                .send_publish(layout::letters_subject(destination), publish)
                 .await
                 .map_err(|e| nats(e.to_string()))?
                 .await
                 .map_err(|e| nats(e.to_string()))?;
         }
-        let first = serde_json::to_string(&answer).map_err(|e| nats(e.to_string()))?;
         if messages.is_empty() {
             return Ok(Acceptance::Fresh(answer));
         }
@@ -258,8 +279,8 @@ impl Worker {
         let mut duplicates = 0;
         for (part, payload) in messages.into_iter().enumerate() {
             let message_id = idempotency_key.as_ref().map(|key| match parts {
-                1 => format!("{destination}/{key}"),
-                _ => format!("{destination}/{key}/{part}"),
+                1 => format!("{destination}/{}", key.scoped),
+                _ => format!("{destination}/{}/{part}", key.scoped),
             });
             if self
                 .publish(destination, &subject, payload, message_id, now)

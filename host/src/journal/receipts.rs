@@ -18,8 +18,30 @@ pub const RECEIPT_TTL_MS: u64 = 24 * 3_600 * 1_000;
 /// The answer to an idempotent intake request, stored with its records.
 #[derive(Clone, Debug)]
 pub struct Receipt {
+    /// The key as scoped by the caller (per producer).
     pub key: String,
+    /// A digest of the body answered.
+    pub digest: String,
     pub response: String,
+}
+
+/// What was answered under a key before.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Earlier {
+    /// The same body: its answer.
+    Answered(String),
+    /// Another body.
+    OtherBody,
+}
+
+impl Earlier {
+    fn of(receipt_digest: &str, (response, digest): (String, Option<String>)) -> Self {
+        match digest {
+            // Receipts of schema 3 kept no digest: taken as the same body.
+            Some(digest) if digest != receipt_digest => Self::OtherBody,
+            _ => Self::Answered(response),
+        }
+    }
 }
 
 /// What an idempotent intake did.
@@ -27,9 +49,8 @@ pub struct Receipt {
 pub enum Intake {
     /// The batch is journaled, with its receipt.
     Journaled(IngestReport),
-    /// The key was seen within [`RECEIPT_TTL_MS`]: nothing was journaled;
-    /// the first answer.
-    Repeated(String),
+    /// The key was seen within [`RECEIPT_TTL_MS`]: nothing was journaled.
+    Repeated(Earlier),
 }
 
 /// Queued work: how much, and since when.
@@ -41,16 +62,23 @@ pub struct Backlog {
     pub oldest_received_ms: Option<u64>,
 }
 
-const RECEIPT_OF: &str = "SELECT response FROM receipts WHERE key = ?1 AND received_ms >= ?2";
+const RECEIPT_OF: &str =
+    "SELECT response, digest FROM receipts WHERE key = ?1 AND received_ms >= ?2";
+
+fn earlier_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Option<String>)> {
+    Ok((r.get(0)?, r.get(1)?))
+}
 
 impl Journal {
-    /// The answer stored for `key`, if it was given within the TTL.
-    pub fn receipt(&self, key: &str) -> Result<Option<String>, JournalError> {
+    /// What was answered under `key` within the TTL, if anything, for a
+    /// body of `digest`.
+    pub fn receipt(&self, key: &str, digest: &str) -> Result<Option<Earlier>, JournalError> {
         let since = now_ms().saturating_sub(RECEIPT_TTL_MS as i64);
         self.state()
             .conn
             .prepare_cached(RECEIPT_OF)
-            .and_then(|mut s| s.query_row(params![key, since], |r| r.get(0)).optional())
+            .and_then(|mut s| s.query_row(params![key, since], earlier_row).optional())
+            .map(|found| found.map(|found| Earlier::of(digest, found)))
             .map_err(|e| self.err(e))
     }
 
@@ -77,15 +105,15 @@ impl Journal {
                 tally,
                 ..
             } = &mut *state;
-            let earlier: Option<String> = conn
+            let earlier = conn
                 .prepare_cached(RECEIPT_OF)
                 .and_then(|mut s| {
-                    s.query_row(params![receipt.key, since], |r| r.get(0))
+                    s.query_row(params![receipt.key, since], earlier_row)
                         .optional()
                 })
                 .map_err(|e| self.err(e))?;
-            if let Some(response) = earlier {
-                return Ok(Intake::Repeated(response));
+            if let Some(earlier) = earlier {
+                return Ok(Intake::Repeated(Earlier::of(&receipt.digest, earlier)));
             }
             let report = ingest_batch(
                 conn, tally, sending, ready, run, batch, None, merge, &self.path,
@@ -94,10 +122,13 @@ impl Journal {
                 .and_then(|mut s| s.execute([since]))
                 .and_then(|_| {
                     conn.prepare_cached(
-                        "INSERT OR REPLACE INTO receipts(key, response, received_ms) VALUES (?1, ?2, ?3)",
+                        "INSERT OR REPLACE INTO receipts(key, response, received_ms, digest)
+                         VALUES (?1, ?2, ?3, ?4)",
                     )
                 })
-                .and_then(|mut s| s.execute(params![receipt.key, receipt.response, now]))
+                .and_then(|mut s| {
+                    s.execute(params![receipt.key, receipt.response, now, receipt.digest])
+                })
                 .map_err(|e| self.err(e))?;
             Ok(Intake::Journaled(report))
         })()

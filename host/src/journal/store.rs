@@ -18,7 +18,7 @@ const APPLICATION_ID: i64 = 0x4F52_434A;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
 
-pub(super) const SCHEMA_VERSION: i64 = 3;
+pub(super) const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE runs(
@@ -107,9 +107,17 @@ CREATE TABLE delivered(
 CREATE TABLE receipts(
     key TEXT PRIMARY KEY,
     response TEXT NOT NULL,
-    received_ms INTEGER NOT NULL
+    received_ms INTEGER NOT NULL,
+    digest TEXT
 ) WITHOUT ROWID;
 CREATE INDEX receipts_by_age ON receipts(received_ms);
+";
+
+/// From schema 3: a receipt keeps the digest of the body it answered (a
+/// key reused with another body is refused).
+const MIGRATE_FROM_3: &str = "
+ALTER TABLE receipts ADD COLUMN digest TEXT;
+PRAGMA user_version = 4;
 ";
 
 /// From schema 2: the answers given to idempotent intake requests.
@@ -339,10 +347,10 @@ impl Journal {
                 detail: format!("schema version {version}"),
             });
         } else if version < SCHEMA_VERSION {
-            let steps = if version == 1 {
-                format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2}")
-            } else {
-                MIGRATE_FROM_2.to_owned()
+            let steps = match version {
+                1 => format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2} {MIGRATE_FROM_3}"),
+                2 => format!("{MIGRATE_FROM_2} {MIGRATE_FROM_3}"),
+                _ => MIGRATE_FROM_3.to_owned(),
             };
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {steps} COMMIT;"))
                 .map_err(corrupt)?;

@@ -476,23 +476,34 @@ fn an_idempotency_key_journals_its_batch_once_within_a_day() {
     };
     let first = Receipt {
         key: "batch-1".into(),
+        digest: "body-1".into(),
         response: r#"{"accepted":1}"#.into(),
     };
     let journaled = ingest(1, &first);
     assert!(matches!(journaled, Intake::Journaled(_)), "{journaled:?}");
-    // The same key again, even with other records: the first answer, and
-    // nothing journaled.
-    let again = Receipt {
-        key: "batch-1".into(),
-        response: r#"{"accepted":2}"#.into(),
-    };
-    match ingest(2, &again) {
-        Intake::Repeated(answer) => assert_eq!(answer, r#"{"accepted":1}"#),
+    // The same key and body again: the first answer, nothing journaled.
+    let answered = Earlier::Answered(r#"{"accepted":1}"#.into());
+    match ingest(1, &first) {
+        Intake::Repeated(earlier) => assert_eq!(earlier, answered),
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        journal.receipt("batch-1").unwrap().as_deref(),
-        Some(r#"{"accepted":1}"#)
+        journal.receipt(&first.key, &first.digest).unwrap(),
+        Some(answered)
+    );
+    // The same key with another body: refused, nothing journaled.
+    let again = Receipt {
+        key: "batch-1".into(),
+        digest: "body-2".into(),
+        response: r#"{"accepted":2}"#.into(),
+    };
+    match ingest(2, &again) {
+        Intake::Repeated(earlier) => assert_eq!(earlier, Earlier::OtherBody),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        journal.receipt(&again.key, &again.digest).unwrap(),
+        Some(Earlier::OtherBody)
     );
     assert_eq!(journal.backlog().unwrap().updates, 1);
     // A day later the key is forgotten: the batch is journaled.
@@ -504,7 +515,7 @@ fn an_idempotency_key_journals_its_batch_once_within_a_day() {
             )
         })
         .unwrap();
-    assert_eq!(journal.receipt("batch-1").unwrap(), None);
+    assert_eq!(journal.receipt(&again.key, &again.digest).unwrap(), None);
     let later = ingest(2, &again);
     assert!(matches!(later, Intake::Journaled(_)), "{later:?}");
     assert_eq!(journal.backlog().unwrap().updates, 2);
@@ -578,11 +589,52 @@ fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
         .unwrap();
     let receipt = Receipt {
         key: "k".into(),
+        digest: "d".into(),
         response: "{}".into(),
     };
     let batch = vec![incoming(2, patch(2, json!({"a": 2}), &[]))];
     let journaled = journal.ingest_once(run, batch, &receipt, &merge).unwrap();
     assert!(matches!(journaled, Intake::Journaled(_)), "{journaled:?}");
+    drop(journal);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_journal_of_schema_3_keeps_its_receipts_and_gains_their_digests() {
+    let dir = std::env::temp_dir().join(format!("outreach-journal-v3-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("journal.sqlite");
+    {
+        let journal = Journal::open(&path).unwrap();
+        // As a host of schema 3 left it: a receipt without a digest.
+        journal
+            .with(|conn| {
+                conn.execute_batch(
+                    "ALTER TABLE receipts DROP COLUMN digest; PRAGMA user_version = 3;",
+                )?;
+                conn.execute(
+                    "INSERT INTO receipts(key, response, received_ms) VALUES ('k', '{\"accepted\":1}', ?1)",
+                    [now_ms()],
+                )
+            })
+            .unwrap();
+    }
+    let journal = Journal::open(&path).unwrap();
+    let version: i64 = journal
+        .with(|conn| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    // Its body is unknown: a repeat gets the answer it had.
+    let receipt = Receipt {
+        key: "k".into(),
+        digest: "d".into(),
+        response: "{}".into(),
+    };
+    assert_eq!(
+        journal.receipt(&receipt.key, &receipt.digest).unwrap(),
+        Some(Earlier::Answered(r#"{"accepted":1}"#.into()))
+    );
     drop(journal);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use super::idempotency::IdempotencyKey;
 use super::intake::{self, Format};
 use super::keys;
 use super::listener::BodyError;
@@ -231,6 +232,7 @@ async fn post_records(
             "send application/x-ndjson (one record per line) or application/json (an array of records)",
         );
     };
+    let producer = bearer(headers).map(str::to_owned);
     let idempotency_key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => match value.to_str() {
@@ -289,6 +291,8 @@ async fn post_records(
         Ok(records) => records,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    let idempotency_key =
+        idempotency_key.map(|key| IdempotencyKey::new(key, producer.as_deref(), &body));
     let accepted = match target {
         Target::Stream(stream) => stream.accept(records, idempotency_key).await,
         Target::Cluster(worker) => worker.accept(&name, records, idempotency_key).await,
@@ -316,6 +320,9 @@ async fn post_records(
             DRAINING_RETRY_SECS,
         ),
         Err(e @ AcceptError::TooLarge(_)) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        Err(e @ AcceptError::KeyReused(_)) => {
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
         Err(e @ AcceptError::Cluster(_)) => {
             tracing::warn!(destination = %name, "intake failed: {e}");
             with_retry_after(

@@ -55,6 +55,21 @@ pub fn value(round: usize, id: u64) -> String {
     format!("r{round}-{id}")
 }
 
+/// What a round posts for an account (NDJSON).
+pub fn round_body(account: usize, round: usize) -> String {
+    let mut records: Vec<String> = (1..=PROSPECTS_PER_ACCOUNT)
+        .map(|n| record(prospect(account, n), &value(round, prospect(account, n))))
+        .collect();
+    if round == 0 {
+        records.push(record(missing_prospect(account), "nobody"));
+        // No prospect id: skipped, with a letter saying why.
+        records.push(
+            json!({"identityMap": {}, "person": {"name": {"firstName": "anon"}}}).to_string(),
+        );
+    }
+    records.iter().map(|r| format!("{r}\n")).collect()
+}
+
 /// One cluster at a time: three servers and three workers per test are
 /// already more processes than CI's two cores, and leases are timed.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -273,18 +288,7 @@ impl Setup {
         let client = reqwest::Client::new();
         let live = self.live_workers();
         for account in 0..ACCOUNTS {
-            let mut records: Vec<String> = (1..=PROSPECTS_PER_ACCOUNT)
-                .map(|n| record(prospect(account, n), &value(round, prospect(account, n))))
-                .collect();
-            if round == 0 {
-                records.push(record(missing_prospect(account), "nobody"));
-                // No prospect id: skipped, with a letter saying why.
-                records.push(
-                    json!({"identityMap": {}, "person": {"name": {"firstName": "anon"}}})
-                        .to_string(),
-                );
-            }
-            let body: String = records.iter().map(|r| format!("{r}\n")).collect();
+            let body = round_body(account, round);
             let worker = live[(account + round) % live.len()];
             let url = worker.url(&format!(
                 "/v1/destinations/{}/records",
@@ -472,8 +476,7 @@ impl Setup {
                 &["runs", "--json", "--limit", "1000"],
             );
             let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            let sum =
-                |field: &str| -> u64 { runs.iter().filter_map(|r| r[field].as_u64()).sum() };
+            let sum = |field: &str| -> u64 { runs.iter().filter_map(|r| r[field].as_u64()).sum() };
             let counted = (
                 sum("received"),
                 sum("delivered"),

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use destination_types::{PlanOutcome, RecordFate};
 
 use super::account::Account;
+use super::idempotency::IdempotencyKey;
 use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::delivery::control::Control;
@@ -30,7 +31,9 @@ use crate::delivery::retry;
 use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::input::Item;
-use crate::journal::{Backlog, Counts, Incoming, Intake, Journal, Receipt, RunId, RunStats};
+use crate::journal::{
+    Backlog, Counts, Earlier, Incoming, Intake, Journal, Receipt, RunId, RunStats,
+};
 use crate::limiter::Line;
 use crate::queue::{JournalQueue, Merger, Queue};
 
@@ -123,6 +126,10 @@ pub enum AcceptError {
     /// A record the queue cannot carry (a message over the cluster's size).
     #[error("{0}")]
     TooLarge(String),
+    #[error(
+        "Idempotency-Key {0:?} was used within the last 24 hours with another body: nothing was taken; send a new batch under a new key"
+    )]
+    KeyReused(String),
 }
 
 /// What a replay of dead letters did.
@@ -311,7 +318,7 @@ impl Stream {
     pub async fn accept(
         &self,
         records: Vec<Record>,
-        idempotency_key: Option<String>,
+        idempotency_key: Option<IdempotencyKey>,
     ) -> Result<Acceptance, AcceptError> {
         let shared = &self.shared;
         if shared.draining.load(Ordering::Acquire) {
@@ -319,14 +326,16 @@ impl Stream {
         }
         let journal_failed = |e: crate::journal::JournalError| AcceptError::Journal(e.to_string());
         if let Some(key) = &idempotency_key {
-            let key = key.clone();
-            if let Some(first) = shared
+            let (scoped, digest) = (key.scoped.clone(), key.digest.clone());
+            let earlier = shared
                 .queue
-                .call(move |journal, _| journal.receipt(&key))
+                .call(move |journal, _| journal.receipt(&scoped, &digest))
                 .await
-                .map_err(journal_failed)?
-            {
-                return Ok(Acceptance::Repeated(first));
+                .map_err(journal_failed)?;
+            match earlier {
+                Some(Earlier::Answered(first)) => return Ok(Acceptance::Repeated(first)),
+                Some(Earlier::OtherBody) => return Err(AcceptError::KeyReused(key.key.clone())),
+                None => {}
             }
         }
         let queued =
@@ -352,8 +361,10 @@ impl Stream {
         let run = period.1;
         let acceptance = match idempotency_key {
             Some(key) => {
+                let shown = key.key;
                 let receipt = Receipt {
-                    key,
+                    key: key.scoped,
+                    digest: key.digest,
                     response: serde_json::to_string(&answer)
                         .map_err(|e| AcceptError::Journal(e.to_string()))?,
                 };
@@ -366,7 +377,10 @@ impl Stream {
                     .map_err(journal_failed)?;
                 match intake {
                     Intake::Journaled(_) => Acceptance::Fresh(answer.clone()),
-                    Intake::Repeated(first) => Acceptance::Repeated(first),
+                    Intake::Repeated(Earlier::Answered(first)) => Acceptance::Repeated(first),
+                    Intake::Repeated(Earlier::OtherBody) => {
+                        return Err(AcceptError::KeyReused(shown));
+                    }
                 }
             }
             None => {
