@@ -33,13 +33,16 @@ fn main() -> ExitCode {
 }
 
 /// Log lines on stderr, at the level `RUST_LOG` asks for (`warn` unless
-/// told otherwise).
+/// told otherwise); colored only on a terminal, so that a log file or the
+/// journal gets plain text.
 fn init_logging(format: cli::args::LogFormat) {
+    use std::io::IsTerminal;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         cli::args::LogFormat::Text => logs.init(),

@@ -123,6 +123,8 @@ pub struct Service {
     sessions: Option<Arc<admin::session::Sessions>>,
     /// Browser logins started from the status page.
     connects: admin::connect::Connects,
+    /// Failed sign-ins, per client and per user.
+    attempts: admin::attempts::Attempts,
     /// The address the listener was bound to.
     bound: std::sync::OnceLock<SocketAddr>,
     /// This process as a cluster worker (`serve --nats`).
@@ -164,6 +166,7 @@ impl Service {
                 .as_ref()
                 .map(|admin| Arc::new(admin::session::Sessions::new(admin.session, clock))),
             connects: admin::connect::Connects::new(clock),
+            attempts: admin::attempts::Attempts::new(clock),
             bound: std::sync::OnceLock::new(),
             worker: std::sync::OnceLock::new(),
         });
@@ -219,6 +222,10 @@ impl Service {
 
     pub fn connects(&self) -> &admin::connect::Connects {
         &self.connects
+    }
+
+    pub fn sign_in_attempts(&self) -> &admin::attempts::Attempts {
+        &self.attempts
     }
 
     /// The destinations being served now.

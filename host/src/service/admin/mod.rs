@@ -9,6 +9,7 @@
 //! carries the session's CSRF token.
 
 mod actions;
+pub mod attempts;
 pub mod connect;
 mod pages;
 pub mod session;
@@ -28,6 +29,25 @@ use serde::Deserialize;
 use super::{Served, Service};
 use crate::journal::{DeadLetter, Journal, JournalError, LetterFilter, RunRecord};
 use session::{SESSION_COOKIE, SIGN_IN_COOKIE, Session, Sessions, same_token};
+
+/// The client's address as sign-in limits count it (`unknown` when the
+/// listener did not say).
+pub(super) struct Client(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |c| attempts::client_key(c.0.ip()));
+        Ok(Self(address))
+    }
+}
 
 /// The answer to give instead of a page (boxed: a `Response` is large and
 /// this is the rare path).

@@ -23,6 +23,8 @@ const SIGN_IN_FORM_LIFE: Duration = Duration::from_secs(15 * 60);
 /// Sign-in forms kept at most (anyone may ask for one): past this, the
 /// oldest is forgotten.
 const MAX_SIGN_IN_FORMS: usize = 10_000;
+/// Sign-in forms pending per client address.
+const MAX_SIGN_IN_FORMS_PER_CLIENT: usize = 8;
 
 /// A random token: 32 bytes, URL-safe base64.
 pub fn token() -> String {
@@ -51,8 +53,16 @@ pub struct Sessions {
     clock: Clock,
     life: Duration,
     signed_in: Mutex<HashMap<String, Session>>,
-    /// Sign-in form cookie → (form token, expiry).
-    forms: Mutex<HashMap<String, (String, u64)>>,
+    /// Sign-in form cookie → the form.
+    forms: Mutex<HashMap<String, PendingForm>>,
+}
+
+/// A sign-in form given out and not yet used.
+struct PendingForm {
+    token: String,
+    expires_ms: u64,
+    /// Who asked for it (its address, as [`super::attempts::client_key`]).
+    client: String,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,24 +83,41 @@ impl Sessions {
         }
     }
 
-    /// A new sign-in form: the cookie to set and the token the form
-    /// carries.
-    pub fn sign_in_form(&self) -> (String, String) {
+    /// A new sign-in form for `client`: the cookie to set and the token
+    /// the form carries. A client that asks for many forms loses its own
+    /// oldest, not another client's.
+    pub fn sign_in_form(&self, client: &str) -> (String, String) {
         let now = self.clock.now_ms();
         let (cookie, form) = (token(), token());
         let mut forms = lock(&self.forms);
-        forms.retain(|_, (_, expires)| *expires > now);
-        while forms.len() >= MAX_SIGN_IN_FORMS {
-            let Some(oldest) = forms
+        forms.retain(|_, pending| pending.expires_ms > now);
+        let oldest_of = |forms: &HashMap<String, PendingForm>, client: Option<&str>| {
+            forms
                 .iter()
-                .min_by_key(|(_, (_, expires))| *expires)
+                .filter(|(_, pending)| client.is_none_or(|c| pending.client == c))
+                .min_by_key(|(_, pending)| pending.expires_ms)
                 .map(|(cookie, _)| cookie.clone())
-            else {
+        };
+        let own = forms.values().filter(|p| p.client == client).count();
+        if own >= MAX_SIGN_IN_FORMS_PER_CLIENT
+            && let Some(oldest) = oldest_of(&forms, Some(client))
+        {
+            forms.remove(&oldest);
+        }
+        while forms.len() >= MAX_SIGN_IN_FORMS {
+            let Some(oldest) = oldest_of(&forms, None) else {
                 break;
             };
             forms.remove(&oldest);
         }
-        forms.insert(cookie.clone(), (form.clone(), now + ms(SIGN_IN_FORM_LIFE)));
+        forms.insert(
+            cookie.clone(),
+            PendingForm {
+                token: form.clone(),
+                expires_ms: now + ms(SIGN_IN_FORM_LIFE),
+                client: client.to_owned(),
+            },
+        );
         (cookie, form)
     }
 
@@ -99,7 +126,7 @@ impl Sessions {
     pub fn take_sign_in_form(&self, cookie: &str, form: &str) -> bool {
         let now = self.clock.now_ms();
         match lock(&self.forms).remove(cookie) {
-            Some((expected, expires)) => expires > now && same_token(&expected, form),
+            Some(pending) => pending.expires_ms > now && same_token(&pending.token, form),
             None => false,
         }
     }
@@ -168,9 +195,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(sessions.get(&id).is_none(), "expired");
 
-        let (cookie, form) = sessions.sign_in_form();
+        let (cookie, form) = sessions.sign_in_form("10.0.0.1");
         assert!(!sessions.take_sign_in_form(&cookie, "wrong"));
-        let (cookie, form2) = sessions.sign_in_form();
+        let (cookie, form2) = sessions.sign_in_form("10.0.0.1");
         assert_ne!(form, form2);
         assert!(sessions.take_sign_in_form(&cookie, &form2));
         assert!(!sessions.take_sign_in_form(&cookie, &form2), "used once");
@@ -179,16 +206,28 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sign_in_forms_anyone_asks_for_are_bounded() {
         let sessions = Sessions::new(Duration::from_secs(60), Clock::starting_at(1_000_000));
-        let (first, form) = sessions.sign_in_form();
+        let (first, form) = sessions.sign_in_form("10.0.0.1");
         tokio::time::advance(Duration::from_millis(1)).await;
-        for _ in 0..MAX_SIGN_IN_FORMS {
-            let _ = sessions.sign_in_form();
+        for n in 0..MAX_SIGN_IN_FORMS {
+            let _ = sessions.sign_in_form(&format!("client{n}"));
         }
         assert_eq!(lock(&sessions.forms).len(), MAX_SIGN_IN_FORMS);
         assert!(
             !sessions.take_sign_in_form(&first, &form),
             "the oldest went"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_asking_for_many_forms_does_not_evict_another_clients() {
+        let sessions = Sessions::new(Duration::from_secs(60), Clock::starting_at(1_000_000));
+        let (operator, form) = sessions.sign_in_form("192.0.2.7");
+        for _ in 0..10_200 {
+            tokio::time::advance(Duration::from_millis(1)).await;
+            let _ = sessions.sign_in_form("203.0.113.9");
+        }
+        assert!(sessions.take_sign_in_form(&operator, &form));
+        assert_eq!(lock(&sessions.forms).len(), MAX_SIGN_IN_FORMS_PER_CLIENT);
     }
 
     #[test]

@@ -16,11 +16,12 @@ struct SignInPage<'a> {
 
 fn sign_in_form(
     sessions: &Sessions,
+    client: &Client,
     secure: bool,
     status: StatusCode,
     problem: Option<&str>,
 ) -> Response {
-    let (cookie, form) = sessions.sign_in_form();
+    let (cookie, form) = sessions.sign_in_form(&client.0);
     let mut response = html(
         status,
         &SignInPage {
@@ -40,12 +41,18 @@ fn sign_in_form(
     response
 }
 
-pub(super) async fn sign_in_page(State(service): State<Arc<Service>>) -> Response {
+pub(super) async fn sign_in_page(State(service): State<Arc<Service>>, client: Client) -> Response {
     let (Some(sessions), Some(admin)) = (service.sessions(), service.current().file.admin.clone())
     else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    sign_in_form(&sessions, admin.secure_cookies, StatusCode::OK, None)
+    sign_in_form(
+        &sessions,
+        &client,
+        admin.secure_cookies,
+        StatusCode::OK,
+        None,
+    )
 }
 
 #[derive(Deserialize)]
@@ -60,6 +67,7 @@ pub(super) struct SignIn {
 
 pub(super) async fn sign_in(
     State(service): State<Arc<Service>>,
+    client: Client,
     headers: HeaderMap,
     Form(sign_in): Form<SignIn>,
 ) -> Response {
@@ -67,10 +75,34 @@ pub(super) async fn sign_in(
     else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    let attempts = service.sign_in_attempts();
+    // The name as given, bounded: it keys the per-user count.
+    let user: String = sign_in.user.chars().take(64).collect();
+    if let Some(wait) = attempts.must_wait(&client.0, &user) {
+        let secs = wait.as_millis().div_ceil(1_000).max(1);
+        tracing::warn!(
+            client = %client.0,
+            "a sign-in to the status page was refused: too many failures, {secs} s to wait"
+        );
+        let mut response = sign_in_form(
+            &sessions,
+            &client,
+            admin.secure_cookies,
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&format!(
+                "Too many failed sign-ins: try again in {secs} seconds."
+            )),
+        );
+        if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     let form_cookie = cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default();
     if !sessions.take_sign_in_form(form_cookie, &sign_in.form) {
         return sign_in_form(
             &sessions,
+            &client,
             admin.secure_cookies,
             StatusCode::FORBIDDEN,
             Some("This sign-in form expired or did not come from this page; try again."),
@@ -96,14 +128,17 @@ pub(super) async fn sign_in(
     .unwrap_or(false);
     let user_ok = same_token(&sign_in.user, &admin.user);
     if !(user_ok && password_ok) {
-        tracing::warn!("a sign-in to the status page was refused");
+        attempts.failed(&client.0, &user);
+        tracing::warn!(client = %client.0, "a sign-in to the status page was refused");
         return sign_in_form(
             &sessions,
+            &client,
             admin.secure_cookies,
             StatusCode::UNAUTHORIZED,
             Some("Wrong user or password."),
         );
     }
+    attempts.succeeded(&client.0, &user);
     let (id, _) = sessions.start(&admin.user);
     let mut response = Redirect::to("/admin").into_response();
     for value in [
