@@ -25,7 +25,7 @@ use outreach_simulator::{Faults, OAuthApp, Simulator, SimulatorConfig};
 use serde_json::json;
 
 mod common;
-use common::{outreach_host, scratch, temp_path};
+use common::{browser_login, outreach_host, scratch, temp_path};
 
 const USER: &str = "demo@example.com";
 const PASSWORD: &str = "demo-password";
@@ -100,54 +100,6 @@ fn client_authenticating(
         clock,
     })
     .unwrap()
-}
-
-fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
-    let from = text.find(start).expect("marker present") + start.len();
-    let len = text[from..].find(end).expect("end marker");
-    &text[from..from + len]
-}
-
-/// A user in a browser: opens the authorize URL, submits the email form,
-/// then the password form, and returns where the server redirected to.
-async fn browser_login(authorize_url: &str, email: &str, password: &str) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let origin = reqwest::Url::parse(authorize_url).unwrap();
-    let origin = format!("{}://{}", origin.scheme(), origin.authority());
-    let page = http
-        .get(authorize_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(page.contains("name=\"email\""), "no email form: {page}");
-    let session = between(&page, "name=\"session\" value=\"", "\"").to_owned();
-    let page = http
-        .post(format!("{origin}/oauth/authorize/email"))
-        .form(&[("session", session.as_str()), ("email", email)])
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        page.contains("name=\"password\""),
-        "no password form: {page}"
-    );
-    let response = http
-        .post(format!("{origin}/oauth/authorize/password"))
-        .form(&[("session", session.as_str()), ("password", password)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 302);
-    response.headers()["location"].to_str().unwrap().to_owned()
 }
 
 /// Credentials for account "ada" of `store`, refreshing through `sim`.

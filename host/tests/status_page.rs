@@ -571,6 +571,26 @@ async fn connect_through_the_browser_stores_tokens_and_a_forged_or_denied_login_
     assert!(stored().is_err(), "tokens stored after a refused exchange");
     browser.screenshot("connect-token-error").await;
 
+    // A real code and state, but the callback comes from a client without
+    // the cookie Connect gave the operator's browser (someone who saw the
+    // redirect): refused, nothing stored.
+    connect_started(&browser, &service).await;
+    let authorize = browser.client().current_url().await.unwrap();
+    // With a PKCE challenge (the simulator checks the verifier at the
+    // exchange that follows).
+    assert!(
+        authorize
+            .query_pairs()
+            .any(|(k, v)| k == "code_challenge_method" && v == "S256"),
+        "{authorize}"
+    );
+    let callback = common::browser_login(authorize.as_str(), ADA, "ada-password").await;
+    let elsewhere = reqwest::get(&callback).await.unwrap();
+    assert_eq!(elsewhere.status(), 400);
+    let page = elsewhere.text().await.unwrap();
+    assert!(page.contains("started in another browser"), "{page}");
+    assert!(stored().is_err(), "tokens stored from another browser");
+
     // Connect: Outreach's login (the simulator's), email then password,
     // and back to the destinations, connected.
     browser.client().goto(&service.url("/admin")).await.unwrap();

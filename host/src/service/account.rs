@@ -88,6 +88,10 @@ impl Account {
         };
         let mut settings = client.clone();
         settings.redirect_uri = redirect_uri.to_owned();
+        // The code comes back through a browser: only the holder of the
+        // verifier (this service) can exchange it. A server without PKCE
+        // ignores the parameters (RFC 6749 §3.1).
+        settings.pkce = true;
         let client = OAuthClient::new(settings).map_err(|e| e.to_string())?;
         Ok(Some((client, sink)))
     }

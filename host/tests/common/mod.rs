@@ -156,3 +156,51 @@ impl Cli {
             .collect()
     }
 }
+
+pub fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    let from = text.find(start).expect("marker present") + start.len();
+    let len = text[from..].find(end).expect("end marker");
+    &text[from..from + len]
+}
+
+/// A user in a browser: opens the authorize URL, submits the email form,
+/// then the password form, and returns where the server redirected to.
+pub async fn browser_login(authorize_url: &str, email: &str, password: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let origin = reqwest::Url::parse(authorize_url).unwrap();
+    let origin = format!("{}://{}", origin.scheme(), origin.authority());
+    let page = http
+        .get(authorize_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("name=\"email\""), "no email form: {page}");
+    let session = between(&page, "name=\"session\" value=\"", "\"").to_owned();
+    let page = http
+        .post(format!("{origin}/oauth/authorize/email"))
+        .form(&[("session", session.as_str()), ("email", email)])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("name=\"password\""),
+        "no password form: {page}"
+    );
+    let response = http
+        .post(format!("{origin}/oauth/authorize/password"))
+        .form(&[("session", session.as_str()), ("password", password)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 302);
+    response.headers()["location"].to_str().unwrap().to_owned()
+}

@@ -29,20 +29,24 @@ pub(super) async fn connect_start(
             "No destination uses that account.",
         );
     };
-    let callback = format!("{}/oauth/callback", service.public_url());
+    let callback = format!("{}{}", service.public_url(), connect::CALLBACK_PATH);
     match account.connect_client(&callback) {
         // A page that moves on by itself rather than a redirect: the
         // policy keeps forms to this site, redirects after them included.
         Ok(Some((client, store))) => {
-            let url = service.connects().start(&account.name, client, store);
-            html(
+            let (url, browser) = service.connects().start(&account.name, client, store);
+            let mut page = html(
                 StatusCode::OK,
                 &ConnectingPage {
                     csrf: Some(&session.csrf),
                     account: &account.name,
                     url: &url,
                 },
-            )
+            );
+            if let Ok(value) = HeaderValue::from_str(&connect_cookie(&service, &browser, true)) {
+                page.headers_mut().append(header::SET_COOKIE, value);
+            }
+            page
         }
         Ok(None) => error_page(
             StatusCode::CONFLICT,
@@ -74,16 +78,54 @@ struct ConnectedPage<'a> {
     account: &'a str,
 }
 
+/// The connect cookie: set with `value` (`live`) or cleared. `Lax`, so
+/// that the authorization server's redirect back brings it; only for the
+/// callback's path.
+fn connect_cookie(service: &Service, value: &str, live: bool) -> String {
+    let secure = service
+        .current()
+        .file
+        .admin
+        .as_ref()
+        .is_some_and(|a| a.secure_cookies);
+    let max_age = if live {
+        connect::LOGIN_LIFE.as_secs()
+    } else {
+        0
+    };
+    let secure = if secure { "; Secure" } else { "" };
+    format!(
+        "{}={value}; Path={}; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}",
+        connect::CONNECT_COOKIE,
+        connect::CALLBACK_PATH
+    )
+}
+
 /// Where the authorization server sends the browser back.
 pub(super) async fn connect_callback(
     State(service): State<Arc<Service>>,
+    headers: HeaderMap,
     Query(redirect): Query<crate::oauth::Redirect>,
 ) -> Response {
     if service.sessions().is_none() {
         return StatusCode::NOT_FOUND.into_response();
     }
     let set = service.current();
-    match service.connects().finish(&redirect).await {
+    let browser = cookie(&headers, connect::CONNECT_COOKIE);
+    let mut page = connect_finished(&service, &set, &redirect, browser).await;
+    if let Ok(value) = HeaderValue::from_str(&connect_cookie(&service, "", false)) {
+        page.headers_mut().append(header::SET_COOKIE, value);
+    }
+    page
+}
+
+async fn connect_finished(
+    service: &Service,
+    set: &super::super::Set,
+    redirect: &crate::oauth::Redirect,
+    browser: Option<&str>,
+) -> Response {
+    match service.connects().finish(redirect, browser).await {
         Ok(account) => {
             if let Some(shared) = set.accounts.get(&account) {
                 shared.reload_tokens();

@@ -6,10 +6,14 @@
 //! `/oauth/callback`, where the state is checked (once), the code exchanged
 //! and the tokens stored exactly as `outreach-host login` stores them.
 //!
-//! The callback needs no session: a `SameSite=Strict` cookie is not sent
-//! on a redirect that comes from another site, and the state (which only
-//! this service and that browser know) is what ties the callback to the
-//! operator who started it.
+//! The callback needs no session (a `SameSite=Strict` cookie is not sent
+//! on a redirect that comes from another site), but it must come from the
+//! browser that started the login: Connect sets a cookie of its own
+//! (`SameSite=Lax`, sent on that top-level redirect, only to the callback's
+//! path) whose value the callback must bring with the state. A state seen
+//! by someone else (a log, a shoulder) is worth nothing without it. The
+//! authorization request also carries a PKCE challenge, so an intercepted
+//! code cannot be exchanged by anyone but this service.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,11 +24,16 @@ use crate::oauth::{OAuthClient, OAuthError, PendingLogin, Redirect};
 use crate::service::account::TokenSink;
 
 /// How long a started login waits for its callback.
-const LOGIN_LIFE: Duration = Duration::from_secs(10 * 60);
+pub const LOGIN_LIFE: Duration = Duration::from_secs(10 * 60);
+/// The cookie that ties a callback to the browser that pressed Connect.
+pub const CONNECT_COOKIE: &str = "outreach_host_connect";
+pub const CALLBACK_PATH: &str = "/oauth/callback";
 
 /// A login started from the page, waiting for its callback.
 struct Started {
     account: String,
+    /// The value of the browser's connect cookie.
+    browser: String,
     client: OAuthClient,
     store: TokenSink,
     pending: PendingLogin,
@@ -43,6 +52,10 @@ pub enum ConnectError {
         "this sign-in was not started here, or it is over ten minutes old; nothing was stored. Start again with Connect."
     )]
     UnknownState,
+    #[error(
+        "this sign-in was started in another browser (or its cookie is gone); nothing was stored. Start again with Connect in the browser that finishes the login."
+    )]
+    OtherBrowser,
     #[error("{0}; nothing was stored.")]
     Login(String),
     #[error("the tokens could not be stored: {0}")]
@@ -63,29 +76,36 @@ impl Connects {
 
     /// Starts a login for `account` with `client` (whose redirect URI is
     /// the service's callback), its tokens to go to `store`: where to send
-    /// the browser.
-    pub fn start(&self, account: &str, client: OAuthClient, store: TokenSink) -> String {
+    /// the browser, and the value of the cookie to give it.
+    pub fn start(&self, account: &str, client: OAuthClient, store: TokenSink) -> (String, String) {
         let now = self.clock.now_ms();
         let (url, pending) = client.authorize_url();
+        let browser = super::session::token();
         let mut started = lock(&self.started);
         started.retain(|_, s| s.expires_ms > now);
         started.insert(
             pending.state().to_owned(),
             Started {
                 account: account.to_owned(),
+                browser: browser.clone(),
                 client,
                 store,
                 pending,
                 expires_ms: now + u64::try_from(LOGIN_LIFE.as_millis()).unwrap_or(u64::MAX),
             },
         );
-        url.to_string()
+        (url.to_string(), browser)
     }
 
-    /// Finishes the login the callback's `state` names: exchanges the code
-    /// and stores the tokens for its account (which it returns). A state
-    /// is good once, whatever happens.
-    pub async fn finish(&self, redirect: &Redirect) -> Result<String, ConnectError> {
+    /// Finishes the login the callback's `state` names, if `browser` (its
+    /// connect cookie) is the one that started it: exchanges the code and
+    /// stores the tokens for its account (which it returns). A state is
+    /// good once, whatever happens.
+    pub async fn finish(
+        &self,
+        redirect: &Redirect,
+        browser: Option<&str>,
+    ) -> Result<String, ConnectError> {
         let now = self.clock.now_ms();
         let started = redirect
             .state
@@ -93,6 +113,9 @@ impl Connects {
             .and_then(|state| lock(&self.started).remove(state))
             .filter(|s| s.expires_ms > now)
             .ok_or(ConnectError::UnknownState)?;
+        if !browser.is_some_and(|cookie| super::session::same_token(cookie, &started.browser)) {
+            return Err(ConnectError::OtherBrowser);
+        }
         let Started {
             account,
             client,

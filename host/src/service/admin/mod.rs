@@ -82,7 +82,7 @@ pub fn routes() -> Router<Arc<Service>> {
             "/admin/connect",
             axum::routing::post(actions::connect_start),
         )
-        .route("/oauth/callback", get(actions::connect_callback))
+        .route(connect::CALLBACK_PATH, get(actions::connect_callback))
         .layer(axum::middleware::map_response(protect))
 }
 
