@@ -192,11 +192,14 @@ impl OAuthClient {
     ) -> Result<TokenSet, OAuthError> {
         if let Some(error) = &redirect.error {
             return Err(OAuthError::Login(format!(
-                "the authorization server answered {error}: {}",
-                redirect
-                    .error_description
-                    .as_deref()
-                    .unwrap_or("no description")
+                "the authorization server answered {}: {}",
+                printable(error),
+                printable(
+                    redirect
+                        .error_description
+                        .as_deref()
+                        .unwrap_or("no description")
+                )
             )));
         }
         if redirect.state.as_deref() != Some(pending.state.secret().as_str()) {
@@ -260,6 +263,27 @@ fn token_set(clock: &Clock, response: &IssuedTokens, previous_refresh: Option<&s
     }
 }
 
+/// Text from the authorization server (or from a redirect anyone can
+/// forge) as it may go into a log line or a page: control characters
+/// escaped (no forged log lines, no terminal escapes), at most 300
+/// characters.
+fn printable(text: &str) -> String {
+    const MAX_CHARS: usize = 300;
+    let mut out = String::new();
+    for (n, c) in text.chars().enumerate() {
+        if n == MAX_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Maps oauth2's errors to ours without ever quoting a request (which
 /// carries the client secret and tokens).
 fn token_error<E: std::error::Error + 'static>(
@@ -267,13 +291,20 @@ fn token_error<E: std::error::Error + 'static>(
 ) -> OAuthError {
     match e {
         RequestTokenError::ServerResponse(response) => {
-            let description = response.error_description().cloned().unwrap_or_default();
+            let description = printable(
+                response
+                    .error_description()
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            );
             match response.error() {
                 BasicErrorResponseType::InvalidGrant => OAuthError::InvalidGrant(description),
                 BasicErrorResponseType::Extension(e) if e == "rate_limited" || e == "slow_down" => {
                     OAuthError::Throttled(description)
                 }
-                other => OAuthError::Refused(format!("{}: {description}", other.as_ref())),
+                other => {
+                    OAuthError::Refused(format!("{}: {description}", printable(other.as_ref())))
+                }
             }
         }
         RequestTokenError::Request(e) => OAuthError::Transport(e.to_string()),
@@ -405,4 +436,49 @@ async fn receive_redirect(
         "<!doctype html><title>outreach-host</title>\
          <p>Login received. You can close this window and return to the terminal.</p>",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_the_authorization_server_cannot_forge_log_lines() {
+        let forged = "no\n2026-12-03 INFO connected\u{1b}[31m";
+        let shown = printable(forged);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "no\\n2026-12-03 INFO connected\\u{1b}[31m");
+        assert_eq!(printable(&"x".repeat(1_000)).chars().count(), 301);
+    }
+
+    #[tokio::test]
+    async fn a_denied_login_names_the_error_escaped() {
+        let client = OAuthClient::new(OAuthSettings {
+            authorize_url: "http://127.0.0.1:9/authorize".into(),
+            token_url: "http://127.0.0.1:9/token".into(),
+            redirect_uri: DEFAULT_REDIRECT_URI.into(),
+            scopes: Vec::new(),
+            app: AppCredentials {
+                client_id: "id".into(),
+                client_secret: "secret".into(),
+            },
+            pkce: false,
+            min_interval_between_tokens: Duration::ZERO,
+            client_authentication: ClientAuthentication::default(),
+            clock: Clock::system(),
+        })
+        .unwrap();
+        let (_, pending) = client.authorize_url();
+        let redirect = Redirect {
+            error: Some("access_denied".into()),
+            error_description: Some("bad\r\nforged line".into()),
+            ..Redirect::default()
+        };
+        let error = client.finish_login(pending, &redirect).await.unwrap_err();
+        let text = error.to_string();
+        assert!(
+            !text.contains('\n') && text.contains("bad\\r\\nforged line"),
+            "{text}"
+        );
+    }
 }
