@@ -455,3 +455,75 @@ fn a_signal_ends_a_run_whose_alert_command_hangs() {
     assert!(none_left_running("sleep 600.9183"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_run_stopped_by_one_signal_waits_only_a_moment_for_its_own_alert() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let simulator = runtime
+        .block_on(Simulator::start(
+            SimulatorConfig {
+                prospect_ids: 1..=500,
+                faults: outreach_simulator::Faults {
+                    latency: Duration::from_millis(200),
+                    ..outreach_simulator::Faults::default()
+                },
+                ..SimulatorConfig::default()
+            },
+            loopback(),
+        ))
+        .unwrap();
+    let dir = scratch("alert-stop");
+    let config = write(&dir, "config.json", &config(5));
+    let profiles: String = (1..=500).map(|id| profile(id) + "\n").collect();
+    let input = write(&dir, "profiles.ndjson", &profiles);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
+        .arg("--journal")
+        .arg(dir.join("journal.sqlite"))
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
+        .args(["run", "--config", &config, "--input", &input])
+        .args(["--api-base", &simulator.api_base()])
+        .args([
+            "--alert-command",
+            "sleep 600.5317",
+            "--alert-timeout-secs",
+            "600",
+        ])
+        .env(
+            "OUTREACH_ACCESS_TOKEN",
+            simulator.issue_token("ada@example.com"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while simulator.stats().requests < 5 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("one SIGINT did not end the run while its alert ran");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(!status.success());
+    assert!(none_left_running("sleep 600.5317"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

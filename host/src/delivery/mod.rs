@@ -371,11 +371,23 @@ pub async fn deliver<C: Credentials, Q: Queue>(
     }
     let end_alerts = reporter.end_of_run(&summary);
     // The run is recorded: a signal now abandons the alerts (their
-    // commands are killed) rather than going unheard.
+    // commands are killed) rather than going unheard. A run a signal
+    // stopped gives its own alerts only a moment: whoever stopped it is
+    // waiting.
     if options.stop_on_signals {
+        let grace = async {
+            if control.interrupted() {
+                tokio::time::sleep(STOPPED_RUN_ALERT_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             () = end_alerts => {}
             () = until_signal() => tracing::warn!("interrupted by a signal: alerts abandoned"),
+            () = grace => tracing::warn!(
+                "the run was stopped: alerts not done within {STOPPED_RUN_ALERT_GRACE:?} abandoned"
+            ),
         }
     } else {
         end_alerts.await;
@@ -383,6 +395,9 @@ pub async fn deliver<C: Credentials, Q: Queue>(
     summary.elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     Ok(summary)
 }
+
+/// How long a run stopped by a signal waits for the alerts its end fires.
+const STOPPED_RUN_ALERT_GRACE: Duration = Duration::from_secs(2);
 
 /// A queue failure, as a run error.
 fn queue_failed(e: impl std::error::Error + Send + Sync + 'static) -> RunError {
