@@ -10,7 +10,7 @@ use outreach_simulator::{Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Cli, loopback, write};
+use common::{Cli, loopback, none_left_running, write};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("history", name)
@@ -294,35 +294,6 @@ fn alerts_reach_a_webhook_and_a_command() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Processes whose command line contains `marker`.
-fn processes_running(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(marker) {
-                found.push(cmdline);
-            }
-        }
-    }
-    found
-}
-
-/// Whether no process with `marker` in its command line is left, allowing
-/// a moment for killed ones to be torn down.
-fn none_left_running(marker: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        if processes_running(marker).is_empty() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A `run` with refused credentials (so it raises `login-required` and
 /// `run-failed`), secrets in its environment and the given alert options.
 fn failing_run_with_alerts(dir: &Path, api: &str, alert_args: &[&str]) -> Command {
@@ -453,77 +424,5 @@ fn a_signal_ends_a_run_whose_alert_command_hangs() {
     );
     assert_eq!(status.code(), Some(1));
     assert!(none_left_running("sleep 600.9183"));
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-#[test]
-fn a_run_stopped_by_one_signal_waits_only_a_moment_for_its_own_alert() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let simulator = runtime
-        .block_on(Simulator::start(
-            SimulatorConfig {
-                prospect_ids: 1..=500,
-                faults: outreach_simulator::Faults {
-                    latency: Duration::from_millis(200),
-                    ..outreach_simulator::Faults::default()
-                },
-                ..SimulatorConfig::default()
-            },
-            loopback(),
-        ))
-        .unwrap();
-    let dir = scratch("alert-stop");
-    let config = write(&dir, "config.json", &config(5));
-    let profiles: String = (1..=500).map(|id| profile(id) + "\n").collect();
-    let input = write(&dir, "profiles.ndjson", &profiles);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_outreach-host"))
-        .arg("--journal")
-        .arg(dir.join("journal.sqlite"))
-        .arg("--cache-dir")
-        .arg(dir.join("cache"))
-        .args(["run", "--config", &config, "--input", &input])
-        .args(["--api-base", &simulator.api_base()])
-        .args([
-            "--alert-command",
-            "sleep 600.5317",
-            "--alert-timeout-secs",
-            "600",
-        ])
-        .env(
-            "OUTREACH_ACCESS_TOKEN",
-            simulator.issue_token("ada@example.com"),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while simulator.stats().requests < 5 {
-        assert!(Instant::now() < deadline, "the run never got going");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let signalled = Instant::now();
-    // SAFETY: signalling our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGINT);
-    }
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if signalled.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("one SIGINT did not end the run while its alert ran");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(
-        signalled.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        signalled.elapsed()
-    );
-    assert!(!status.success());
-    assert!(none_left_running("sleep 600.5317"));
     let _ = std::fs::remove_dir_all(&dir);
 }

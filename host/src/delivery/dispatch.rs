@@ -218,7 +218,14 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 }
                 Action::Refresh => {
                     self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
-                    if let Err(why) = self.credentials.refresh(&token).await {
+                    // A stop cancels the wait for the mint interval (no
+                    // token is minted then); an exchange already under way
+                    // finishes on its own and is waited for at the end.
+                    let refreshed = self
+                        .control
+                        .unless_stopped(self.credentials.refresh(&token))
+                        .await?;
+                    if let Err(why) = refreshed {
                         self.control
                             .stop_for_login(format!("credentials cannot be refreshed: {why}"));
                     }

@@ -10,6 +10,7 @@ pub mod serve;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -203,4 +204,33 @@ pub async fn browser_login(authorize_url: &str, email: &str, password: &str) -> 
         .unwrap();
     assert_eq!(response.status(), 302);
     response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+/// Processes whose command line contains `marker`.
+pub fn processes_running(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(marker) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+/// Whether no process with `marker` in its command line is left, allowing
+/// a moment for killed ones to be torn down.
+pub fn none_left_running(marker: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        if processes_running(marker).is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
