@@ -97,3 +97,72 @@ async fn failed_sign_ins_make_the_client_wait_longer_each_time() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn the_dead_letters_page_is_a_bounded_page_with_links_to_whole_letters() {
+    let dir = scratch("admin-security", "letters");
+    destinations_file(&dir);
+    let service = Service::start(&dir, &[]);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // 150 records without a prospect id, 50 KB each: 150 letters.
+    let filler = "z".repeat(50_000);
+    let body: String = (0..150)
+        .map(|n| format!("{{\"identityMap\":{{}},\"n\":{n},\"filler\":\"{filler}\"}}\n"))
+        .collect();
+    let posted = http
+        .post(service.url("/v1/destinations/d/records"))
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    let session = common::serve::sign_in(&http, &service, "ops", "right password").await;
+    let get = |path: String| {
+        let http = http.clone();
+        let session = session.clone();
+        let url = service.url(&path);
+        async move {
+            let response = http
+                .get(url)
+                .header("cookie", session)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.text().await.unwrap()
+        }
+    };
+    let first = get("/admin/destinations/d/dead-letters".into()).await;
+    // A page of 100 letters, each record cut to a preview: well under the
+    // 7.5 MB the records hold.
+    assert!(first.len() < 1_000_000, "{} bytes", first.len());
+    assert_eq!(first.matches("<article").count(), 100);
+    assert!(first.contains(":149,"), "newest first");
+    assert!(first.contains("the whole letter"));
+    let from = first.find("before=").expect("a link to older letters") + 7;
+    let before: String = first[from..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let older = get(format!(
+        "/admin/destinations/d/dead-letters?before={before}"
+    ))
+    .await;
+    assert_eq!(older.matches("<article").count(), 50);
+    assert!(!older.contains("Older letters"));
+    // The whole letter, on its own page.
+    let id: i64 = before.parse::<i64>().unwrap() - 1;
+    let whole = get(format!("/admin/destinations/d/dead-letters/{id}")).await;
+    assert!(whole.contains(&filler), "the whole record");
+    let missing = http
+        .get(service.url("/admin/destinations/d/dead-letters/999999"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+}

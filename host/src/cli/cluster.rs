@@ -16,7 +16,7 @@ use super::render::utc;
 
 pub(crate) async fn run(url: &str, store: &TokenStore, command: ClusterCommand) -> Result<u8> {
     // Generous: right after a server's death, streams elect new leaders.
-    let client = async_nats::ConnectOptions::new()
+    let client = outreach_host::cluster::connect_options("outreach-host cluster")
         .request_timeout(Some(std::time::Duration::from_secs(30)))
         .connect(outreach_host::cluster::server_urls(url).as_slice())
         .await
@@ -73,7 +73,7 @@ pub(crate) async fn run(url: &str, store: &TokenStore, command: ClusterCommand) 
             Ok(0)
         }
         ClusterCommand::DeadLetters { destination, limit } => {
-            let letters = letters::list(&js, destination.as_deref(), limit)
+            let letters = letters::list(&js, destination.as_deref(), limit, None)
                 .await
                 .map_err(anyhow::Error::msg)?;
             let mut out = std::io::stdout().lock();

@@ -32,6 +32,7 @@ pub(crate) fn letter_filter(
         code: which.code.clone(),
         ids: which.ids.clone(),
         include_replayed: all,
+        ..LetterFilter::default()
     })
 }
 

@@ -51,13 +51,14 @@ impl Serialize for Stored {
 }
 
 /// The newest `limit` letters of `destination` (every destination's when
-/// `None`), oldest first. Read message by message from the stream's
+/// `None`) with ids below `before` (if given), oldest first. Read message by message from the stream's
 /// leader rather than through a consumer: a consumer may be placed on a
 /// server that just died.
 pub async fn list(
     js: &jetstream::Context,
     destination: Option<&str>,
     limit: usize,
+    before: Option<u64>,
 ) -> Result<Vec<Stored>, String> {
     let stream = js
         .get_stream(layout::LETTERS_STREAM)
@@ -66,7 +67,10 @@ pub async fn list(
     let state = stream.get_info().await.map_err(|e| e.to_string())?.state;
     let subject = destination.map(layout::letters_subject);
     let mut letters = Vec::new();
-    let mut seq = state.last_sequence;
+    let mut seq = match before {
+        Some(before) => state.last_sequence.min(before.saturating_sub(1)),
+        None => state.last_sequence,
+    };
     while seq >= state.first_sequence.max(1) && letters.len() < limit {
         // A gap (a message removed) is no error.
         if let Ok(message) = stream.get_raw_message(seq).await
@@ -81,6 +85,27 @@ pub async fn list(
     }
     letters.reverse();
     Ok(letters)
+}
+
+/// Letter `id` of `destination`, if there is one.
+pub async fn get(
+    js: &jetstream::Context,
+    destination: &str,
+    id: u64,
+) -> Result<Option<Stored>, String> {
+    let stream = js
+        .get_stream(layout::LETTERS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Ok(message) = stream.get_raw_message(id).await else {
+        return Ok(None);
+    };
+    if message.subject.as_str() != layout::letters_subject(destination) {
+        return Ok(None);
+    }
+    Ok(serde_json::from_slice::<Letter>(&message.payload)
+        .ok()
+        .map(|letter| Stored { id, letter }))
 }
 
 /// Publishes the records of letters `ids` to the intake stream again;

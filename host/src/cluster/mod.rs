@@ -114,12 +114,30 @@ pub fn server_urls(url: &str) -> Vec<String> {
         .collect()
 }
 
+/// The environment variables naming the NATS user a worker or an operator
+/// connects as (a password in the environment, not in `--nats`, so that it
+/// shows in no process list).
+pub const NATS_USER_ENV: &str = "OUTREACH_NATS_USER";
+pub const NATS_PASSWORD_ENV: &str = "OUTREACH_NATS_PASSWORD";
+
+/// Connection options for `name`, with the user and password the
+/// environment gives (if any).
+pub fn connect_options(name: &str) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new().name(name);
+    match (
+        std::env::var(NATS_USER_ENV).ok().filter(|u| !u.is_empty()),
+        std::env::var(NATS_PASSWORD_ENV).ok(),
+    ) {
+        (Some(user), Some(password)) => options.user_and_password(user, password),
+        _ => options,
+    }
+}
+
 /// Connects to the servers and creates the streams and buckets missing.
 pub async fn connect(
     settings: &ClusterSettings,
 ) -> Result<(jetstream::Context, Buckets), ClusterError> {
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("outreach-host {}", settings.worker))
+    let client = connect_options(&format!("outreach-host {}", settings.worker))
         .retry_on_initial_connect()
         .connect(server_urls(&settings.url).as_slice())
         .await

@@ -90,8 +90,19 @@ impl Worker {
     }
 
     /// `destination`'s newest dead letters, oldest first.
-    pub async fn letters_of(&self, destination: &str, limit: usize) -> Result<Vec<Stored>, String> {
-        letters::list(&self.context().js, Some(destination), limit).await
+    /// The newest `limit` letters of `destination` older than `before`.
+    pub async fn letters_of(
+        &self,
+        destination: &str,
+        limit: usize,
+        before: Option<u64>,
+    ) -> Result<Vec<Stored>, String> {
+        letters::list(&self.context().js, Some(destination), limit, before).await
+    }
+
+    /// Letter `id` of `destination`.
+    pub async fn letter_of(&self, destination: &str, id: u64) -> Result<Option<Stored>, String> {
+        letters::get(&self.context().js, destination, id).await
     }
 
     /// Publishes letter `id`'s record to the intake stream again.

@@ -34,6 +34,30 @@ pub struct LetterFilter {
     pub ids: Vec<i64>,
     /// Include letters already replayed.
     pub include_replayed: bool,
+    /// Only letters older than this one.
+    pub before: Option<i64>,
+    /// Only the newest this many, newest first (else all, oldest first).
+    pub newest: Option<usize>,
+}
+
+/// How much of a record or an API response a list of letters shows.
+pub const PREVIEW_CHARS: usize = 2_000;
+
+/// A dead letter as a list shows it: its record and response cut to
+/// [`PREVIEW_CHARS`] (read so from the journal, not cut after reading).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LetterPreview {
+    pub id: i64,
+    pub run: RunId,
+    pub line: u64,
+    pub code: String,
+    pub reason: String,
+    pub status: Option<u16>,
+    pub record: String,
+    /// The whole record's size.
+    pub record_bytes: u64,
+    pub response: Option<String>,
+    pub response_bytes: u64,
 }
 
 impl Journal {
@@ -60,6 +84,33 @@ impl Journal {
                 })
             },
         )
+    }
+
+    /// Letters matching `filter` as a list shows them.
+    pub fn letter_previews(
+        &self,
+        filter: &LetterFilter,
+    ) -> Result<Vec<LetterPreview>, JournalError> {
+        let columns = format!(
+            "id, run_id, line, code, reason, status, substr(record, 1, {PREVIEW_CHARS}),
+             length(CAST(record AS BLOB)), substr(response, 1, {PREVIEW_CHARS}),
+             COALESCE(length(CAST(response AS BLOB)), 0)"
+        );
+        self.query_letters(&columns, filter, |r| {
+            let bytes = |i: usize| r.get::<_, i64>(i).map(|n| u64::try_from(n).unwrap_or(0));
+            Ok(LetterPreview {
+                id: r.get(0)?,
+                run: r.get(1)?,
+                line: r.get::<_, i64>(2)? as u64,
+                code: r.get(3)?,
+                reason: r.get(4)?,
+                status: r.get::<_, Option<i64>>(5)?.map(|s| s as u16),
+                record: r.get(6)?,
+                record_bytes: bytes(7)?,
+                response: r.get(8)?,
+                response_bytes: bytes(9)?,
+            })
+        })
     }
 
     /// `(letter id, line, raw record text, when the record was received)`
@@ -110,7 +161,17 @@ impl Journal {
         if !filter.include_replayed {
             sql.push_str(" AND replayed_by IS NULL");
         }
-        sql.push_str(" ORDER BY id");
+        if let Some(before) = filter.before {
+            sql.push_str(" AND id < ?");
+            args.push(before.into());
+        }
+        match filter.newest {
+            Some(limit) => {
+                sql.push_str(" ORDER BY id DESC LIMIT ?");
+                args.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
+            }
+            None => sql.push_str(" ORDER BY id"),
+        }
         let mut stmt = state.conn.prepare(&sql).map_err(|e| self.err(e))?;
         stmt.query_map(rusqlite::params_from_iter(args), row)
             .and_then(|rows| rows.collect())
@@ -174,4 +235,61 @@ pub fn request_summary(request: &Request) -> Value {
         "path": request.path,
         "body": json_or_text(&request.body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_reads_a_page_of_letters_newest_first_with_their_records_cut() {
+        let journal = Journal::in_memory().unwrap();
+        let run = journal
+            .start_run("run", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        let huge = format!("{{\"text\":\"{}\"}}", "x".repeat(100_000));
+        journal
+            .with(|conn| {
+                for n in 0..250u64 {
+                    let code = if n % 2 == 0 { "even" } else { "odd" };
+                    insert_letter(
+                        conn,
+                        run,
+                        n + 1,
+                        &huge,
+                        None,
+                        Some(422),
+                        Some(&huge),
+                        code,
+                        "no",
+                        0,
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let page = |before: Option<i64>, code: Option<&str>| {
+            journal
+                .letter_previews(&LetterFilter {
+                    before,
+                    newest: Some(100),
+                    code: code.map(str::to_owned),
+                    ..LetterFilter::default()
+                })
+                .unwrap()
+        };
+        let first = page(None, None);
+        assert_eq!(first.len(), 100);
+        assert_eq!(first[0].line, 250, "newest first");
+        assert_eq!(first[0].record.chars().count(), PREVIEW_CHARS);
+        assert_eq!(first[0].record_bytes, huge.len() as u64);
+        assert_eq!(first[0].response_bytes, huge.len() as u64);
+        let second = page(Some(first[99].id), None);
+        assert_eq!(second[0].line, 150);
+        let last = page(Some(second[99].id), None);
+        assert_eq!((last.len(), last[49].line), (50, 1));
+        let even = page(None, Some("even"));
+        assert!(even.iter().all(|l| l.code == "even"));
+        assert_eq!(even[0].line, 249);
+    }
 }

@@ -44,7 +44,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use checkpoints::Checkpoint;
-pub use letters::{DeadLetter, LetterFilter, MAX_STORED_RESPONSE_BYTES, request_summary};
+pub use letters::{
+    DeadLetter, LetterFilter, LetterPreview, MAX_STORED_RESPONSE_BYTES, PREVIEW_CHARS,
+    request_summary,
+};
 pub use receipts::{Backlog, Earlier, Intake, RECEIPT_TTL_MS, Receipt};
 use store::SCHEMA_VERSION;
 pub use store::default_journal_path;

@@ -231,6 +231,27 @@ impl Journal {
         Self::open_unlocked(path, false, None)
     }
 
+    /// A second connection, read-only, to a journal this process keeps
+    /// open for writing: the status page reads through it, so that a
+    /// large read never waits on (or holds up) the writer's thread. It
+    /// sees what the writer committed. No checks and no migration: the
+    /// writer's connection did them.
+    pub fn open_reader(path: &Path) -> Result<Self, JournalError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|conn| {
+            conn.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(conn)
+        })
+        .map_err(|source| JournalError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(Self::from_connection(path.to_owned(), conn, None))
+    }
+
     /// A journal that lives in memory only (tests, dry experiments): it
     /// loses everything when dropped.
     pub fn in_memory() -> Result<Self, JournalError> {

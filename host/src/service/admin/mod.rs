@@ -11,6 +11,7 @@
 mod actions;
 pub mod attempts;
 pub mod connect;
+mod letters;
 mod pages;
 pub mod session;
 mod sign_in;
@@ -72,7 +73,11 @@ pub fn routes() -> Router<Arc<Service>> {
         .route("/admin/destinations/{name}/runs/{id}", get(pages::run))
         .route(
             "/admin/destinations/{name}/dead-letters",
-            get(pages::letters),
+            get(letters::letters),
+        )
+        .route(
+            "/admin/destinations/{name}/dead-letters/{id}",
+            get(letters::letter),
         )
         .route(
             "/admin/destinations/{name}/dead-letters/replay",
@@ -215,12 +220,18 @@ async fn read_journal<T: Send + 'static>(
     served: &Served,
     read: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
 ) -> Result<T, String> {
-    if let Some(stream) = &served.stream {
-        return stream.read(read).await.map_err(|e| e.to_string());
-    }
+    // Not through the stream's journal thread: a page's read must not
+    // hold up intake and delivery. A running destination's journal was
+    // checked when it opened; a stopped one's is checked now.
+    let running = served.stream.is_some();
     let path = service.journal_path(&served.spec.name);
     tokio::task::spawn_blocking(move || {
-        let journal = Journal::open_existing(&path).map_err(|e| e.to_string())?;
+        let journal = if running {
+            Journal::open_reader(&path)
+        } else {
+            Journal::open_existing(&path)
+        }
+        .map_err(|e| e.to_string())?;
         read(&journal).map_err(|e| e.to_string())
     })
     .await
