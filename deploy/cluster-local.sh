@@ -7,7 +7,13 @@
 #   deploy/cluster-local.sh                  # build, then run
 #   curl -H 'content-type: application/x-ndjson' --data-binary @examples/profiles.ndjson \
 #        http://127.0.0.1:8181/v1/destinations/local/records
+#   . /tmp/outreach-cluster-local/operator.env   # the operator's NATS user
 #   target/debug/outreach-host cluster --nats "$NATS_URLS" status
+#
+# The servers take only the users of deploy/nats-users.conf (worker,
+# producer, operator), with passwords made here for this run and kept in
+# $STATE/*.env (mode 0600): the workers connect as `worker`, the commands
+# above as `operator`.
 #
 # Settings (environment): STATE (default /tmp/outreach-cluster-local, wiped
 # at start), NATS_PORT (4222: clients 4222-4224, routes +2000), HTTP_PORT
@@ -46,10 +52,33 @@ for i in 0 1 2; do
     routes+="${routes:+,}nats://127.0.0.1:$((NATS_PORT + 2000 + i))"
     urls+="${urls:+,}nats://127.0.0.1:$((NATS_PORT + i))"
 done
+umask 077
+password() { head -c 18 /dev/urandom | base64 | tr -d '/+='; }
+# Not exported: only the servers get all three.
+OUTREACH_NATS_WORKER_PASSWORD=$(password)
+OUTREACH_NATS_PRODUCER_PASSWORD=$(password)
+OUTREACH_NATS_OPERATOR_PASSWORD=$(password)
+for role in worker producer operator; do
+    var="OUTREACH_NATS_${role^^}_PASSWORD"
+    printf 'export OUTREACH_NATS_USER=%s\nexport OUTREACH_NATS_PASSWORD=%s\n' "$role" "${!var}" >"$STATE/$role.env"
+done
+cp deploy/nats-users.conf "$STATE/nats-users.conf"
 for i in 0 1 2; do
-    "$NATS_SERVER" -a 127.0.0.1 -p $((NATS_PORT + i)) -n "n$i" -js -sd "$STATE/nats-$i" \
-        --cluster "nats://127.0.0.1:$((NATS_PORT + 2000 + i))" --routes "$routes" \
-        --cluster_name outreach-local >"$STATE/nats-$i.log" 2>&1 &
+    cat >"$STATE/nats-$i.conf" <<EOF
+server_name: n$i
+listen: 127.0.0.1:$((NATS_PORT + i))
+jetstream { store_dir: "$STATE/nats-$i" }
+cluster {
+  name: outreach-local
+  listen: 127.0.0.1:$((NATS_PORT + 2000 + i))
+  routes: ["${routes//,/\", \"}"]
+}
+include nats-users.conf
+EOF
+    OUTREACH_NATS_WORKER_PASSWORD=$OUTREACH_NATS_WORKER_PASSWORD \
+        OUTREACH_NATS_PRODUCER_PASSWORD=$OUTREACH_NATS_PRODUCER_PASSWORD \
+        OUTREACH_NATS_OPERATOR_PASSWORD=$OUTREACH_NATS_OPERATOR_PASSWORD \
+        "$NATS_SERVER" -c "$STATE/nats-$i.conf" >"$STATE/nats-$i.log" 2>&1 &
     pids+=($!)
 done
 
@@ -80,9 +109,10 @@ EOF
 
 workers=()
 for i in 0 1 2; do
-    "$OUTREACH_HOST" serve --destinations "$STATE/destinations.toml" --nats "$urls" \
+    # shellcheck disable=SC1091
+    (. "$STATE/worker.env" && exec "$OUTREACH_HOST" serve --destinations "$STATE/destinations.toml" --nats "$urls" \
         --worker "w$i" --listen "127.0.0.1:$((HTTP_PORT + i))" >"$STATE/worker-$i.out" \
-        2>"$STATE/worker-$i.log" &
+        2>"$STATE/worker-$i.log") &
     workers+=($!)
 done
 for i in 0 1 2; do
@@ -98,6 +128,7 @@ for i in 0 1 2; do
 done
 
 echo "NATS_URLS=$urls"
+echo "NATS users: $STATE/operator.env (cluster commands), $STATE/producer.env (publish to intake)"
 echo "workers: http://127.0.0.1:$HTTP_PORT http://127.0.0.1:$((HTTP_PORT + 1)) http://127.0.0.1:$((HTTP_PORT + 2))"
 echo "simulator: http://127.0.0.1:$SIM_PORT/sim/stats"
 echo "logs and state: $STATE; Ctrl-C stops everything"

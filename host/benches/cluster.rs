@@ -31,7 +31,7 @@ mod nats;
 #[allow(dead_code)]
 mod serve;
 
-use nats::NatsCluster;
+use nats::{NatsCluster, Role};
 use serve::Service;
 
 const PARTITIONS: u16 = 16;
@@ -91,12 +91,29 @@ fn destinations_file(
     std::fs::write(dir.join("destinations.toml"), text).unwrap();
 }
 
-fn start_worker(dir: &Path, nats: Option<&str>, name: &str, token: &str) -> Service {
+fn start_worker(dir: &Path, nats: Option<&NatsCluster>, name: &str, token: &str) -> Service {
     let mut args = Service::start_args(dir);
-    if let Some(url) = nats {
-        args.extend(["--nats".into(), url.into(), "--worker".into(), name.into()]);
+    let mut env = vec![("OUTREACH_ACCESS_TOKEN", token.to_owned())];
+    if let Some(cluster) = nats {
+        args.extend(["--nats".into(), cluster.url(), "--worker".into(), name.into()]);
+        env.extend(cluster.env(Role::Worker));
     }
-    Service::start_with(dir, &args, &[("OUTREACH_ACCESS_TOKEN", token)])
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Service::start_with(dir, &args, &env)
+}
+
+/// A worker of `cluster` without a fixed token.
+fn cluster_worker(dir: &Path, cluster: &NatsCluster, n: usize) -> Service {
+    let mut args = Service::start_args(dir);
+    args.extend([
+        "--nats".into(),
+        cluster.url(),
+        "--worker".into(),
+        format!("w{n}"),
+    ]);
+    let env = cluster.env(Role::Worker);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Service::start_with(dir, &args, &env)
 }
 
 /// Waits until the workers hold every partition between them.
@@ -204,9 +221,8 @@ async fn cost(records_total: u64) {
         if let Some(cluster) = &cluster {
             cluster.wait_ready(Duration::from_secs(30)).await;
         }
-        let url = cluster.as_ref().map(NatsCluster::url);
         let workers: Vec<Service> = (0..workers_n.max(1))
-            .map(|n| start_worker(&dir, url.as_deref(), &format!("w{n}"), &token))
+            .map(|n| start_worker(&dir, cluster.as_ref(), &format!("w{n}"), &token))
             .collect();
         let live: Vec<&Service> = workers.iter().collect();
         if cluster.is_some() {
@@ -267,18 +283,9 @@ async fn budget() {
     let cluster = NatsCluster::start(&dir, 3);
     cluster.wait_ready(Duration::from_secs(30)).await;
     let workers: Vec<Service> = (0..3)
-        .map(|n| {
-            let mut args = Service::start_args(&dir);
-            args.extend([
-                "--nats".into(),
-                cluster.url(),
-                "--worker".into(),
-                format!("w{n}"),
-            ]);
-            Service::start_with(&dir, &args, &[])
-        })
+        .map(|n| cluster_worker(&dir, &cluster, n))
         .collect();
-    import_tokens(&dir, &cluster.url(), &simulator, &users);
+    import_tokens(&dir, &cluster, &simulator, &users);
     let live: Vec<&Service> = workers.iter().collect();
     wait_partitions(&live).await;
     let measure = Duration::from_secs(40);
@@ -309,13 +316,15 @@ async fn budget() {
 }
 
 /// Logs every account in and moves its tokens into the cluster.
-fn import_tokens(dir: &Path, url: &str, simulator: &Simulator, users: &[String]) {
+fn import_tokens(dir: &Path, cluster: &NatsCluster, simulator: &Simulator, users: &[String]) {
     let users: Vec<&str> = users.iter().map(String::as_str).collect();
     let store = serve::store_tokens(dir, simulator, &users);
     for user in users {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_outreach-host"))
             .args(["--token-store", &store.display().to_string()])
-            .args(["cluster", "--nats", url, "import-tokens", "--account", user])
+            .args(["cluster", "--nats", &cluster.url(), "import-tokens"])
+            .args(["--account", user])
+            .envs(cluster.env(Role::Operator))
             .output()
             .unwrap();
         assert!(
@@ -352,18 +361,9 @@ async fn failover() {
     let cluster = NatsCluster::start(&dir, 3);
     cluster.wait_ready(Duration::from_secs(30)).await;
     let mut workers: Vec<Option<Service>> = (0..3)
-        .map(|n| {
-            let mut args = Service::start_args(&dir);
-            args.extend([
-                "--nats".into(),
-                cluster.url(),
-                "--worker".into(),
-                format!("w{n}"),
-            ]);
-            Some(Service::start_with(&dir, &args, &[]))
-        })
+        .map(|n| Some(cluster_worker(&dir, &cluster, n)))
         .collect();
-    import_tokens(&dir, &cluster.url(), &simulator, &users);
+    import_tokens(&dir, &cluster, &simulator, &users);
     {
         let live: Vec<&Service> = workers.iter().flatten().collect();
         wait_partitions(&live).await;

@@ -16,6 +16,7 @@ mod setup;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
+use common::nats::Role;
 use common::serve::{Service, sign_in};
 use serde_json::Value;
 use setup::*;
@@ -60,6 +61,30 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
     let reused = again(round_body(0, 2)).await.unwrap();
     assert_eq!(reused.status(), 422);
     setup.check_runs().await;
+    // Least privilege on the bus: a producer may only publish to intake;
+    // an operator may read and replay but not delete what workers made.
+    let producer = async_nats::jetstream::new(setup.nats.connect(Role::Producer).await.unwrap());
+    assert!(
+        producer.get_key_value("outreach_tokens").await.is_err(),
+        "a producer read the tokens bucket"
+    );
+    let forged = async {
+        producer
+            .publish("outreach_host.letters.d00", "{}".into())
+            .await?
+            .await
+    };
+    let forged = tokio::time::timeout(Duration::from_secs(10), forged).await;
+    assert!(
+        !matches!(forged, Ok(Ok(_))),
+        "a producer wrote a dead letter"
+    );
+    let operator = async_nats::jetstream::new(setup.nats.connect(Role::Operator).await.unwrap());
+    assert!(
+        operator.delete_stream("OUTREACH_INTAKE").await.is_err(),
+        "an operator deleted the intake stream"
+    );
+    assert!(operator.get_stream("OUTREACH_INTAKE").await.is_ok());
     // The status page of any worker shows the cluster's state: who
     // delivers each destination, the hour's counts of every worker, the
     // runs and the dead letters.

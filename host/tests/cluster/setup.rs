@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::common::nats::NatsCluster;
+use crate::common::nats::{NatsCluster, Role};
 use crate::common::scratch;
 use crate::common::serve::{Service, eventually, password_hash};
 use outreach_host::oauth::{TokenSet, TokenStore};
@@ -126,15 +126,17 @@ pub fn worker_args(dir: &Path, nats: &str, name: &str, token_url: &str) -> Vec<S
     args
 }
 
-pub fn cli(dir: &Path, nats: &str, args: &[&str]) -> std::process::Output {
+/// `outreach-host cluster …` as the cluster's operator.
+pub fn cli(dir: &Path, nats: &NatsCluster, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_outreach-host"))
         .args([
             "--token-store",
             &dir.join("tokens.json").display().to_string(),
         ])
-        .args(["cluster", "--nats", nats])
+        .args(["cluster", "--nats", &nats.url()])
         .args(args)
         .env_remove("OUTREACH_ACCESS_TOKEN")
+        .envs(nats.env(Role::Operator))
         .output()
         .unwrap()
 }
@@ -192,7 +194,16 @@ impl Setup {
             &format!("w{n}"),
             &self.simulator.token_url(),
         );
-        Service::start_with(&self.dir, &args, &[("RUST_LOG", "info")])
+        let [user, password] = self.nats.env(Role::Worker);
+        Service::start_with(
+            &self.dir,
+            &args,
+            &[
+                ("RUST_LOG", "info"),
+                (user.0, &user.1),
+                (password.0, &password.1),
+            ],
+        )
     }
 
     /// Logs every account in (a login's tokens) and moves the tokens into
@@ -216,7 +227,7 @@ impl Setup {
                 .unwrap();
             let out = cli(
                 &self.dir,
-                &self.nats.url(),
+                &self.nats,
                 &["import-tokens", "--account", &user(account)],
             );
             assert!(
@@ -334,13 +345,13 @@ impl Setup {
     pub fn dead_letters(&self) -> Vec<Value> {
         // Right after a server's death the letters stream may still be
         // electing its leader: an operator runs the command again.
-        let mut out = cli(&self.dir, &self.nats.url(), &["dead-letters"]);
+        let mut out = cli(&self.dir, &self.nats, &["dead-letters"]);
         for _ in 0..5 {
             if out.status.success() {
                 break;
             }
             std::thread::sleep(Duration::from_secs(2));
-            out = cli(&self.dir, &self.nats.url(), &["dead-letters"]);
+            out = cli(&self.dir, &self.nats, &["dead-letters"]);
         }
         assert!(
             out.status.success(),
@@ -472,7 +483,7 @@ impl Setup {
         loop {
             let out = cli(
                 &self.dir,
-                &self.nats.url(),
+                &self.nats,
                 &["runs", "--json", "--limit", "1000"],
             );
             let runs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();

@@ -1,6 +1,9 @@
 //! A NATS JetStream cluster on loopback for tests: `nats-server`
 //! processes (Debian's package) with JetStream on, routed to each other,
-//! each with its own store under the test's directory.
+//! each with its own store under the test's directory, and the users and
+//! permissions of `deploy/nats-users.conf` (worker, producer, operator,
+//! each with a password made for the cluster): the tests run the workers
+//! and the `cluster` commands as a deployment does.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,28 @@ pub struct NatsCluster {
     pub client_ports: Vec<u16>,
     route_ports: Vec<u16>,
     dir: PathBuf,
+    /// (user, password) of the worker, the producer and the operator.
+    users: [(&'static str, String); 3],
+}
+
+/// The roles of `deploy/nats-users.conf`.
+#[derive(Clone, Copy, Debug)]
+pub enum Role {
+    Worker = 0,
+    Producer = 1,
+    Operator = 2,
+}
+
+fn password() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    format!("pw-{:016x}", hasher.finish())
 }
 
 impl NatsCluster {
@@ -47,7 +72,14 @@ impl NatsCluster {
             client_ports,
             route_ports,
             dir: dir.to_owned(),
+            users: [
+                ("worker", password()),
+                ("producer", password()),
+                ("operator", password()),
+            ],
         };
+        let users = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/nats-users.conf");
+        std::fs::copy(users, dir.join("nats-users.conf")).unwrap();
         for node in 0..size {
             let child = cluster.spawn(node);
             cluster.nodes.push(Some(child));
@@ -58,33 +90,58 @@ impl NatsCluster {
     fn spawn(&self, node: usize) -> Child {
         let store = self.dir.join(format!("nats-{node}"));
         std::fs::create_dir_all(&store).unwrap();
-        let log = std::fs::File::create(self.dir.join(format!("nats-{node}.log"))).unwrap();
-        let mut command = Command::new(server_binary());
-        command
-            .args(["-a", "127.0.0.1", "-js", "-sd"])
-            .arg(&store)
-            .args(["-p", &self.client_ports[node].to_string()])
-            .args(["-n", &format!("n{node}")]);
+        let mut config = format!(
+            "server_name: n{node}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\ninclude nats-users.conf\n",
+            self.client_ports[node],
+            store.display()
+        );
         if self.route_ports.len() > 1 {
             let routes: Vec<String> = self
                 .route_ports
                 .iter()
-                .map(|port| format!("nats://127.0.0.1:{port}"))
+                .map(|port| format!("\"nats://127.0.0.1:{port}\""))
                 .collect();
-            command
-                .args([
-                    "--cluster",
-                    &format!("nats://127.0.0.1:{}", self.route_ports[node]),
-                ])
-                .args(["--routes", &routes.join(",")])
-                .args(["--cluster_name", "test"]);
+            config += &format!(
+                "cluster {{ name: test\n listen: 127.0.0.1:{}\n routes: [{}] }}\n",
+                self.route_ports[node],
+                routes.join(", ")
+            );
         }
-        command
+        let config_path = self.dir.join(format!("nats-{node}.conf"));
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("nats-{node}.log"))).unwrap();
+        Command::new(server_binary())
+            .arg("-c")
+            .arg(&config_path)
+            .envs([
+                ("OUTREACH_NATS_WORKER_PASSWORD", self.users[0].1.as_str()),
+                ("OUTREACH_NATS_PRODUCER_PASSWORD", self.users[1].1.as_str()),
+                ("OUTREACH_NATS_OPERATOR_PASSWORD", self.users[2].1.as_str()),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("cannot start nats-server")
+    }
+
+    /// The environment a process connecting as `role` gets.
+    pub fn env(&self, role: Role) -> [(&'static str, String); 2] {
+        let (user, password) = &self.users[role as usize];
+        [
+            (outreach_host::cluster::NATS_USER_ENV, (*user).to_owned()),
+            (outreach_host::cluster::NATS_PASSWORD_ENV, password.clone()),
+        ]
+    }
+
+    /// Connects as `role`.
+    pub async fn connect(&self, role: Role) -> Result<async_nats::Client, String> {
+        let (user, password) = &self.users[role as usize];
+        let urls = outreach_host::cluster::server_urls(&self.url());
+        async_nats::ConnectOptions::with_user_and_password((*user).to_owned(), password.clone())
+            .connect(urls.as_slice())
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Every server's URL, for clients that fail over between them.
@@ -101,10 +158,7 @@ impl NatsCluster {
         let deadline = Instant::now() + limit;
         loop {
             let ready = async {
-                let urls = outreach_host::cluster::server_urls(&self.url());
-                let client = async_nats::connect(urls.as_slice())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let client = self.connect(Role::Worker).await?;
                 let js = async_nats::jetstream::new(client);
                 // A replicated stream can be made: a meta leader is elected
                 // and enough servers are up.
