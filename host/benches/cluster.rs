@@ -95,7 +95,12 @@ fn start_worker(dir: &Path, nats: Option<&NatsCluster>, name: &str, token: &str)
     let mut args = Service::start_args(dir);
     let mut env = vec![("OUTREACH_ACCESS_TOKEN", token.to_owned())];
     if let Some(cluster) = nats {
-        args.extend(["--nats".into(), cluster.url(), "--worker".into(), name.into()]);
+        args.extend([
+            "--nats".into(),
+            cluster.url(),
+            "--worker".into(),
+            name.into(),
+        ]);
         env.extend(cluster.env(Role::Worker));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -282,9 +287,7 @@ async fn budget() {
     destinations_file(&dir, &simulator.api_base(), accounts, (limit, window), 4);
     let cluster = NatsCluster::start(&dir, 3);
     cluster.wait_ready(Duration::from_secs(30)).await;
-    let workers: Vec<Service> = (0..3)
-        .map(|n| cluster_worker(&dir, &cluster, n))
-        .collect();
+    let workers: Vec<Service> = (0..3).map(|n| cluster_worker(&dir, &cluster, n)).collect();
     import_tokens(&dir, &cluster, &simulator, &users);
     let live: Vec<&Service> = workers.iter().collect();
     wait_partitions(&live).await;
