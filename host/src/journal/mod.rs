@@ -26,6 +26,8 @@ mod checkpoints;
 mod history;
 mod intake;
 mod letters;
+#[cfg(test)]
+mod migration_tests;
 mod receipts;
 mod store;
 mod tally;
