@@ -123,9 +123,9 @@ pub(crate) async fn run(url: &str, store: &TokenStore, command: ClusterCommand) 
             let mut waiting = BTreeMap::new();
             let mut consumers = stream.consumers();
             while let Some(info) = consumers.try_next().await? {
-                if let Some(partition) = info.name.strip_prefix("partition-") {
+                if let Some(partition) = layout::consumer_partition(&info.name) {
                     waiting.insert(
-                        format!("p{partition}"),
+                        layout::lease_key(partition),
                         info.num_pending + info.num_ack_pending as u64,
                     );
                 }

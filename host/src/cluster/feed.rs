@@ -13,7 +13,7 @@ use futures::StreamExt;
 
 use super::ClusterError;
 use super::lane::{Books, Held, Intake, Letter};
-use super::layout::{self, RECEIVED_HEADER};
+use super::layout::{self, LINES_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
 use super::ledger::Progress;
 use super::partition::{Owner, PULL_WAIT};
 use super::pending::RecordRef;
@@ -136,6 +136,17 @@ async fn take_in(
     let destination = layout::destination_of(message.subject.as_str())
         .unwrap_or_default()
         .to_owned();
+    let refused_at_intake: u64 = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(REFUSED_HEADER))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0);
+    let lines_header = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(LINES_HEADER))
+        .map(|v| v.as_str().to_owned());
     let letter = |index: u32, record: String, code: &str, reason: String| Letter {
         destination: destination.clone(),
         code: code.into(),
@@ -146,6 +157,7 @@ async fn take_in(
         partition: owner.partition,
         intake_seq: seq,
         index,
+        batch_line: None,
         request: None,
         response: None,
     };
@@ -184,11 +196,22 @@ async fn take_in(
         .with_planner(move |destination| plan_items(destination, items))
         .await
         .map_err(|e| ClusterError::Component(e.to_string()))?;
+    let batch_lines = lines_header
+        .as_deref()
+        .and_then(|text| layout::parse_lines_header(text, planned.len()));
+    let batch_line = |index: u32| {
+        batch_lines
+            .as_ref()
+            .and_then(|lines| lines.get(usize::try_from(index).ok()?).copied())
+    };
     let mut requests = Vec::with_capacity(planned.len());
     let mut updates = Vec::new();
     // The records done by an owner that handed the message over counted
-    // there.
-    let mut delta = progress.counted(seq);
+    // there; so did the records the intake refused.
+    let mut delta = match progress.counted.get(&seq) {
+        Some(counted) => counted.clone(),
+        None => RunDelta::received_rejected(refused_at_intake),
+    };
     for (index, (item, outcome)) in planned.into_iter().enumerate() {
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         if progress.is_done(seq, index) {
@@ -204,6 +227,7 @@ async fn take_in(
                     Held {
                         text: item.text,
                         received_ms,
+                        batch_line: batch_line(index),
                     },
                 );
                 updates.extend(planned.into_iter().map(|request| (request, record)));
@@ -216,17 +240,17 @@ async fn take_in(
             // A record without a usable id is skipped, with a letter of
             // its own, as on one machine: an operator sees why.
             PlanOutcome::Invalid(error) if error.fate == RecordFate::Skipped => {
-                books
-                    .dead_letter(&letter(index, item.text, &error.code, error.message))
-                    .await?;
+                let mut dead = letter(index, item.text, &error.code, error.message);
+                dead.batch_line = batch_line(index);
+                books.dead_letter(&dead).await?;
                 requests.push(0);
                 delta.received += 1;
                 delta.skipped += 1;
             }
             PlanOutcome::Invalid(error) => {
-                books
-                    .dead_letter(&letter(index, item.text, &error.code, error.message))
-                    .await?;
+                let mut dead = letter(index, item.text, &error.code, error.message);
+                dead.batch_line = batch_line(index);
+                books.dead_letter(&dead).await?;
                 requests.push(0);
                 delta.received += 1;
                 delta.rejected += 1;

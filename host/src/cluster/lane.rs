@@ -40,6 +40,10 @@ pub struct Letter {
     /// The intake message and the record's place in it.
     pub intake_seq: u64,
     pub index: u32,
+    /// The record's line (or position) in the batch it was posted in,
+    /// when known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub batch_line: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub request: Option<Request>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -50,6 +54,7 @@ pub struct Letter {
 pub(super) struct Held {
     pub(super) text: String,
     pub(super) received_ms: u64,
+    pub(super) batch_line: Option<u64>,
 }
 
 /// An intake message held until it is acknowledged, and where its
@@ -161,9 +166,9 @@ impl WorkQueue for Lane {
             } => {
                 let now = self.books.ctx.clock.now_ms();
                 for record in records {
-                    let (text, received_ms) = lock(&self.books.records)
+                    let (text, received_ms, batch_line) = lock(&self.books.records)
                         .get(&record)
-                        .map(|held| (held.text.clone(), held.received_ms))
+                        .map(|held| (held.text.clone(), held.received_ms, held.batch_line))
                         .unwrap_or_default();
                     let letter = Letter {
                         destination: name.clone(),
@@ -175,6 +180,7 @@ impl WorkQueue for Lane {
                         partition: self.member.partition,
                         intake_seq: record.seq,
                         index: record.index,
+                        batch_line,
                         request: request.clone(),
                         response: response.clone(),
                     };

@@ -42,6 +42,60 @@ pub const SHAPE: &str = "outreach_cluster";
 pub const RECEIVED_HEADER: &str = "Outreach-Received-Ms";
 /// A replayed dead letter: the letter's sequence in the letters stream.
 pub const REPLAY_HEADER: &str = "Outreach-Replays";
+/// Where a message's records were in the batch posted to a worker (their
+/// lines or 1-based positions, as ranges: `1-250,252-500`): a batch split
+/// over several messages, or without the lines refused at intake, still
+/// names its records' lines in letters.
+pub const LINES_HEADER: &str = "Outreach-Batch-Lines";
+
+/// How many records of the batch the worker that took it refused (their
+/// letters written at intake): the owner counts them with this message.
+pub const REFUSED_HEADER: &str = "Outreach-Refused-Records";
+
+/// `lines` (ascending) as the [`LINES_HEADER`] writes them.
+pub fn lines_header(lines: &[u64]) -> String {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let start = lines[i];
+        let mut end = start;
+        while i + 1 < lines.len() && lines[i + 1] == end + 1 {
+            i += 1;
+            end += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}-{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The lines a [`LINES_HEADER`] names, if it is well formed and names
+/// `records` of them (anything else is ignored: positions are counted
+/// then).
+pub fn parse_lines_header(text: &str, records: usize) -> Option<Vec<u64>> {
+    let mut lines = Vec::with_capacity(records);
+    for part in text.split(',') {
+        let (start, end) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?),
+            None => {
+                let n = part.trim().parse::<u64>().ok()?;
+                (n, n)
+            }
+        };
+        if end < start || end - start >= (records - lines.len()) as u64 {
+            return None;
+        }
+        lines.extend(start..=end);
+    }
+    (lines.len() == records).then_some(lines)
+}
 
 /// What every worker of a cluster must agree on; the first worker stores
 /// it, the others check theirs against it.
@@ -126,8 +180,21 @@ pub fn lease_key(partition: u16) -> String {
     format!("p{partition:03}")
 }
 
-pub fn consumer_name(partition: u16) -> String {
-    format!("partition-{partition:03}")
+/// The consumer an owner of `partition` reads through, named for the
+/// lease revision it was taken with: each owner has a consumer of its own,
+/// so an owner that lost its lease and has not noticed yet (a stalled
+/// process) can neither pull the next owner's messages nor acknowledge in
+/// its name — its consumer is gone.
+pub fn consumer_name(partition: u16, lease_revision: u64) -> String {
+    format!("partition-{partition:03}-r{lease_revision}")
+}
+
+/// The partition a consumer of [`consumer_name`] (or of an older host,
+/// `partition-PPP`) reads.
+pub fn consumer_partition(name: &str) -> Option<u16> {
+    let rest = name.strip_prefix("partition-")?;
+    let digits = rest.split('-').next()?;
+    (digits.len() == 3).then(|| digits.parse().ok()).flatten()
 }
 
 /// A key-value key for an account name: the name itself when it is a
@@ -303,6 +370,29 @@ mod tests {
         assert_eq!(destination_of("outreach_host.intake.007"), None);
         assert_eq!(destination_of("outreach_host.intake.007.a.b"), None);
         assert_eq!(partition_filter(7), "outreach_host.intake.007.>");
+    }
+
+    #[test]
+    fn each_owner_reads_through_a_consumer_of_its_own() {
+        assert_eq!(consumer_name(7, 42), "partition-007-r42");
+        assert_ne!(consumer_name(7, 42), consumer_name(7, 43));
+        assert_eq!(consumer_partition("partition-007-r42"), Some(7));
+        assert_eq!(consumer_partition("partition-007"), Some(7));
+        assert_eq!(consumer_partition("partition-7"), None);
+        assert_eq!(consumer_partition("other"), None);
+    }
+
+    #[test]
+    fn batch_lines_travel_as_ranges() {
+        let lines = [1, 2, 3, 5, 7, 8];
+        let header = lines_header(&lines);
+        assert_eq!(header, "1-3,5,7-8");
+        assert_eq!(parse_lines_header(&header, 6), Some(lines.to_vec()));
+        // Another count, or a hostile header, is ignored.
+        assert_eq!(parse_lines_header(&header, 5), None);
+        assert_eq!(parse_lines_header("1-18446744073709551615", 3), None);
+        assert_eq!(parse_lines_header("3-1", 3), None);
+        assert_eq!(parse_lines_header("x", 1), None);
     }
 
     #[test]

@@ -32,7 +32,7 @@ impl Serialize for Stored {
             "id": self.id,
             "run": null,
             "created_ms": l.failed_ms,
-            "line": u64::from(l.index) + 1,
+            "line": l.batch_line.unwrap_or(u64::from(l.index) + 1),
             "record": serde_json::from_str::<serde_json::Value>(&l.record)
                 .unwrap_or_else(|_| serde_json::Value::String(l.record.clone())),
             "request": l.request.as_ref().map(crate::journal::request_summary),

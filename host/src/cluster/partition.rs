@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -114,10 +115,22 @@ impl Owner {
             .get_stream(layout::INTAKE_STREAM)
             .await
             .map_err(|e| ClusterError::Nats(e.to_string()))?;
-        let name = layout::consumer_name(partition);
+        let name = layout::consumer_name(partition, revision);
         // Whatever the last owner was sent and did not acknowledge is
-        // delivered again, from the oldest: a new consumer starts there.
-        let _ = stream.delete_consumer(&name).await;
+        // delivered again, from the oldest: a new consumer starts there,
+        // once the last owner's is gone (a work-queue stream allows one
+        // consumer per subject).
+        let names: Vec<String> = stream
+            .consumer_names()
+            .try_collect()
+            .await
+            .map_err(|e| ClusterError::Nats(format!("cannot list consumers: {e}")))?;
+        for old in names
+            .iter()
+            .filter(|n| layout::consumer_partition(n) == Some(partition))
+        {
+            let _ = stream.delete_consumer(old).await;
+        }
         let consumer: consumer::PullConsumer = stream
             .create_consumer(consumer::pull::Config {
                 durable_name: Some(name.clone()),

@@ -3,6 +3,7 @@
 //! the budget last reported, the runs and the dead letters.
 
 use async_nats::jetstream::kv;
+use futures::TryStreamExt;
 
 use super::layout;
 use super::letters::{self, Stored};
@@ -36,11 +37,16 @@ impl Worker {
             _ => None,
         };
         let waiting_messages = match ctx.js.get_stream(layout::INTAKE_STREAM).await {
-            Ok(stream) => stream
-                .consumer_info(layout::consumer_name(partition))
-                .await
-                .ok()
-                .map(|info| info.num_pending + info.num_ack_pending as u64),
+            Ok(stream) => {
+                let mut consumers = stream.consumers();
+                let mut waiting = None;
+                while let Ok(Some(info)) = consumers.try_next().await {
+                    if layout::consumer_partition(&info.name) == Some(partition) {
+                        waiting = Some(info.num_pending + info.num_ack_pending as u64);
+                    }
+                }
+                waiting
+            }
             Err(_) => None,
         };
         let now = ctx.clock.now_ms();

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::lane::Letter;
-use super::layout::{self, RECEIVED_HEADER};
+use super::layout::{self, LINES_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
 use super::partition::Owner;
 use super::receipts::{self, Receipt};
 use super::{Context, leases};
@@ -193,6 +193,7 @@ impl Worker {
             .map_err(|e| AcceptError::Component(e.to_string()))?;
         let mut answer = Accepted::default();
         let mut texts = Vec::with_capacity(planned.len());
+        let mut lines = Vec::with_capacity(planned.len());
         let mut refused = Vec::new();
         for (item, outcome) in planned {
             let index = item.line.saturating_sub(1);
@@ -205,7 +206,10 @@ impl Worker {
                 {
                     refused.push((index, item.text, (error.code, error.message)));
                 }
-                (None, _) => texts.push(item.text),
+                (None, _) => {
+                    lines.push(item.line);
+                    texts.push(item.text);
+                }
                 (Some(why), _) => {
                     refused.push((index, item.text, (why.code.to_owned(), why.message)))
                 }
@@ -222,11 +226,18 @@ impl Worker {
             .max_payload
             .saturating_sub(PAYLOAD_HEADROOM);
         // Checked before anything is published: a refused batch leaves nothing.
-        let messages = pack(&texts, limit).map_err(|(index, size)| {
+        let mut messages = pack(&texts, limit).map_err(|(index, size)| {
             AcceptError::TooLarge(format!(
                 "record {index} is {size} bytes, more than a NATS message may carry ({limit} bytes: the servers' max_payload)"
             ))
         })?;
+        // The records refused here count in the runs with the batch's
+        // first message, exactly once (as the owner counts it); a batch of
+        // refused records only travels as an empty message.
+        let refused_here = refused.len();
+        if messages.is_empty() && refused_here > 0 {
+            messages.push((bytes::Bytes::from_static(b"[]"), 0..0));
+        }
         let first = serde_json::to_string(&answer).map_err(|e| nats(e.to_string()))?;
         let earlier = match &idempotency_key {
             None => Receipt::New,
@@ -254,6 +265,7 @@ impl Worker {
                 partition: member.partition,
                 intake_seq: 0,
                 index: u32::try_from(index).unwrap_or(u32::MAX),
+                batch_line: Some(index + 1),
                 request: None,
                 response: None,
             };
@@ -277,13 +289,24 @@ impl Worker {
         let subject = layout::intake_subject(member.partition, destination);
         let parts = messages.len();
         let mut duplicates = 0;
-        for (part, payload) in messages.into_iter().enumerate() {
+        for (part, (payload, records)) in messages.into_iter().enumerate() {
+            let refused = if part == 0 { refused_here } else { 0 };
             let message_id = idempotency_key.as_ref().map(|key| match parts {
                 1 => format!("{destination}/{}", key.scoped),
                 _ => format!("{destination}/{}/{part}", key.scoped),
             });
+            // Within the headroom: a batch whose refused lines leave many
+            // gaps goes without (its letters then count positions).
+            let lines = Some(layout::lines_header(&lines[records]))
+                .filter(|header| header.len() <= MAX_LINES_HEADER);
+            let headers = IntakeHeaders {
+                message_id,
+                received_ms: now,
+                lines,
+                refused,
+            };
             if self
-                .publish(destination, &subject, payload, message_id, now)
+                .publish(destination, &subject, payload, &headers)
                 .await?
             {
                 duplicates += 1;
@@ -303,8 +326,7 @@ impl Worker {
         destination: &str,
         subject: &str,
         payload: bytes::Bytes,
-        message_id: Option<String>,
-        received_ms: u64,
+        headers: &IntakeHeaders,
     ) -> Result<bool, AcceptError> {
         // While the servers elect a new stream leader (a server died),
         // publishing fails for a moment: try a few times before answering
@@ -316,8 +338,14 @@ impl Worker {
         loop {
             let mut publish = PublishMessage::build()
                 .payload(payload.clone())
-                .header(RECEIVED_HEADER, received_ms.to_string().as_str());
-            if let Some(id) = &message_id {
+                .header(RECEIVED_HEADER, headers.received_ms.to_string().as_str());
+            if let Some(lines) = &headers.lines {
+                publish = publish.header(LINES_HEADER, lines.as_str());
+            }
+            if headers.refused > 0 {
+                publish = publish.header(REFUSED_HEADER, headers.refused.to_string().as_str());
+            }
+            if let Some(id) = &headers.message_id {
                 publish = publish.message_id(id.as_str());
             }
             let stored = match self.ctx.js.send_publish(subject.to_owned(), publish).await {
@@ -372,28 +400,47 @@ impl Worker {
     }
 }
 
-/// Room left in a message for its headers (message id, received time).
+/// What an intake message carries besides its records.
+struct IntakeHeaders {
+    /// With an idempotency key: JetStream drops a repeat.
+    message_id: Option<String>,
+    received_ms: u64,
+    /// The records' lines in the batch (see [`LINES_HEADER`]).
+    lines: Option<String>,
+    /// Records of the batch refused at intake (the first message only).
+    refused: usize,
+}
+
+/// Room left in a message for its headers (message id, received time,
+/// the batch's lines).
 const PAYLOAD_HEADROOM: usize = 4 * 1024;
+/// The batch's lines travel with a message up to this size.
+const MAX_LINES_HEADER: usize = 2 * 1024;
+
+/// A message's payload and which of the batch's records it carries.
+type Packed = (bytes::Bytes, std::ops::Range<usize>);
 
 /// Record texts as JSON arrays of at most `limit` bytes each, in order;
 /// `Err((index, size))` names a record too large for any message.
-fn pack(texts: &[String], limit: usize) -> Result<Vec<bytes::Bytes>, (usize, usize)> {
+fn pack(texts: &[String], limit: usize) -> Result<Vec<Packed>, (usize, usize)> {
     let mut messages = Vec::new();
     let mut payload: Vec<u8> = Vec::new();
+    let mut first = 0;
     for (index, text) in texts.iter().enumerate() {
         if text.len() + 2 > limit {
             return Err((index, text.len()));
         }
         if !payload.is_empty() && payload.len() + 1 + text.len() + 1 > limit {
             payload.push(b']');
-            messages.push(std::mem::take(&mut payload).into());
+            messages.push((std::mem::take(&mut payload).into(), first..index));
+            first = index;
         }
         payload.push(if payload.is_empty() { b'[' } else { b',' });
         payload.extend_from_slice(text.as_bytes());
     }
     if !payload.is_empty() {
         payload.push(b']');
-        messages.push(payload.into());
+        messages.push((payload.into(), first..texts.len()));
     }
     Ok(messages)
 }
@@ -407,10 +454,14 @@ mod pack_tests {
         let texts: Vec<String> = (0..10).map(|i| format!("{{\"n\":{i}}}")).collect();
         let messages = pack(&texts, 20).unwrap();
         let mut seen = Vec::new();
-        for message in &messages {
+        let mut next = 0;
+        for (message, records) in &messages {
             assert!(message.len() <= 20, "{message:?}");
-            let records: Vec<serde_json::Value> = serde_json::from_slice(message).unwrap();
-            seen.extend(records.into_iter().map(|r| r["n"].as_u64().unwrap()));
+            let parsed: Vec<serde_json::Value> = serde_json::from_slice(message).unwrap();
+            assert_eq!(records.start, next);
+            assert_eq!(records.len(), parsed.len());
+            next = records.end;
+            seen.extend(parsed.into_iter().map(|r| r["n"].as_u64().unwrap()));
         }
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
         assert_eq!(pack(&texts, 1_000).unwrap().len(), 1);

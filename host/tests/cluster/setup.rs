@@ -16,6 +16,9 @@ use serde_json::{Value, json};
 
 pub const ACCOUNTS: usize = 24;
 pub const PROSPECTS_PER_ACCOUNT: u64 = 8;
+/// Round 0's bad records per account: a line that is not JSON, a missing
+/// prospect, a record without an id.
+pub const BAD_RECORDS_PER_ACCOUNT: usize = 3;
 pub const ROUNDS: usize = 4;
 pub const BUDGET: u32 = 30;
 pub const WINDOW: Duration = Duration::from_secs(2);
@@ -61,6 +64,8 @@ pub fn round_body(account: usize, round: usize) -> String {
         .map(|n| record(prospect(account, n), &value(round, prospect(account, n))))
         .collect();
     if round == 0 {
+        // Not JSON: refused at intake, with a letter naming its line.
+        records.push("{not json".to_owned());
         records.push(record(missing_prospect(account), "nobody"));
         // No prospect id: skipped, with a letter saying why.
         records.push(
@@ -400,9 +405,29 @@ impl Setup {
             .filter(|l| l["code"] == "identity-missing")
             .count();
         assert_eq!(skipped, ACCOUNTS, "{letters:?}");
-        assert_eq!(letters.len(), 2 * ACCOUNTS, "{letters:?}");
-        for letter in letters.iter().filter(|l| l["code"] == "prospect-not-found") {
-            assert_eq!(letter["status"], 404, "{letter}");
+        let not_json = letters.iter().filter(|l| l["code"] == "not-json").count();
+        assert_eq!(not_json, ACCOUNTS, "{letters:?}");
+        assert_eq!(
+            letters.len(),
+            BAD_RECORDS_PER_ACCOUNT * ACCOUNTS,
+            "{letters:?}"
+        );
+        // Each letter names the record's line in the batch it was posted
+        // in, whether it was refused at intake or by the API.
+        let line_of = |code: &str| {
+            PROSPECTS_PER_ACCOUNT
+                + 1
+                + ["not-json", "prospect-not-found", "identity-missing"]
+                    .iter()
+                    .position(|c| *c == code)
+                    .unwrap() as u64
+        };
+        for letter in &letters {
+            let code = letter["code"].as_str().unwrap();
+            assert_eq!(letter["line"].as_u64(), Some(line_of(code)), "{letter}");
+            if code == "prospect-not-found" {
+                assert_eq!(letter["status"], 404, "{letter}");
+            }
         }
         self.check_budgets();
         self.check_mints();
@@ -469,13 +494,15 @@ impl Setup {
     }
 
     /// The cluster's runs count every record sent exactly once: received,
-    /// then delivered, rejected (a missing prospect) or skipped (no id).
+    /// then delivered, rejected (not JSON, a missing prospect) or skipped
+    /// (no id).
     pub async fn check_runs(&self) {
-        let total = ACCOUNTS as u64 * (PROSPECTS_PER_ACCOUNT * ROUNDS as u64 + 2);
+        let bad = BAD_RECORDS_PER_ACCOUNT as u64;
+        let total = ACCOUNTS as u64 * (PROSPECTS_PER_ACCOUNT * ROUNDS as u64 + bad);
         let expected = (
             total,
-            total - 2 * ACCOUNTS as u64,
-            ACCOUNTS as u64,
+            total - bad * ACCOUNTS as u64,
+            2 * ACCOUNTS as u64,
             ACCOUNTS as u64,
         );
         // The last acknowledgements count the last records.
@@ -499,10 +526,48 @@ impl Setup {
             }
             assert!(
                 Instant::now() < deadline,
-                "runs count (received, delivered, rejected, skipped) {counted:?}, not {expected:?}\n{}",
+                "runs count (received, delivered, rejected, skipped) {counted:?}, not {expected:?}\n{}\n{}",
+                self.runs_short(&runs),
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// For a failed count: the destinations whose runs count fewer records
+    /// than were sent, and per round how many of their prospects got that
+    /// round's value (a round never delivered, or delivered uncounted).
+    fn runs_short(&self, runs: &[Value]) -> String {
+        let mut out = String::new();
+        let per_destination =
+            PROSPECTS_PER_ACCOUNT * ROUNDS as u64 + BAD_RECORDS_PER_ACCOUNT as u64;
+        for account in 0..ACCOUNTS {
+            let received: u64 = runs
+                .iter()
+                .filter(|r| r["destination"] == destination(account))
+                .filter_map(|r| r["received"].as_u64())
+                .sum();
+            if received == per_destination {
+                continue;
+            }
+            let rounds: Vec<usize> = (0..ROUNDS)
+                .map(|round| {
+                    (1..=PROSPECTS_PER_ACCOUNT)
+                        .filter(|&n| {
+                            let id = prospect(account, n);
+                            self.simulator.applied_to(id).iter().any(|a| {
+                                a.get("firstName").and_then(Value::as_str)
+                                    == Some(value(round, id).as_str())
+                            })
+                        })
+                        .count()
+                })
+                .collect();
+            out += &format!(
+                "{}: received {received} of {per_destination}; prospects given each round's value: {rounds:?}\n",
+                destination(account)
+            );
+        }
+        out
     }
 }

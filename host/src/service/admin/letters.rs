@@ -105,7 +105,7 @@ impl LetterRow {
         Self {
             id: i64::try_from(stored.id).unwrap_or(i64::MAX),
             run: 0,
-            line: u64::from(l.index) + 1,
+            line: l.batch_line.unwrap_or(u64::from(l.index) + 1),
             code: l.code,
             reason: l.reason,
             status: l.response.as_ref().map(|r| r.status),
