@@ -27,6 +27,10 @@ from typing import Any, Optional, Sequence, Union
 import wasmtime
 import wasmtime.component as wc
 
+from . import _speedups
+
+SPEEDUPS = _speedups.apply()
+
 INTERFACE = "profile-sync:destination/destination@0.2.0"
 
 __all__ = [

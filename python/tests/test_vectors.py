@@ -300,3 +300,19 @@ def test_vector(
             )
         )
         assert actual == expected_merge
+
+
+def test_the_pinned_wasmtime_py_lifts_values_through_the_speedups(component: Component) -> None:
+    import profile_destination
+
+    assert profile_destination.SPEEDUPS
+    # Strings of any script and length survive the faster reading.
+    destination = component.create(config_text(read_json(VECTORS / "plan" / "attributes.json")) or "")
+    titles = ["a", "Kraków – 東京 – 🚀", "é" * 200]
+    records = [
+        json.dumps({"identityMap": {"Oid": [{"id": str(7 + i)}]}, "person": {"jobTitle": title}})
+        for i, title in enumerate(titles)
+    ]
+    for title, outcome in zip(titles, destination.plan(records)):
+        assert isinstance(outcome, Send), outcome
+        assert json.loads(outcome.requests[0].body)["data"]["attributes"]["title"] == title
