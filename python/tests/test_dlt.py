@@ -279,3 +279,35 @@ def test_a_429_is_waited_out_not_counted_as_a_failure(component: Component) -> N
         assert not [l for l in letters if "rate" in l["code"]], letters
     finally:
         simulator.stop()
+
+
+class RefreshingToken:
+    """Starts with a token the API no longer takes; a refresh gets the
+    good one (as an OAuth refresh would)."""
+
+    def __init__(self, stale: str, fresh: str):
+        self.current = stale
+        self.fresh = fresh
+        self.refreshes = 0
+
+    def token(self) -> str:
+        return self.current
+
+    def refresh(self, rejected: str) -> None:
+        self.refreshes += 1
+        self.current = self.fresh
+
+
+def test_a_refused_token_is_refreshed_through_the_callback_once(component: Component) -> None:
+    simulator = Simulator()
+    try:
+        letters: list[dict[str, Any]] = []
+        credentials = RefreshingToken("expired-token", simulator.token)
+        sink = component_destination(component, CONFIG, simulator.api, credentials, letters.append)
+        good = [json.loads(line) for line in PROFILES.read_text().splitlines()[:50]]
+        pipeline(sink).run(good, table_name="profiles")
+        assert credentials.refreshes == 1
+        assert simulator.stats()["unauthorized"] == 1
+        assert sink.sender.counts.delivered + sink.sender.counts.skipped == 50
+    finally:
+        simulator.stop()
