@@ -25,12 +25,21 @@ fn server_binary() -> PathBuf {
         .expect("nats-server is not installed (apt-get install nats-server)")
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up): a port
+/// the kernel hands out would also be handed to the servers' outgoing
+/// route connections while they start, and the one server that should
+/// listen on it could not (seen: "address already in use", a cluster of
+/// two that never elects its leaders).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        let port = 20_000 + (hasher.finish() % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct NatsCluster {
