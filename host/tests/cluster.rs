@@ -277,7 +277,7 @@ impl Dice {
     }
 }
 
-// Not in the default run yet: run alone it has passed 12 times of 12,
+// Not in the default run yet: run alone it has passed 14 times of 14,
 // but after the file's other tests it has twice counted one message of 8
 // delivered records too few (832 of 840) — a loss still to find. Run it
 // with `cargo test -p outreach-host --test cluster -- --ignored`.
