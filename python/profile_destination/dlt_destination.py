@@ -41,6 +41,7 @@ from . import (
     Delivered,
     Destination,
     Fatal,
+    Header,
     Invalid,
     RefreshCredentials,
     Rejected,
@@ -187,7 +188,7 @@ class Sender:
                 continue
             response = Response(
                 status=answer.status_code,
-                headers=[_header(n, v) for n, v in answer.headers.items()],
+                headers=[Header(n, v) for n, v in answer.headers.items()],
                 body=answer.content.decode("utf-8", "replace"),
             )
             classification = self.destination.classify(request, response, int(time.time() * 1000))
@@ -224,12 +225,6 @@ class Sender:
         else:
             delay = self.backoff_seconds * 2 ** (attempt - 1)
         time.sleep(max(0.0, min(delay, 3_600)))
-
-
-def _header(name: str, value: str) -> Any:
-    from . import Header
-
-    return Header(name, value)
 
 
 def component_destination(
