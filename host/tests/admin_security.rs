@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::scratch;
-use common::serve::{Service, password_hash};
+use common::serve::{Service, password_hash, sign_in_attempt};
 use reqwest::StatusCode;
 
 fn destinations_file(dir: &std::path::Path) {
@@ -32,23 +32,7 @@ async fn attempt(
     service: &Service,
     password: &str,
 ) -> (StatusCode, Option<u64>) {
-    let page = http
-        .get(service.url("/admin/sign-in"))
-        .send()
-        .await
-        .unwrap();
-    let form_cookie = page.headers()["set-cookie"].to_str().unwrap().to_owned();
-    let form_cookie = form_cookie.split(';').next().unwrap().to_owned();
-    let html = page.text().await.unwrap();
-    let from = html.find("name=\"form\" value=\"").unwrap() + 19;
-    let form = &html[from..from + html[from..].find('"').unwrap()];
-    let answer = http
-        .post(service.url("/admin/sign-in"))
-        .header("cookie", &form_cookie)
-        .form(&[("user", "ops"), ("password", password), ("form", form)])
-        .send()
-        .await
-        .unwrap();
+    let answer = sign_in_attempt(http, service, "ops", password).await;
     let retry_after = answer
         .headers()
         .get("retry-after")

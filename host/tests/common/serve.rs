@@ -168,14 +168,14 @@ pub fn password_hash(password: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-/// Signs in to `service`'s status page over HTTP as `user`, through the
-/// sign-in form; the session cookie (`name=value`).
-pub async fn sign_in(
+/// One try through the sign-in form (its own cookie and token) as `user`:
+/// the answer as it comes.
+pub async fn sign_in_attempt(
     http: &reqwest::Client,
     service: &Service,
     user: &str,
     password: &str,
-) -> String {
+) -> reqwest::Response {
     let page = http
         .get(service.url("/admin/sign-in"))
         .send()
@@ -186,13 +186,23 @@ pub async fn sign_in(
     let html = page.text().await.unwrap();
     let from = html.find("name=\"form\" value=\"").unwrap() + 19;
     let form = &html[from..from + html[from..].find('"').unwrap()];
-    let signed_in = http
-        .post(service.url("/admin/sign-in"))
+    http.post(service.url("/admin/sign-in"))
         .header("cookie", &form_cookie)
         .form(&[("user", user), ("password", password), ("form", form)])
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Signs in to `service`'s status page over HTTP as `user`, through the
+/// sign-in form; the session cookie (`name=value`).
+pub async fn sign_in(
+    http: &reqwest::Client,
+    service: &Service,
+    user: &str,
+    password: &str,
+) -> String {
+    let signed_in = sign_in_attempt(http, service, user, password).await;
     assert_eq!(signed_in.status(), 303);
     signed_in
         .headers()
