@@ -83,6 +83,15 @@ pub(super) async fn acknowledge_complete(owner: &Owner) {
             );
             return;
         }
+        for message in &counts {
+            tracing::debug!(
+                partition = owner.partition,
+                seq = message.seq,
+                destination = %message.destination,
+                received = message.counts.received,
+                "counted"
+            );
+        }
         let counted = std::mem::take(&mut acks.to_count);
         acks.to_acknowledge
             .extend(counted.into_iter().map(|complete| complete.handle.message));
@@ -94,6 +103,13 @@ pub(super) async fn acknowledge_complete(owner: &Owner) {
                 "acknowledgement not confirmed: {e}"
             );
             return;
+        }
+        if let Ok(info) = message.info() {
+            tracing::debug!(
+                partition = owner.partition,
+                seq = info.stream_sequence,
+                "acknowledged"
+            );
         }
         acks.to_acknowledge.pop_front();
     }

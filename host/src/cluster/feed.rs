@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer};
 use destination_types::{PlanOutcome, RecordFate};
 use futures::StreamExt;
@@ -57,6 +58,10 @@ pub(super) async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, pr
             Ok(messages) => messages,
             Err(e) => {
                 tracing::warn!(partition = owner.partition, "cannot pull: {e}");
+                if let Err(why) = check_deliveries(&consumer, last_delivery).await {
+                    stop_feed(&owner, &why);
+                    return;
+                }
                 tokio::time::sleep(PULL_WAIT).await;
                 continue;
             }
@@ -64,6 +69,8 @@ pub(super) async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, pr
         let stop = owner.stop.notified();
         tokio::pin!(stop);
         stop.as_mut().enable();
+        let mut arrived = 0;
+        let mut failed = false;
         loop {
             let next = tokio::select! {
                 next = messages.next() => next,
@@ -74,33 +81,72 @@ pub(super) async fn feed(owner: Arc<Owner>, consumer: consumer::PullConsumer, pr
                 Ok(message) => message,
                 Err(e) => {
                     tracing::warn!(partition = owner.partition, "pull failed: {e}");
+                    failed = true;
                     break;
                 }
             };
+            arrived += 1;
             let Ok(info) = message.info() else { continue };
             let (seq, delivery) = (info.stream_sequence, info.consumer_sequence);
             // Deliveries are numbered: one that never arrived would come
             // again later, after newer ones. Take the partition again.
             if last_delivery.is_some_and(|last| delivery != last + 1) {
-                tracing::warn!(
-                    partition = owner.partition,
-                    "a delivery went missing ({last_delivery:?} then {delivery}); handing the partition over to start again"
-                );
-                owner.stopped.store(true, Ordering::Release);
+                let why = format!("a delivery went missing ({last_delivery:?} then {delivery})");
+                stop_feed(&owner, &why);
                 return;
             }
             last_delivery = Some(delivery);
             let published_ms = u64::try_from(info.published.unix_timestamp_nanos() / 1_000_000)
                 .unwrap_or_default();
             if let Err(e) = take_in(&owner, message, seq, published_ms, &progress).await {
-                tracing::warn!(
-                    partition = owner.partition,
-                    "message {seq}: {e}; handing the partition over"
-                );
-                owner.stopped.store(true, Ordering::Release);
+                stop_feed(&owner, &format!("message {seq}: {e}"));
                 return;
             }
         }
+        // Idle, or the pull broke off: the last delivery may have gone
+        // astray with nothing newer to show the gap.
+        if (arrived == 0 || failed)
+            && let Err(why) = check_deliveries(&consumer, last_delivery).await
+        {
+            stop_feed(&owner, &why);
+            return;
+        }
+    }
+}
+
+/// Stops reading: the partition is handed over and taken again, with a
+/// consumer that starts at the oldest message not acknowledged.
+fn stop_feed(owner: &Owner, why: &str) {
+    tracing::warn!(
+        partition = owner.partition,
+        "{why}; handing the partition over to start again"
+    );
+    owner.stopped.store(true, Ordering::Release);
+}
+
+/// Whether every message the servers delivered to this owner arrived.
+/// They number their deliveries; one that went to a pull request this
+/// owner had already given up on is theirs as delivered but never
+/// arrives, and is not sent again for an hour (`ACK_WAIT`). While newer
+/// messages come, the gap in the numbers shows it; when none comes (the
+/// last message of a burst) only asking the servers does. A consumer
+/// that is gone (a newer owner replaced it) delivers nothing more.
+async fn check_deliveries(
+    consumer: &consumer::PullConsumer,
+    last_delivery: Option<u64>,
+) -> Result<(), String> {
+    let received = last_delivery.unwrap_or(0);
+    match consumer.get_info().await {
+        Ok(info) if info.delivered.consumer_sequence > received => Err(format!(
+            "the servers delivered {} messages, {received} arrived",
+            info.delivered.consumer_sequence
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+            Err("the partition's consumer is gone (a newer owner replaced it)".into())
+        }
+        // The servers are slow or electing a leader: asked again later.
+        Err(_) => Ok(()),
     }
 }
 
@@ -257,6 +303,14 @@ async fn take_in(
             }
         }
     }
+    tracing::debug!(
+        partition = owner.partition,
+        seq,
+        %destination,
+        ?requests,
+        counted = delta.received,
+        "admitted"
+    );
     if !lock(&books.ledger).admit(seq, requests, delta, intake) {
         // A redelivery of a message held already.
         return Ok(());

@@ -197,6 +197,13 @@ pub fn consumer_partition(name: &str) -> Option<u16> {
     (digits.len() == 3).then(|| digits.parse().ok()).flatten()
 }
 
+/// The lease revision a consumer of [`consumer_name`] was made with
+/// (`None` for an older host's `partition-PPP`).
+pub fn consumer_revision(name: &str) -> Option<u64> {
+    consumer_partition(name)?;
+    name.rsplit_once("-r")?.1.parse().ok()
+}
+
 /// A key-value key for an account name: the name itself when it is a
 /// valid key, else `x-` and its bytes in hex. A name that itself starts
 /// with `x-` is written in hex too, so no two names share a key (and with
@@ -380,6 +387,9 @@ mod tests {
         assert_eq!(consumer_partition("partition-007"), Some(7));
         assert_eq!(consumer_partition("partition-7"), None);
         assert_eq!(consumer_partition("other"), None);
+        assert_eq!(consumer_revision("partition-007-r42"), Some(42));
+        assert_eq!(consumer_revision("partition-007"), None);
+        assert_eq!(consumer_revision("other-r42"), None);
     }
 
     #[test]

@@ -119,7 +119,9 @@ impl Owner {
         // Whatever the last owner was sent and did not acknowledge is
         // delivered again, from the oldest: a new consumer starts there,
         // once the last owner's is gone (a work-queue stream allows one
-        // consumer per subject).
+        // consumer per subject). A consumer made with a newer lease means
+        // this one expired while the partition was being prepared: the
+        // newer owner's consumer stays.
         let names: Vec<String> = stream
             .consumer_names()
             .try_collect()
@@ -129,6 +131,11 @@ impl Owner {
             .iter()
             .filter(|n| layout::consumer_partition(n) == Some(partition))
         {
+            if layout::consumer_revision(old).is_some_and(|newer| newer > revision) {
+                return Err(ClusterError::Nats(format!(
+                    "partition {partition} has a newer owner (consumer {old})"
+                )));
+            }
             let _ = stream.delete_consumer(old).await;
         }
         let consumer: consumer::PullConsumer = stream
@@ -188,6 +195,27 @@ impl Owner {
             tasks: Mutex::default(),
         });
         Ok((owner, consumer, progress))
+    }
+
+    /// Deletes the consumer [`Owner::start`] made, for a partition not
+    /// taken after all (its lease could not be confirmed): it would hold
+    /// the partition's subjects until the next owner deletes it.
+    pub async fn discard(&self, consumer: &consumer::PullConsumer) {
+        let name = &consumer.cached_info().name;
+        let deleted = match self.books.ctx.js.get_stream(layout::INTAKE_STREAM).await {
+            Ok(stream) => stream
+                .delete_consumer(name)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = deleted {
+            tracing::warn!(
+                partition = self.partition,
+                "consumer {name} not deleted: {e}"
+            );
+        }
     }
 
     /// Starts reading and delivering (once the lease is confirmed).

@@ -113,6 +113,7 @@ impl Worker {
                     leases::confirm(self, partition, revision).await
                 else {
                     tracing::warn!(partition, "the lease could not be confirmed; not taken");
+                    owner.discard(&consumer).await;
                     return false;
                 };
                 owner.renewed(revision);
