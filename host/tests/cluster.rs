@@ -102,7 +102,11 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
         ACCOUNTS,
         "{overview}"
     );
-    assert!(overview.contains("(every worker)"), "{overview}");
+    assert!(
+        overview.contains("(every worker)"),
+        "{overview}\n{}",
+        setup.log()
+    );
     assert!(overview.contains("Connected ✓"), "{overview}");
     let runs = page(&http, worker, &session, "/admin/destinations/d05").await;
     assert!(runs.contains("cluster (every worker)"), "{runs}");

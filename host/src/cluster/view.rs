@@ -117,7 +117,22 @@ impl Worker {
     }
 }
 
+/// An entry as the page shows it: `None` when there is none, or it
+/// cannot be read now (said in the log, so a page showing nothing can be
+/// told from a bucket that holds nothing).
 async fn read_json<T: serde::de::DeserializeOwned>(bucket: &kv::Store, key: &str) -> Option<T> {
-    let bytes = bucket.get(key).await.ok()??;
-    serde_json::from_slice(&bytes).ok()
+    let bytes = match bucket.get(key).await {
+        Ok(bytes) => bytes?,
+        Err(e) => {
+            tracing::warn!(%key, "not read for the status page: {e}");
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(value) => Some(value),
+        Err(e) => {
+            tracing::warn!(%key, "unreadable for the status page: {e}");
+            None
+        }
+    }
 }
