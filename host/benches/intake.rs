@@ -16,8 +16,12 @@
 //! and `--unlimited` lifts the pacing and the simulator's limit so that
 //! delivery competes for the CPU throughout.
 //!
+//! `--distinct N` spreads the records over N prospects only, as a backlog
+//! does once the budget is spent: most records then merge into an update
+//! already queued for their prospect instead of queueing one of their own.
+//!
 //! Run: `cargo bench -p outreach-host --bench intake`
-//! (`-- --producers P --batches B --batch-size N --rate R --no-warm-up --unlimited`).
+//! (`-- --producers P --batches B --batch-size N --rate R --distinct N --no-warm-up --unlimited`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -43,6 +47,8 @@ struct Args {
     warm_up: bool,
     /// Records per second offered in the open-loop phase (0: none).
     rate: usize,
+    /// Prospects the records are spread over (0: every record its own).
+    distinct: usize,
 }
 
 fn args() -> Args {
@@ -53,6 +59,7 @@ fn args() -> Args {
         unlimited: false,
         warm_up: true,
         rate: 20_000,
+        distinct: 0,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -63,6 +70,7 @@ fn args() -> Args {
             "--batches" => a.batches = value(i).unwrap_or(a.batches),
             "--batch-size" => a.batch_size = value(i).unwrap_or(a.batch_size),
             "--rate" => a.rate = value(i).unwrap_or(a.rate),
+            "--distinct" => a.distinct = value(i).unwrap_or(a.distinct),
             "--unlimited" => {
                 a.unlimited = true;
                 i -= 1;
@@ -93,9 +101,13 @@ fn bodies(args: &Args, first: u64) -> Vec<Vec<String>> {
         .map(|producer| {
             (0..args.batches)
                 .map(|batch| {
-                    let from = first + ((producer * args.batches + batch) * args.batch_size) as u64;
-                    (from..from + args.batch_size as u64)
-                        .map(|id| record(id) + "\n")
+                    let from = (producer * args.batches + batch) * args.batch_size;
+                    (from..from + args.batch_size)
+                        .map(|n| match args.distinct {
+                            0 => n,
+                            distinct => n % distinct,
+                        })
+                        .map(|n| record(first + n as u64) + "\n")
                         .collect()
                 })
                 .collect()
@@ -277,12 +289,16 @@ async fn bench(args: Args) {
     } else {
         ""
     };
+    let spread = match args.distinct {
+        0 => String::new(),
+        distinct => format!(", over {distinct} prospects"),
+    };
     let delivery = if args.unlimited { "unlimited" } else { "paced" };
     let describe = |phase: &str, result: &Phase| {
         let mut latencies = result.latencies.clone();
         latencies.sort();
         println!(
-            "{phase}: {total} records from {} producers in batches of {} ({delivery} delivery{burst}): {:.2} s, {:.0} records/s acknowledged",
+            "{phase}: {total} records{spread} from {} producers in batches of {} ({delivery} delivery{burst}): {:.2} s, {:.0} records/s acknowledged",
             args.producers,
             args.batch_size,
             result.elapsed.as_secs_f64(),
