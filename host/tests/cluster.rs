@@ -132,9 +132,10 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
     );
 }
 
-/// The hour (since the epoch) it is now: the cluster's runs last an hour.
+/// The run period it is now (the workers' runs last an hour).
 fn hour_now() -> u64 {
-    outreach_host::clock::now_ms() / 3_600_000
+    let hour = Duration::from_secs(3_600);
+    outreach_host::cluster::runs::period_of(outreach_host::clock::now_ms(), hour)
 }
 
 async fn page(http: &reqwest::Client, worker: &Service, session: &str, path: &str) -> String {

@@ -1,15 +1,13 @@
 //! Journals left by older hosts: each schema migrates on open and keeps
 //! what it held.
 
-use super::tests::{incoming, merge, patch};
+use super::tests::{fresh_dir, incoming, merge, patch};
 use super::*;
 use serde_json::json;
 
 #[test]
 fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
-    let dir = std::env::temp_dir().join(format!("outreach-journal-v2-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("v2");
     let path = dir.join("journal.sqlite");
     {
         let journal = Journal::open(&path).unwrap();
@@ -56,9 +54,7 @@ fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
 
 #[test]
 fn a_journal_of_schema_3_keeps_its_receipts_and_gains_their_digests() {
-    let dir = std::env::temp_dir().join(format!("outreach-journal-v3-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("v3");
     let path = dir.join("journal.sqlite");
     {
         let journal = Journal::open(&path).unwrap();

@@ -3,6 +3,14 @@ use destination_types::{Header, Method};
 use serde_json::json;
 
 /// An update of item `id` setting `attributes` (a JSON object).
+/// An empty directory of this test process's own, named for the test.
+pub(super) fn fresh_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("outreach-journal-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub(super) fn patch(id: u64, attributes: Value, audiences: &[&str]) -> Request {
     Request {
         method: Method::Patch,
@@ -153,9 +161,7 @@ fn updates_queued_for_one_key_merge_until_one_is_on_the_wire() {
 /// size) has already been copied into a main file that has not grown.
 #[test]
 fn a_crash_during_a_checkpoint_is_not_mistaken_for_truncation() {
-    let dir = std::env::temp_dir().join(format!("outreach-journal-ckpt-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = fresh_dir("ckpt");
     let (live, crashed) = (dir.join("live.sqlite"), dir.join("crashed.sqlite"));
     let journal = Journal::open(&live).unwrap();
     let run = journal

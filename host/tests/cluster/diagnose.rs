@@ -1,6 +1,7 @@
 //! What a failed count of the cluster's runs prints: which destinations
 //! came out short and why that could be.
 
+use outreach_host::cluster::layout;
 use serde_json::Value;
 
 use crate::common::nats::Role;
@@ -16,7 +17,7 @@ impl Setup {
             Err(e) => return format!("intake stream not read: {e}"),
         };
         let js = async_nats::jetstream::new(client);
-        let mut stream = match js.get_stream("OUTREACH_INTAKE").await {
+        let mut stream = match js.get_stream(layout::INTAKE_STREAM).await {
             Ok(stream) => stream,
             Err(e) => return format!("intake stream not read: {e}"),
         };
@@ -27,7 +28,10 @@ impl Setup {
             ),
             Err(e) => format!("intake stream info: {e}\n"),
         };
-        if let Ok(subjects) = stream.info_with_subjects("outreach_host.intake.>").await {
+        if let Ok(subjects) = stream
+            .info_with_subjects(format!("{}.>", layout::INTAKE_PREFIX))
+            .await
+        {
             let subjects: Vec<(String, usize)> = subjects.try_collect().await.unwrap_or_default();
             out += &format!("subjects left: {subjects:?}\n");
         }
