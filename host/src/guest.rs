@@ -13,6 +13,7 @@ use destination_types::{Classification, ConfigurationIdentity, PlanOutcome, Requ
 use tokio::sync::oneshot;
 
 use crate::engine::{Destination, GuestError};
+use crate::queue::{Combined, Combiner, fold_chain};
 
 type Job = Box<dyn FnOnce(&mut Destination) + Send>;
 
@@ -177,17 +178,83 @@ impl Guest {
         if !self.can_merge {
             return None;
         }
-        let (older_key, older, newer) = (older.key.clone(), older.clone(), newer.clone());
-        match self
-            .classifier
-            .call_blocking(move |d| d.merge(&older, &newer))
-            .and_then(|merged| merged)
-        {
-            Ok(merged) => merged,
-            Err(e) => {
-                tracing::warn!(key = %older_key, "the component failed to merge two updates: {e}");
+        let (older, newer) = (older.clone(), newer.clone());
+        self.classifier
+            .call_blocking(move |d| merged_or_apart(d, &older, &newer))
+            .unwrap_or_else(|e| {
+                tracing::warn!("the component failed to merge two updates: {e}");
                 None
-            }
-        }
+            })
     }
+
+    /// Combines each chain of updates (one key's, oldest first) as the
+    /// component merges them, the chains spread over the planning
+    /// instances, each taking its share in one call.
+    pub async fn combine(&self, chains: Vec<Vec<Request>>) -> Vec<Vec<Combined>> {
+        if !self.can_merge {
+            return chains
+                .into_iter()
+                .map(|c| fold_chain(c, |_, _| None))
+                .collect();
+        }
+        let shares = self
+            .planners
+            .len()
+            .min(chains.len().div_ceil(COMBINED_PER_CALL))
+            .max(1);
+        let per_share = chains.len().div_ceil(shares).max(1);
+        let mut rest = chains.into_iter();
+        let calls = self.planners.iter().take(shares).map(|actor| {
+            let share: Vec<Vec<Request>> = rest.by_ref().take(per_share).collect();
+            let lengths: Vec<usize> = share.iter().map(Vec::len).collect();
+            let fallback = share.clone();
+            async move {
+                let combined = actor
+                    .call(move |d| {
+                        share
+                            .into_iter()
+                            .map(|chain| fold_chain(chain, |o, n| merged_or_apart(d, o, n)))
+                            .collect::<Vec<_>>()
+                    })
+                    .await;
+                match combined {
+                    Ok(combined) if combined.len() == lengths.len() => combined,
+                    Ok(_) | Err(_) => {
+                        tracing::warn!(
+                            "the component's thread failed while merging: updates stay apart"
+                        );
+                        fallback
+                            .into_iter()
+                            .map(|c| fold_chain(c, |_, _| None))
+                            .collect()
+                    }
+                }
+            }
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// [`Guest::combine`] as the queue's combiner.
+    pub fn combiner(self: &Arc<Self>) -> Combiner {
+        let guest = self.clone();
+        Arc::new(move |chains| {
+            let guest = guest.clone();
+            Box::pin(async move { guest.combine(chains).await })
+        })
+    }
+}
+
+/// Chains per call into one instance below which a batch is not spread.
+const COMBINED_PER_CALL: usize = 64;
+
+/// The component's merge; a failure keeps the updates apart.
+fn merged_or_apart(d: &mut Destination, older: &Request, newer: &Request) -> Option<Request> {
+    d.merge(older, newer).unwrap_or_else(|e| {
+        tracing::warn!(key = %older.key, "the component failed to merge two updates: {e}");
+        None
+    })
 }

@@ -15,10 +15,8 @@ use super::ledger::Ledger;
 use super::pending::{Pending, RecordRef};
 use super::runs::Tally;
 use super::{ClusterError, Context, Member, layout};
-use crate::delivery::control::Control;
-use crate::delivery::dispatch::Counters;
+use crate::delivery::Handle;
 use crate::journal::{Attempt, Claim, RunId, Verdict};
-use crate::limiter::Line;
 use crate::queue::WorkQueue;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -116,14 +114,13 @@ pub(super) struct Lane {
     pub(super) member: Arc<Member>,
     pub(super) pending: Mutex<Pending>,
     pub(super) books: Arc<Books>,
-    pub(super) control: Mutex<Arc<Control>>,
-    pub(super) counters: Counters,
-    pub(super) line: Line,
+    /// The workers' hold: their stop, what they counted.
+    pub(super) delivery: Handle,
 }
 
 impl Lane {
     pub(super) fn work_arrived(&self) {
-        lock(&self.control).work_available.notify_waiters();
+        self.delivery.wake();
     }
 }
 

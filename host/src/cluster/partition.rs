@@ -11,7 +11,7 @@
 //! counts). Losing the lease ([`Owner::lose`]) stops every request at once.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,10 +29,7 @@ use super::ledger::Progress;
 use super::pending::Pending;
 use super::runs::Tally;
 use super::{ClusterError, Context};
-use crate::delivery::Credentials as _;
-use crate::delivery::control::Control;
-use crate::delivery::dispatch::{Counters, Dispatcher};
-use crate::limiter::Line;
+use crate::delivery::{Driver, Handle, Standing, Supervisor};
 use crate::service::account::Account;
 
 /// How long a pull waits for messages before asking again.
@@ -175,9 +172,7 @@ impl Owner {
                     member: member.clone(),
                     pending: Mutex::new(Pending::new(member.merge.clone())),
                     books: books.clone(),
-                    control: Mutex::default(),
-                    counters: Counters::default(),
-                    line: Line::default(),
+                    delivery: Handle::new(0, ctx.clock.now_ms()),
                 }),
             );
         }
@@ -250,10 +245,9 @@ impl Owner {
             *ending = Some(how);
         }
         for lane in self.lanes.values() {
-            let control = lock(&lane.control).clone();
             match how {
-                Ending::Graceful => control.wind_down(),
-                Ending::Lost => control.interrupt(),
+                Ending::Graceful => lane.delivery.wind_down(),
+                Ending::Lost => lane.delivery.interrupt(),
             }
         }
         self.stop.notify_waiters();
@@ -334,61 +328,57 @@ impl Owner {
 /// the partition's end (a login needed), pauses and starts them again.
 async fn supervise(owner: Arc<Owner>, lane: Arc<Lane>, account: Arc<Account>) {
     let ctx = &owner.books.ctx;
-    let run = AtomicI64::new(0);
-    let intake_done = AtomicBool::new(false);
-    let last_verdict_ms = AtomicU64::new(ctx.clock.now_ms());
-    loop {
-        let control = Arc::new(Control::default());
-        *lock(&lane.control) = control.clone();
-        match owner.ending() {
-            Some(Ending::Graceful) => control.wind_down(),
-            Some(Ending::Lost) => return,
-            None => {}
-        }
-        let dispatcher = Dispatcher {
-            api: &lane.member.api,
-            limiter: &account.limiter,
-            line: &lane.line,
-            credentials: &*account,
-            guest: &lane.member.guest,
-            queue: &*lane,
-            policy: lane.member.policy,
-            run: &run,
-            control: &control,
-            counters: &lane.counters,
-            intake_done: &intake_done,
-            last_verdict_ms: &last_verdict_ms,
-            progress: None,
-            clock: ctx.clock,
-        };
-        futures::future::join_all((0..lane.member.concurrency.max(1)).map(|_| dispatcher.work()))
-            .await;
-        if owner.ending().is_some() {
-            break;
-        }
-        let why = control
-            .stopped()
-            .unwrap_or_else(|| "the workers ended".into());
-        tracing::warn!(
-            destination = %lane.member.name,
-            "delivery paused: {why}; trying again in {:?}",
-            ctx.restart_after
-        );
-        if control.login_required() {
-            account.reload_tokens();
-        }
-        let stop = owner.stop.notified();
-        tokio::pin!(stop);
-        stop.as_mut().enable();
-        if owner.ending().is_some() {
-            break;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(ctx.restart_after) => {}
-            () = stop => {}
+    let driver = Driver {
+        api: &lane.member.api,
+        limiter: &account.limiter,
+        credentials: &*account,
+        guest: &lane.member.guest,
+        queue: &*lane,
+        policy: lane.member.policy,
+        concurrency: lane.member.concurrency,
+        clock: ctx.clock,
+        handle: &lane.delivery,
+        progress: None,
+    };
+    let supervisor = LaneSupervision {
+        owner: &owner,
+        lane: &lane,
+        account: &account,
+    };
+    driver.supervise(&supervisor, ctx.restart_after).await;
+}
+
+/// A lane's part in its workers' restarts: the partition's end ends them,
+/// and a login needed reads the account's tokens again.
+struct LaneSupervision<'a> {
+    owner: &'a Owner,
+    lane: &'a Lane,
+    account: &'a Account,
+}
+
+impl Supervisor for LaneSupervision<'_> {
+    fn standing(&self) -> Standing {
+        match self.owner.ending() {
+            None => Standing::Go,
+            Some(Ending::Graceful) => Standing::WindDown,
+            Some(Ending::Lost) => Standing::Stop,
         }
     }
-    account.settle().await;
+
+    fn paused(&self, why: &str, login_required: bool) {
+        tracing::warn!(
+            destination = %self.lane.member.name,
+            "delivery paused: {why}; trying again in {:?}",
+            self.owner.books.ctx.restart_after
+        );
+        if login_required {
+            self.account.reload_tokens();
+        }
+    }
+
+    async fn woken(&self) {
+        self.owner.stop.notified().await;
+    }
 }
 
 /// Writes the counts and budgets now and then.
@@ -423,7 +413,7 @@ async fn flush(owner: &Owner) {
         owner
             .books
             .tally
-            .add_requests(&lane.member.name, &lane.counters);
+            .add_requests(&lane.member.name, &lane.delivery.requests());
     }
     owner.books.tally.flush(ctx).await;
     for (name, account) in &owner.accounts {

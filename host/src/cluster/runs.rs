@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -22,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Context;
 use super::layout;
-use crate::delivery::dispatch::Counters;
+use crate::journal::RunStats;
 
 /// What a worker adds to a run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,12 +153,12 @@ impl Tally {
     }
 
     /// Adds what the workers counted since last time.
-    pub(crate) fn add_requests(&self, destination: &str, counters: &Counters) {
+    pub(crate) fn add_requests(&self, destination: &str, requests: &RunStats) {
         let now = RunDelta {
-            requests_sent: counters.requests_sent.load(Ordering::Relaxed),
-            rate_limited: counters.rate_limited.load(Ordering::Relaxed),
-            retries: counters.retries.load(Ordering::Relaxed),
-            credential_refreshes: counters.refreshes.load(Ordering::Relaxed),
+            requests_sent: requests.requests_sent,
+            rate_limited: requests.rate_limited,
+            retries: requests.retries,
+            credential_refreshes: requests.credential_refreshes,
             ..RunDelta::default()
         };
         let mut seen = lock(&self.seen_requests);

@@ -3,21 +3,18 @@
 //! and acts on every answer as the retry state machine ([`super::retry`])
 //! says, until nothing is left to take.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::clock::Clock;
-use crate::guest::Guest;
-use crate::http::ApiClient;
 use crate::journal::{Attempt, RunId, Verdict};
-use crate::limiter::{Limiter, Line};
 use crate::queue::WorkQueue;
 
 use super::Credentials;
 use super::control::Control;
-use super::retry::{Action, Attempts, Event, Policy};
+use super::driver::Driver;
+use super::retry::{Action, Attempts, Event};
 
 /// What the workers counted.
 #[derive(Default)]
@@ -28,31 +25,16 @@ pub(crate) struct Counters {
     pub refreshes: AtomicU64,
 }
 
-/// Everything a worker uses, borrowed from the run.
-pub(crate) struct Dispatcher<'a, C, Q> {
-    pub api: &'a ApiClient,
-    pub limiter: &'a Limiter,
-    /// This delivery's place among the limiter's sharers.
-    pub line: &'a Line,
-    pub credentials: &'a C,
-    pub guest: &'a Guest,
-    pub queue: &'a Q,
-    pub policy: Policy,
-    /// The run verdicts count in (a stream moves on to a new one hourly).
-    pub run: &'a AtomicI64,
+/// A worker's view of its driver, with the stop of the workers' current
+/// start.
+pub(super) struct Dispatcher<'a, C, Q> {
+    pub driver: &'a Driver<'a, C, Q>,
     pub control: &'a Control,
-    pub counters: &'a Counters,
-    /// No more input will be queued.
-    pub intake_done: &'a AtomicBool,
-    /// When an update last reached a verdict (or the run started), ms.
-    pub last_verdict_ms: &'a AtomicU64,
-    pub progress: Option<&'a indicatif::ProgressBar>,
-    pub clock: Clock,
 }
 
 impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
     fn run(&self) -> RunId {
-        self.run.load(Ordering::Relaxed)
+        self.driver.handle.run.load(Ordering::Relaxed)
     }
 
     /// Takes queued keys one at a time until the input is exhausted and
@@ -63,8 +45,8 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 return;
             }
             let woken = self.control.work_available.notified();
-            let done_before = self.intake_done.load(Ordering::Acquire);
-            match self.queue.take(self.run()).await {
+            let done_before = self.driver.handle.input_ended.load(Ordering::Acquire);
+            match self.driver.queue.take(self.run()).await {
                 Ok(Some(attempt)) => {
                     if !self.work_on(attempt).await {
                         return;
@@ -87,17 +69,23 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
     async fn work_on(&self, attempt: Attempt) -> bool {
         let claim = attempt.claim.clone();
         let Some(verdict) = self.deliver(attempt).await else {
-            self.queue.release(claim).await;
+            self.driver.queue.release(claim).await;
             return false;
         };
-        let handed = self.queue.finish(claim.clone(), verdict, self.run()).await;
-        self.last_verdict_ms
-            .store(self.clock.now_ms(), Ordering::Relaxed);
-        if let Some(bar) = self.progress {
+        let handed = self
+            .driver
+            .queue
+            .finish(claim.clone(), verdict, self.run())
+            .await;
+        self.driver
+            .handle
+            .last_verdict_ms
+            .store(self.driver.clock.now_ms(), Ordering::Relaxed);
+        if let Some(bar) = self.driver.progress {
             bar.inc(1);
         }
         if let Err(e) = handed {
-            self.queue.release(claim).await;
+            self.driver.queue.release(claim).await;
             self.control.stop_run(format!("the journal failed: {e}"));
             return false;
         }
@@ -119,7 +107,7 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
             }
             let token = match self
                 .control
-                .unless_stopped(self.credentials.token())
+                .unless_stopped(self.driver.credentials.token())
                 .await?
             {
                 Ok(token) => token,
@@ -129,10 +117,11 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 }
             };
             let ready = match on_the_wire.take() {
-                Some(request) => match self.limiter.try_acquire_in(self.line) {
+                Some(request) => match self.driver.limiter.try_acquire_in(&self.driver.handle.line)
+                {
                     Some(permit) => Some((request, permit)),
                     None => {
-                        self.queue.attempt_failed(claim.clone()).await;
+                        self.driver.queue.attempt_failed(claim.clone()).await;
                         None
                     }
                 },
@@ -145,9 +134,9 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 None => {
                     let permit = self
                         .control
-                        .unless_stopped(self.limiter.acquire_in(self.line))
+                        .unless_stopped(self.driver.limiter.acquire_in(&self.driver.handle.line))
                         .await?;
-                    match self.queue.attempt(claim.clone(), self.run()).await {
+                    match self.driver.queue.attempt(claim.clone(), self.run()).await {
                         Ok(request) => (request, permit),
                         Err(e) => {
                             self.control.stop_run(format!("the journal failed: {e}"));
@@ -156,15 +145,19 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                     }
                 }
             };
-            self.counters.requests_sent.fetch_add(1, Ordering::Relaxed);
+            self.driver
+                .handle
+                .counters
+                .requests_sent
+                .fetch_add(1, Ordering::Relaxed);
             // Stopping abandons a request on the wire: it stays queued, and
             // is sent again (at-least-once).
             let Some(sent) = self
                 .control
-                .unless_stopped(self.api.send(&request, &token))
+                .unless_stopped(self.driver.api.send(&request, &token))
                 .await
             else {
-                self.queue.attempt_failed(claim.clone()).await;
+                self.driver.queue.attempt_failed(claim.clone()).await;
                 return None;
             };
             let (event, response) = match sent {
@@ -175,8 +168,9 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 }
                 Ok(Ok(response)) => {
                     match self
+                        .driver
                         .guest
-                        .classify(&request, &response, self.clock.now_ms())
+                        .classify(&request, &response, self.driver.clock.now_ms())
                         .await
                     {
                         Ok(classification) => {
@@ -194,36 +188,48 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
             drop(permit);
             let jitter = rand::rng().random_range(0.5..=1.0);
             let action = attempts.next(
-                &self.policy,
+                &self.driver.policy,
                 event,
                 &request,
                 response,
-                self.clock.now_ms(),
+                self.driver.clock.now_ms(),
                 jitter,
             );
             if let Action::Finish(verdict) = action {
                 return Some(verdict);
             }
-            self.queue.attempt_failed(claim.clone()).await;
+            self.driver.queue.attempt_failed(claim.clone()).await;
             match action {
                 Action::Finish(_) => unreachable!("returned above"),
                 Action::RetryAfter(wait) => {
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    self.driver
+                        .handle
+                        .counters
+                        .retries
+                        .fetch_add(1, Ordering::Relaxed);
                     self.control.unless_stopped(tokio::time::sleep(wait)).await;
                 }
                 Action::RateLimited { reset_at_ms } => {
-                    self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+                    self.driver
+                        .handle
+                        .counters
+                        .rate_limited
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(key = %request.key, "rate limited");
-                    self.limiter.rate_limited(reset_at_ms);
+                    self.driver.limiter.rate_limited(reset_at_ms);
                 }
                 Action::Refresh => {
-                    self.counters.refreshes.fetch_add(1, Ordering::Relaxed);
+                    self.driver
+                        .handle
+                        .counters
+                        .refreshes
+                        .fetch_add(1, Ordering::Relaxed);
                     // A stop cancels the wait for the mint interval (no
                     // token is minted then); an exchange already under way
                     // finishes on its own and is waited for at the end.
                     let refreshed = self
                         .control
-                        .unless_stopped(self.credentials.refresh(&token))
+                        .unless_stopped(self.driver.credentials.refresh(&token))
                         .await?;
                     if let Err(why) = refreshed {
                         self.control

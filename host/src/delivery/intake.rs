@@ -2,7 +2,6 @@
 //! batch, and queue it durably with the input position after it.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -26,7 +25,7 @@ pub(super) struct Intake<'a, Q> {
     pub batch: usize,
     pub control: &'a Control,
     /// Set once no more input will be queued.
-    pub done: &'a AtomicBool,
+    pub handle: &'a super::Handle,
     /// Replayed letters not sent: their keys have newer updates.
     pub held_back: &'a Mutex<Vec<HeldBack>>,
 }
@@ -79,8 +78,7 @@ impl<Q: Queue> Intake<'_, Q> {
             }
         }
         tracing::debug!(coalesced, "input journaled");
-        self.done.store(true, Ordering::Release);
-        self.control.work_available.notify_waiters();
+        self.handle.input_ended();
     }
 
     /// Plans a batch and queues it, a chunk at a time; `false` when the run

@@ -4,17 +4,18 @@
 //! letter with its reason. Updates for the same key go in order (newer ones
 //! merging into a queued one); different keys go concurrently.
 
-pub(crate) mod control;
-pub(crate) mod dispatch;
+mod control;
+mod dispatch;
+mod driver;
 mod intake;
 pub mod planner;
-pub(crate) mod report;
+mod report;
 pub mod retry;
 mod summary;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,14 +28,16 @@ use crate::guest::Guest;
 use crate::http::ApiClient;
 pub use crate::input::Input;
 use crate::input::InputError;
-use crate::journal::{DeadLetter, Journal, JournalError, LetterFilter, RunStats};
-use crate::limiter::{Limiter, Line};
-use crate::queue::{JournalQueue, Merger, Queue, RunEnd, RunStart};
-use control::{Control, until_signal};
-use dispatch::{Counters, Dispatcher};
+use crate::journal::{DeadLetter, Journal, JournalError, LetterFilter};
+use crate::limiter::Limiter;
+use crate::queue::{JournalQueue, Queue, RunEnd, RunStart};
+use control::until_signal;
+pub use driver::{Driver, Handle, Standing, Supervisor};
 use intake::Intake;
+pub(crate) use planner::plan_items;
 pub use planner::plan_stream;
 use report::Reporter;
+pub(crate) use report::StallWatch;
 pub use summary::{AudienceCounts, Summary, SummaryExtras};
 
 /// Supplies the bearer token. A refresh is asked for once after a 401.
@@ -171,11 +174,8 @@ pub async fn run<C: Credentials>(
         None => Arc::new(Journal::in_memory()?),
     };
     let guest = Arc::new(Guest::spawn(destination).map_err(RunError::Component)?);
-    let merger: Merger = {
-        let guest = guest.clone();
-        Arc::new(move |older, newer| guest.merge_blocking(older, newer))
-    };
-    let queue = JournalQueue::start(journal, merger)?.prefetching(options.concurrency.max(1));
+    let queue =
+        JournalQueue::start(journal, guest.combiner())?.prefetching(options.concurrency.max(1));
     let delivered = deliver(&guest, &queue, api, limiter, credentials, input, options).await;
     queue.close().await;
     delivered
@@ -233,10 +233,8 @@ pub async fn deliver<C: Credentials, Q: Queue>(
     };
 
     let progress = options.progress.then(progress_bar).flatten();
-    let control = Control::default();
-    let counters = Counters::default();
-    let intake_done = AtomicBool::new(false);
-    let last_verdict_ms = AtomicU64::new(options.clock.now_ms());
+    let handle = Handle::new(run_id, options.clock.now_ms());
+    let control = handle.control();
     let held_back = Mutex::new(Vec::new());
     let intake = Intake {
         guest,
@@ -244,15 +242,12 @@ pub async fn deliver<C: Credentials, Q: Queue>(
         run: run_id,
         batch: options.batch,
         control: &control,
-        done: &intake_done,
+        handle: &handle,
         held_back: &held_back,
     };
-    let line = Line::default();
-    let current_run = AtomicI64::new(run_id);
-    let dispatcher = Dispatcher {
+    let driver = Driver {
         api,
         limiter,
-        line: &line,
         credentials,
         guest,
         queue,
@@ -262,35 +257,30 @@ pub async fn deliver<C: Credentials, Q: Queue>(
             backoff_max: options.backoff_max,
             max_server_wait: crate::clock::MAX_SERVER_WAIT,
         },
-        run: &current_run,
-        control: &control,
-        counters: &counters,
-        intake_done: &intake_done,
-        last_verdict_ms: &last_verdict_ms,
-        progress: progress.as_ref(),
+        concurrency: options.concurrency,
         clock: options.clock,
+        handle: &handle,
+        progress: progress.as_ref(),
     };
     let reporter = Reporter {
         queue,
         run: run_id,
         options,
     };
-    let workers =
-        futures::future::join_all((0..options.concurrency.max(1)).map(|_| dispatcher.work()));
     let delivery = async {
-        futures::join!(intake.run(receiver, &input), workers);
+        futures::join!(intake.run(receiver, &input), driver.work());
     };
     let signals = async {
         if !options.stop_on_signals {
             return std::future::pending().await;
         }
         until_signal().await;
-        control.interrupt();
+        handle.interrupt();
         std::future::pending::<()>().await
     };
     tokio::select! {
         () = delivery => {}
-        () = reporter.watch_stalls(&last_verdict_ms) => {}
+        () = reporter.watch_stalls(&handle) => {}
         () = signals => {}
     }
     // A refresh the stop cut off from its caller still stores its tokens.
@@ -304,14 +294,14 @@ pub async fn deliver<C: Credentials, Q: Queue>(
         bar.finish_and_clear();
     }
 
-    let fatal = control.stopped();
+    let fatal = handle.stopped();
     let rejected = queue
         .run_record(run_id)
         .await
         .map_err(queue_failed)?
         .counts
         .rejected;
-    let status = if control.interrupted() {
+    let status = if handle.interrupted() {
         "interrupted"
     } else if fatal.is_some() {
         "stopped"
@@ -325,12 +315,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
             run_id,
             RunEnd {
                 status,
-                stats: RunStats {
-                    requests_sent: counters.requests_sent.load(Ordering::Relaxed),
-                    rate_limited: counters.rate_limited.load(Ordering::Relaxed),
-                    retries: counters.retries.load(Ordering::Relaxed),
-                    credential_refreshes: counters.refreshes.load(Ordering::Relaxed),
-                },
+                stats: handle.requests(),
                 resumed,
                 fatal,
             },
@@ -350,7 +335,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
             input_already_journaled: input.skipped_lines,
             pending,
             held_back: std::mem::take(&mut *held_back.lock().unwrap_or_else(|p| p.into_inner())),
-            login_required: control.login_required(),
+            login_required: handle.login_required(),
             journal: PathBuf::from(queue.location()),
             dead_letters: options.dead_letters.clone(),
         },
@@ -376,7 +361,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
     // waiting.
     if options.stop_on_signals {
         let grace = async {
-            if control.interrupted() {
+            if handle.interrupted() {
                 tokio::time::sleep(STOPPED_RUN_ALERT_GRACE).await;
             } else {
                 std::future::pending::<()>().await;

@@ -1,7 +1,6 @@
 //! The run's alerts: a stall while updates wait, the end of a run with
 //! failures, and an account that needs a new login.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -21,7 +20,7 @@ pub(super) struct Reporter<'a, Q> {
 impl<Q: Queue> Reporter<'_, Q> {
     /// Raises a `stalled` alert when updates are queued but none reached a
     /// verdict for the configured time; again only after progress resumed.
-    pub async fn watch_stalls(&self, last_verdict_ms: &AtomicU64) {
+    pub async fn watch_stalls(&self, handle: &super::Handle) {
         let Some(threshold) = self.options.alerts.stall_after() else {
             return std::future::pending().await;
         };
@@ -30,7 +29,7 @@ impl<Q: Queue> Reporter<'_, Q> {
         loop {
             tokio::time::sleep(Duration::from_millis(250).min(threshold)).await;
             let now = clock.now_ms();
-            let Some(stalled_for) = watch.due(now, last_verdict_ms.load(Ordering::Relaxed)) else {
+            let Some(stalled_for) = watch.due(now, handle.last_verdict_ms()) else {
                 continue;
             };
             if self.queue.has_pending().await.unwrap_or(false) {

@@ -1,80 +1,207 @@
 //! Intake into the queue: a planned batch becomes queued updates (merged
-//! into a queued one for the same key when the destination says they
-//! combine), record errors become dead letters, replays newer than what a
-//! key already has are held back, and the input position is recorded.
+//! into a queued one for the same key where the placement says so,
+//! `placement.rs`), record errors become dead letters, replays newer than
+//! what a key already has are held back, and the input position is
+//! recorded.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use destination_types::{PlanOutcome, RecordFate, Request};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::letters::insert_letter;
-use super::tally::{Fate, Tally};
-use super::updates::{parse_request, store_request};
+use super::placement::{Head, HeadMark, Holding, Placement, Prepared, Stale};
+use super::tally::Fate;
+use super::updates::{load_request, store_request};
 use super::{
-    Checkpoint, HeldBack, Incoming, IngestReport, JournalError, Merge, READY_REQUESTS, RunId,
+    Checkpoint, HeldBack, Incoming, IngestReport, JournalError, READY_REQUESTS, RunId, State,
     now_ms,
 };
 
 // The statements run for every record (named so the test of their plans
 // can find them in the statement cache).
 pub(super) const NEWEST_FOR_KEY: &str =
-    "SELECT seq, request FROM updates WHERE key = ?1 ORDER BY seq DESC LIMIT 1";
+    "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq DESC LIMIT 1";
 pub(super) const INSERT_UPDATE: &str = "INSERT INTO updates(key, request) VALUES (?1, ?2)";
 pub(super) const INSERT_SOURCE: &str =
     "INSERT INTO sources(seq, run_id, line, first_part, record, audiences, received_ms)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
-#[allow(clippy::too_many_arguments)]
-pub(super) fn ingest_batch(
-    conn: &mut Connection,
-    tally: &mut Tally,
-    sending: &HashSet<i64>,
-    ready: &mut HashMap<i64, Request>,
-    run: RunId,
-    batch: Vec<Incoming>,
-    checkpoint: Option<&Checkpoint>,
-    merge: Merge<'_>,
+/// The newest queued update of `key` unless it is on the wire.
+fn head_mark(state: &State, key: &str) -> rusqlite::Result<Option<HeadMark>> {
+    let newest: Option<i64> = state
+        .conn
+        .prepare_cached(NEWEST_FOR_KEY)?
+        .query_row([key], |r| r.get(0))
+        .optional()?;
+    Ok(newest
+        .filter(|seq| !state.sending.contains(seq))
+        .map(|seq| HeadMark {
+            seq,
+            revision: state.revision(seq),
+        }))
+}
+
+/// What the batch's keys hold now: their heads, and which replayed
+/// records their keys' newer updates hold back.
+pub(super) fn prepare(
+    state: &mut State,
+    batch: &[Incoming],
     path: &Path,
-) -> Result<IngestReport, JournalError> {
+) -> Result<Prepared, JournalError> {
     let sqlite = |source| JournalError::Sqlite {
         path: path.to_owned(),
         source,
     };
-    let tx: &Connection = conn;
-    let mut report = IngestReport::default();
     let now = now_ms();
+    let held_back = holdings(&state.conn, batch, now).map_err(sqlite)?;
+    let mut heads = HashMap::new();
+    for (incoming, holding) in batch.iter().zip(&held_back) {
+        let (PlanOutcome::Send(requests), None) = (&incoming.outcome, holding) else {
+            continue;
+        };
+        for request in requests {
+            if heads.contains_key(&request.key) {
+                continue;
+            }
+            let Some(mark) = head_mark(state, &request.key).map_err(sqlite)? else {
+                continue;
+            };
+            let request = match state.ready.get(&mark.seq) {
+                Some(request) => request.clone(),
+                None => load_request(&state.conn, mark.seq, path)?,
+            };
+            heads.insert(
+                request.key.clone(),
+                Head {
+                    seq: mark.seq,
+                    revision: mark.revision,
+                    request,
+                },
+            );
+        }
+    }
+    Ok(Prepared {
+        heads,
+        held_back,
+        now,
+    })
+}
+
+/// Whether the batch's keys still hold what they held when it was
+/// prepared.
+pub(super) fn unchanged(
+    state: &State,
+    batch: &[Incoming],
+    placement: &Placement,
+) -> rusqlite::Result<bool> {
+    for (key, expected) in &placement.heads {
+        if head_mark(state, key)? != *expected {
+            return Ok(false);
+        }
+    }
+    let replays = batch.iter().any(|i| i.replay.is_some_and(|r| !r.force));
+    Ok(!replays || holdings(&state.conn, batch, placement.now)? == placement.held_back)
+}
+
+/// Per record: whether a newer update (delivered, queued, or earlier in
+/// the batch) holds a replayed record back.
+fn holdings(tx: &Connection, batch: &[Incoming], now: i64) -> rusqlite::Result<Vec<Holding>> {
+    let mut in_batch: HashMap<&str, i64> = HashMap::new();
+    let mut held_back = Vec::with_capacity(batch.len());
     for incoming in batch {
-        let received_ms = incoming
-            .replay
-            .map_or(now, |r| i64::try_from(r.received_ms).unwrap_or(i64::MAX));
-        if let (Some(replay), PlanOutcome::Send(requests)) = (&incoming.replay, &incoming.outcome)
-            && !replay.force
-            && let Some(held) = newer_update(tx, requests, received_ms).map_err(sqlite)?
-        {
-            let (key, newer_ms) = held;
+        let PlanOutcome::Send(requests) = &incoming.outcome else {
+            held_back.push(None);
+            continue;
+        };
+        let received_ms = received_ms(incoming, now);
+        let holding = match &incoming.replay {
+            Some(replay) if !replay.force => {
+                let mut found = None;
+                for request in requests {
+                    let newest = newest_update(tx, request)?
+                        .max(in_batch.get(request.key.as_str()).copied());
+                    if let Some(newest) = newest.filter(|t| *t > received_ms) {
+                        found = Some((request.key.clone(), newest));
+                        break;
+                    }
+                }
+                found
+            }
+            _ => None,
+        };
+        if holding.is_none() {
+            for request in requests {
+                let newest = in_batch.entry(request.key.as_str()).or_insert(received_ms);
+                *newest = (*newest).max(received_ms);
+            }
+        }
+        held_back.push(holding);
+    }
+    Ok(held_back)
+}
+
+fn received_ms(incoming: &Incoming, now: i64) -> i64 {
+    incoming
+        .replay
+        .map_or(now, |r| i64::try_from(r.received_ms).unwrap_or(i64::MAX))
+}
+
+/// Journals `batch` where `placement` puts it, unless a key changed since
+/// it was prepared ([`Stale`]: nothing was written).
+pub(super) fn ingest_batch(
+    state: &mut State,
+    run: RunId,
+    batch: &[Incoming],
+    placement: Placement,
+    checkpoint: Option<&Checkpoint>,
+    path: &Path,
+) -> Result<Result<IngestReport, Stale>, JournalError> {
+    let sqlite = |source| JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    if !unchanged(state, batch, &placement).map_err(sqlite)? {
+        return Ok(Err(Stale));
+    }
+    let mut report = IngestReport {
+        coalesced: placement.coalesced,
+        held_back: Vec::new(),
+    };
+    // Each slot's update, once written.
+    let mut written: Vec<Option<i64>> = vec![None; placement.slots.len()];
+    let mut slots: Vec<Option<super::placement::Slot>> =
+        placement.slots.into_iter().map(Some).collect();
+    let now = placement.now;
+    for ((incoming, holding), parts) in batch.iter().zip(placement.held_back).zip(placement.parts) {
+        let received_ms = received_ms(incoming, now);
+        if let Some((key, newer_ms)) = holding {
             let reason = format!(
                 "key {key} has a newer update (received {}) than this record (received {}); replaying would overwrite it (--force sends it anyway)",
                 crate::format_utc(u64::try_from(newer_ms).unwrap_or(0) / 1000, ' '),
                 crate::format_utc(u64::try_from(received_ms).unwrap_or(0) / 1000, ' '),
             );
-            report.held_back.push(HeldBack {
-                letter: replay.letter,
-                line: incoming.line,
-                key,
-                reason,
-            });
+            if let Some(replay) = incoming.replay {
+                report.held_back.push(HeldBack {
+                    letter: replay.letter,
+                    line: incoming.line,
+                    key,
+                    reason,
+                });
+            }
             continue;
         }
         if let Some(replay) = incoming.replay {
-            tx.prepare_cached("UPDATE dead_letters SET replayed_by = ?1 WHERE id = ?2")
+            state
+                .conn
+                .prepare_cached("UPDATE dead_letters SET replayed_by = ?1 WHERE id = ?2")
                 .and_then(|mut s| s.execute(params![run, replay.letter]))
                 .map_err(sqlite)?;
         }
-        match incoming.outcome {
+        match &incoming.outcome {
             PlanOutcome::Skip(_) => {
-                tally.credit(
+                state.tally.credit(
                     run,
                     &[],
                     Some(Fate::Skipped),
@@ -88,7 +215,7 @@ pub(super) fn ingest_batch(
                     RecordFate::Skipped => Fate::Skipped,
                     RecordFate::Rejected => Fate::Rejected,
                 };
-                tally.credit(
+                state.tally.credit(
                     run,
                     &error.audiences,
                     Some(fate),
@@ -97,7 +224,7 @@ pub(super) fn ingest_batch(
                     Some(&error.code),
                 );
                 insert_letter(
-                    tx,
+                    &state.conn,
                     run,
                     incoming.line,
                     &incoming.record,
@@ -112,25 +239,36 @@ pub(super) fn ingest_batch(
             }
             PlanOutcome::Send(requests) => {
                 let mut all_audiences: Vec<String> = Vec::new();
-                for request in &requests {
+                for request in requests {
                     for a in &request.audiences {
                         if !all_audiences.contains(a) {
                             all_audiences.push(a.clone());
                         }
                     }
                 }
-                tally.credit(run, &all_audiences, None, true, true, None);
-                for (part, request) in requests.into_iter().enumerate() {
-                    let audiences =
-                        serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
-                    let seq = match enqueue(tx, sending, ready, request, merge, path)? {
-                        Enqueued::Merged(seq) => {
-                            report.coalesced += 1;
+                state
+                    .tally
+                    .credit(run, &all_audiences, None, true, true, None);
+                for (part, (request, slot)) in requests.iter().zip(parts).enumerate() {
+                    let seq = match written[slot] {
+                        Some(seq) => seq,
+                        None => {
+                            let slot_update =
+                                slots[slot].take().ok_or_else(|| JournalError::BadRow {
+                                    path: path.to_owned(),
+                                    what: "placement",
+                                    detail: format!("slot {slot} used twice"),
+                                })?;
+                            let seq = write_slot(state, slot_update, path)?;
+                            written[slot] = Some(seq);
                             seq
                         }
-                        Enqueued::New(seq) => seq,
                     };
-                    tx.prepare_cached(INSERT_SOURCE)
+                    let audiences =
+                        serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
+                    state
+                        .conn
+                        .prepare_cached(INSERT_SOURCE)
                         .and_then(|mut s| {
                             s.execute(params![
                                 seq,
@@ -148,14 +286,16 @@ pub(super) fn ingest_batch(
         }
     }
     if report.coalesced > 0 {
-        tx.execute(
-            "UPDATE runs SET coalesced = coalesced + ?2 WHERE id = ?1",
-            params![run, report.coalesced as i64],
-        )
-        .map_err(sqlite)?;
+        state
+            .conn
+            .execute(
+                "UPDATE runs SET coalesced = coalesced + ?2 WHERE id = ?1",
+                params![run, report.coalesced as i64],
+            )
+            .map_err(sqlite)?;
     }
     if let Some(c) = checkpoint {
-        tx.execute(
+        state.conn.execute(
             "INSERT INTO checkpoints(input, identity, offset, line, updated_ms, digest)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(input) DO UPDATE SET identity = ?2, offset = ?3, line = ?4, updated_ms = ?5, digest = ?6",
@@ -163,82 +303,54 @@ pub(super) fn ingest_batch(
         )
         .map_err(sqlite)?;
     }
-    Ok(report)
+    Ok(Ok(report))
 }
 
-/// The key and time of the newest update — delivered, or queued — that
-/// one of `requests`' keys received after `received_ms`.
-fn newer_update(
-    tx: &Connection,
-    requests: &[Request],
-    received_ms: i64,
-) -> rusqlite::Result<Option<(String, i64)>> {
-    for request in requests {
-        let delivered: Option<i64> = tx
-            .prepare_cached("SELECT received_ms FROM delivered WHERE key = ?1")?
-            .query_row([&request.key], |r| r.get(0))
-            .optional()?;
-        let queued: Option<i64> = tx
-            .prepare_cached(
-                "SELECT max(s.received_ms) FROM sources s JOIN updates u ON u.seq = s.seq WHERE u.key = ?1",
-            )?
-            .query_row([&request.key], |r| r.get(0))?;
-        if let Some(newest) = delivered.max(queued).filter(|t| *t > received_ms) {
-            return Ok(Some((request.key.clone(), newest)));
-        }
-    }
-    Ok(None)
-}
-
-enum Enqueued {
-    Merged(i64),
-    New(i64),
-}
-
-/// Merges `request` into the newest queued update for its key when that one
-/// is not on the wire and the two merge; otherwise queues it behind.
-fn enqueue(
-    tx: &Connection,
-    sending: &HashSet<i64>,
-    ready: &mut HashMap<i64, Request>,
-    request: Request,
-    merge: Merge<'_>,
+/// Writes a slot's update: over its head, or as a new queued update.
+fn write_slot(
+    state: &mut State,
+    slot: super::placement::Slot,
     path: &Path,
-) -> Result<Enqueued, JournalError> {
-    let sqlite = |source| JournalError::Sqlite {
-        path: path.to_owned(),
-        source,
-    };
-    let newest: Option<(i64, String)> = tx
-        .prepare_cached(NEWEST_FOR_KEY)
-        .and_then(|mut s| {
-            s.query_row([&request.key], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()
-        })
-        .map_err(sqlite)?;
-    if let Some((seq, text)) = newest
-        && !sending.contains(&seq)
-    {
-        let older = parse_request(&text, path)?;
-        if let Some(merged) = merge(&older, &request) {
-            store_request(tx, seq, &merged, path)?;
-            if let Some(kept) = ready.get_mut(&seq) {
-                *kept = merged;
-            }
-            return Ok(Enqueued::Merged(seq));
+) -> Result<i64, JournalError> {
+    if let Some(seq) = slot.into {
+        store_request(&state.conn, seq, &slot.request, path)?;
+        state.revised(seq);
+        if let Some(kept) = state.ready.get_mut(&seq) {
+            *kept = slot.request;
         }
+        return Ok(seq);
     }
-    let text = serde_json::to_string(&request).map_err(|e| JournalError::BadRow {
+    let text = serde_json::to_string(&slot.request).map_err(|e| JournalError::BadRow {
         path: path.to_owned(),
         what: "update",
         detail: e.to_string(),
     })?;
-    tx.prepare_cached(INSERT_UPDATE)
-        .and_then(|mut s| s.execute(params![request.key, text]))
-        .map_err(sqlite)?;
-    let seq = tx.last_insert_rowid();
-    if ready.len() < READY_REQUESTS {
-        ready.insert(seq, request);
+    state
+        .conn
+        .prepare_cached(INSERT_UPDATE)
+        .and_then(|mut s| s.execute(params![slot.request.key, text]))
+        .map_err(|source| JournalError::Sqlite {
+            path: path.to_owned(),
+            source,
+        })?;
+    let seq = state.conn.last_insert_rowid();
+    if state.ready.len() < READY_REQUESTS {
+        state.ready.insert(seq, slot.request);
     }
-    Ok(Enqueued::New(seq))
+    Ok(seq)
+}
+
+/// When the newest update — delivered, or queued — of `request`'s key was
+/// received.
+fn newest_update(tx: &Connection, request: &Request) -> rusqlite::Result<Option<i64>> {
+    let delivered: Option<i64> = tx
+        .prepare_cached("SELECT received_ms FROM delivered WHERE key = ?1")?
+        .query_row([&request.key], |r| r.get(0))
+        .optional()?;
+    let queued: Option<i64> = tx
+        .prepare_cached(
+            "SELECT max(s.received_ms) FROM sources s JOIN updates u ON u.seq = s.seq WHERE u.key = ?1",
+        )?
+        .query_row([&request.key], |r| r.get(0))?;
+    Ok(delivered.max(queued))
 }

@@ -46,7 +46,7 @@ fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
         response: "{}".into(),
     };
     let batch = vec![incoming(2, patch(2, json!({"a": 2}), &[]))];
-    let journaled = journal.ingest_once(run, batch, &receipt, &merge).unwrap();
+    let journaled = super::tests::ingest_once(&journal, run, batch, &receipt);
     assert!(matches!(journaled, Intake::Journaled(_)), "{journaled:?}");
     drop(journal);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -28,6 +28,7 @@ mod intake;
 mod letters;
 #[cfg(test)]
 mod migration_tests;
+mod placement;
 mod receipts;
 mod store;
 mod tally;
@@ -50,6 +51,7 @@ pub use letters::{
     DeadLetter, LetterFilter, LetterPreview, MAX_STORED_RESPONSE_BYTES, PREVIEW_CHARS,
     request_summary,
 };
+pub use placement::{Chains, Head, Placement, Prepared, Stale};
 pub use receipts::{Backlog, Earlier, Intake, RECEIPT_TTL_MS, Receipt};
 use store::SCHEMA_VERSION;
 pub use store::default_journal_path;
@@ -108,8 +110,10 @@ pub enum JournalError {
 pub type RunId = i64;
 
 /// The destination's way to combine two updates queued for one key into
-/// one (`None`: they do not combine and are sent in order). The journal
-/// knows nothing of what a request means; it asks.
+/// one (`None`: they do not combine and are sent in order), for the
+/// journal's own calls that combine and write in one go
+/// ([`Journal::ingest`], [`Journal::begin_attempt`]): the journal knows
+/// nothing of what a request means; it asks, outside any transaction.
 pub type Merge<'a> = &'a dyn Fn(&Request, &Request) -> Option<Request>;
 
 /// One planned record, ready to be journaled.
@@ -194,6 +198,14 @@ pub struct Attempt {
     pub request: Request,
 }
 
+/// An attempt started, and the updates queued behind it for its key that
+/// may fold into it (oldest first; [`Journal::fold`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Begun {
+    pub attempt: Attempt,
+    pub later: Vec<Head>,
+}
+
 /// Counters of one run, as stored.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Counts {
@@ -250,6 +262,11 @@ struct State {
     /// does not read and parse it back (at most [`READY_REQUESTS`]; an
     /// update not here is read from the database).
     ready: HashMap<i64, Request>,
+    /// Revisions of updates whose request was rewritten (a merge, a fold);
+    /// one not here is at revision 0. Lets a write check that what it
+    /// combined is still what is queued.
+    revisions: HashMap<i64, u64>,
+    last_revision: u64,
     /// Keys owned by a worker, and the update it is on.
     claimed: HashMap<String, i64>,
     /// Dispatch has looked at every update up to here.
@@ -270,6 +287,22 @@ struct State {
 }
 
 impl State {
+    fn revision(&self, seq: i64) -> u64 {
+        self.revisions.get(&seq).copied().unwrap_or(0)
+    }
+
+    /// `seq`'s request was rewritten.
+    fn revised(&mut self, seq: i64) {
+        self.last_revision += 1;
+        self.revisions.insert(seq, self.last_revision);
+    }
+
+    /// `seq` is no longer queued.
+    fn forget(&mut self, seq: i64) {
+        self.revisions.remove(&seq);
+        self.ready.remove(&seq);
+    }
+
     /// Joins (or opens) the group transaction.
     fn begin(&mut self) -> rusqlite::Result<()> {
         if self.group.is_none() {

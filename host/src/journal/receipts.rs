@@ -9,7 +9,8 @@ use rusqlite::{OptionalExtension, params};
 
 use super::intake::ingest_batch;
 use super::{
-    Counts, Incoming, IngestReport, Journal, JournalError, Merge, RunId, RunStats, State, now_ms,
+    Counts, Incoming, IngestReport, Journal, JournalError, Placement, RunId, RunStats, Stale,
+    now_ms,
 };
 
 /// How long an idempotency key's answer is kept.
@@ -84,28 +85,23 @@ impl Journal {
 
     /// Journals `batch` and its receipt in one durable transaction, unless
     /// the receipt's key was seen within the TTL (then nothing is
-    /// journaled). Receipts past the TTL are forgotten on the way.
+    /// journaled). Receipts past the TTL are forgotten on the way. A
+    /// placement that went stale meanwhile writes nothing ([`Stale`]).
     pub fn ingest_once(
         &self,
         run: RunId,
-        batch: Vec<Incoming>,
+        batch: &[Incoming],
+        placement: Placement,
         receipt: &Receipt,
-        merge: Merge<'_>,
-    ) -> Result<Intake, JournalError> {
+    ) -> Result<Result<Intake, Stale>, JournalError> {
         let now = now_ms();
         let since = now.saturating_sub(RECEIPT_TTL_MS as i64);
         let mut state = self.state();
         state.healthy(&self.path)?;
         state.begin().map_err(|e| self.err(e))?;
-        let result = (|| -> Result<Intake, JournalError> {
-            let State {
-                conn,
-                sending,
-                ready,
-                tally,
-                ..
-            } = &mut *state;
-            let earlier = conn
+        let result = (|| -> Result<Result<Intake, Stale>, JournalError> {
+            let earlier = state
+                .conn
                 .prepare_cached(RECEIPT_OF)
                 .and_then(|mut s| {
                     s.query_row(params![receipt.key, since], earlier_row)
@@ -113,11 +109,13 @@ impl Journal {
                 })
                 .map_err(|e| self.err(e))?;
             if let Some(earlier) = earlier {
-                return Ok(Intake::Repeated(Earlier::of(&receipt.digest, earlier)));
+                return Ok(Ok(Intake::Repeated(Earlier::of(&receipt.digest, earlier))));
             }
-            let report = ingest_batch(
-                conn, tally, sending, ready, run, batch, None, merge, &self.path,
-            )?;
+            let report = match ingest_batch(&mut state, run, batch, placement, None, &self.path)? {
+                Ok(report) => report,
+                Err(Stale) => return Ok(Err(Stale)),
+            };
+            let conn = &state.conn;
             conn.prepare_cached("DELETE FROM receipts WHERE received_ms < ?1")
                 .and_then(|mut s| s.execute([since]))
                 .and_then(|_| {
@@ -130,11 +128,13 @@ impl Journal {
                     s.execute(params![receipt.key, receipt.response, now, receipt.digest])
                 })
                 .map_err(|e| self.err(e))?;
-            Ok(Intake::Journaled(report))
+            Ok(Ok(Intake::Journaled(report)))
         })()
         // Accepted means on disk, whatever happens to the machine next.
         .and_then(|intake| {
-            state.commit().map_err(|e| self.err(e))?;
+            if intake.is_ok() {
+                state.commit().map_err(|e| self.err(e))?;
+            }
             Ok(intake)
         });
         if let Err(e) = &result {

@@ -283,6 +283,8 @@ impl Journal {
                 conn,
                 sending: HashSet::new(),
                 ready: HashMap::new(),
+                revisions: HashMap::new(),
+                last_revision: 0,
                 claimed: HashMap::new(),
                 cursor: 0,
                 group: None,

@@ -54,6 +54,25 @@ pub(super) fn merge(older: &Request, newer: &Request) -> Option<Request> {
     })
 }
 
+/// [`Journal::ingest_once`] with the batch combined by [`merge`].
+pub(super) fn ingest_once(
+    journal: &Journal,
+    run: RunId,
+    batch: Vec<Incoming>,
+    receipt: &Receipt,
+) -> Intake {
+    let (asked, chains) = journal.prepare(&batch).unwrap().chains(&batch);
+    let combined = chains
+        .into_iter()
+        .map(|chain| crate::queue::fold_chain(chain, merge))
+        .collect();
+    let placement = asked.place(combined, &batch);
+    journal
+        .ingest_once(run, &batch, placement, receipt)
+        .unwrap()
+        .unwrap()
+}
+
 pub(super) fn incoming(line: u64, request: Request) -> Incoming {
     Incoming {
         line,
@@ -478,7 +497,7 @@ fn an_idempotency_key_journals_its_batch_once_within_a_day() {
     // A batch of one update of item `id`, under `receipt`.
     let ingest = |id: u64, receipt: &Receipt| {
         let batch = vec![incoming(id, patch(id, json!({ "a": id }), &[]))];
-        journal.ingest_once(run, batch, receipt, &merge).unwrap()
+        ingest_once(&journal, run, batch, receipt)
     };
     let first = Receipt {
         key: "batch-1".into(),

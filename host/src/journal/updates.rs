@@ -6,13 +6,14 @@ use std::path::Path;
 use destination_types::Request;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::intake::ingest_batch;
+use super::intake::{ingest_batch, prepare};
 use super::letters::{bounded_response, insert_letter, request_summary};
 use super::tally::{Fate, Tally};
 use super::{
-    Attempt, Checkpoint, Claim, Incoming, IngestReport, Journal, JournalError, Merge, RunId, State,
-    Verdict, now_ms,
+    Attempt, Begun, Checkpoint, Claim, Head, Incoming, IngestReport, Journal, JournalError, Merge,
+    Placement, Prepared, RunId, Stale, State, Verdict, now_ms,
 };
+use crate::queue::fold_chain;
 
 // The statements run for every update (named so the test of their plans
 // can find them in the statement cache).
@@ -22,6 +23,7 @@ pub(super) const LATER_FOR_KEY: &str =
 pub(super) const FIRST_FOR_KEY: &str =
     "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1";
 pub(super) const REQUEST_OF: &str = "SELECT request FROM updates WHERE seq = ?1";
+pub(super) const IS_QUEUED: &str = "SELECT 1 FROM updates WHERE seq = ?1";
 pub(super) const SOURCES_OF: &str = "SELECT id, run_id, line, first_part, audiences, received_ms FROM sources WHERE seq = ?1 ORDER BY id";
 pub(super) const DELETE_SOURCES: &str = "DELETE FROM sources WHERE seq = ?1";
 pub(super) const DELETE_UPDATE: &str = "DELETE FROM updates WHERE seq = ?1";
@@ -48,9 +50,11 @@ impl Journal {
     }
 
     /// Journals a batch of planned records, and the input position after
-    /// them, in one durable transaction. A replayed record whose key
-    /// has a newer update is held back (unless forced): not journaled, its
-    /// letter not marked replayed.
+    /// them, in one durable transaction, combining updates with `merge`
+    /// (called outside the transaction): [`Journal::prepare`], then
+    /// [`Journal::ingest_placed`]. A replayed record whose key has a newer
+    /// update is held back (unless forced): not journaled, its letter not
+    /// marked replayed.
     pub fn ingest(
         &self,
         run: RunId,
@@ -58,24 +62,47 @@ impl Journal {
         checkpoint: Option<&Checkpoint>,
         merge: Merge<'_>,
     ) -> Result<IngestReport, JournalError> {
+        loop {
+            let (asked, chains) = self.prepare(&batch)?.chains(&batch);
+            let combined = chains
+                .into_iter()
+                .map(|chain| fold_chain(chain, merge))
+                .collect();
+            let placement = asked.place(combined, &batch);
+            if let Ok(report) = self.ingest_placed(run, &batch, placement, checkpoint)? {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// What a batch's keys hold now, for combining its updates with them.
+    pub fn prepare(&self, batch: &[Incoming]) -> Result<Prepared, JournalError> {
+        let mut state = self.state();
+        state.healthy(&self.path)?;
+        prepare(&mut state, batch, &self.path)
+    }
+
+    /// Journals `batch` where `placement` puts it, and the input position
+    /// after it, in one durable transaction — unless a key changed since
+    /// the batch was prepared ([`Stale`]: nothing is written).
+    pub fn ingest_placed(
+        &self,
+        run: RunId,
+        batch: &[Incoming],
+        placement: Placement,
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<Result<IngestReport, Stale>, JournalError> {
         let mut state = self.state();
         state.healthy(&self.path)?;
         state.begin().map_err(|e| self.err(e))?;
-        let State {
-            conn,
-            sending,
-            ready,
-            tally,
-            ..
-        } = &mut *state;
-        let result = ingest_batch(
-            conn, tally, sending, ready, run, batch, checkpoint, merge, &self.path,
-        )
-        // Accepted means on disk, whatever happens to the machine next.
-        .and_then(|coalesced| {
-            state.commit().map_err(|e| self.err(e))?;
-            Ok(coalesced)
-        });
+        let result = ingest_batch(&mut state, run, batch, placement, checkpoint, &self.path)
+            // Accepted means on disk, whatever happens to the machine next.
+            .and_then(|written| {
+                if written.is_ok() {
+                    state.commit().map_err(|e| self.err(e))?;
+                }
+                Ok(written)
+            });
         if let Err(e) = &result {
             state.abandon(&e.to_string());
         }
@@ -110,23 +137,87 @@ impl Journal {
         Ok(None)
     }
 
-    /// Starts an attempt at `claim`: newer updates queued behind it fold in,
-    /// and the request to send now (the newest state) is returned. Until
-    /// [`Journal::attempt_failed`] or [`Journal::finish`], nothing merges
-    /// into it.
+    /// Starts an attempt at `claim`: newer updates queued behind it fold in
+    /// (combined by `merge`, outside any transaction: [`Journal::begin`],
+    /// then [`Journal::fold`]), and the request to send now (the newest
+    /// state) is returned. Until [`Journal::attempt_failed`] or
+    /// [`Journal::finish`], nothing merges into it.
     pub fn begin_attempt(
         &self,
         claim: &Claim,
         current_run: RunId,
         merge: Merge<'_>,
     ) -> Result<Request, JournalError> {
+        loop {
+            let Begun { attempt, later } = self.begin(claim)?;
+            if later.is_empty() {
+                return Ok(attempt.request);
+            }
+            let chain = std::iter::once(attempt.request.clone())
+                .chain(later.iter().map(|head| head.request.clone()))
+                .collect();
+            let Some(first) = fold_chain(chain, merge).into_iter().next() else {
+                return Ok(attempt.request);
+            };
+            if first.inputs == 1 {
+                return Ok(attempt.request);
+            }
+            let folded = &later[..first.inputs - 1];
+            if self
+                .fold(claim, &first.request, folded, current_run)?
+                .is_ok()
+            {
+                return Ok(first.request);
+            }
+        }
+    }
+
+    /// Starts an attempt at `claim` (nothing merges into it until
+    /// [`Journal::attempt_failed`] or [`Journal::finish`]): its request as
+    /// queued, and the updates queued behind it, which the caller may
+    /// combine with it and [`Journal::fold`] in.
+    pub fn begin(&self, claim: &Claim) -> Result<Begun, JournalError> {
         let mut state = self.state();
         state.healthy(&self.path)?;
-        let result = self.fold_later_updates(&mut state, claim, current_run, merge);
-        match result {
-            Ok(request) => {
+        let read = (|| -> Result<(Request, Vec<Head>), JournalError> {
+            let request = match state.ready.remove(&claim.seq) {
+                Some(request) => request,
+                None => load_request(&state.conn, claim.seq, &self.path)?,
+            };
+            let rows: Vec<(i64, String)> = state
+                .conn
+                .prepare_cached(LATER_FOR_KEY)
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![claim.key, claim.seq], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .and_then(|rows| rows.collect())
+                })
+                .map_err(|e| self.err(e))?;
+            let mut later = Vec::with_capacity(rows.len());
+            for (seq, text) in rows {
+                let request = match state.ready.get(&seq) {
+                    Some(request) => request.clone(),
+                    None => parse_request(&text, &self.path)?,
+                };
+                later.push(Head {
+                    seq,
+                    revision: state.revision(seq),
+                    request,
+                });
+            }
+            Ok((request, later))
+        })();
+        match read {
+            Ok((request, later)) => {
                 state.sending.insert(claim.seq);
-                Ok(request)
+                Ok(Begun {
+                    attempt: Attempt {
+                        claim: claim.clone(),
+                        request,
+                    },
+                    later,
+                })
             }
             Err(e) => {
                 state.abandon(&e.to_string());
@@ -135,63 +226,71 @@ impl Journal {
         }
     }
 
-    fn fold_later_updates(
+    /// Folds `folded` (updates queued behind `claim`, as
+    /// [`Journal::begin`] read them) into `claim`'s update, whose request
+    /// becomes `request` — unless one of them changed since ([`Stale`]:
+    /// nothing is written; begin again).
+    pub fn fold(
         &self,
-        state: &mut State,
         claim: &Claim,
+        request: &Request,
+        folded: &[Head],
         current_run: RunId,
-        merge: Merge<'_>,
-    ) -> Result<Request, JournalError> {
-        let mut request = match state.ready.remove(&claim.seq) {
-            Some(request) => request,
-            None => load_request(&state.conn, claim.seq, &self.path)?,
-        };
-        let tx = &state.conn;
-        let later: Vec<(i64, String)> = {
-            let mut stmt = tx.prepare_cached(LATER_FOR_KEY).map_err(|e| self.err(e))?;
-            stmt.query_map(params![claim.key, claim.seq], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(|e| self.err(e))?
-        };
-        if later.is_empty() {
-            return Ok(request);
-        }
-        state.begin().map_err(|e| self.err(e))?;
-        let tx = &state.conn;
-        let mut folded = 0i64;
-        for (seq, text) in later {
-            state.ready.remove(&seq);
-            let newer = parse_request(&text, &self.path)?;
-            let Some(merged) = merge(&request, &newer) else {
-                break;
-            };
-            request = merged;
-            tx.execute(
-                "UPDATE sources SET seq = ?1 WHERE seq = ?2",
-                params![claim.seq, seq],
-            )
-            .map_err(|e| self.err(e))?;
-            tx.prepare_cached(DELETE_UPDATE)
-                .and_then(|mut s| s.execute([seq]))
+    ) -> Result<Result<(), Stale>, JournalError> {
+        let mut state = self.state();
+        state.healthy(&self.path)?;
+        for head in folded {
+            let queued: bool = state
+                .conn
+                .prepare_cached(IS_QUEUED)
+                .and_then(|mut s| s.exists([head.seq]))
                 .map_err(|e| self.err(e))?;
-            folded += 1;
+            if !queued
+                || state.revision(head.seq) != head.revision
+                || state.sending.contains(&head.seq)
+            {
+                return Ok(Err(Stale));
+            }
         }
-        if folded > 0 {
-            store_request(tx, claim.seq, &request, &self.path)?;
-            tx.execute(
-                "UPDATE runs SET coalesced = coalesced + ?2 WHERE id = ?1",
-                params![current_run, folded],
-            )
-            .map_err(|e| self.err(e))?;
+        let written = (|| {
+            state.begin().map_err(|e| self.err(e))?;
+            for head in folded {
+                state
+                    .conn
+                    .execute(
+                        "UPDATE sources SET seq = ?1 WHERE seq = ?2",
+                        params![claim.seq, head.seq],
+                    )
+                    .map_err(|e| self.err(e))?;
+                state
+                    .conn
+                    .prepare_cached(DELETE_UPDATE)
+                    .and_then(|mut s| s.execute([head.seq]))
+                    .map_err(|e| self.err(e))?;
+                state.forget(head.seq);
+            }
+            store_request(&state.conn, claim.seq, request, &self.path)?;
+            state.revised(claim.seq);
+            state
+                .conn
+                .execute(
+                    "UPDATE runs SET coalesced = coalesced + ?2 WHERE id = ?1",
+                    params![current_run, folded.len() as i64],
+                )
+                .map_err(|e| self.err(e))?;
+            state.done().map_err(|e| self.err(e))
+        })();
+        match written {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => {
+                state.abandon(&e.to_string());
+                Err(e)
+            }
         }
-        state.done().map_err(|e| self.err(e))?;
-        Ok(request)
     }
 
     /// Claims the oldest queued update whose key no worker owns and starts
-    /// an attempt at it, in one step.
+    /// an attempt at it, in one step (later updates folded in by `merge`).
     pub fn take(
         &self,
         current_run: RunId,
@@ -204,25 +303,27 @@ impl Journal {
         Ok(Some(Attempt { claim, request }))
     }
 
+    /// [`Journal::take`] without folding: the attempt and what may fold
+    /// into it.
+    pub fn take_begun(&self) -> Result<Option<Begun>, JournalError> {
+        match self.claim_next()? {
+            Some(claim) => self.begin(&claim).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Records the verdict on `claim` ([`Journal::finish`]) and starts the
     /// next attempt: at the key's next update if it has one, else at the
-    /// oldest free one ([`Journal::take`]).
-    pub fn finish_and_take(
+    /// oldest free one ([`Journal::take_begun`]).
+    pub fn finish_and_begin(
         &self,
         claim: &Claim,
         verdict: &Verdict,
         current_run: RunId,
-        merge: Merge<'_>,
-    ) -> Result<Option<Attempt>, JournalError> {
+    ) -> Result<Option<Begun>, JournalError> {
         match self.finish(claim, verdict, current_run)? {
-            Some(next) => {
-                let request = self.begin_attempt(&next, current_run, merge)?;
-                Ok(Some(Attempt {
-                    claim: next,
-                    request,
-                }))
-            }
-            None => self.take(current_run, merge),
+            Some(next) => self.begin(&next).map(Some),
+            None => self.take_begun(),
         }
     }
 
@@ -269,9 +370,13 @@ impl Journal {
             }
         };
         let State {
-            sending, claimed, ..
+            sending,
+            claimed,
+            revisions,
+            ..
         } = &mut *state;
         sending.remove(&claim.seq);
+        revisions.remove(&claim.seq);
         Ok(match next {
             Some(seq) => {
                 claimed.insert(claim.key.clone(), seq);
@@ -308,7 +413,11 @@ pub(super) fn parse_request(text: &str, path: &Path) -> Result<Request, JournalE
     })
 }
 
-fn load_request(tx: &Connection, seq: i64, path: &Path) -> Result<Request, JournalError> {
+pub(super) fn load_request(
+    tx: &Connection,
+    seq: i64,
+    path: &Path,
+) -> Result<Request, JournalError> {
     let text: String = tx
         .prepare_cached(REQUEST_OF)
         .and_then(|mut s| s.query_row([seq], |r| r.get(0)))

@@ -1,7 +1,8 @@
 //! The queue on the SQLite journal: the journal on a thread of its own, so
 //! no SQLite call or fsync ever runs on an async runtime's worker thread,
 //! and the journal commits grouped verdicts itself when no new work fills
-//! the group.
+//! the group. The destination combines updates between the journal's read
+//! and its write, never while the journal's thread waits on it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,13 +12,13 @@ use std::thread;
 use destination_types::Request;
 use tokio::sync::oneshot;
 
-use super::{Merger, Queue, RunEnd, RunStart, WorkQueue};
+use super::{Combiner, Queue, RunEnd, RunStart, WorkQueue};
 use crate::journal::{
-    Attempt, Checkpoint, Claim, DeadLetter, GROUP_COMMIT_WINDOW, Incoming, IngestReport, Journal,
-    JournalError, LetterFilter, Merge, RunId, RunRecord, Verdict,
+    Attempt, Begun, Checkpoint, Claim, DeadLetter, GROUP_COMMIT_WINDOW, Incoming, IngestReport,
+    Journal, JournalError, LetterFilter, Placement, RunId, RunRecord, Stale, Verdict,
 };
 
-type Job = Box<dyn FnOnce(&Journal, &Merger) + Send>;
+type Job = Box<dyn FnOnce(&Journal) + Send>;
 
 /// The journal on its own thread. The thread ends, after committing what
 /// is grouped, when the last handle is dropped.
@@ -33,6 +34,10 @@ pub struct JournalQueue {
     journal: Arc<Journal>,
     jobs: mpsc::Sender<Job>,
     ahead: Arc<Ahead>,
+    combine: Combiner,
+    /// Held by a batch from reading its keys' heads until its write is
+    /// handed to the thread: the next batch reads what this one wrote.
+    intake: tokio::sync::Mutex<()>,
     /// Answered when the thread has ended.
     finished: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -40,14 +45,14 @@ pub struct JournalQueue {
 /// Attempts started ahead, and why the journal failed, if it did.
 #[derive(Default)]
 struct Ahead {
-    attempts: Mutex<VecDeque<Attempt>>,
+    attempts: Mutex<VecDeque<Begun>>,
     /// How many to keep started.
     target: AtomicUsize,
     failed: Mutex<Option<String>>,
 }
 
 impl Ahead {
-    fn pop(&self) -> Option<Attempt> {
+    fn pop(&self) -> Option<Begun> {
         lock(&self.attempts).pop_front()
     }
 
@@ -56,14 +61,14 @@ impl Ahead {
     }
 
     /// On the journal's thread: starts attempts until `target` are waiting.
-    fn top_up(&self, journal: &Journal, run: RunId, merge: Merge<'_>) -> Result<(), JournalError> {
+    fn top_up(&self, journal: &Journal) -> Result<(), JournalError> {
         let missing = self
             .target
             .load(Ordering::Relaxed)
             .saturating_sub(lock(&self.attempts).len());
         for _ in 0..missing {
-            match journal.take(run, merge)? {
-                Some(attempt) => lock(&self.attempts).push_back(attempt),
+            match journal.take_begun()? {
+                Some(begun) => lock(&self.attempts).push_back(begun),
                 None => break,
             }
         }
@@ -72,10 +77,10 @@ impl Ahead {
 
     /// Takes every attempt out; what lets their keys go, if there were any.
     fn release_job(&self) -> Option<impl FnOnce(&Journal) + Send + 'static> {
-        let left: Vec<Attempt> = lock(&self.attempts).drain(..).collect();
+        let left: Vec<Begun> = lock(&self.attempts).drain(..).collect();
         (!left.is_empty()).then_some(move |journal: &Journal| {
-            for attempt in &left {
-                journal.release(&attempt.claim);
+            for begun in &left {
+                journal.release(&begun.attempt.claim);
             }
         })
     }
@@ -93,15 +98,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl JournalQueue {
-    /// Starts the journal's thread; `merge` is the destination's.
-    pub fn start(journal: Arc<Journal>, merge: Merger) -> Result<Self, JournalError> {
+    /// Starts the journal's thread; `combine` is the destination's.
+    pub fn start(journal: Arc<Journal>, combine: Combiner) -> Result<Self, JournalError> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (ended, finished) = oneshot::channel();
         let owned = journal.clone();
         thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
-                serve(&owned, &merge, &inbox);
+                serve(&owned, &inbox);
                 // Let go of the journal before saying so.
                 drop(owned);
                 let _ = ended.send(());
@@ -111,6 +116,8 @@ impl JournalQueue {
             journal,
             jobs,
             ahead: Arc::default(),
+            combine,
+            intake: tokio::sync::Mutex::new(()),
             finished: Mutex::new(Some(finished)),
         })
     }
@@ -143,20 +150,118 @@ impl JournalQueue {
         }
     }
 
+    /// Hands `work` to the journal's thread; its answer comes on the
+    /// receiver.
+    fn submit<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+    ) -> Result<oneshot::Receiver<Result<T, JournalError>>, JournalError> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |journal| {
+                let _ = answer.send(work(journal));
+            }))
+            .map_err(|_| thread_gone())?;
+        Ok(answered)
+    }
+
     /// Runs `work` on the journal's thread and awaits its answer.
     pub async fn call<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Journal, &Merger) -> Result<T, JournalError> + Send + 'static,
+        work: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
-        let (answer, answered) = oneshot::channel();
-        let gone = || JournalError::Thread("the journal's thread ended".into());
-        self.jobs
-            .send(Box::new(move |journal, merge| {
-                let _ = answer.send(work(journal, merge));
-            }))
-            .map_err(|_| gone())?;
-        answered.await.map_err(|_| gone())?
+        self.submit(work)?.await.map_err(|_| thread_gone())?
     }
+
+    /// Journals `batch` through `write`: the journal reads what its keys
+    /// hold, the destination combines their updates (off the journal's
+    /// thread), and `write` journals it where that placed it — all again if
+    /// the keys changed in between.
+    pub async fn ingest<T: Send + 'static>(
+        &self,
+        batch: Vec<Incoming>,
+        write: impl Fn(&Journal, &[Incoming], Placement) -> Result<Result<T, Stale>, JournalError>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Result<T, JournalError> {
+        let batch = Arc::new(batch);
+        let write = Arc::new(write);
+        loop {
+            let turn = self.intake.lock().await;
+            let read = batch.clone();
+            let prepared = self.call(move |journal| journal.prepare(&read)).await?;
+            let (asked, chains) = prepared.chains(&batch);
+            let combined = if chains.iter().any(|chain| chain.len() > 1) {
+                (self.combine)(chains).await
+            } else {
+                chains.into_iter().map(singles).collect()
+            };
+            let placement = asked.place(combined, &batch);
+            let (written, write) = (batch.clone(), write.clone());
+            let answer = self.submit(move |journal| write(journal, &written, placement))?;
+            drop(turn);
+            match answer.await.map_err(|_| thread_gone())?? {
+                Ok(done) => return Ok(done),
+                Err(Stale) => {
+                    tracing::debug!("a batch's keys changed while it was combined: again")
+                }
+            }
+        }
+    }
+
+    /// The attempt `begun` stands for, with the updates queued behind it
+    /// folded in as the destination combines them.
+    async fn fold_in(&self, mut begun: Begun, run: RunId) -> Result<Attempt, JournalError> {
+        loop {
+            if begun.later.is_empty() {
+                return Ok(begun.attempt);
+            }
+            let chain = std::iter::once(begun.attempt.request.clone())
+                .chain(begun.later.iter().map(|head| head.request.clone()))
+                .collect();
+            let first = (self.combine)(vec![chain])
+                .await
+                .into_iter()
+                .next()
+                .and_then(|kept| kept.into_iter().next());
+            let Some(first) = first.filter(|f| f.inputs > 1 && f.inputs <= begun.later.len() + 1)
+            else {
+                return Ok(begun.attempt);
+            };
+            let claim = begun.attempt.claim.clone();
+            let folded: Vec<_> = begun.later.drain(..first.inputs - 1).collect();
+            let request = first.request;
+            let refolded = self
+                .call(move |journal| {
+                    Ok(match journal.fold(&claim, &request, &folded, run)? {
+                        Ok(()) => Ok(Attempt { claim, request }),
+                        Err(Stale) => Err(journal.begin(&claim)?),
+                    })
+                })
+                .await;
+            match refolded {
+                Ok(Ok(attempt)) => return Ok(attempt),
+                Ok(Err(again)) => begun = again,
+                Err(e) => {
+                    self.ahead.fail(e.to_string());
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Every update of `chain` on its own.
+fn singles(chain: Vec<Request>) -> Vec<super::Combined> {
+    chain
+        .into_iter()
+        .map(|request| super::Combined { request, inputs: 1 })
+        .collect()
+}
+
+fn thread_gone() -> JournalError {
+    JournalError::Thread("the journal's thread ended".into())
 }
 
 impl Drop for JournalQueue {
@@ -164,17 +269,17 @@ impl Drop for JournalQueue {
     /// [`Queue::release_ahead`] was not awaited).
     fn drop(&mut self) {
         if let Some(release) = self.ahead.release_job() {
-            let _ = self.jobs.send(Box::new(move |journal, _| release(journal)));
+            let _ = self.jobs.send(Box::new(release));
         }
     }
 }
 
 /// The journal thread: runs jobs in order; when none has come for a group
 /// window, commits the verdicts grouped so far.
-fn serve(journal: &Journal, merge: &Merger, inbox: &mpsc::Receiver<Job>) {
+fn serve(journal: &Journal, inbox: &mpsc::Receiver<Job>) {
     loop {
         match inbox.recv_timeout(GROUP_COMMIT_WINDOW) {
-            Ok(job) => job(journal, merge),
+            Ok(job) => job(journal),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // A failure poisons the journal; the next job reports it.
                 let _ = journal.flush();
@@ -194,37 +299,44 @@ impl WorkQueue for JournalQueue {
         if let Some(why) = self.ahead.failed() {
             return Err(self.failure(why));
         }
-        if let Some(attempt) = self.ahead.pop() {
-            return Ok(Some(attempt));
+        let begun = match self.ahead.pop() {
+            Some(begun) => Some(begun),
+            None => {
+                let ahead = self.ahead.clone();
+                let taken = self
+                    .call(move |journal| {
+                        // Verdicts handed over before this call may have
+                        // started attempts meanwhile.
+                        let taken = match ahead.pop() {
+                            Some(begun) => Some(begun),
+                            None => journal.take_begun()?,
+                        };
+                        ahead.top_up(journal)?;
+                        Ok(taken)
+                    })
+                    .await;
+                if let Err(e) = &taken {
+                    self.ahead.fail(e.to_string());
+                }
+                taken?
+            }
+        };
+        match begun {
+            Some(begun) => self.fold_in(begun, run).await.map(Some),
+            None => Ok(None),
         }
-        let ahead = self.ahead.clone();
-        let taken = self
-            .call(move |journal, merge| {
-                let merge = |o: &Request, n: &Request| merge(o, n);
-                // Verdicts handed over before this call may have started
-                // attempts meanwhile.
-                let taken = match ahead.pop() {
-                    Some(attempt) => Some(attempt),
-                    None => journal.take(run, &merge)?,
-                };
-                ahead.top_up(journal, run, &merge)?;
-                Ok(taken)
-            })
-            .await;
-        if let Err(e) = &taken {
-            self.ahead.fail(e.to_string());
-        }
-        taken
     }
 
     async fn attempt(&self, claim: Claim, run: RunId) -> Result<Request, JournalError> {
-        self.call(move |journal, merge| journal.begin_attempt(&claim, run, &|o, n| merge(o, n)))
+        let begun = self.call(move |journal| journal.begin(&claim)).await?;
+        self.fold_in(begun, run)
             .await
+            .map(|attempt| attempt.request)
     }
 
     async fn attempt_failed(&self, claim: Claim) {
         let _ = self
-            .call(move |journal, _| {
+            .call(move |journal| {
                 journal.attempt_failed(&claim);
                 Ok(())
             })
@@ -233,32 +345,40 @@ impl WorkQueue for JournalQueue {
 
     async fn finish(&self, claim: Claim, verdict: Verdict, run: RunId) -> Result<(), JournalError> {
         let ahead = self.ahead.clone();
-        let job: Job = Box::new(move |journal, merge| {
-            let merge = |o: &Request, n: &Request| merge(o, n);
+        let job: Job = Box::new(move |journal| {
             let recorded = journal
-                .finish_and_take(&claim, &verdict, run, &merge)
+                .finish_and_begin(&claim, &verdict, run)
                 .and_then(|next| {
                     if let Some(next) = next {
                         lock(&ahead.attempts).push_back(next);
                     }
-                    ahead.top_up(journal, run, &merge)
+                    ahead.top_up(journal)
                 });
             if let Err(e) = recorded {
                 ahead.fail(e.to_string());
             }
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| JournalError::Thread("the journal's thread ended".into()))
+        self.jobs.send(job).map_err(|_| thread_gone())
     }
 
     async fn release(&self, claim: Claim) {
         let _ = self
-            .call(move |journal, _| {
+            .call(move |journal| {
                 journal.release(&claim);
                 Ok(())
             })
             .await;
+    }
+
+    async fn release_ahead(&self) {
+        if let Some(release) = self.ahead.release_job() {
+            let _ = self
+                .call(move |journal| {
+                    release(journal);
+                    Ok(())
+                })
+                .await;
+        }
     }
 }
 
@@ -268,11 +388,11 @@ impl Queue for JournalQueue {
     }
 
     async fn pending_target(&self) -> Result<Option<(String, u64)>, JournalError> {
-        self.call(|journal, _| journal.pending_api_base()).await
+        self.call(|journal| journal.pending_api_base()).await
     }
 
     async fn start_run(&self, start: RunStart) -> Result<(RunId, u64), JournalError> {
-        self.call(move |journal, _| {
+        self.call(move |journal| {
             let run = journal.start_run(
                 &start.kind,
                 &start.destination,
@@ -285,7 +405,7 @@ impl Queue for JournalQueue {
     }
 
     async fn end_run(&self, run: RunId, end: RunEnd) -> Result<(RunRecord, u64), JournalError> {
-        self.call(move |journal, _| {
+        self.call(move |journal| {
             journal.end_run(
                 run,
                 end.status,
@@ -299,11 +419,11 @@ impl Queue for JournalQueue {
     }
 
     async fn run_record(&self, run: RunId) -> Result<RunRecord, JournalError> {
-        self.call(move |journal, _| journal.run(run)).await
+        self.call(move |journal| journal.run(run)).await
     }
 
     async fn dead_letters(&self, filter: LetterFilter) -> Result<Vec<DeadLetter>, JournalError> {
-        self.call(move |journal, _| journal.dead_letters(&filter))
+        self.call(move |journal| journal.dead_letters(&filter))
             .await
     }
 
@@ -313,144 +433,16 @@ impl Queue for JournalQueue {
         batch: Vec<Incoming>,
         checkpoint: Option<Checkpoint>,
     ) -> Result<IngestReport, JournalError> {
-        self.call(move |journal, merge| {
-            journal.ingest(run, batch, checkpoint.as_ref(), &|o, n| merge(o, n))
+        self.ingest(batch, move |journal, batch, placement| {
+            journal.ingest_placed(run, batch, placement, checkpoint.as_ref())
         })
         .await
     }
 
-    async fn release_ahead(&self) {
-        if let Some(release) = self.ahead.release_job() {
-            let _ = self
-                .call(move |journal, _| {
-                    release(journal);
-                    Ok(())
-                })
-                .await;
-        }
-    }
-
     async fn has_pending(&self) -> Result<bool, JournalError> {
-        self.call(|journal, _| journal.has_pending()).await
+        self.call(|journal| journal.has_pending()).await
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use destination_types::{Method, PlanOutcome};
-
-    fn update(key: u64) -> Incoming {
-        Incoming {
-            line: key,
-            record: format!("{{\"id\": {key}}}"),
-            outcome: PlanOutcome::Send(vec![Request {
-                method: Method::Patch,
-                path: format!("/items/{key}"),
-                headers: Vec::new(),
-                body: format!("{{\"id\": {key}}}"),
-                key: key.to_string(),
-                audiences: Vec::new(),
-            }]),
-            replay: None,
-        }
-    }
-
-    /// A journal holding updates for keys 1..=`keys`, and its run.
-    fn journal(keys: u64) -> (Arc<Journal>, RunId) {
-        let journal = Arc::new(Journal::in_memory().unwrap());
-        let run = journal
-            .start_run("run", "test", "http://127.0.0.1/api/v2", None)
-            .unwrap();
-        journal
-            .ingest(run, (1..=keys).map(update).collect(), None, &|_, _| None)
-            .unwrap();
-        (journal, run)
-    }
-
-    fn no_merge() -> Merger {
-        Arc::new(|_, _| None)
-    }
-
-    async fn keys_left(queue: &JournalQueue, run: RunId) -> Vec<String> {
-        let mut keys = Vec::new();
-        while let Some(attempt) = queue.take(run).await.unwrap() {
-            keys.push(attempt.claim.key.clone());
-            queue
-                .finish(attempt.claim, Verdict::Delivered, run)
-                .await
-                .unwrap();
-        }
-        keys
-    }
-
-    #[tokio::test]
-    async fn attempts_taken_ahead_are_handed_out_in_order_and_let_go_at_the_end() {
-        let (journal, run) = journal(6);
-        let queue = JournalQueue::start(journal.clone(), no_merge())
-            .unwrap()
-            .prefetching(3);
-        let first = queue.take(run).await.unwrap().unwrap();
-        assert_eq!(first.claim.key, "1");
-        // Three more were started ahead; the next two come from them.
-        assert_eq!(lock(&queue.ahead.attempts).len(), 3);
-        let second = queue.take(run).await.unwrap().unwrap();
-        assert_eq!(second.claim.key, "2");
-        queue.release(first.claim).await;
-        queue.release(second.claim).await;
-        queue.release_ahead().await;
-        drop(queue);
-
-        // Everything not delivered is free again for the next run.
-        let next_run = journal
-            .start_run("resume", "test", "http://127.0.0.1/api/v2", None)
-            .unwrap();
-        let queue = JournalQueue::start(journal, no_merge()).unwrap();
-        assert_eq!(
-            keys_left(&queue, next_run).await,
-            ["1", "2", "3", "4", "5", "6"]
-        );
-        assert!(!queue.has_pending().await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn a_verdict_handed_over_is_recorded_before_anything_after_it() {
-        let (journal, run) = journal(50);
-        let queue = JournalQueue::start(journal.clone(), no_merge())
-            .unwrap()
-            .prefetching(8);
-        assert_eq!(keys_left(&queue, run).await.len(), 50);
-        let record = queue.run_record(run).await.unwrap();
-        assert_eq!(record.counts.delivered, 50);
-        assert_eq!(record.pending, 0);
-    }
-
-    #[tokio::test]
-    async fn after_a_lost_transaction_nothing_taken_ahead_is_handed_out() {
-        let (journal, run) = journal(20);
-        let queue = JournalQueue::start(journal.clone(), no_merge())
-            .unwrap()
-            .prefetching(4);
-        let first = queue.take(run).await.unwrap().unwrap();
-        assert_eq!(lock(&queue.ahead.attempts).len(), 4);
-        // The group holding the next verdict is lost.
-        journal.fail_next_commit();
-        queue
-            .finish(first.claim, Verdict::Delivered, run)
-            .await
-            .unwrap();
-        queue.call(|_, _| Ok(())).await.unwrap();
-        assert!(journal.flush().is_err());
-        let second = first_taken_ahead(&queue);
-        queue.finish(second, Verdict::Delivered, run).await.unwrap();
-        // Once the journal's thread has seen it, nothing more is taken.
-        let _ = queue.has_pending().await;
-        let refused = queue.take(run).await.unwrap_err();
-        assert!(matches!(refused, JournalError::Failed { .. }), "{refused}");
-        assert!(lock(&queue.ahead.attempts).is_empty());
-    }
-
-    fn first_taken_ahead(queue: &JournalQueue) -> Claim {
-        queue.ahead.pop().unwrap().claim
-    }
-}
+mod tests;

@@ -12,6 +12,7 @@
 //! ([`WorkQueue`]) over updates it holds in memory, its durable state
 //! being JetStream's ([`crate::cluster`]).
 
+mod combine;
 mod journal;
 
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub use journal::JournalQueue;
 
 /// How the destination combines two updates queued for one key.
 pub type Merger = Arc<dyn Fn(&Request, &Request) -> Option<Request> + Send + Sync>;
+
+pub use combine::{Combined, Combiner, fold_chain, never, pairwise};
 
 /// A run about to start.
 #[derive(Clone, Debug)]
@@ -83,6 +86,11 @@ pub trait WorkQueue: Send + Sync {
 
     /// Lets a key go without a verdict; its updates stay queued.
     fn release(&self, claim: Claim) -> impl Future<Output = ()> + Send;
+
+    /// The workers are done: lets go of whatever was taken ahead for them.
+    fn release_ahead(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// What a run needs from a queue: the work, and the history kept with it.
@@ -129,9 +137,6 @@ pub trait Queue: WorkQueue {
         batch: Vec<Incoming>,
         checkpoint: Option<Checkpoint>,
     ) -> impl Future<Output = Result<IngestReport, Self::Error>> + Send;
-
-    /// The workers are done: lets go of whatever was taken ahead for them.
-    fn release_ahead(&self) -> impl Future<Output = ()> + Send;
 
     /// Whether any update is queued.
     fn has_pending(&self) -> impl Future<Output = Result<bool, Self::Error>> + Send;

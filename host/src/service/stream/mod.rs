@@ -10,7 +10,7 @@
 //! keeps accepting records — they wait in the journal — and starts its
 //! workers again after a pause.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,18 +24,15 @@ use super::account::Account;
 use super::idempotency::IdempotencyKey;
 use crate::alerts::Alerts;
 use crate::clock::Clock;
-use crate::delivery::control::Control;
-use crate::delivery::dispatch::Counters;
-use crate::delivery::planner::plan_items;
 use crate::delivery::retry;
+use crate::delivery::{Handle, plan_items};
 use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::input::Item;
 use crate::journal::{
     Backlog, Counts, Earlier, Incoming, Intake, Journal, Receipt, RunId, RunStats,
 };
-use crate::limiter::Line;
-use crate::queue::{JournalQueue, Merger, Queue};
+use crate::queue::{JournalQueue, Queue};
 
 mod tasks;
 use tasks::{next_period, period_start, record_stats, supervise, upkeep};
@@ -161,19 +158,14 @@ struct Shared {
     account: Arc<Account>,
     guest: Arc<Guest>,
     queue: JournalQueue,
-    line: Line,
-    /// The run verdicts count in: the current period's.
-    run: AtomicI64,
+    /// The workers' hold: stop, counts, the run verdicts count in (the
+    /// current period's).
+    delivery: Handle,
     /// The current period's start (ms) and run; held while journaling a
     /// batch, so that no batch lands in a run being closed.
     period: tokio::sync::Mutex<(u64, RunId)>,
-    /// The workers' control; a new one each time they start.
-    control: Mutex<Arc<Control>>,
-    counters: Counters,
-    /// The counters as last added to a run.
+    /// The request counts as last added to a run.
     recorded: Mutex<RunStats>,
-    intake_done: AtomicBool,
-    last_verdict_ms: AtomicU64,
     backlog: Mutex<Backlog>,
     /// Updates possibly added since the backlog was read.
     accepted_since_backlog: AtomicU64,
@@ -202,21 +194,17 @@ impl Stream {
         journal: Arc<Journal>,
     ) -> Result<Self, AcceptError> {
         let journal_failed = |e: crate::journal::JournalError| AcceptError::Journal(e.to_string());
-        let merger: Merger = {
-            let guest = guest.clone();
-            Arc::new(move |older, newer| guest.merge_blocking(older, newer))
-        };
-        let queue = JournalQueue::start(journal, merger)
+        let queue = JournalQueue::start(journal, guest.combiner())
             .map_err(journal_failed)?
             .prefetching(settings.concurrency.max(1));
         let period = period_start(&settings);
         let (name, api_base) = (settings.name.clone(), api.base().as_str().to_owned());
         let run = queue
-            .call(move |journal, _| journal.stream_run(&name, &api_base, period))
+            .call(move |journal| journal.stream_run(&name, &api_base, period))
             .await
             .map_err(journal_failed)?;
         let backlog = queue
-            .call(|journal, _| journal.backlog())
+            .call(|journal| journal.backlog())
             .await
             .map_err(journal_failed)?;
         let now = settings.clock.now_ms();
@@ -226,14 +214,9 @@ impl Stream {
             account,
             guest,
             queue,
-            line: Line::default(),
-            run: AtomicI64::new(run),
+            delivery: Handle::new(run, now),
             period: tokio::sync::Mutex::new((period, run)),
-            control: Mutex::default(),
-            counters: Counters::default(),
             recorded: Mutex::default(),
-            intake_done: AtomicBool::new(false),
-            last_verdict_ms: AtomicU64::new(now),
             backlog: Mutex::new(backlog),
             accepted_since_backlog: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -254,10 +237,7 @@ impl Stream {
         &self,
         read: impl FnOnce(&Journal) -> Result<T, crate::journal::JournalError> + Send + 'static,
     ) -> Result<T, crate::journal::JournalError> {
-        self.shared
-            .queue
-            .call(move |journal, _| read(journal))
-            .await
+        self.shared.queue.call(move |journal| read(journal)).await
     }
 
     /// Plans the records of dead letters `ids` again with the current
@@ -301,7 +281,7 @@ impl Stream {
             .await
             .map_err(journal_failed)?;
         drop(period);
-        lock(&shared.control).work_available.notify_waiters();
+        shared.delivery.wake();
         Ok(Replayed {
             replayed: replayed - report.held_back.len() as u64,
             held_back: report.held_back,
@@ -310,7 +290,7 @@ impl Stream {
 
     /// The current period's run.
     pub fn current_run(&self) -> RunId {
-        self.shared.run.load(Ordering::Relaxed)
+        self.shared.delivery.run()
     }
 
     /// Plans `records` and journals them durably (with the answer, under
@@ -329,7 +309,7 @@ impl Stream {
             let (scoped, digest) = (key.scoped.clone(), key.digest.clone());
             let earlier = shared
                 .queue
-                .call(move |journal, _| journal.receipt(&scoped, &digest))
+                .call(move |journal| journal.receipt(&scoped, &digest))
                 .await
                 .map_err(journal_failed)?;
             match earlier {
@@ -370,8 +350,8 @@ impl Stream {
                 };
                 let intake = shared
                     .queue
-                    .call(move |journal, merge| {
-                        journal.ingest_once(run, batch, &receipt, &|o, n| merge(o, n))
+                    .ingest(batch, move |journal, batch, placement| {
+                        journal.ingest_once(run, batch, placement, &receipt)
                     })
                     .await
                     .map_err(journal_failed)?;
@@ -397,7 +377,7 @@ impl Stream {
             shared
                 .accepted_since_backlog
                 .fetch_add(answer.accepted, Ordering::Relaxed);
-            lock(&shared.control).work_available.notify_waiters();
+            shared.delivery.wake();
         }
         Ok(acceptance)
     }
@@ -413,16 +393,16 @@ impl Stream {
         let shared = &self.shared;
         let (totals, audiences) = shared
             .queue
-            .call(|journal, _| journal.totals())
+            .call(|journal| journal.totals())
             .await
             .map_err(|e| AcceptError::Journal(e.to_string()))?;
-        let counters = &shared.counters;
+        let requests = shared.delivery.requests();
         Ok(StreamStatus {
             backlog: *lock(&shared.backlog),
-            requests_sent: counters.requests_sent.load(Ordering::Relaxed),
-            rate_limited: counters.rate_limited.load(Ordering::Relaxed),
-            retries: counters.retries.load(Ordering::Relaxed),
-            refreshes: counters.refreshes.load(Ordering::Relaxed),
+            requests_sent: requests.requests_sent,
+            rate_limited: requests.rate_limited,
+            retries: requests.retries,
+            refreshes: requests.credential_refreshes,
             paused: lock(&shared.paused).clone(),
             totals,
             audiences,
@@ -442,7 +422,7 @@ impl Stream {
     pub async fn close(stream: Arc<Self>, grace: Duration) {
         stream.stop_accepting();
         let shared = stream.shared.clone();
-        lock(&shared.control).wind_down();
+        shared.delivery.wind_down();
         shared.drained.notify_waiters();
         let supervisor = lock(&stream.supervisor).take();
         if let Some(mut supervisor) = supervisor
@@ -452,7 +432,7 @@ impl Stream {
                 destination = %shared.settings.name,
                 "requests still in flight after {grace:?}: abandoned (they stay queued)"
             );
-            lock(&shared.control).interrupt();
+            shared.delivery.interrupt();
             let _ = supervisor.await;
         }
         stream.upkeep.abort();

@@ -2,16 +2,13 @@
 //! the period changes, keeping the backlog figures fresh and watching for
 //! stalls, and supervising the workers (pausing and starting them again).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use super::{AcceptError, Shared, StreamSettings, UPKEEP_EVERY, lock};
 use crate::alerts::{Alert, AlertKind};
-use crate::delivery::control::Control;
-use crate::delivery::dispatch::Dispatcher;
-use crate::delivery::report::StallWatch;
+use crate::delivery::{Driver, StallWatch, Standing, Supervisor};
 use crate::journal::{RunId, RunStats};
-use crate::queue::Queue;
 
 /// When the period `now` falls in started (epoch ms).
 pub(super) fn period_start(settings: &StreamSettings) -> u64 {
@@ -32,10 +29,7 @@ pub(super) async fn next_period(
     if start != period.0 {
         record_stats(shared).await;
         let closing = period.1;
-        if let Ok(record) = shared
-            .queue
-            .call(move |journal, _| journal.run(closing))
-            .await
+        if let Ok(record) = shared.queue.call(move |journal| journal.run(closing)).await
             && record.counts.rejected > 0
         {
             alert(
@@ -54,11 +48,11 @@ pub(super) async fn next_period(
         );
         let run = shared
             .queue
-            .call(move |journal, _| journal.stream_run(&name, &api_base, start))
+            .call(move |journal| journal.stream_run(&name, &api_base, start))
             .await
             .map_err(|e| AcceptError::Journal(e.to_string()))?;
         *period = (start, run);
-        shared.run.store(run, Ordering::Relaxed);
+        shared.delivery.count_in(run);
     }
     Ok(period)
 }
@@ -73,7 +67,7 @@ fn alert(shared: &Arc<Shared>, event: AlertKind, message: String, run: RunId) {
     tokio::spawn(async move {
         let summary = shared
             .queue
-            .call(move |journal, _| journal.run(run))
+            .call(move |journal| journal.run(run))
             .await
             .ok()
             .and_then(|record| serde_json::to_value(record).ok())
@@ -95,13 +89,7 @@ fn alert(shared: &Arc<Shared>, event: AlertKind, message: String, run: RunId) {
 
 /// Adds what the workers counted since last time to the current run.
 pub(super) async fn record_stats(shared: &Shared) {
-    let counters = &shared.counters;
-    let now = RunStats {
-        requests_sent: counters.requests_sent.load(Ordering::Relaxed),
-        rate_limited: counters.rate_limited.load(Ordering::Relaxed),
-        retries: counters.retries.load(Ordering::Relaxed),
-        credential_refreshes: counters.refreshes.load(Ordering::Relaxed),
-    };
+    let now = shared.delivery.requests();
     let delta = {
         let mut recorded = lock(&shared.recorded);
         let delta = RunStats {
@@ -113,10 +101,10 @@ pub(super) async fn record_stats(shared: &Shared) {
         *recorded = now;
         delta
     };
-    let run = shared.run.load(Ordering::Relaxed);
+    let run = shared.delivery.run();
     if let Err(e) = shared
         .queue
-        .call(move |journal, _| journal.add_run_stats(run, &delta))
+        .call(move |journal| journal.add_run_stats(run, &delta))
         .await
     {
         tracing::warn!("cannot record the run's request counts: {e}");
@@ -134,7 +122,7 @@ pub(super) async fn upkeep(shared: Arc<Shared>) {
         record_stats(&shared).await;
         if let Some(watch) = &mut stalls {
             let now = shared.settings.clock.now_ms();
-            let last = shared.last_verdict_ms.load(Ordering::Relaxed);
+            let last = shared.delivery.last_verdict_ms();
             if let Some(stalled_for) = watch.due(now, last)
                 && lock(&shared.backlog).updates > 0
             {
@@ -146,12 +134,12 @@ pub(super) async fn upkeep(shared: Arc<Shared>) {
                         "delivery has been stalled for {:.0} s with updates queued (rate limit, API errors or credentials)",
                         stalled_for as f64 / 1000.0
                     ),
-                    shared.run.load(Ordering::Relaxed),
+                    shared.delivery.run(),
                 );
             }
         }
         let before = shared.accepted_since_backlog.load(Ordering::Relaxed);
-        match shared.queue.call(|journal, _| journal.backlog()).await {
+        match shared.queue.call(|journal| journal.backlog()).await {
             Ok(backlog) => {
                 *lock(&shared.backlog) = backlog;
                 shared
@@ -169,73 +157,74 @@ pub(super) async fn upkeep(shared: Arc<Shared>) {
 /// Runs the workers; when they stop for a reason other than a shutdown,
 /// pauses and starts them again.
 pub(super) async fn supervise(shared: Arc<Shared>) {
-    // The verdict time when a login was last asked for: asked again only
-    // after delivery went on in between.
-    let mut login_asked_at: Option<u64> = None;
-    loop {
-        let control = Arc::new(Control::default());
-        *lock(&shared.control) = control.clone();
-        if shared.draining.load(Ordering::Acquire) {
-            break;
-        }
-        let dispatcher = Dispatcher {
-            api: &shared.api,
-            limiter: &shared.account.limiter,
-            line: &shared.line,
-            credentials: &*shared.account,
-            guest: &shared.guest,
-            queue: &shared.queue,
-            policy: shared.settings.policy,
-            run: &shared.run,
-            control: &control,
-            counters: &shared.counters,
-            intake_done: &shared.intake_done,
-            last_verdict_ms: &shared.last_verdict_ms,
-            progress: None,
-            clock: shared.settings.clock,
-        };
-        futures::future::join_all(
-            (0..shared.settings.concurrency.max(1)).map(|_| dispatcher.work()),
-        )
+    let driver = Driver {
+        api: &shared.api,
+        limiter: &shared.account.limiter,
+        credentials: &*shared.account,
+        guest: &shared.guest,
+        queue: &shared.queue,
+        policy: shared.settings.policy,
+        concurrency: shared.settings.concurrency,
+        clock: shared.settings.clock,
+        handle: &shared.delivery,
+        progress: None,
+    };
+    let supervisor = Supervision {
+        shared: &shared,
+        login_asked_at: Mutex::new(None),
+    };
+    driver
+        .supervise(&supervisor, shared.settings.restart_after)
         .await;
-        shared.queue.release_ahead().await;
-        if shared.draining.load(Ordering::Acquire) {
-            break;
+}
+
+/// A stream's part in its workers' restarts: it ends them when draining,
+/// shows the pause, and asks for a login once per stop of delivery.
+struct Supervision<'a> {
+    shared: &'a Arc<Shared>,
+    /// The verdict time when a login was last asked for: asked again only
+    /// after delivery went on in between.
+    login_asked_at: Mutex<Option<u64>>,
+}
+
+impl Supervisor for Supervision<'_> {
+    fn standing(&self) -> Standing {
+        if self.shared.draining.load(Ordering::Acquire) {
+            Standing::Stop
+        } else {
+            Standing::Go
         }
-        let why = control
-            .stopped()
-            .unwrap_or_else(|| "the workers ended".into());
+    }
+
+    fn paused(&self, why: &str, login_required: bool) {
+        let shared = self.shared;
         tracing::warn!(
             destination = %shared.settings.name,
             "delivery paused: {why}; trying again in {:?} (records are still accepted and queued)",
             shared.settings.restart_after
         );
-        let last_verdict = shared.last_verdict_ms.load(Ordering::Relaxed);
-        if control.login_required() && login_asked_at != Some(last_verdict) {
-            login_asked_at = Some(last_verdict);
+        let last_verdict = shared.delivery.last_verdict_ms();
+        let mut asked_at = lock(&self.login_asked_at);
+        if login_required && *asked_at != Some(last_verdict) {
+            *asked_at = Some(last_verdict);
             alert(
-                &shared,
+                shared,
                 AlertKind::LoginRequired,
                 format!(
                     "account {} needs a new login (`outreach-host login --account {}`): {why}",
                     shared.account.name, shared.account.name
                 ),
-                shared.run.load(Ordering::Relaxed),
+                shared.delivery.run(),
             );
         }
-        *lock(&shared.paused) = Some(why);
-        let woken = shared.drained.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
-        if shared.draining.load(Ordering::Acquire) {
-            break;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(shared.settings.restart_after) => {}
-            () = woken => {}
-        }
-        *lock(&shared.paused) = None;
+        *lock(&shared.paused) = Some(why.to_owned());
     }
-    use crate::delivery::Credentials as _;
-    shared.account.settle().await;
+
+    fn resumed(&self) {
+        *lock(&self.shared.paused) = None;
+    }
+
+    async fn woken(&self) {
+        self.shared.drained.notified().await;
+    }
 }
