@@ -19,7 +19,7 @@ use super::ledger::Progress;
 use super::partition::{Owner, PULL_WAIT};
 use super::pending::RecordRef;
 use super::runs::RunDelta;
-use crate::delivery::planner::plan_items;
+use crate::delivery::plan_items;
 use crate::service::intake::{self, Format};
 
 /// Messages asked for per pull.

@@ -17,7 +17,7 @@ use super::layout::{self, LINES_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
 use super::partition::Owner;
 use super::receipts::{self, Receipt};
 use super::{Context, leases};
-use crate::delivery::planner::plan_items;
+use crate::delivery::plan_items;
 use crate::input::Item;
 use crate::service::idempotency::IdempotencyKey;
 use crate::service::stream::{AcceptError, Acceptance, Accepted};

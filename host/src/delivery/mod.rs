@@ -8,7 +8,7 @@ mod control;
 mod dispatch;
 mod driver;
 mod intake;
-pub mod planner;
+mod planner;
 mod report;
 pub mod retry;
 mod summary;
