@@ -13,7 +13,7 @@ use destination_types::{Classification, ConfigurationIdentity, PlanOutcome, Requ
 use tokio::sync::oneshot;
 
 use crate::engine::{Destination, GuestError};
-use crate::queue::{Combined, Combiner, fold_chain};
+use crate::queue::{Combined, Combiner, apart, fold_chain};
 
 type Job = Box<dyn FnOnce(&mut Destination) + Send>;
 
@@ -189,13 +189,12 @@ impl Guest {
 
     /// Combines each chain of updates (one key's, oldest first) as the
     /// component merges them, the chains spread over the planning
-    /// instances, each taking its share in one call.
+    /// instances, each taking its share in one call. A share whose
+    /// instance's thread failed comes back with no update accounted for
+    /// (empty chains), which the queue answers by combining nothing.
     pub async fn combine(&self, chains: Vec<Vec<Request>>) -> Vec<Vec<Combined>> {
         if !self.can_merge {
-            return chains
-                .into_iter()
-                .map(|c| fold_chain(c, |_, _| None))
-                .collect();
+            return chains.into_iter().map(apart).collect();
         }
         let shares = self
             .planners
@@ -206,8 +205,7 @@ impl Guest {
         let mut rest = chains.into_iter();
         let calls = self.planners.iter().take(shares).map(|actor| {
             let share: Vec<Vec<Request>> = rest.by_ref().take(per_share).collect();
-            let lengths: Vec<usize> = share.iter().map(Vec::len).collect();
-            let fallback = share.clone();
+            let chains_in_share = share.len();
             async move {
                 let combined = actor
                     .call(move |d| {
@@ -218,15 +216,12 @@ impl Guest {
                     })
                     .await;
                 match combined {
-                    Ok(combined) if combined.len() == lengths.len() => combined,
-                    Ok(_) | Err(_) => {
-                        tracing::warn!(
-                            "the component's thread failed while merging: updates stay apart"
-                        );
-                        fallback
-                            .into_iter()
-                            .map(|c| fold_chain(c, |_, _| None))
-                            .collect()
+                    Ok(combined) => combined,
+                    Err(e) => {
+                        // No answer accounts for any update: the queue
+                        // then keeps the batch's updates apart.
+                        tracing::warn!("the component's thread failed while merging: {e}");
+                        vec![Vec::new(); chains_in_share]
                     }
                 }
             }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use destination_types::{PlanOutcome, Request};
 
 use super::Incoming;
-use crate::queue::Combined;
+use crate::queue::{Combined, apart};
 
 /// The newest queued update of a key, not on the wire: where a newer
 /// update of the key merges.
@@ -95,14 +95,6 @@ fn requests<'a>(incoming: &'a Incoming, holding: &Holding) -> &'a [Request] {
     }
 }
 
-/// Every entry of `chain` on its own.
-fn singles(chain: Vec<Request>) -> Vec<Combined> {
-    chain
-        .into_iter()
-        .map(|request| Combined { request, inputs: 1 })
-        .collect()
-}
-
 impl Prepared {
     /// Per key (in order of first appearance): its head's request, then
     /// the batch's requests for it in order.
@@ -134,7 +126,7 @@ impl Prepared {
     /// merges needs no call).
     pub fn uncombined(self, batch: &[Incoming]) -> Placement {
         let (asked, chains) = self.chains(batch);
-        asked.place(chains.into_iter().map(singles).collect(), batch)
+        asked.place(chains.into_iter().map(apart).collect(), batch)
     }
 }
 

@@ -40,6 +40,14 @@ pub fn fold_chain(
     kept
 }
 
+/// Every update of `chain` on its own (nothing combined).
+pub fn apart(chain: Vec<Request>) -> Vec<Combined> {
+    chain
+        .into_iter()
+        .map(|request| Combined { request, inputs: 1 })
+        .collect()
+}
+
 /// A combiner over a plain merge function, answered at once.
 pub fn pairwise(
     merge: impl Fn(&Request, &Request) -> Option<Request> + Send + Sync + 'static,

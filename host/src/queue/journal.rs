@@ -195,7 +195,7 @@ impl JournalQueue {
             let combined = if chains.iter().any(|chain| chain.len() > 1) {
                 (self.combine)(chains).await
             } else {
-                chains.into_iter().map(singles).collect()
+                chains.into_iter().map(super::apart).collect()
             };
             let placement = asked.place(combined, &batch);
             let (written, write) = (batch.clone(), write.clone());
@@ -250,14 +250,6 @@ impl JournalQueue {
             }
         }
     }
-}
-
-/// Every update of `chain` on its own.
-fn singles(chain: Vec<Request>) -> Vec<super::Combined> {
-    chain
-        .into_iter()
-        .map(|request| super::Combined { request, inputs: 1 })
-        .collect()
 }
 
 fn thread_gone() -> JournalError {

@@ -29,7 +29,7 @@ pub use journal::JournalQueue;
 /// How the destination combines two updates queued for one key.
 pub type Merger = Arc<dyn Fn(&Request, &Request) -> Option<Request> + Send + Sync>;
 
-pub use combine::{Combined, Combiner, fold_chain, never, pairwise};
+pub use combine::{Combined, Combiner, apart, fold_chain, never, pairwise};
 
 /// A run about to start.
 #[derive(Clone, Debug)]
