@@ -23,8 +23,9 @@ use outreach_host::BUILT_COMPONENT;
 use outreach_host::delivery::{self, Credentials, DeliveryOptions, Input};
 use outreach_host::engine::{Limits, Runtime};
 use outreach_host::http::ApiClient;
-use outreach_host::journal::{Incoming, Journal};
+use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
+use outreach_host::queue::Incoming;
 use serde_json::json;
 
 mod common;

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::journal::{Checkpoint, Journal, JournalError, Replay};
+use crate::journal::{Checkpoint, Journal, JournalError};
+use crate::queue::{Incoming, Replay};
+use destination_types::PlanOutcome;
 
 /// The default of [`Input::max_record_bytes`].
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
@@ -59,6 +61,18 @@ pub struct Item {
     pub position: Option<Position>,
     /// The dead letter this record replays.
     pub replay: Option<Replay>,
+}
+
+impl From<(Item, PlanOutcome)> for Incoming {
+    /// A record as read and planned.
+    fn from((item, outcome): (Item, PlanOutcome)) -> Self {
+        Self {
+            line: item.line,
+            outcome,
+            record: item.text,
+            replay: item.replay,
+        }
+    }
 }
 
 impl Item {

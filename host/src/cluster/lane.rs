@@ -16,8 +16,8 @@ use super::pending::{Pending, RecordRef};
 use super::runs::Tally;
 use super::{ClusterError, Context, Member, layout};
 use crate::delivery::Handle;
-use crate::journal::{Attempt, Claim, RunId, Verdict};
 use crate::queue::WorkQueue;
+use crate::queue::{Attempt, Claim, RunId, Verdict};
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())

@@ -9,8 +9,8 @@ use std::collections::{HashMap, VecDeque};
 
 use destination_types::Request;
 
-use crate::journal::{Attempt, Claim};
 use crate::queue::Merger;
+use crate::queue::{Attempt, Claim};
 
 /// A record of an intake message: stream sequence and index in the message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::journal::{Attempt, RunId, Verdict};
 use crate::queue::WorkQueue;
+use crate::queue::{Attempt, RunId, Verdict};
 
 use super::Credentials;
 use super::control::Control;

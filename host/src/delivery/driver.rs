@@ -17,8 +17,9 @@ use super::retry::Policy;
 use crate::clock::Clock;
 use crate::guest::Guest;
 use crate::http::ApiClient;
-use crate::journal::{RunId, RunStats};
+use crate::journal::RunStats;
 use crate::limiter::{Limiter, Line};
+use crate::queue::RunId;
 use crate::queue::WorkQueue;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -7,8 +7,8 @@ use tokio::sync::mpsc;
 
 use crate::guest::Guest;
 use crate::input::{InputError, InputInfo, Item};
-use crate::journal::{HeldBack, Incoming, RunId};
 use crate::queue::Queue;
+use crate::queue::{HeldBack, Incoming, RunId};
 
 use super::control::Control;
 use super::planner;

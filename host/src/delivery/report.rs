@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::alerts::{Alert, AlertKind};
-use crate::journal::RunId;
 use crate::queue::Queue;
+use crate::queue::RunId;
 
 use super::{DeliveryOptions, Summary};
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use destination_types::{Request, Response, Verdict as ApiVerdict};
 
-use crate::journal::Verdict;
+use crate::queue::Verdict;
 
 /// The retry policy of a run.
 #[derive(Clone, Copy, Debug)]

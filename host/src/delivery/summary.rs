@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::journal::{Counts, HeldBack, RunId, RunRecord};
+use crate::journal::{Counts, RunRecord};
+use crate::queue::{HeldBack, RunId};
 
 /// Counts for one audience.
 pub type AudienceCounts = Counts;

@@ -41,11 +41,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use destination_types::{PlanOutcome, Request, Response};
+use destination_types::Request;
 use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::queue::{Attempt, Claim, HeldBack, Incoming, IngestReport, RunId, Verdict};
 pub use checkpoints::Checkpoint;
 pub use letters::{
     DeadLetter, LetterFilter, LetterPreview, MAX_STORED_RESPONSE_BYTES, PREVIEW_CHARS,
@@ -106,97 +107,12 @@ pub enum JournalError {
     NoSuchRun(i64),
 }
 
-/// A run's identifier in the journal.
-pub type RunId = i64;
-
 /// The destination's way to combine two updates queued for one key into
 /// one (`None`: they do not combine and are sent in order), for the
 /// journal's own calls that combine and write in one go
 /// ([`Journal::ingest`], [`Journal::begin_attempt`]): the journal knows
 /// nothing of what a request means; it asks, outside any transaction.
 pub type Merge<'a> = &'a dyn Fn(&Request, &Request) -> Option<Request>;
-
-/// One planned record, ready to be journaled.
-pub struct Incoming {
-    /// Input line (or, for a replay, the dead letter's original line).
-    pub line: u64,
-    pub record: String,
-    pub outcome: PlanOutcome,
-    /// The dead letter this record replays, marked replayed in the same
-    /// transaction.
-    pub replay: Option<Replay>,
-}
-
-impl From<(crate::input::Item, PlanOutcome)> for Incoming {
-    /// A record as read and planned.
-    fn from((item, outcome): (crate::input::Item, PlanOutcome)) -> Self {
-        Self {
-            line: item.line,
-            outcome,
-            record: item.text,
-            replay: item.replay,
-        }
-    }
-}
-
-/// What an intake batch did besides journaling.
-#[derive(Debug, Default)]
-pub struct IngestReport {
-    /// Records merged into an update already queued.
-    pub coalesced: u64,
-    pub held_back: Vec<HeldBack>,
-}
-
-/// A replayed dead letter not sent: its key has a newer update.
-#[derive(Clone, Debug, Serialize)]
-pub struct HeldBack {
-    pub letter: i64,
-    pub line: u64,
-    pub key: String,
-    pub reason: String,
-}
-
-/// A dead letter being replayed.
-#[derive(Clone, Copy, Debug)]
-pub struct Replay {
-    pub letter: i64,
-    /// When its record was first received (epoch ms): a key that got a
-    /// newer delivered or queued update since is not sent its old values.
-    pub received_ms: u64,
-    /// Send it whatever happened since (`--force`).
-    pub force: bool,
-}
-
-/// What became of a dispatched update.
-// A verdict lives for one call into the journal; boxing the rejection
-// would only add an allocation.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq)]
-pub enum Verdict {
-    Delivered,
-    Rejected {
-        code: String,
-        reason: String,
-        request: Option<Request>,
-        response: Option<Response>,
-    },
-}
-
-/// A key handed to one worker: it owns the key's updates until it lets go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claim {
-    pub key: String,
-    pub seq: i64,
-}
-
-/// A claimed update on the wire: nothing merges into it until the attempt
-/// fails ([`Journal::attempt_failed`]) or ends with a verdict.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Attempt {
-    pub claim: Claim,
-    /// What to send: the update with every later one that merged into it.
-    pub request: Request,
-}
 
 /// An attempt started, and the updates queued behind it for its key that
 /// may fold into it (oldest first; [`Journal::fold`]).

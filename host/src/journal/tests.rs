@@ -1,5 +1,5 @@
 use super::*;
-use destination_types::{Header, Method};
+use destination_types::{Header, Method, PlanOutcome, Response};
 use serde_json::json;
 
 /// An update of item `id` setting `attributes` (a JSON object).

@@ -12,10 +12,11 @@ use std::thread;
 use destination_types::Request;
 use tokio::sync::oneshot;
 
+use super::{Attempt, Claim, Incoming, IngestReport, RunId, Verdict};
 use super::{Combiner, Queue, RunEnd, RunStart, WorkQueue};
 use crate::journal::{
-    Attempt, Begun, Checkpoint, Claim, DeadLetter, GROUP_COMMIT_WINDOW, Incoming, IngestReport,
-    Journal, JournalError, LetterFilter, Placement, RunId, RunRecord, Stale, Verdict,
+    Begun, Checkpoint, DeadLetter, GROUP_COMMIT_WINDOW, Journal, JournalError, LetterFilter,
+    Placement, RunRecord, Stale,
 };
 
 type Job = Box<dyn FnOnce(&Journal) + Send>;

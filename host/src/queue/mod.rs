@@ -19,11 +19,10 @@ use std::sync::Arc;
 
 use destination_types::Request;
 
-pub use crate::journal::Verdict;
-use crate::journal::{
-    Attempt, Checkpoint, Claim, DeadLetter, Incoming, IngestReport, LetterFilter, RunId, RunRecord,
-    RunStats,
-};
+use destination_types::{PlanOutcome, Response};
+use serde::Serialize;
+
+use crate::journal::{Checkpoint, DeadLetter, LetterFilter, RunRecord, RunStats};
 pub use journal::JournalQueue;
 
 /// How the destination combines two updates queued for one key.
@@ -91,6 +90,79 @@ pub trait WorkQueue: Send + Sync {
     fn release_ahead(&self) -> impl Future<Output = ()> + Send {
         std::future::ready(())
     }
+}
+
+/// A run's identifier in the queue's history.
+pub type RunId = i64;
+
+/// One planned record, ready to be journaled.
+pub struct Incoming {
+    /// Input line (or, for a replay, the dead letter's original line).
+    pub line: u64,
+    pub record: String,
+    pub outcome: PlanOutcome,
+    /// The dead letter this record replays, marked replayed in the same
+    /// transaction.
+    pub replay: Option<Replay>,
+}
+
+/// What an intake batch did besides journaling.
+#[derive(Debug, Default)]
+pub struct IngestReport {
+    /// Records merged into an update already queued.
+    pub coalesced: u64,
+    pub held_back: Vec<HeldBack>,
+}
+
+/// A replayed dead letter not sent: its key has a newer update.
+#[derive(Clone, Debug, Serialize)]
+pub struct HeldBack {
+    pub letter: i64,
+    pub line: u64,
+    pub key: String,
+    pub reason: String,
+}
+
+/// A dead letter being replayed.
+#[derive(Clone, Copy, Debug)]
+pub struct Replay {
+    pub letter: i64,
+    /// When its record was first received (epoch ms): a key that got a
+    /// newer delivered or queued update since is not sent its old values.
+    pub received_ms: u64,
+    /// Send it whatever happened since (`--force`).
+    pub force: bool,
+}
+
+/// What became of a dispatched update.
+// A verdict lives for one call into the queue; boxing the rejection
+// would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Delivered,
+    Rejected {
+        code: String,
+        reason: String,
+        request: Option<Request>,
+        response: Option<Response>,
+    },
+}
+
+/// A key handed to one worker: it owns the key's updates until it lets go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub key: String,
+    pub seq: i64,
+}
+
+/// A claimed update on the wire: nothing merges into it until the attempt
+/// fails or ends with a verdict.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub claim: Claim,
+    /// What to send: the update with every later one that merged into it.
+    pub request: Request,
 }
 
 /// What a run needs from a queue: the work, and the history kept with it.

@@ -166,7 +166,7 @@ struct ReplayedPage<'a> {
     name: &'a str,
     run: i64,
     replayed: u64,
-    held_back: Vec<crate::journal::HeldBack>,
+    held_back: Vec<crate::queue::HeldBack>,
 }
 
 /// Replays one dead letter with the destination's configuration as it is.

@@ -29,9 +29,8 @@ use crate::delivery::{Handle, plan_items};
 use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::input::Item;
-use crate::journal::{
-    Backlog, Counts, Earlier, Incoming, Intake, Journal, Receipt, RunId, RunStats,
-};
+use crate::journal::{Backlog, Counts, Earlier, Intake, Journal, Receipt, RunStats};
+use crate::queue::{Incoming, RunId};
 use crate::queue::{JournalQueue, Queue};
 
 mod tasks;
@@ -135,7 +134,7 @@ pub struct Replayed {
     /// Letters planned again and queued (or dead letters again).
     pub replayed: u64,
     /// Letters not sent: their key (the object in the destination) has a newer update.
-    pub held_back: Vec<crate::journal::HeldBack>,
+    pub held_back: Vec<crate::queue::HeldBack>,
 }
 
 /// A stream's figures, for health checks and metrics.

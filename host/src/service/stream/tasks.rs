@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use super::{AcceptError, Shared, StreamSettings, UPKEEP_EVERY, lock};
 use crate::alerts::{Alert, AlertKind};
 use crate::delivery::{Driver, StallWatch, Standing, Supervisor};
-use crate::journal::{RunId, RunStats};
+use crate::journal::RunStats;
+use crate::queue::RunId;
 
 /// When the period `now` falls in started (epoch ms).
 pub(super) fn period_start(settings: &StreamSettings) -> u64 {
