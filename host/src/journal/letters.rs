@@ -60,6 +60,10 @@ pub struct LetterPreview {
     pub response_bytes: u64,
 }
 
+/// A dead letter's record, to plan again: the letter's id, the record's
+/// line, its text, and when it was first received (epoch ms).
+pub type LetterRecord = (i64, u64, String, u64);
+
 impl Journal {
     /// Dead letters matching `filter`, oldest first.
     pub fn dead_letters(&self, filter: &LetterFilter) -> Result<Vec<DeadLetter>, JournalError> {
@@ -116,10 +120,7 @@ impl Journal {
     /// `(letter id, line, raw record text, when the record was received)`
     /// of dead letters, for a replay. Letters of an older host, which did
     /// not record the time, count as received when they died.
-    pub fn letter_records(
-        &self,
-        filter: &LetterFilter,
-    ) -> Result<Vec<(i64, u64, String, u64)>, JournalError> {
+    pub fn letter_records(&self, filter: &LetterFilter) -> Result<Vec<LetterRecord>, JournalError> {
         self.query_letters(
             "id, line, record, COALESCE(received_ms, created_ms)",
             filter,

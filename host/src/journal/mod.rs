@@ -49,8 +49,8 @@ use serde_json::Value;
 use crate::queue::{Attempt, Claim, HeldBack, Incoming, IngestReport, RunId, Verdict};
 pub use checkpoints::Checkpoint;
 pub use letters::{
-    DeadLetter, LetterFilter, LetterPreview, MAX_STORED_RESPONSE_BYTES, PREVIEW_CHARS,
-    request_summary,
+    DeadLetter, LetterFilter, LetterPreview, LetterRecord, MAX_STORED_RESPONSE_BYTES,
+    PREVIEW_CHARS, request_summary,
 };
 pub use placement::{Chains, Head, Placement, Prepared, Stale};
 pub use receipts::{Backlog, Earlier, Intake, RECEIPT_TTL_MS, Receipt};

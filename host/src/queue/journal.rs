@@ -12,11 +12,13 @@ use std::thread;
 use destination_types::Request;
 use tokio::sync::oneshot;
 
-use super::{Attempt, Claim, Incoming, IngestReport, RunId, Verdict};
-use super::{Combiner, Queue, RunEnd, RunStart, WorkQueue};
+use super::{
+    Attempt, Claim, Combiner, Incoming, IngestReport, Queue, RunEnd, RunId, RunStart, StreamQueue,
+    Verdict, WorkQueue,
+};
 use crate::journal::{
-    Begun, Checkpoint, DeadLetter, GROUP_COMMIT_WINDOW, Journal, JournalError, LetterFilter,
-    Placement, RunRecord, Stale,
+    Backlog, Begun, Checkpoint, Counts, DeadLetter, Earlier, GROUP_COMMIT_WINDOW, Intake, Journal,
+    JournalError, LetterFilter, LetterRecord, Placement, Receipt, RunRecord, RunStats, Stale,
 };
 
 type Job = Box<dyn FnOnce(&Journal) + Send>;
@@ -167,7 +169,7 @@ impl JournalQueue {
     }
 
     /// Runs `work` on the journal's thread and awaits its answer.
-    pub async fn call<T: Send + 'static>(
+    pub(super) async fn call<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
     ) -> Result<T, JournalError> {
@@ -178,7 +180,7 @@ impl JournalQueue {
     /// hold, the destination combines their updates (off the journal's
     /// thread), and `write` journals it where that placed it — all again if
     /// the keys changed in between.
-    pub async fn ingest<T: Send + 'static>(
+    async fn ingest<T: Send + 'static>(
         &self,
         batch: Vec<Incoming>,
         write: impl Fn(&Journal, &[Incoming], Placement) -> Result<Result<T, Stale>, JournalError>
@@ -434,6 +436,58 @@ impl Queue for JournalQueue {
 
     async fn has_pending(&self) -> Result<bool, JournalError> {
         self.call(|journal| journal.has_pending()).await
+    }
+}
+
+impl StreamQueue for JournalQueue {
+    async fn stream_run(
+        &self,
+        destination: String,
+        api_base: String,
+        period_start_ms: u64,
+    ) -> Result<RunId, JournalError> {
+        self.call(move |journal| journal.stream_run(&destination, &api_base, period_start_ms))
+            .await
+    }
+
+    async fn add_run_stats(&self, run: RunId, stats: RunStats) -> Result<(), JournalError> {
+        self.call(move |journal| journal.add_run_stats(run, &stats))
+            .await
+    }
+
+    async fn backlog(&self) -> Result<Backlog, JournalError> {
+        self.call(|journal| journal.backlog()).await
+    }
+
+    async fn receipt(&self, key: String, digest: String) -> Result<Option<Earlier>, JournalError> {
+        self.call(move |journal| journal.receipt(&key, &digest))
+            .await
+    }
+
+    async fn enqueue_once(
+        &self,
+        run: RunId,
+        batch: Vec<Incoming>,
+        receipt: Receipt,
+    ) -> Result<Intake, JournalError> {
+        self.ingest(batch, move |journal, batch, placement| {
+            journal.ingest_once(run, batch, placement, &receipt)
+        })
+        .await
+    }
+
+    async fn totals(
+        &self,
+    ) -> Result<(Counts, std::collections::BTreeMap<String, Counts>), JournalError> {
+        self.call(|journal| journal.totals()).await
+    }
+
+    async fn letter_records(
+        &self,
+        filter: LetterFilter,
+    ) -> Result<Vec<LetterRecord>, JournalError> {
+        self.call(move |journal| journal.letter_records(&filter))
+            .await
     }
 }
 

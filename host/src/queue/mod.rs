@@ -15,6 +15,7 @@
 mod combine;
 mod journal;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use destination_types::Request;
@@ -22,7 +23,10 @@ use destination_types::Request;
 use destination_types::{PlanOutcome, Response};
 use serde::Serialize;
 
-use crate::journal::{Checkpoint, DeadLetter, LetterFilter, RunRecord, RunStats};
+use crate::journal::{
+    Backlog, Checkpoint, Counts, DeadLetter, Earlier, Intake, LetterFilter, LetterRecord, Receipt,
+    RunRecord, RunStats,
+};
 pub use journal::JournalQueue;
 
 /// How the destination combines two updates queued for one key.
@@ -212,4 +216,57 @@ pub trait Queue: WorkQueue {
 
     /// Whether any update is queued.
     fn has_pending(&self) -> impl Future<Output = Result<bool, Self::Error>> + Send;
+}
+
+/// What a destination that delivers continuously needs from its queue
+/// besides a run's: a run per period, intake answered once per
+/// idempotency key, and its figures.
+pub trait StreamQueue: Queue {
+    /// The run of `destination` for the period that started at
+    /// `period_start_ms` (the one receiving already, or a new one); runs of
+    /// earlier periods stop receiving.
+    fn stream_run(
+        &self,
+        destination: String,
+        api_base: String,
+        period_start_ms: u64,
+    ) -> impl Future<Output = Result<RunId, Self::Error>> + Send;
+
+    /// Adds request counts to `run`.
+    fn add_run_stats(
+        &self,
+        run: RunId,
+        stats: RunStats,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// What is queued, and how old the oldest is.
+    fn backlog(&self) -> impl Future<Output = Result<Backlog, Self::Error>> + Send;
+
+    /// The answer given earlier under an idempotency key, if any.
+    fn receipt(
+        &self,
+        key: String,
+        digest: String,
+    ) -> impl Future<Output = Result<Option<Earlier>, Self::Error>> + Send;
+
+    /// [`Queue::enqueue`] with the answer kept under its idempotency key,
+    /// unless the key was answered already.
+    fn enqueue_once(
+        &self,
+        run: RunId,
+        batch: Vec<Incoming>,
+        receipt: Receipt,
+    ) -> impl Future<Output = Result<Intake, Self::Error>> + Send;
+
+    /// Counts over every run, in total and per audience.
+    fn totals(
+        &self,
+    ) -> impl Future<Output = Result<(Counts, BTreeMap<String, Counts>), Self::Error>> + Send;
+
+    /// The records of the dead letters `filter` selects, to plan again:
+    /// (letter, line, record, received ms).
+    fn letter_records(
+        &self,
+        filter: LetterFilter,
+    ) -> impl Future<Output = Result<Vec<LetterRecord>, Self::Error>> + Send;
 }

@@ -100,7 +100,7 @@ pub(super) async fn destinations(
             },
             (Some(stream), None) => {
                 let current = stream.current_run();
-                match stream.read(move |journal| journal.run(current)).await {
+                match stream.run_record(current).await {
                     Ok(run) => format!(
                         "{} received, {} activated, {} failed, {} skipped",
                         run.counts.received,

@@ -31,7 +31,7 @@ use crate::http::ApiClient;
 use crate::input::Item;
 use crate::journal::{Backlog, Counts, Earlier, Intake, Journal, Receipt, RunStats};
 use crate::queue::{Incoming, RunId};
-use crate::queue::{JournalQueue, Queue};
+use crate::queue::{JournalQueue, Queue, StreamQueue};
 
 mod tasks;
 use tasks::{next_period, period_start, record_stats, supervise, upkeep};
@@ -199,13 +199,10 @@ impl Stream {
         let period = period_start(&settings);
         let (name, api_base) = (settings.name.clone(), api.base().as_str().to_owned());
         let run = queue
-            .call(move |journal| journal.stream_run(&name, &api_base, period))
+            .stream_run(name, api_base, period)
             .await
             .map_err(journal_failed)?;
-        let backlog = queue
-            .call(|journal| journal.backlog())
-            .await
-            .map_err(journal_failed)?;
+        let backlog = queue.backlog().await.map_err(journal_failed)?;
         let now = settings.clock.now_ms();
         let shared = Arc::new(Shared {
             settings,
@@ -231,14 +228,6 @@ impl Stream {
         })
     }
 
-    /// Runs `read` on the destination's journal (on its thread).
-    pub async fn read<T: Send + 'static>(
-        &self,
-        read: impl FnOnce(&Journal) -> Result<T, crate::journal::JournalError> + Send + 'static,
-    ) -> Result<T, crate::journal::JournalError> {
-        self.shared.queue.call(move |journal| read(journal)).await
-    }
-
     /// Plans the records of dead letters `ids` again with the current
     /// configuration and queues them into the current run. As on the
     /// command line, a letter whose key has had a newer update since
@@ -255,8 +244,9 @@ impl Stream {
             ids,
             ..crate::journal::LetterFilter::default()
         };
-        let letters = self
-            .read(move |journal| journal.letter_records(&filter))
+        let letters = shared
+            .queue
+            .letter_records(filter)
             .await
             .map_err(journal_failed)?;
         if letters.is_empty() {
@@ -292,6 +282,14 @@ impl Stream {
         self.shared.delivery.run()
     }
 
+    /// A run's record as it stands.
+    pub async fn run_record(
+        &self,
+        run: RunId,
+    ) -> Result<crate::journal::RunRecord, crate::journal::JournalError> {
+        self.shared.queue.run_record(run).await
+    }
+
     /// Plans `records` and journals them durably (with the answer, under
     /// `idempotency_key`, when given) into the current period's run.
     pub async fn accept(
@@ -308,7 +306,7 @@ impl Stream {
             let (scoped, digest) = (key.scoped.clone(), key.digest.clone());
             let earlier = shared
                 .queue
-                .call(move |journal| journal.receipt(&scoped, &digest))
+                .receipt(scoped, digest)
                 .await
                 .map_err(journal_failed)?;
             match earlier {
@@ -349,9 +347,7 @@ impl Stream {
                 };
                 let intake = shared
                     .queue
-                    .ingest(batch, move |journal, batch, placement| {
-                        journal.ingest_once(run, batch, placement, &receipt)
-                    })
+                    .enqueue_once(run, batch, receipt)
                     .await
                     .map_err(journal_failed)?;
                 match intake {
@@ -392,7 +388,7 @@ impl Stream {
         let shared = &self.shared;
         let (totals, audiences) = shared
             .queue
-            .call(|journal| journal.totals())
+            .totals()
             .await
             .map_err(|e| AcceptError::Journal(e.to_string()))?;
         let requests = shared.delivery.requests();

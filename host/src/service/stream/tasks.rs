@@ -10,6 +10,7 @@ use crate::alerts::{Alert, AlertKind};
 use crate::delivery::{Driver, StallWatch, Standing, Supervisor};
 use crate::journal::RunStats;
 use crate::queue::RunId;
+use crate::queue::{Queue, StreamQueue};
 
 /// When the period `now` falls in started (epoch ms).
 pub(super) fn period_start(settings: &StreamSettings) -> u64 {
@@ -30,7 +31,7 @@ pub(super) async fn next_period(
     if start != period.0 {
         record_stats(shared).await;
         let closing = period.1;
-        if let Ok(record) = shared.queue.call(move |journal| journal.run(closing)).await
+        if let Ok(record) = shared.queue.run_record(closing).await
             && record.counts.rejected > 0
         {
             alert(
@@ -49,7 +50,7 @@ pub(super) async fn next_period(
         );
         let run = shared
             .queue
-            .call(move |journal| journal.stream_run(&name, &api_base, start))
+            .stream_run(name, api_base, start)
             .await
             .map_err(|e| AcceptError::Journal(e.to_string()))?;
         *period = (start, run);
@@ -68,7 +69,7 @@ fn alert(shared: &Arc<Shared>, event: AlertKind, message: String, run: RunId) {
     tokio::spawn(async move {
         let summary = shared
             .queue
-            .call(move |journal| journal.run(run))
+            .run_record(run)
             .await
             .ok()
             .and_then(|record| serde_json::to_value(record).ok())
@@ -103,11 +104,7 @@ pub(super) async fn record_stats(shared: &Shared) {
         delta
     };
     let run = shared.delivery.run();
-    if let Err(e) = shared
-        .queue
-        .call(move |journal| journal.add_run_stats(run, &delta))
-        .await
-    {
+    if let Err(e) = shared.queue.add_run_stats(run, delta).await {
         tracing::warn!("cannot record the run's request counts: {e}");
     }
 }
@@ -140,7 +137,7 @@ pub(super) async fn upkeep(shared: Arc<Shared>) {
             }
         }
         let before = shared.accepted_since_backlog.load(Ordering::Relaxed);
-        match shared.queue.call(|journal| journal.backlog()).await {
+        match shared.queue.backlog().await {
             Ok(backlog) => {
                 *lock(&shared.backlog) = backlog;
                 shared
