@@ -11,6 +11,7 @@ extern crate alloc;
 pub mod catalog;
 pub mod classify;
 pub mod config;
+pub mod contract;
 pub mod merge;
 pub mod plan;
 pub mod time;

@@ -1,8 +1,10 @@
 //! The contract versions this host runs, one module each (`since_v0_1_0`,
 //! `since_v0_2_0`), and an enum over them that converts every answer into
 //! the latest types. A new contract version is a new frozen WIT directory,
-//! a new module here, and a new arm in each `match` below.
+//! a new module here holding only what differs in it (what every version
+//! shares is `shared.rs`'s), and a new arm in each `match` below.
 
+mod shared;
 mod since_v0_1_0;
 mod since_v0_2_0;
 
