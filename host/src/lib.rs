@@ -11,6 +11,7 @@ pub mod engine;
 pub mod guest;
 pub mod http;
 pub mod input;
+pub mod intake;
 pub mod journal;
 pub mod limiter;
 pub mod oauth;

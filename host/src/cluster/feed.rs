@@ -20,7 +20,7 @@ use super::partition::{Owner, PULL_WAIT};
 use super::pending::RecordRef;
 use super::runs::RunDelta;
 use crate::delivery::plan_items;
-use crate::service::intake::{self, Format};
+use crate::intake::{self, Format};
 
 /// Messages asked for per pull.
 const PULL_BATCH: usize = 200;

@@ -48,7 +48,7 @@ use crate::queue::Merger;
 use crate::service::account::{Account, AccountCredentials};
 pub use lane::Letter;
 pub use layout::{Buckets, ClusterSettings, Shape};
-pub use worker::Worker;
+pub use worker::{ClusterIntake, Worker};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

@@ -9,7 +9,7 @@ use async_nats::jetstream::kv;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::service::idempotency::IdempotencyKey;
+use crate::intake::IdempotencyKey;
 
 #[derive(Serialize, Deserialize)]
 struct Stored {

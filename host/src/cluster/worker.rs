@@ -19,8 +19,7 @@ use super::receipts::{self, Receipt};
 use super::{Context, leases};
 use crate::delivery::plan_items;
 use crate::input::Item;
-use crate::service::idempotency::IdempotencyKey;
-use crate::service::stream::{AcceptError, Acceptance, Accepted};
+use crate::intake::{Accept, AcceptError, Acceptance, Accepted, IdempotencyKey, Record};
 use destination_types::PlanOutcome;
 
 /// Publishing a batch is tried this many times more (0.25 + 0.5 + 1 s).
@@ -423,6 +422,35 @@ type Packed = (bytes::Bytes, std::ops::Range<usize>);
 
 /// Record texts as JSON arrays of at most `limit` bytes each, in order;
 /// `Err((index, size))` names a record too large for any message.
+/// One destination's intake through a worker: its records go to the
+/// cluster's intake stream.
+pub struct ClusterIntake {
+    worker: Arc<Worker>,
+    destination: String,
+}
+
+impl ClusterIntake {
+    pub fn new(worker: Arc<Worker>, destination: &str) -> Self {
+        Self {
+            worker,
+            destination: destination.to_owned(),
+        }
+    }
+}
+
+impl Accept for ClusterIntake {
+    fn accept(
+        &self,
+        records: Vec<Record>,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> futures::future::BoxFuture<'_, Result<Acceptance, AcceptError>> {
+        Box::pin(
+            self.worker
+                .accept(&self.destination, records, idempotency_key),
+        )
+    }
+}
+
 fn pack(texts: &[String], limit: usize) -> Result<Vec<Packed>, (usize, usize)> {
     let mut messages = Vec::new();
     let mut payload: Vec<u8> = Vec::new();

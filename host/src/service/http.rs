@@ -12,13 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use super::idempotency::IdempotencyKey;
-use super::intake::{self, Format};
 use super::keys;
 use super::listener::BodyError;
 use super::metrics::{self, AccountFigures, DestinationFigures};
-use super::stream::{AcceptError, Acceptance};
 use super::{Service, Set};
+use crate::cluster::ClusterIntake;
+use crate::intake::{self, Accept, AcceptError, Acceptance, Format, IdempotencyKey};
 
 /// The longest idempotency key.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -169,14 +168,6 @@ fn any_keys(set: &Set) -> bool {
             .any(|served| !served.spec.ingest_keys.is_empty())
 }
 
-/// Where a destination's records go.
-enum Target {
-    /// Its stream, over its journal.
-    Stream(Arc<super::stream::Stream>),
-    /// The cluster's intake stream, through this worker.
-    Cluster(Arc<crate::cluster::Worker>),
-}
-
 async fn post_records(
     State(service): State<Arc<Service>>,
     Path(name): Path<String>,
@@ -211,9 +202,13 @@ async fn post_records(
             DRAINING_RETRY_SECS,
         );
     }
-    let target = match (served.stream.clone(), service.worker()) {
-        (Some(stream), _) => Target::Stream(stream),
-        (None, Some(worker)) if served.clustered => Target::Cluster(worker.clone()),
+    // Where its records go: its stream over its journal, or the cluster's
+    // intake stream through this worker.
+    let target: Arc<dyn Accept> = match (served.stream.clone(), service.worker()) {
+        (Some(stream), _) => stream,
+        (None, Some(worker)) if served.clustered => {
+            Arc::new(ClusterIntake::new(worker.clone(), &name))
+        }
         _ => {
             return error(
                 StatusCode::CONFLICT,
@@ -293,10 +288,7 @@ async fn post_records(
     };
     let idempotency_key =
         idempotency_key.map(|key| IdempotencyKey::new(key, producer.as_deref(), &body));
-    let accepted = match target {
-        Target::Stream(stream) => stream.accept(records, idempotency_key).await,
-        Target::Cluster(worker) => worker.accept(&name, records, idempotency_key).await,
-    };
+    let accepted = target.accept(records, idempotency_key).await;
     match accepted {
         Ok(Acceptance::Fresh(accepted)) => {
             (StatusCode::ACCEPTED, axum::Json(accepted)).into_response()

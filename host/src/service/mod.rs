@@ -18,8 +18,6 @@ mod assemble;
 mod clustered;
 pub mod config;
 mod http;
-pub mod idempotency;
-pub mod intake;
 pub mod keys;
 pub mod listener;
 pub mod metrics;

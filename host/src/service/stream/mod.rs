@@ -14,14 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use destination_types::{PlanOutcome, RecordFate};
-
 use super::account::Account;
-use super::idempotency::IdempotencyKey;
 use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::delivery::retry;
@@ -29,6 +25,7 @@ use crate::delivery::{Handle, plan_items};
 use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::input::Item;
+use crate::intake::{Accept, AcceptError, Acceptance, Accepted, IdempotencyKey, Record};
 use crate::journal::{Backlog, Counts, Earlier, Intake, Journal, Receipt, RunStats};
 use crate::queue::{Incoming, RunId};
 use crate::queue::{JournalQueue, Queue, StreamQueue};
@@ -55,77 +52,6 @@ pub struct StreamSettings {
     pub run_length: Duration,
     pub clock: Clock,
     pub alerts: Arc<Alerts>,
-}
-
-/// One record of a batch, as the intake read it.
-pub type Record = Item;
-
-/// What a batch became.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Accepted {
-    /// Records journaled for delivery.
-    pub accepted: u64,
-    /// Records refused (dead letters): unusable, too large, not planned.
-    pub invalid: Vec<Refusal>,
-    /// Records with nothing to send (no usable id): counted as skipped.
-    pub skipped: Vec<Refusal>,
-}
-
-impl Accepted {
-    /// Counts the record at `index` of the batch, planned as `outcome`.
-    pub fn count(&mut self, index: u64, outcome: &PlanOutcome) {
-        let PlanOutcome::Invalid(error) = outcome else {
-            self.accepted += 1;
-            return;
-        };
-        let refusal = Refusal {
-            index,
-            code: error.code.clone(),
-            message: error.message.clone(),
-        };
-        match error.fate {
-            RecordFate::Skipped => self.skipped.push(refusal),
-            RecordFate::Rejected => self.invalid.push(refusal),
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Refusal {
-    /// The record's position in the batch, from 0.
-    pub index: u64,
-    pub code: String,
-    pub message: String,
-}
-
-/// The answer to a batch.
-#[derive(Debug)]
-pub enum Acceptance {
-    Fresh(Accepted),
-    /// The idempotency key was used before: its first answer (JSON);
-    /// nothing was journaled.
-    Repeated(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AcceptError {
-    #[error("the destination is shutting down")]
-    Draining,
-    #[error("{queued} updates are queued, at the destination's limit of {limit}")]
-    OverQuota { queued: u64, limit: u64 },
-    #[error("the journal failed: {0}")]
-    Journal(String),
-    #[error("the cluster did not take the records: {0}")]
-    Cluster(String),
-    #[error("the component is gone: {0}")]
-    Component(String),
-    /// A record the queue cannot carry (a message over the cluster's size).
-    #[error("{0}")]
-    TooLarge(String),
-    #[error(
-        "Idempotency-Key {0:?} was used within the last 24 hours with another body: nothing was taken; send a new batch under a new key"
-    )]
-    KeyReused(String),
 }
 
 /// What a replay of dead letters did.
@@ -450,5 +376,15 @@ impl Stream {
             Ok(shared) => shared.queue.close().await,
             Err(_) => tracing::warn!("the journal of a closed stream is still in use"),
         }
+    }
+}
+
+impl Accept for Stream {
+    fn accept(
+        &self,
+        records: Vec<Record>,
+        idempotency_key: Option<IdempotencyKey>,
+    ) -> futures::future::BoxFuture<'_, Result<Acceptance, AcceptError>> {
+        Box::pin(Stream::accept(self, records, idempotency_key))
     }
 }
