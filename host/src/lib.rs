@@ -2,6 +2,7 @@
 //! component under wasmtime and supplies every side effect the component
 //! itself may not perform. One module per capability.
 
+pub mod account;
 pub mod alerts;
 pub mod clock;
 pub mod cluster;

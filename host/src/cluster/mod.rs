@@ -38,6 +38,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use destination_types::{Budget, RateLimitPolicy};
 
+use crate::account::{Account, TokenSource};
 use crate::clock::Clock;
 use crate::delivery::{StaticToken, retry};
 use crate::guest::Guest;
@@ -45,7 +46,6 @@ use crate::http::ApiClient;
 use crate::limiter::Limiter;
 use crate::oauth::OAuthClient;
 use crate::queue::Merger;
-use crate::service::account::{Account, AccountCredentials};
 pub use lane::Letter;
 pub use layout::{Buckets, ClusterSettings, Shape};
 pub use worker::{ClusterIntake, Worker};
@@ -185,9 +185,9 @@ impl Context {
                 reset_at_ms: Some(handed.reset_ms),
             });
         }
-        let credentials = match (&self.fixed_token, &member.oauth) {
-            (Some(token), _) => AccountCredentials::Fixed(StaticToken(token.clone())),
-            (None, Some(client)) => AccountCredentials::Shared(tokens::SharedTokens::new(
+        let tokens = match (&self.fixed_token, &member.oauth) {
+            (Some(token), _) => Box::new(StaticToken(token.clone())) as Box<dyn TokenSource>,
+            (None, Some(client)) => Box::new(tokens::SharedTokens::new(
                 self.buckets.tokens.clone(),
                 name,
                 client.clone(),
@@ -197,7 +197,7 @@ impl Context {
         Ok(Account {
             name: name.to_owned(),
             limiter,
-            credentials,
+            tokens,
         })
     }
 }

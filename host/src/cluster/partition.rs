@@ -29,8 +29,8 @@ use super::ledger::Progress;
 use super::pending::Pending;
 use super::runs::Tally;
 use super::{ClusterError, Context};
+use crate::account::Account;
 use crate::delivery::{Driver, Handle, Standing, Supervisor};
-use crate::service::account::Account;
 
 /// How long a pull waits for messages before asking again.
 pub(super) const PULL_WAIT: Duration = Duration::from_secs(1);

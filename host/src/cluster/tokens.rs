@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 
-use crate::oauth::{OAuthClient, OAuthError, REFRESH_MARGIN, TokenSet};
+use futures::future::BoxFuture;
+
+use crate::account::{Connection, TokenSink, TokenSource};
+use crate::oauth::{OAuthClient, OAuthError, OAuthSettings, REFRESH_MARGIN, TokenSet};
 
 use super::layout::account_key;
 
@@ -67,6 +70,61 @@ pub async fn store(bucket: &kv::Store, account: &str, tokens: &TokenSet) -> Resu
         .put(account_key(account), value.into())
         .await
         .map_err(|e| format!("cannot store the tokens in the cluster: {e}"))
+}
+
+/// A browser login's tokens, into the bucket.
+pub struct BucketSink(pub kv::Store);
+
+impl TokenSink for BucketSink {
+    fn put<'a>(
+        &'a self,
+        account: &'a str,
+        tokens: &'a TokenSet,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { store(&self.0, account, tokens).await.map(|_| ()) })
+    }
+}
+
+impl TokenSource for SharedTokens {
+    fn token(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(SharedTokens::token(self))
+    }
+
+    fn refresh<'a>(&'a self, rejected: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(SharedTokens::refresh(self, rejected))
+    }
+
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(SharedTokens::settle(self))
+    }
+
+    fn reload(&self) {
+        SharedTokens::reload(self);
+    }
+
+    fn connection<'a>(&'a self, account: &'a str, now_secs: u64) -> BoxFuture<'a, Connection> {
+        Box::pin(async move {
+            match read(&self.inner.bucket, account).await {
+                Ok((tokens, _)) => Connection::of(tokens, now_secs),
+                Err(e) => Connection::NeedsLogin(e.to_string()),
+            }
+        })
+    }
+
+    fn expires_at(&self) -> Option<u64> {
+        SharedTokens::expires_at(self)
+    }
+
+    fn refreshes(&self) -> u64 {
+        SharedTokens::refreshes(self)
+    }
+
+    fn login(&self) -> Option<(OAuthSettings, Box<dyn TokenSink>)> {
+        Some((
+            self.inner.client.settings().clone(),
+            Box::new(BucketSink(self.inner.bucket.clone())),
+        ))
+    }
 }
 
 impl SharedTokens {

@@ -5,12 +5,12 @@
 //! builds the new set beside the old one and keeps what did not change.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use super::account::{Account, AccountCredentials};
 use super::config::{AccountSettings, DestinationSpec, FileProblems, ServiceFile};
 use super::stream::{Stream, StreamSettings};
 use super::{Served, Service, Set, retry_policy};
+use crate::account::{Account, StoredTokens, TokenSource};
 use crate::alerts::Alerts;
 use crate::delivery::StaticToken;
 use crate::engine::{ComponentSource, Destination, Runtime};
@@ -290,18 +290,18 @@ impl Service {
             policy.window_seconds = seconds;
         }
         let limiter = Limiter::with_clock(&policy, self.env.clock).map_err(|e| e.to_string())?;
-        let credentials = match &self.env.fixed_token {
-            Some(token) => AccountCredentials::Fixed(StaticToken(token.clone())),
-            None => AccountCredentials::Stored {
-                client: Box::new((self.env.oauth_client)(runtime)?),
-                store: self.env.token_store.clone(),
-                loaded: Mutex::default(),
-            },
+        let tokens = match &self.env.fixed_token {
+            Some(token) => Box::new(StaticToken(token.clone())) as Box<dyn TokenSource>,
+            None => Box::new(StoredTokens::new(
+                name,
+                (self.env.oauth_client)(runtime)?,
+                self.env.token_store.clone(),
+            )),
         };
         Ok(Account {
             name: name.to_owned(),
             limiter,
-            credentials,
+            tokens,
         })
     }
 

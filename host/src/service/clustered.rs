@@ -11,9 +11,9 @@ use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::queue::Merger;
 
-use super::account::{Account, AccountCredentials};
 use super::config::{FileProblems, ServiceFile};
 use super::{NatsOptions, Service, Set};
+use crate::account::Account;
 use crate::cluster::tokens::SharedTokens;
 
 fn problem(text: String) -> FileProblems {
@@ -104,11 +104,10 @@ impl Service {
             }
             let limiter = crate::limiter::Limiter::with_clock(&member.rate_limit, self.env.clock)
                 .map_err(|e| problem(format!("account {:?}: {e}", member.account)))?;
-            let credentials = match (&self.env.fixed_token, &member.oauth) {
-                (Some(token), _) => {
-                    AccountCredentials::Fixed(crate::delivery::StaticToken(token.clone()))
-                }
-                (None, Some(client)) => AccountCredentials::Shared(SharedTokens::new(
+            let tokens = match (&self.env.fixed_token, &member.oauth) {
+                (Some(token), _) => Box::new(crate::delivery::StaticToken(token.clone()))
+                    as Box<dyn crate::account::TokenSource>,
+                (None, Some(client)) => Box::new(SharedTokens::new(
                     buckets.tokens.clone(),
                     &member.account,
                     client.clone(),
@@ -120,7 +119,7 @@ impl Service {
                 Arc::new(Account {
                     name: member.account.clone(),
                     limiter,
-                    credentials,
+                    tokens,
                 }),
             );
         }

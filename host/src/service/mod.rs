@@ -12,7 +12,6 @@
 //! did not change keep running untouched, and the others are closed (their
 //! queued work stays in their journals) and opened again.
 
-pub mod account;
 pub mod admin;
 mod assemble;
 mod clustered;
@@ -30,11 +29,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::account::Account;
 use crate::clock::Clock;
 use crate::delivery::{DeliveryOptions, retry};
 use crate::engine::{Limits, Runtime};
 use crate::oauth::{OAuthClient, TokenStore};
-use account::Account;
 use config::{DestinationSpec, FileProblems, ServiceFile};
 use stream::Stream;
 

@@ -19,9 +19,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::account::TokenSink;
 use crate::clock::Clock;
 use crate::oauth::{OAuthClient, OAuthError, PendingLogin, Redirect};
-use crate::service::account::TokenSink;
 
 /// How long a started login waits for its callback.
 pub const LOGIN_LIFE: Duration = Duration::from_secs(10 * 60);
@@ -35,7 +35,7 @@ struct Started {
     /// The value of the browser's connect cookie.
     browser: String,
     client: OAuthClient,
-    store: TokenSink,
+    store: Box<dyn TokenSink>,
     pending: PendingLogin,
     expires_ms: u64,
 }
@@ -77,7 +77,12 @@ impl Connects {
     /// Starts a login for `account` with `client` (whose redirect URI is
     /// the service's callback), its tokens to go to `store`: where to send
     /// the browser, and the value of the cookie to give it.
-    pub fn start(&self, account: &str, client: OAuthClient, store: TokenSink) -> (String, String) {
+    pub fn start(
+        &self,
+        account: &str,
+        client: OAuthClient,
+        store: Box<dyn TokenSink>,
+    ) -> (String, String) {
         let now = self.clock.now_ms();
         let (url, pending) = client.authorize_url();
         let browser = super::session::token();

@@ -62,13 +62,11 @@ pub(super) async fn destinations(
         let paused = status.as_ref().and_then(|s| s.paused.clone());
         let (connection, connection_class) = match &account {
             Some(account) => match account.connection(now_ms / 1000).await {
-                crate::service::account::Connection::Fixed => {
-                    ("Fixed access token".to_owned(), "muted")
-                }
-                crate::service::account::Connection::NeedsLogin(why) => {
+                crate::account::Connection::Fixed => ("Fixed access token".to_owned(), "muted"),
+                crate::account::Connection::NeedsLogin(why) => {
                     (format!("Needs login ({why})"), "error")
                 }
-                crate::service::account::Connection::Connected { expires_in, scope } => {
+                crate::account::Connection::Connected { expires_in, scope } => {
                     if paused.is_some() {
                         ("Refresh failing".to_owned(), "error")
                     } else {
@@ -140,10 +138,7 @@ pub(super) async fn destinations(
             name: name.clone(),
             enabled: served.stream.is_some() || served.clustered,
             account: served.account.clone(),
-            connectable: !matches!(
-                account.as_ref().map(|a| &a.credentials),
-                Some(crate::service::account::AccountCredentials::Fixed(_)) | None
-            ),
+            connectable: account.as_ref().is_some_and(|a| a.connectable()),
             connection,
             connection_class,
             queued,

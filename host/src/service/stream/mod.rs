@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::account::Account;
+use crate::account::Account;
 use crate::alerts::Alerts;
 use crate::clock::Clock;
 use crate::delivery::retry;
