@@ -210,10 +210,7 @@ impl Account {
     /// An OAuth client for a browser login whose redirect comes back to
     /// `redirect_uri`, and where its tokens go (`None`: the account uses a
     /// fixed token).
-    pub fn connect_client(
-        &self,
-        redirect_uri: &str,
-    ) -> Result<Option<LoginClient>, String> {
+    pub fn connect_client(&self, redirect_uri: &str) -> Result<Option<LoginClient>, String> {
         let Some((mut settings, sink)) = self.tokens.login() else {
             return Ok(None);
         };

@@ -50,7 +50,9 @@ pub struct Refused {
 /// One input record.
 #[derive(Clone)]
 pub struct Item {
-    /// Input line (for a replay, the dead letter's original line).
+    /// The record's line: in a file, its line; in a posted batch, its
+    /// place counted from 1 (an answer names it by its place from 0); in
+    /// a replay, the dead letter's line.
     pub line: u64,
     /// The record (for a refused record, what is kept of it).
     pub text: String,
@@ -58,7 +60,7 @@ pub struct Item {
     pub refused: Option<Refused>,
     /// Where the input may be checkpointed once this record is journaled;
     /// `None`: not past this record (its line has no newline yet).
-    pub position: Option<Position>,
+    pub checkpoint: Option<Position>,
     /// The dead letter this record replays.
     pub replay: Option<Replay>,
 }
@@ -86,7 +88,7 @@ impl Item {
             line,
             text,
             refused: None,
-            position: None,
+            checkpoint: None,
             replay: Some(Replay {
                 letter,
                 received_ms,
@@ -277,7 +279,7 @@ impl InputInfo {
         items: impl Iterator<Item = &'a Item>,
     ) -> Option<Checkpoint> {
         let (input, identity) = self.checkpoint.as_ref()?;
-        let position = items.filter_map(|i| i.position.as_ref()).last()?;
+        let position = items.filter_map(|i| i.checkpoint.as_ref()).last()?;
         Some(Checkpoint {
             input: input.clone(),
             identity: identity.clone(),
@@ -459,7 +461,7 @@ impl<R: BufRead> Iterator for Lines<R> {
                 line: self.line,
                 text,
                 refused,
-                position,
+                checkpoint: position,
                 replay: None,
             }));
         }
@@ -490,7 +492,7 @@ mod tests {
         assert!(items[1].text.len() <= TOO_LARGE_PREFIX_BYTES);
         assert_eq!(items[2].text, "{\"b\":2}");
         assert_eq!(
-            items[2].position.as_ref().unwrap().offset,
+            items[2].checkpoint.as_ref().unwrap().offset,
             input.len() as u64
         );
     }
@@ -512,10 +514,10 @@ mod tests {
         // A whole record without its newline: taken, not checkpointed past.
         let items = read(b"{\"a\":1}\n{\"b\":2}", 100, true);
         assert_eq!(items.len(), 2);
-        assert!(items[1].position.is_none());
+        assert!(items[1].checkpoint.is_none());
         // From a stream the end of the input ends the line.
         let items = read(b"{\"a\":1}\n{\"b\":", 100, false);
         assert_eq!(items.len(), 2);
-        assert!(items[1].position.is_some());
+        assert!(items[1].checkpoint.is_some());
     }
 }

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use async_nats::jetstream;
 
-use super::lane::Intake;
+use super::lane::HeldMessage;
 use super::ledger::Complete;
 use super::partition::{Owner, PULL_WAIT};
 use super::runs::{self, MessageCounts};
@@ -24,7 +24,7 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// acknowledging task started.
 #[derive(Default)]
 pub(super) struct Acknowledgements {
-    to_count: Vec<Complete<Intake>>,
+    to_count: Vec<Complete<HeldMessage>>,
     to_acknowledge: VecDeque<jetstream::Message>,
 }
 

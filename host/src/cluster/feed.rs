@@ -13,7 +13,7 @@ use destination_types::{PlanOutcome, RecordFate};
 use futures::StreamExt;
 
 use super::ClusterError;
-use super::lane::{Books, Held, Intake, Letter};
+use super::lane::{Books, Held, HeldMessage, Letter};
 use super::layout::{self, LINES_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
 use super::ledger::Progress;
 use super::partition::{Owner, PULL_WAIT};
@@ -152,7 +152,11 @@ async fn check_deliveries(
 
 /// A whole message that cannot be delivered: its dead letter first, then
 /// the message counts as done (one rejected record).
-async fn dead_message(books: &Books, letter: &Letter, intake: Intake) -> Result<(), ClusterError> {
+async fn dead_message(
+    books: &Books,
+    letter: &Letter,
+    intake: HeldMessage,
+) -> Result<(), ClusterError> {
     books.dead_letter(letter).await?;
     let counted = RunDelta::received_rejected(1);
     lock(&books.ledger).admit(letter.intake_seq, Vec::new(), counted, intake);
@@ -209,7 +213,7 @@ async fn take_in(
     };
     let payload = message.payload.clone();
     let whole = || String::from_utf8_lossy(&payload).into_owned();
-    let intake = Intake {
+    let intake = HeldMessage {
         message,
         destination: destination.clone(),
         received_ms,

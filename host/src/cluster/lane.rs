@@ -13,11 +13,11 @@ use tokio::sync::Notify;
 
 use super::ledger::Ledger;
 use super::pending::{Pending, RecordRef};
-use super::runs::Tally;
+use super::runs::Unflushed;
 use super::{ClusterError, Context, Member, layout};
 use crate::delivery::Handle;
 use crate::queue::WorkQueue;
-use crate::queue::{Attempt, Claim, RunId, Verdict};
+use crate::queue::{Attempt, Claim, Disposition, RunId};
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -57,7 +57,7 @@ pub(super) struct Held {
 
 /// An intake message held until it is acknowledged, and where its
 /// records count.
-pub(super) struct Intake {
+pub(super) struct HeldMessage {
     pub(super) message: jetstream::Message,
     pub(super) destination: String,
     pub(super) received_ms: u64,
@@ -66,9 +66,9 @@ pub(super) struct Intake {
 /// What the partition's tasks share about its messages.
 pub(super) struct Books {
     pub(super) ctx: Arc<Context>,
-    pub(super) ledger: Mutex<Ledger<Intake>>,
+    pub(super) ledger: Mutex<Ledger<HeldMessage>>,
     pub(super) records: Mutex<HashMap<RecordRef, Held>>,
-    pub(super) tally: Tally,
+    pub(super) tally: Unflushed,
     /// A record got its verdict (an acknowledgement may be due, and room
     /// in the window freed).
     pub(super) progressed: Notify,
@@ -144,18 +144,18 @@ impl WorkQueue for Lane {
     async fn finish(
         &self,
         claim: Claim,
-        verdict: Verdict,
+        verdict: Disposition,
         _run: RunId,
     ) -> Result<(), ClusterError> {
         let records = lock(&self.pending).finish(&claim);
         let name = &self.member.name;
         match verdict {
-            Verdict::Delivered => {
+            Disposition::Delivered => {
                 for record in records {
                     self.books.request_done(record, false);
                 }
             }
-            Verdict::Rejected {
+            Disposition::Rejected {
                 code,
                 reason,
                 request,

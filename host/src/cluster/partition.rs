@@ -27,7 +27,7 @@ use super::lane::{Books, Lane};
 use super::layout;
 use super::ledger::Progress;
 use super::pending::Pending;
-use super::runs::Tally;
+use super::runs::Unflushed;
 use super::{ClusterError, Context};
 use crate::account::Account;
 use crate::delivery::{Driver, Handle, Standing, Supervisor};
@@ -156,7 +156,7 @@ impl Owner {
             ctx: ctx.clone(),
             ledger: Mutex::default(),
             records: Mutex::default(),
-            tally: Tally::default(),
+            tally: Unflushed::default(),
             progressed: Notify::new(),
         });
         let mut accounts = BTreeMap::new();

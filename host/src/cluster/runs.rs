@@ -135,7 +135,7 @@ impl ClusterRun {
 /// Request counts not yet added to the cluster's runs, per destination;
 /// and the request counters as last added.
 #[derive(Default)]
-pub struct Tally {
+pub struct Unflushed {
     deltas: Mutex<BTreeMap<String, RunDelta>>,
     seen_requests: Mutex<BTreeMap<String, RunDelta>>,
 }
@@ -144,7 +144,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Tally {
+impl Unflushed {
     fn add(&self, destination: &str, delta: &RunDelta) {
         lock(&self.deltas)
             .entry(destination.to_owned())

@@ -195,8 +195,8 @@ impl Worker {
         let mut texts = Vec::with_capacity(planned.len());
         let mut lines = Vec::with_capacity(planned.len());
         let mut refused = Vec::new();
-        for (item, outcome) in planned {
-            let index = item.line.saturating_sub(1);
+        // The answer names a record by its place in the batch.
+        for (index, (item, outcome)) in (0u64..).zip(planned) {
             answer.count(index, &outcome);
             match (item.refused, outcome) {
                 // An NDJSON line that is not JSON cannot travel inside the

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::queue::WorkQueue;
-use crate::queue::{Attempt, RunId, Verdict};
+use crate::queue::{Attempt, Disposition, RunId};
 
 use super::Credentials;
 use super::control::Control;
@@ -96,7 +96,7 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
     /// run stopped first. Whenever it has to wait (for the limiter, a
     /// retry, a refresh) the attempt is let go of, so newer updates merge
     /// into it, and it is started again (re-read) before it is sent.
-    async fn deliver(&self, attempt: Attempt) -> Option<Verdict> {
+    async fn deliver(&self, attempt: Attempt) -> Option<Disposition> {
         let Attempt { claim, request } = attempt;
         let mut on_the_wire = Some(request);
         let mut attempts = Attempts::default();

@@ -7,7 +7,7 @@
 mod control;
 mod dispatch;
 mod driver;
-mod intake;
+mod enqueue;
 mod planner;
 mod report;
 pub mod retry;
@@ -33,7 +33,7 @@ use crate::limiter::Limiter;
 use crate::queue::{JournalQueue, Queue, RunEnd, RunStart};
 use control::until_signal;
 pub use driver::{Driver, Handle, Standing, Supervisor};
-use intake::Intake;
+use enqueue::Enqueuer;
 pub(crate) use planner::plan_items;
 pub use planner::plan_stream;
 use report::Reporter;
@@ -236,7 +236,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
     let handle = Handle::new(run_id, options.clock.now_ms());
     let control = handle.control();
     let held_back = Mutex::new(Vec::new());
-    let intake = Intake {
+    let enqueuer = Enqueuer {
         guest,
         queue,
         run: run_id,
@@ -268,7 +268,7 @@ pub async fn deliver<C: Credentials, Q: Queue>(
         options,
     };
     let delivery = async {
-        futures::join!(intake.run(receiver, &input), driver.work());
+        futures::join!(enqueuer.run(receiver, &input), driver.work());
     };
     let signals = async {
         if !options.stop_on_signals {

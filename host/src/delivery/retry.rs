@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use destination_types::{Request, Response, Verdict as ApiVerdict};
+use destination_types::{Request, Response, Verdict};
 
-use crate::queue::Verdict;
+use crate::queue::Disposition;
 
 /// The retry policy of a run.
 #[derive(Clone, Copy, Debug)]
@@ -32,7 +32,7 @@ pub enum Event {
     /// The component could not classify the answer.
     Unclassifiable(String),
     /// The component's verdict on the answer.
-    Classified { verdict: ApiVerdict, status: u16 },
+    Classified { verdict: Verdict, status: u16 },
 }
 
 /// What to do next.
@@ -42,7 +42,7 @@ pub enum Event {
 #[derive(Debug, PartialEq)]
 pub enum Action {
     /// The update has its verdict.
-    Finish(Verdict),
+    Finish(Disposition),
     /// Send it again after this long.
     RetryAfter(Duration),
     /// Rate limited: let the limiter wait until the window resets (the
@@ -97,17 +97,17 @@ impl Attempts {
                 response,
             )),
             Event::Classified { verdict, status } => match verdict {
-                ApiVerdict::Delivered => Action::Finish(Verdict::Delivered),
-                ApiVerdict::Rejected(rejection) => Action::Finish(rejected(
+                Verdict::Delivered => Action::Finish(Disposition::Delivered),
+                Verdict::Rejected(rejection) => Action::Finish(rejected(
                     &rejection.code,
                     rejection.message,
                     request,
                     response,
                 )),
-                ApiVerdict::Retry(retry) if status == 429 => Action::RateLimited {
+                Verdict::Retry(retry) if status == 429 => Action::RateLimited {
                     reset_at_ms: retry.not_before_ms,
                 },
-                ApiVerdict::Retry(retry) => self.transient(
+                Verdict::Retry(retry) => self.transient(
                     policy,
                     &retry.reason,
                     retry.not_before_ms,
@@ -115,14 +115,14 @@ impl Attempts {
                     now_ms,
                     jitter,
                 ),
-                ApiVerdict::RefreshCredentials if !self.refreshed => {
+                Verdict::RefreshCredentials if !self.refreshed => {
                     self.refreshed = true;
                     Action::Refresh
                 }
-                ApiVerdict::RefreshCredentials => Action::StopForLogin(
+                Verdict::RefreshCredentials => Action::StopForLogin(
                     "the API refused the credentials even after a refresh; run `outreach-host login` again".into(),
                 ),
-                ApiVerdict::Fatal(why) => Action::Stop(why),
+                Verdict::Fatal(why) => Action::Stop(why),
             },
         }
     }
@@ -163,8 +163,13 @@ impl Attempts {
     }
 }
 
-fn rejected(code: &str, reason: String, request: &Request, response: Option<Response>) -> Verdict {
-    Verdict::Rejected {
+fn rejected(
+    code: &str,
+    reason: String,
+    request: &Request,
+    response: Option<Response>,
+) -> Disposition {
+    Disposition::Rejected {
         code: code.into(),
         reason,
         request: Some(request.clone()),
@@ -195,12 +200,12 @@ mod tests {
         }
     }
 
-    fn classified(verdict: ApiVerdict, status: u16) -> Event {
+    fn classified(verdict: Verdict, status: u16) -> Event {
         Event::Classified { verdict, status }
     }
 
-    fn retry(not_before_ms: Option<u64>) -> ApiVerdict {
-        ApiVerdict::Retry(Retry {
+    fn retry(not_before_ms: Option<u64>) -> Verdict {
+        Verdict::Retry(Retry {
             not_before_ms,
             reason: "HTTP 503".into(),
         })
@@ -208,7 +213,7 @@ mod tests {
 
     fn code(action: &Action) -> Option<&str> {
         match action {
-            Action::Finish(Verdict::Rejected { code, .. }) => Some(code),
+            Action::Finish(Disposition::Rejected { code, .. }) => Some(code),
             _ => None,
         }
     }
@@ -223,7 +228,7 @@ mod tests {
         assert_eq!(second, Action::RetryAfter(Duration::from_millis(200)));
         let third = attempts.next(&POLICY, Event::Transport("reset".into()), &r, None, 0, 1.0);
         assert_eq!(code(&third), Some("retries-exhausted"));
-        let Action::Finish(Verdict::Rejected { reason, .. }) = third else {
+        let Action::Finish(Disposition::Rejected { reason, .. }) = third else {
             unreachable!()
         };
         assert!(
@@ -286,7 +291,7 @@ mod tests {
     fn credentials_are_refreshed_once_then_the_run_stops_for_a_login() {
         let mut attempts = Attempts::default();
         let r = request();
-        let refused = || classified(ApiVerdict::RefreshCredentials, 401);
+        let refused = || classified(Verdict::RefreshCredentials, 401);
         assert_eq!(
             attempts.next(&POLICY, refused(), &r, None, 0, 1.0),
             Action::Refresh
@@ -306,7 +311,7 @@ mod tests {
             body: "gone".into(),
         };
         let mut attempts = Attempts::default();
-        let rejection = ApiVerdict::Rejected(Rejection {
+        let rejection = Verdict::Rejected(Rejection {
             code: "not-found".into(),
             message: "no such item".into(),
             audience: None,
@@ -321,7 +326,7 @@ mod tests {
         );
         assert_eq!(
             action,
-            Action::Finish(Verdict::Rejected {
+            Action::Finish(Disposition::Rejected {
                 code: "not-found".into(),
                 reason: "no such item".into(),
                 request: Some(r.clone()),
@@ -330,13 +335,13 @@ mod tests {
         );
         let delivered = attempts.next(
             &POLICY,
-            classified(ApiVerdict::Delivered, 200),
+            classified(Verdict::Delivered, 200),
             &r,
             None,
             0,
             1.0,
         );
-        assert_eq!(delivered, Action::Finish(Verdict::Delivered));
+        assert_eq!(delivered, Action::Finish(Disposition::Delivered));
         let refused = attempts.next(&POLICY, Event::Refused("the path".into()), &r, None, 0, 1.0);
         assert_eq!(code(&refused), Some("refused-by-host"));
         let broken = attempts.next(
@@ -350,7 +355,7 @@ mod tests {
         assert_eq!(code(&broken), Some("component-error"));
         let fatal = attempts.next(
             &POLICY,
-            classified(ApiVerdict::Fatal("scope".into()), 403),
+            classified(Verdict::Fatal("scope".into()), 403),
             &r,
             None,
             0,

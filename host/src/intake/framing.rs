@@ -139,7 +139,7 @@ fn item(position: u64, text: &str, max_record_bytes: usize) -> Item {
         line: position,
         text,
         refused,
-        position: None,
+        checkpoint: None,
         replay: None,
     }
 }

@@ -47,7 +47,7 @@ fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
     };
     let batch = vec![incoming(2, patch(2, json!({"a": 2}), &[]))];
     let journaled = super::tests::ingest_once(&journal, run, batch, &receipt);
-    assert!(matches!(journaled, Intake::Journaled(_)), "{journaled:?}");
+    assert!(matches!(journaled, Ingested::Journaled(_)), "{journaled:?}");
     drop(journal);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -46,14 +46,14 @@ use rusqlite::Connection;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::queue::{Attempt, Claim, HeldBack, Incoming, IngestReport, RunId, Verdict};
+use crate::queue::{Attempt, Claim, Disposition, HeldBack, Incoming, IngestReport, RunId};
 pub use checkpoints::Checkpoint;
 pub use letters::{
     DeadLetter, LetterFilter, LetterPreview, LetterRecord, MAX_STORED_RESPONSE_BYTES,
     PREVIEW_CHARS, request_summary,
 };
 pub use placement::{Chains, Head, Placement, Prepared, Stale};
-pub use receipts::{Backlog, Earlier, Intake, RECEIPT_TTL_MS, Receipt};
+pub use receipts::{Backlog, Earlier, Ingested, RECEIPT_TTL_MS, Receipt};
 use store::SCHEMA_VERSION;
 pub use store::default_journal_path;
 

@@ -47,7 +47,7 @@ impl Earlier {
 
 /// What an idempotent intake did.
 #[derive(Debug)]
-pub enum Intake {
+pub enum Ingested {
     /// The batch is journaled, with its receipt.
     Journaled(IngestReport),
     /// The key was seen within [`RECEIPT_TTL_MS`]: nothing was journaled.
@@ -93,13 +93,13 @@ impl Journal {
         batch: &[Incoming],
         placement: Placement,
         receipt: &Receipt,
-    ) -> Result<Result<Intake, Stale>, JournalError> {
+    ) -> Result<Result<Ingested, Stale>, JournalError> {
         let now = now_ms();
         let since = now.saturating_sub(RECEIPT_TTL_MS as i64);
         let mut state = self.state();
         state.healthy(&self.path)?;
         state.begin().map_err(|e| self.err(e))?;
-        let result = (|| -> Result<Result<Intake, Stale>, JournalError> {
+        let result = (|| -> Result<Result<Ingested, Stale>, JournalError> {
             let earlier = state
                 .conn
                 .prepare_cached(RECEIPT_OF)
@@ -109,7 +109,10 @@ impl Journal {
                 })
                 .map_err(|e| self.err(e))?;
             if let Some(earlier) = earlier {
-                return Ok(Ok(Intake::Repeated(Earlier::of(&receipt.digest, earlier))));
+                return Ok(Ok(Ingested::Repeated(Earlier::of(
+                    &receipt.digest,
+                    earlier,
+                ))));
             }
             let report = match ingest_batch(&mut state, run, batch, placement, None, &self.path)? {
                 Ok(report) => report,
@@ -128,7 +131,7 @@ impl Journal {
                     s.execute(params![receipt.key, receipt.response, now, receipt.digest])
                 })
                 .map_err(|e| self.err(e))?;
-            Ok(Ok(Intake::Journaled(report)))
+            Ok(Ok(Ingested::Journaled(report)))
         })()
         // Accepted means on disk, whatever happens to the machine next.
         .and_then(|intake| {

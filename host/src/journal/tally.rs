@@ -19,14 +19,14 @@ pub(super) enum Fate {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct Counts {
+struct CountDeltas {
     received: i64,
     delivered: i64,
     rejected: i64,
     skipped: i64,
 }
 
-impl Counts {
+impl CountDeltas {
     fn add(&mut self, fate: Option<Fate>, received: bool) {
         self.received += i64::from(received);
         match fate {
@@ -40,8 +40,8 @@ impl Counts {
 
 #[derive(Debug, Default)]
 pub(super) struct Tally {
-    runs: HashMap<RunId, (Counts, i64)>,
-    audiences: HashMap<(RunId, String), Counts>,
+    runs: HashMap<RunId, (CountDeltas, i64)>,
+    audiences: HashMap<(RunId, String), CountDeltas>,
     failures: HashMap<(RunId, String), i64>,
 }
 

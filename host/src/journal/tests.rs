@@ -60,7 +60,7 @@ pub(super) fn ingest_once(
     run: RunId,
     batch: Vec<Incoming>,
     receipt: &Receipt,
-) -> Intake {
+) -> Ingested {
     let (asked, chains) = journal.prepare(&batch).unwrap().chains(&batch);
     let combined = chains
         .into_iter()
@@ -158,11 +158,15 @@ fn updates_queued_for_one_key_merge_until_one_is_on_the_wire() {
 
     // The verdict credits all five records to their run.
     assert_eq!(
-        journal.finish(&seven, &Verdict::Delivered, run).unwrap(),
+        journal
+            .finish(&seven, &Disposition::Delivered, run)
+            .unwrap(),
         None
     );
     assert_eq!(
-        journal.finish(&eight, &Verdict::Delivered, run).unwrap(),
+        journal
+            .finish(&eight, &Disposition::Delivered, run)
+            .unwrap(),
         None
     );
     let record = journal.run(run).unwrap();
@@ -266,7 +270,7 @@ fn a_lost_verdict_stops_the_queue_so_no_older_update_overtakes_a_newer_one() {
         // The older one is delivered; its verdict waits in the group
         // while the worker moves on to the newer one.
         let next = journal
-            .finish(&claim, &Verdict::Delivered, run)
+            .finish(&claim, &Disposition::Delivered, run)
             .unwrap()
             .unwrap();
         journal.fail_next_commit();
@@ -278,7 +282,7 @@ fn a_lost_verdict_stops_the_queue_so_no_older_update_overtakes_a_newer_one() {
             journal.begin_attempt(&next, run, &merge),
             Err(JournalError::Failed { .. })
         ));
-        assert!(journal.finish(&next, &Verdict::Delivered, run).is_err());
+        assert!(journal.finish(&next, &Disposition::Delivered, run).is_err());
         assert!(journal.claim_next().is_err());
         let late = patch(8, json!({"firstName": "Late"}), &[]);
         assert!(
@@ -299,7 +303,9 @@ fn a_lost_verdict_stops_the_queue_so_no_older_update_overtakes_a_newer_one() {
     let request = journal.begin_attempt(&first, run, &merge).unwrap();
     assert_eq!(attributes(&request), json!({"firstName": "Newer"}));
     assert_eq!(
-        journal.finish(&first, &Verdict::Delivered, run).unwrap(),
+        journal
+            .finish(&first, &Disposition::Delivered, run)
+            .unwrap(),
         None
     );
     assert_eq!(journal.claim_next().unwrap(), None);
@@ -317,7 +323,7 @@ fn a_dead_letter_keeps_a_bounded_part_of_a_huge_answer() {
     let claim = journal.claim_next().unwrap().unwrap();
     journal.begin_attempt(&claim, run, &merge).unwrap();
     let body = "é".repeat(1 << 20); // 2 MiB of two-byte characters
-    let rejected = Verdict::Rejected {
+    let rejected = Disposition::Rejected {
         code: "validation-error".into(),
         reason: "refused".into(),
         request: Some(request),
@@ -359,7 +365,7 @@ fn the_owner_of_a_key_takes_the_next_update_after_a_verdict() {
             &merge,
         )
         .unwrap();
-    let rejected = Verdict::Rejected {
+    let rejected = Disposition::Rejected {
         code: "validation-error".into(),
         reason: "field4 is not a field".into(),
         request: None,
@@ -371,7 +377,7 @@ fn the_owner_of_a_key_takes_the_next_update_after_a_verdict() {
     let request = journal.begin_attempt(&next, run, &merge).unwrap();
     assert_eq!(attributes(&request), json!({"firstName": "B"}));
     assert_eq!(
-        journal.finish(&next, &Verdict::Delivered, run).unwrap(),
+        journal.finish(&next, &Disposition::Delivered, run).unwrap(),
         None
     );
 
@@ -410,7 +416,9 @@ fn an_update_let_go_without_a_verdict_is_taken_again_in_the_same_run() {
         let request = journal.begin_attempt(&claim, run, &merge).unwrap();
         taken.push((claim.key.clone(), attributes(&request)["firstName"].clone()));
         assert_eq!(
-            journal.finish(&claim, &Verdict::Delivered, run).unwrap(),
+            journal
+                .finish(&claim, &Disposition::Delivered, run)
+                .unwrap(),
             None
         );
     }
@@ -445,7 +453,9 @@ fn a_new_run_takes_over_what_a_stopped_one_left() {
     let again = journal.claim_next().unwrap().unwrap();
     assert_eq!(again, claim);
     journal.begin_attempt(&again, second, &merge).unwrap();
-    journal.finish(&again, &Verdict::Delivered, second).unwrap();
+    journal
+        .finish(&again, &Disposition::Delivered, second)
+        .unwrap();
     assert_eq!(journal.run(first).unwrap().counts.delivered, 1);
     assert_eq!(journal.run(second).unwrap().updates_delivered, 1);
 }
@@ -464,7 +474,10 @@ fn the_per_update_statements_keep_their_plans_across_bindings() {
         loop {
             journal.begin_attempt(&claim, run, &|_, _| None).unwrap();
             delivered += 1;
-            match journal.finish(&claim, &Verdict::Delivered, run).unwrap() {
+            match journal
+                .finish(&claim, &Disposition::Delivered, run)
+                .unwrap()
+            {
                 Some(next) => claim = next,
                 None => break,
             }
@@ -505,11 +518,11 @@ fn an_idempotency_key_journals_its_batch_once_within_a_day() {
         response: r#"{"accepted":1}"#.into(),
     };
     let journaled = ingest(1, &first);
-    assert!(matches!(journaled, Intake::Journaled(_)), "{journaled:?}");
+    assert!(matches!(journaled, Ingested::Journaled(_)), "{journaled:?}");
     // The same key and body again: the first answer, nothing journaled.
     let answered = Earlier::Answered(r#"{"accepted":1}"#.into());
     match ingest(1, &first) {
-        Intake::Repeated(earlier) => assert_eq!(earlier, answered),
+        Ingested::Repeated(earlier) => assert_eq!(earlier, answered),
         other => panic!("{other:?}"),
     }
     assert_eq!(
@@ -523,7 +536,7 @@ fn an_idempotency_key_journals_its_batch_once_within_a_day() {
         response: r#"{"accepted":2}"#.into(),
     };
     match ingest(2, &again) {
-        Intake::Repeated(earlier) => assert_eq!(earlier, Earlier::OtherBody),
+        Ingested::Repeated(earlier) => assert_eq!(earlier, Earlier::OtherBody),
         other => panic!("{other:?}"),
     }
     assert_eq!(
@@ -542,7 +555,7 @@ fn an_idempotency_key_journals_its_batch_once_within_a_day() {
         .unwrap();
     assert_eq!(journal.receipt(&again.key, &again.digest).unwrap(), None);
     let later = ingest(2, &again);
-    assert!(matches!(later, Intake::Journaled(_)), "{later:?}");
+    assert!(matches!(later, Ingested::Journaled(_)), "{later:?}");
     assert_eq!(journal.backlog().unwrap().updates, 2);
 }
 

@@ -10,8 +10,8 @@ use super::intake::{ingest_batch, prepare};
 use super::letters::{bounded_response, insert_letter, request_summary};
 use super::tally::{Fate, Tally};
 use super::{
-    Attempt, Begun, Checkpoint, Claim, Head, Incoming, IngestReport, Journal, JournalError, Merge,
-    Placement, Prepared, RunId, Stale, State, Verdict, now_ms,
+    Attempt, Begun, Checkpoint, Claim, Disposition, Head, Incoming, IngestReport, Journal,
+    JournalError, Merge, Placement, Prepared, RunId, Stale, State, now_ms,
 };
 use crate::queue::fold_chain;
 
@@ -318,7 +318,7 @@ impl Journal {
     pub fn finish_and_begin(
         &self,
         claim: &Claim,
-        verdict: &Verdict,
+        verdict: &Disposition,
         current_run: RunId,
     ) -> Result<Option<Begun>, JournalError> {
         match self.finish(claim, verdict, current_run)? {
@@ -339,7 +339,7 @@ impl Journal {
     pub fn finish(
         &self,
         claim: &Claim,
-        verdict: &Verdict,
+        verdict: &Disposition,
         current_run: RunId,
     ) -> Result<Option<Claim>, JournalError> {
         let mut state = self.state();
@@ -454,7 +454,7 @@ fn finish_update(
     tx: &Connection,
     tally: &mut Tally,
     claim: &Claim,
-    verdict: &Verdict,
+    verdict: &Disposition,
     current_run: RunId,
     path: &Path,
 ) -> Result<(), JournalError> {
@@ -480,7 +480,7 @@ fn finish_update(
             .and_then(|rows| rows.collect())
         })
         .map_err(sqlite)?;
-    if matches!(verdict, Verdict::Delivered)
+    if matches!(verdict, Disposition::Delivered)
         && let Some(newest) = sources.iter().map(|s| s.5).max()
     {
         tx.prepare_cached(
@@ -492,8 +492,8 @@ fn finish_update(
         .map_err(sqlite)?;
     }
     let (request_text, status, response) = match verdict {
-        Verdict::Delivered => (None, None, None),
-        Verdict::Rejected {
+        Disposition::Delivered => (None, None, None),
+        Disposition::Rejected {
             request, response, ..
         } => (
             request.as_ref().map(|r| request_summary(r).to_string()),
@@ -506,7 +506,7 @@ fn finish_update(
     for (id, run, line, first_part, audiences, received_ms) in &sources {
         let audiences: Vec<String> = serde_json::from_str(audiences).unwrap_or_default();
         match verdict {
-            Verdict::Delivered => {
+            Disposition::Delivered => {
                 tally.credit(
                     *run,
                     &audiences,
@@ -516,7 +516,7 @@ fn finish_update(
                     None,
                 );
             }
-            Verdict::Rejected { code, reason, .. } => {
+            Disposition::Rejected { code, reason, .. } => {
                 tally.credit(
                     *run,
                     &audiences,
@@ -546,7 +546,7 @@ fn finish_update(
             }
         }
     }
-    if matches!(verdict, Verdict::Delivered) {
+    if matches!(verdict, Disposition::Delivered) {
         tally.update_delivered(current_run);
     }
     tx.prepare_cached(DELETE_SOURCES)

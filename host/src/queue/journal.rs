@@ -13,12 +13,13 @@ use destination_types::Request;
 use tokio::sync::oneshot;
 
 use super::{
-    Attempt, Claim, Combiner, Incoming, IngestReport, Queue, RunEnd, RunId, RunStart, StreamQueue,
-    Verdict, WorkQueue,
+    Attempt, Claim, Combiner, Disposition, Incoming, IngestReport, Queue, RunEnd, RunId, RunStart,
+    StreamQueue, WorkQueue,
 };
 use crate::journal::{
-    Backlog, Begun, Checkpoint, Counts, DeadLetter, Earlier, GROUP_COMMIT_WINDOW, Intake, Journal,
-    JournalError, LetterFilter, LetterRecord, Placement, Receipt, RunRecord, RunStats, Stale,
+    Backlog, Begun, Checkpoint, Counts, DeadLetter, Earlier, GROUP_COMMIT_WINDOW, Ingested,
+    Journal, JournalError, LetterFilter, LetterRecord, Placement, Receipt, RunRecord, RunStats,
+    Stale,
 };
 
 type Job = Box<dyn FnOnce(&Journal) + Send>;
@@ -338,7 +339,12 @@ impl WorkQueue for JournalQueue {
             .await;
     }
 
-    async fn finish(&self, claim: Claim, verdict: Verdict, run: RunId) -> Result<(), JournalError> {
+    async fn finish(
+        &self,
+        claim: Claim,
+        verdict: Disposition,
+        run: RunId,
+    ) -> Result<(), JournalError> {
         let ahead = self.ahead.clone();
         let job: Job = Box::new(move |journal| {
             let recorded = journal
@@ -469,7 +475,7 @@ impl StreamQueue for JournalQueue {
         run: RunId,
         batch: Vec<Incoming>,
         receipt: Receipt,
-    ) -> Result<Intake, JournalError> {
+    ) -> Result<Ingested, JournalError> {
         self.ingest(batch, move |journal, batch, placement| {
             journal.ingest_once(run, batch, placement, &receipt)
         })

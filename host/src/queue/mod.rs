@@ -24,8 +24,8 @@ use destination_types::{PlanOutcome, Response};
 use serde::Serialize;
 
 use crate::journal::{
-    Backlog, Checkpoint, Counts, DeadLetter, Earlier, Intake, LetterFilter, LetterRecord, Receipt,
-    RunRecord, RunStats,
+    Backlog, Checkpoint, Counts, DeadLetter, Earlier, Ingested, LetterFilter, LetterRecord,
+    Receipt, RunRecord, RunStats,
 };
 pub use journal::JournalQueue;
 
@@ -83,7 +83,7 @@ pub trait WorkQueue: Send + Sync {
     fn finish(
         &self,
         claim: Claim,
-        verdict: Verdict,
+        verdict: Disposition,
         run: RunId,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
@@ -143,7 +143,7 @@ pub struct Replay {
 // would only add an allocation.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
-pub enum Verdict {
+pub enum Disposition {
     Delivered,
     Rejected {
         code: String,
@@ -256,7 +256,7 @@ pub trait StreamQueue: Queue {
         run: RunId,
         batch: Vec<Incoming>,
         receipt: Receipt,
-    ) -> impl Future<Output = Result<Intake, Self::Error>> + Send;
+    ) -> impl Future<Output = Result<Ingested, Self::Error>> + Send;
 
     /// Counts over every run, in total and per audience.
     fn totals(

@@ -41,7 +41,7 @@ async fn keys_left(queue: &JournalQueue, run: RunId) -> Vec<String> {
     while let Some(attempt) = queue.take(run).await.unwrap() {
         keys.push(attempt.claim.key.clone());
         queue
-            .finish(attempt.claim, Verdict::Delivered, run)
+            .finish(attempt.claim, Disposition::Delivered, run)
             .await
             .unwrap();
     }
@@ -100,13 +100,16 @@ async fn after_a_lost_transaction_nothing_taken_ahead_is_handed_out() {
     // The group holding the next verdict is lost.
     journal.fail_next_commit();
     queue
-        .finish(first.claim, Verdict::Delivered, run)
+        .finish(first.claim, Disposition::Delivered, run)
         .await
         .unwrap();
     queue.call(|_| Ok(())).await.unwrap();
     assert!(journal.flush().is_err());
     let second = first_taken_ahead(&queue);
-    queue.finish(second, Verdict::Delivered, run).await.unwrap();
+    queue
+        .finish(second, Disposition::Delivered, run)
+        .await
+        .unwrap();
     // Once the journal's thread has seen it, nothing more is taken.
     let _ = queue.has_pending().await;
     let refused = queue.take(run).await.unwrap_err();
@@ -197,7 +200,7 @@ async fn an_update_taken_while_a_batch_is_combined_gets_the_batch_behind_it() {
     assert_eq!(on_the_wire.attempt.request.body, "{\"id\": 1}");
     assert_eq!(journal.pending_updates().unwrap(), 2);
     queue
-        .finish(on_the_wire.attempt.claim, Verdict::Delivered, run)
+        .finish(on_the_wire.attempt.claim, Disposition::Delivered, run)
         .await
         .unwrap();
     let next = queue.take(run).await.unwrap().unwrap();
@@ -224,7 +227,7 @@ async fn updates_queued_behind_a_taken_one_fold_in_through_the_combiner() {
     assert_eq!(again.body, "{\"id\": 1}+b+c");
     assert_eq!(journal.pending_updates().unwrap(), 1);
     queue
-        .finish(first.claim, Verdict::Delivered, run)
+        .finish(first.claim, Disposition::Delivered, run)
         .await
         .unwrap();
     let record = queue.run_record(run).await.unwrap();

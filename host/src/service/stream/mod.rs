@@ -26,7 +26,7 @@ use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::input::Item;
 use crate::intake::{Accept, AcceptError, Acceptance, Accepted, IdempotencyKey, Record};
-use crate::journal::{Backlog, Counts, Earlier, Intake, Journal, Receipt, RunStats};
+use crate::journal::{Backlog, Counts, Earlier, Ingested, Journal, Receipt, RunStats};
 use crate::queue::{Incoming, RunId};
 use crate::queue::{JournalQueue, Queue, StreamQueue};
 
@@ -256,8 +256,9 @@ impl Stream {
             .map_err(|e| AcceptError::Component(e.to_string()))?;
         let mut answer = Accepted::default();
         let mut batch = Vec::with_capacity(planned.len());
-        for (item, outcome) in planned {
-            answer.count(item.line.saturating_sub(1), &outcome);
+        // The answer names a record by its place in the batch.
+        for (index, (item, outcome)) in (0u64..).zip(planned) {
+            answer.count(index, &outcome);
             batch.push(Incoming::from((item, outcome)));
         }
         let period = self.period_run().await?;
@@ -277,9 +278,9 @@ impl Stream {
                     .await
                     .map_err(journal_failed)?;
                 match intake {
-                    Intake::Journaled(_) => Acceptance::Fresh(answer.clone()),
-                    Intake::Repeated(Earlier::Answered(first)) => Acceptance::Repeated(first),
-                    Intake::Repeated(Earlier::OtherBody) => {
+                    Ingested::Journaled(_) => Acceptance::Fresh(answer.clone()),
+                    Ingested::Repeated(Earlier::Answered(first)) => Acceptance::Repeated(first),
+                    Ingested::Repeated(Earlier::OtherBody) => {
                         return Err(AcceptError::KeyReused(shown));
                     }
                 }

@@ -1,4 +1,4 @@
-//! Intake: read input records in batches, have the component plan each
+//! The run's enqueuer: take the input's records in batches, have the component plan each
 //! batch, and queue it durably with the input position after it.
 
 use std::sync::Mutex;
@@ -18,7 +18,7 @@ use super::planner;
 /// the journal's thread) never wait long.
 const ENQUEUE_CHUNK: usize = 100;
 
-pub(super) struct Intake<'a, Q> {
+pub(super) struct Enqueuer<'a, Q> {
     pub guest: &'a Guest,
     pub queue: &'a Q,
     pub run: RunId,
@@ -30,7 +30,7 @@ pub(super) struct Intake<'a, Q> {
     pub held_back: &'a Mutex<Vec<HeldBack>>,
 }
 
-impl<Q: Queue> Intake<'_, Q> {
+impl<Q: Queue> Enqueuer<'_, Q> {
     /// Reads `items` until they end (or a signal stops the run), planning
     /// and queueing them batch by batch. Input keeps being queued after
     /// delivery stopped (say, for a new login): the queue is where it
