@@ -18,6 +18,8 @@ pub mod limiter;
 pub mod oauth;
 pub mod queue;
 pub mod service;
+#[cfg(test)]
+mod test_support;
 
 /// A per-user file or directory: `$override_var` if set, else
 /// `$xdg_var/outreach-host/<name>`, else `~/<home_fallback>/outreach-host/<name>`.

@@ -30,12 +30,11 @@ const CONFIG: &str = r#"{
 }"#;
 
 fn profile(id: u64, first: &str, status: &str) -> String {
-    json!({
-        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
-        "person": { "name": { "firstName": first }, "jobTitle": format!("Title {id}") },
-        "segmentMembership": { "ups": { "aud-news": { "status": status } } }
-    })
-    .to_string()
+    common::Profile::new(id)
+        .first_name(first)
+        .job_title(&format!("Title {id}"))
+        .audience("aud-news", status)
+        .to_string()
 }
 
 struct Job {

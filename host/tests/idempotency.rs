@@ -12,7 +12,7 @@ use common::serve::{Service, eventually, first_name, store_tokens};
 use common::{loopback, scratch};
 use outreach_simulator::{Simulator, SimulatorConfig};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const ADA: &str = "ada@example.com";
 const PRODUCER_A: &str = "producer-a-key";
@@ -23,12 +23,7 @@ fn key_hash(key: &str) -> String {
 }
 
 fn profile(id: u64, first: &str) -> String {
-    json!({
-        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
-        "person": { "name": { "firstName": first } }
-    })
-    .to_string()
-        + "\n"
+    common::Profile::new(id).first_name(first).to_string() + "\n"
 }
 
 async fn post(

@@ -36,12 +36,7 @@ audiences = [ {{ id = "aud", name = "Audience", mappingId = {mapping} }} ] }}"#
 }
 
 fn profile(id: u64, first: &str) -> String {
-    json!({
-        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
-        "person": { "name": { "firstName": first } },
-        "segmentMembership": { "ups": { "aud": { "status": "realized" } } }
-    })
-    .to_string()
+    common::member_profile("aud", id, first)
 }
 
 fn ndjson(records: &[String]) -> String {

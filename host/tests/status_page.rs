@@ -201,12 +201,10 @@ attributeMappings = [ { source = "person.name.firstName", target = "firstName" }
 audiences = [ { id = "aud-webinar", name = "Webinar 2026", mappingId = 4 } ] }"#;
 
 fn profile(id: u64, first: &str, status: &str) -> String {
-    json!({
-        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
-        "person": { "name": { "firstName": first } },
-        "segmentMembership": { "ups": { "aud-webinar": { "status": status } } }
-    })
-    .to_string()
+    common::Profile::new(id)
+        .first_name(first)
+        .audience("aud-webinar", status)
+        .to_string()
 }
 
 /// Markup meant to run if a page ever put it into HTML unescaped.

@@ -176,18 +176,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use destination_types::Method;
 
-    fn request(key: &str, body: &str) -> Request {
-        Request {
-            method: Method::Patch,
-            path: format!("/things/{key}"),
-            headers: Vec::new(),
-            body: body.into(),
-            key: key.into(),
-            audiences: Vec::new(),
-        }
-    }
+    use crate::test_support::patch as request;
 
     fn at(seq: u64) -> RecordRef {
         RecordRef { seq, index: 0 }

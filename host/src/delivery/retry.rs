@@ -180,7 +180,7 @@ fn rejected(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use destination_types::{Method, Rejection, Retry};
+    use destination_types::{Rejection, Retry};
 
     const POLICY: Policy = Policy {
         max_attempts: 3,
@@ -190,14 +190,7 @@ mod tests {
     };
 
     fn request() -> Request {
-        Request {
-            method: Method::Patch,
-            path: "/items/1".into(),
-            headers: vec![],
-            body: "{}".into(),
-            key: "1".into(),
-            audiences: vec![],
-        }
+        crate::test_support::patch("1", "{}")
     }
 
     fn classified(verdict: Verdict, status: u16) -> Event {

@@ -70,17 +70,9 @@ pub fn never() -> Combiner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use destination_types::Method;
 
     fn update(body: &str) -> Request {
-        Request {
-            method: Method::Patch,
-            path: "/items/1".into(),
-            headers: Vec::new(),
-            body: body.into(),
-            key: "1".into(),
-            audiences: Vec::new(),
-        }
+        crate::test_support::patch("1", body)
     }
 
     /// Concatenates bodies, except that `stop` never merges into anything.

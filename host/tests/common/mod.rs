@@ -53,14 +53,53 @@ pub fn one_audience_config(name: &str, audience: &str, mapping_id: u32) -> Strin
     .to_string()
 }
 
+/// A profile as the pipeline sends it: prospect `id` in the `Oid`
+/// namespace, and what a test gives it.
+pub struct Profile(serde_json::Value);
+
+impl Profile {
+    pub fn new(id: u64) -> Self {
+        Self(serde_json::json!({ "identityMap": { "Oid": [ { "id": id.to_string() } ] } }))
+    }
+
+    fn person(&mut self) -> &mut serde_json::Map<String, serde_json::Value> {
+        let person = &mut self.0["person"];
+        if !person.is_object() {
+            *person = serde_json::json!({});
+        }
+        person.as_object_mut().expect("an object")
+    }
+
+    pub fn first_name(mut self, first: &str) -> Self {
+        self.person()
+            .insert("name".into(), serde_json::json!({ "firstName": first }));
+        self
+    }
+
+    pub fn job_title(mut self, title: &str) -> Self {
+        self.person().insert("jobTitle".into(), title.into());
+        self
+    }
+
+    /// A member of `audience` with `status` (`realized`, `exited`, …).
+    pub fn audience(mut self, audience: &str, status: &str) -> Self {
+        self.0["segmentMembership"]["ups"][audience] = serde_json::json!({ "status": status });
+        self
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// Prospect `id`, named `first`, a realized member of `audience`.
 pub fn member_profile(audience: &str, id: u64, first: &str) -> String {
-    serde_json::json!({
-        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
-        "person": { "name": { "firstName": first } },
-        "segmentMembership": { "ups": { audience: { "status": "realized" } } }
-    })
-    .to_string()
+    Profile::new(id)
+        .first_name(first)
+        .audience(audience, "realized")
+        .to_string()
 }
 
 /// A path in the temporary directory no other call of this process gets.

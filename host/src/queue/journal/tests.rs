@@ -2,20 +2,16 @@
 //! order, a lost transaction, and combining off the journal's thread.
 
 use super::*;
-use destination_types::{Method, PlanOutcome};
+use destination_types::PlanOutcome;
 
 fn update(key: u64) -> Incoming {
     Incoming {
         line: key,
         record: format!("{{\"id\": {key}}}"),
-        outcome: PlanOutcome::Send(vec![Request {
-            method: Method::Patch,
-            path: format!("/items/{key}"),
-            headers: Vec::new(),
-            body: format!("{{\"id\": {key}}}"),
-            key: key.to_string(),
-            audiences: Vec::new(),
-        }]),
+        outcome: PlanOutcome::Send(vec![crate::test_support::patch(
+            &key.to_string(),
+            &format!("{{\"id\": {key}}}"),
+        )]),
         replay: None,
     }
 }
