@@ -78,6 +78,18 @@ impl From<(Item, PlanOutcome)> for Incoming {
 }
 
 impl Item {
+    /// A record that arrived already read (and checked), at `line` of its
+    /// batch.
+    pub fn from_message(line: u64, text: String) -> Self {
+        Self {
+            line,
+            text,
+            refused: None,
+            checkpoint: None,
+            replay: None,
+        }
+    }
+
     /// A dead letter's record, as `Journal::letter_records` gives it
     /// (letter, line, record, when it was received), to be replayed.
     pub fn replaying(

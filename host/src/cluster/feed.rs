@@ -14,12 +14,13 @@ use futures::StreamExt;
 
 use super::ClusterError;
 use super::lane::{Books, Held, HeldMessage, Letter};
-use super::layout::{self, LINES_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
+use super::layout::{self, LINES_HEADER, PLANNED_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
 use super::ledger::Progress;
 use super::partition::{Owner, PULL_WAIT};
 use super::pending::RecordRef;
 use super::runs::RunDelta;
 use crate::delivery::plan_items;
+use crate::input::Item;
 use crate::intake::{self, Format};
 
 /// Messages asked for per pull.
@@ -164,7 +165,16 @@ async fn dead_message(
     Ok(())
 }
 
-/// Plans one intake message's records and holds their updates.
+/// Whether the worker that took the message's batch planned it.
+fn message_is_planned(message: &jetstream::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .is_some_and(|h| h.get(PLANNED_HEADER).is_some())
+}
+
+/// Plans one intake message's records (unless the worker that took them
+/// did) and holds their updates.
 async fn take_in(
     owner: &Owner,
     message: jetstream::Message,
@@ -229,23 +239,37 @@ async fn take_in(
         let letter = letter(0, whole(), "unknown-destination", reason);
         return dead_message(books, &letter, intake).await;
     };
-    let format = match payload.iter().find(|b| !b.is_ascii_whitespace()) {
-        Some(b'[') => Format::JsonArray,
-        _ => Format::Ndjson,
-    };
-    let items = match intake::records(&payload, format, books.ctx.max_record_bytes) {
-        Ok(items) => items,
-        Err(e) => {
-            let letter = letter(0, whole(), "unreadable-message", e.to_string());
-            return dead_message(books, &letter, intake).await;
+    let planned_at_intake = message_is_planned(&intake.message);
+    let planned = if planned_at_intake {
+        match layout::planned_records(&payload) {
+            Ok(planned) => planned
+                .into_iter()
+                .zip(1u64..)
+                .map(|((text, plan), line)| (Item::from_message(line, text), plan))
+                .collect(),
+            Err(why) => {
+                let letter = letter(0, whole(), "unreadable-message", why);
+                return dead_message(books, &letter, intake).await;
+            }
         }
+    } else {
+        let format = match payload.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => Format::JsonArray,
+            _ => Format::Ndjson,
+        };
+        let items = match intake::records(&payload, format, books.ctx.max_record_bytes) {
+            Ok(items) => items,
+            Err(e) => {
+                let letter = letter(0, whole(), "unreadable-message", e.to_string());
+                return dead_message(books, &letter, intake).await;
+            }
+        };
+        lane.member
+            .guest
+            .with_planner(move |destination| plan_items(destination, items))
+            .await
+            .map_err(|e| ClusterError::Component(e.to_string()))?
     };
-    let planned = lane
-        .member
-        .guest
-        .with_planner(move |destination| plan_items(destination, items))
-        .await
-        .map_err(|e| ClusterError::Component(e.to_string()))?;
     let batch_lines = lines_header
         .as_deref()
         .and_then(|text| layout::parse_lines_header(text, planned.len()));

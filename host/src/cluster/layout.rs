@@ -52,6 +52,41 @@ pub const LINES_HEADER: &str = "Outreach-Batch-Lines";
 /// letters written at intake): the owner counts them with this message.
 pub const REFUSED_HEADER: &str = "Outreach-Refused-Records";
 
+/// The worker that took the batch planned its records: the message carries
+/// each record with its plan (`[{"record": …, "plan": …}]`), and the
+/// partition's owner uses the plans instead of planning again. A message
+/// without it (a replayed letter, or one published before plans travelled)
+/// is planned by the owner.
+pub const PLANNED_HEADER: &str = "Outreach-Planned";
+
+/// A record (its JSON text) and its plan, as an element of a planned
+/// message.
+pub fn planned_record(
+    record: &str,
+    plan: &destination_types::PlanOutcome,
+) -> Result<String, String> {
+    let plan = serde_json::to_string(plan).map_err(|e| e.to_string())?;
+    Ok(format!("{{\"record\":{record},\"plan\":{plan}}}"))
+}
+
+/// The records (their JSON texts) and plans of a planned message.
+pub fn planned_records(
+    payload: &[u8],
+) -> Result<Vec<(String, destination_types::PlanOutcome)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Planned<'a> {
+        #[serde(borrow)]
+        record: &'a serde_json::value::RawValue,
+        plan: destination_types::PlanOutcome,
+    }
+    let planned: Vec<Planned<'_>> =
+        serde_json::from_slice(payload).map_err(|e| format!("not a planned message: {e}"))?;
+    Ok(planned
+        .into_iter()
+        .map(|p| (p.record.get().to_owned(), p.plan))
+        .collect())
+}
+
 /// `lines` (ascending) as the [`LINES_HEADER`] writes them.
 pub fn lines_header(lines: &[u64]) -> String {
     let mut out = String::new();
@@ -410,5 +445,32 @@ mod tests {
         assert_eq!(account_key("sales-1"), "sales-1");
         assert_eq!(account_key("a b"), "x-612062");
         assert_eq!(account_key(""), "x-");
+    }
+
+    #[test]
+    fn a_planned_message_gives_back_each_record_with_its_plan() {
+        use destination_types::{PlanOutcome, RecordError, RecordFate};
+        let send = PlanOutcome::Send(vec![crate::test_support::patch("7", r#"{"a":"\"b\""}"#)]);
+        let invalid = PlanOutcome::Invalid(RecordError {
+            code: "identity-missing".into(),
+            message: "no id".into(),
+            audiences: vec!["aud".into()],
+            fate: RecordFate::Skipped,
+        });
+        let records = [r#"{"id": 7, "x": [1, {"y": "z"}]}"#, "{}"];
+        let elements = [
+            planned_record(records[0], &send).unwrap(),
+            planned_record(records[1], &invalid).unwrap(),
+        ];
+        let payload = format!("[{}]", elements.join(","));
+        let back = planned_records(payload.as_bytes()).unwrap();
+        assert_eq!(
+            back,
+            vec![
+                (records[0].to_owned(), send),
+                (records[1].to_owned(), invalid)
+            ]
+        );
+        assert!(planned_records(b"[{\"id\": 1}]").is_err());
     }
 }

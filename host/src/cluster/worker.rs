@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::lane::Letter;
-use super::layout::{self, LINES_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
+use super::layout::{self, LINES_HEADER, PLANNED_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
 use super::partition::Owner;
 use super::receipts::{self, Receipt};
 use super::{Context, leases};
@@ -206,9 +206,9 @@ impl Worker {
                 {
                     refused.push((index, item.text, (error.code, error.message)));
                 }
-                (None, _) => {
+                (None, outcome) => {
                     lines.push(item.line);
-                    texts.push(item.text);
+                    texts.push(layout::planned_record(&item.text, &outcome).map_err(nats)?);
                 }
                 (Some(why), _) => {
                     refused.push((index, item.text, (why.code.to_owned(), why.message)))
@@ -338,7 +338,8 @@ impl Worker {
         loop {
             let mut publish = PublishMessage::build()
                 .payload(payload.clone())
-                .header(RECEIVED_HEADER, headers.received_ms.to_string().as_str());
+                .header(RECEIVED_HEADER, headers.received_ms.to_string().as_str())
+                .header(PLANNED_HEADER, "1");
             if let Some(lines) = &headers.lines {
                 publish = publish.header(LINES_HEADER, lines.as_str());
             }
