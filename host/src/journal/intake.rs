@@ -12,18 +12,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::letters::insert_letter;
 use super::placement::{Head, HeadMark, Holding, Placement, Prepared, Stale};
+use super::requests::{insert_update, load_request, store_request};
 use super::tally::Fate;
-use super::updates::{load_request, store_request};
-use super::{
-    Checkpoint, HeldBack, Incoming, IngestReport, JournalError, READY_REQUESTS, RunId, State,
-    now_ms,
-};
+use super::{Checkpoint, HeldBack, Incoming, IngestReport, JournalError, RunId, State, now_ms};
 
 // The statements run for every record (named so the test of their plans
 // can find them in the statement cache).
 pub(super) const NEWEST_FOR_KEY: &str =
     "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq DESC LIMIT 1";
-pub(super) const INSERT_UPDATE: &str = "INSERT INTO updates(key, request) VALUES (?1, ?2)";
 pub(super) const INSERT_SOURCE: &str =
     "INSERT INTO sources(seq, run_id, line, first_part, record, audiences, received_ms)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
@@ -68,10 +64,7 @@ pub(super) fn prepare(
             let Some(mark) = head_mark(state, &request.key).map_err(sqlite)? else {
                 continue;
             };
-            let request = match state.ready.get(&mark.seq) {
-                Some(request) => request.clone(),
-                None => load_request(&state.conn, mark.seq, path)?,
-            };
+            let request = load_request(&state.conn, mark.seq, path)?;
             heads.insert(
                 request.key.clone(),
                 Head {
@@ -315,29 +308,9 @@ fn write_slot(
     if let Some(seq) = slot.into {
         store_request(&state.conn, seq, &slot.request, path)?;
         state.revised(seq);
-        if let Some(kept) = state.ready.get_mut(&seq) {
-            *kept = slot.request;
-        }
         return Ok(seq);
     }
-    let text = serde_json::to_string(&slot.request).map_err(|e| JournalError::BadRow {
-        path: path.to_owned(),
-        what: "update",
-        detail: e.to_string(),
-    })?;
-    state
-        .conn
-        .prepare_cached(INSERT_UPDATE)
-        .and_then(|mut s| s.execute(params![slot.request.key, text]))
-        .map_err(|source| JournalError::Sqlite {
-            path: path.to_owned(),
-            source,
-        })?;
-    let seq = state.conn.last_insert_rowid();
-    if state.ready.len() < READY_REQUESTS {
-        state.ready.insert(seq, slot.request);
-    }
-    Ok(seq)
+    insert_update(&state.conn, &slot.request, path)
 }
 
 /// When the newest update — delivered, or queued — of `request`'s key was

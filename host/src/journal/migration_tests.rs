@@ -3,7 +3,86 @@
 
 use super::tests::{fresh_dir, incoming, merge, patch};
 use super::*;
+use crate::queue::Disposition;
 use serde_json::json;
+
+/// Queued updates as schemas up to 4 kept them: each request one JSON
+/// document.
+const SCHEMA_4_UPDATES: &str = "
+CREATE TABLE updates_v4(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    request TEXT NOT NULL
+);
+INSERT INTO updates_v4(seq, key, request)
+    SELECT u.seq, u.key, json_object(
+        'method', u.method, 'path', u.path, 'headers', json(u.headers), 'body', u.body,
+        'key', u.key,
+        'audiences', json((SELECT json_group_array(audience) FROM
+            (SELECT audience FROM update_audiences a WHERE a.seq = u.seq ORDER BY position))))
+    FROM updates u;
+DROP TABLE update_audiences;
+DROP TABLE updates;
+ALTER TABLE updates_v4 RENAME TO updates;
+CREATE INDEX updates_by_key ON updates(key, seq);
+";
+
+#[test]
+fn a_journal_of_schema_4_keeps_every_queued_request_exactly_as_columns() {
+    let dir = fresh_dir("v4");
+    let path = dir.join("journal.sqlite");
+    let mut with_header = patch(2, json!({"b": "quote \" and ü"}), &["aud-2", "aud-1"]);
+    with_header.headers.push(destination_types::Header {
+        name: "X-Trace".into(),
+        value: "a, b".into(),
+    });
+    let queued = vec![patch(1, json!({"a": 1}), &[]), with_header];
+    let run = {
+        let journal = Journal::open(&path).unwrap();
+        let run = journal
+            .start_run("run", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        let batch = queued
+            .iter()
+            .enumerate()
+            .map(|(line, request)| incoming(line as u64 + 1, request.clone()))
+            .collect();
+        journal.ingest(run, batch, None, &merge).unwrap();
+        // As a host of schema 4 left it, the numbering past a delivered
+        // update (seq 3).
+        journal
+            .with(|conn| {
+                conn.execute_batch(SCHEMA_4_UPDATES)?;
+                conn.execute_batch(
+                    "UPDATE sqlite_sequence SET seq = 3 WHERE name = 'updates'; PRAGMA user_version = 4;",
+                )
+            })
+            .unwrap();
+        run
+    };
+    let journal = Journal::open(&path).unwrap();
+    let version: i64 = journal
+        .with(|conn| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let mut taken = Vec::new();
+    while let Some(attempt) = journal.take(run, &merge).unwrap() {
+        taken.push(attempt.request.clone());
+        journal
+            .finish(&attempt.claim, &Disposition::Delivered, run)
+            .unwrap();
+    }
+    assert_eq!(taken, queued, "every request as it was queued");
+    // The numbering carries on past what schema 4 had used.
+    let later = patch(5, json!({"c": 3}), &[]);
+    journal
+        .ingest(run, vec![incoming(9, later)], None, &merge)
+        .unwrap();
+    let seq = journal.claim_next().unwrap().unwrap().seq;
+    assert!(seq > 3, "seq {seq} is past the numbering schema 4 had used");
+    drop(journal);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
 
 #[test]
 fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
@@ -25,6 +104,7 @@ fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
         // As a host of schema 2 left it.
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_4_UPDATES)?;
                 conn.execute_batch(
                     "DROP INDEX receipts_by_age; DROP TABLE receipts; PRAGMA user_version = 2;",
                 )
@@ -61,6 +141,7 @@ fn a_journal_of_schema_3_keeps_its_receipts_and_gains_their_digests() {
         // As a host of schema 3 left it: a receipt without a digest.
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_4_UPDATES)?;
                 conn.execute_batch(
                     "ALTER TABLE receipts DROP COLUMN digest; PRAGMA user_version = 3;",
                 )?;

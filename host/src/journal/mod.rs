@@ -30,6 +30,7 @@ mod letters;
 mod migration_tests;
 mod placement;
 mod receipts;
+mod requests;
 mod store;
 mod tally;
 #[cfg(test)]
@@ -56,9 +57,6 @@ pub use placement::{Chains, Head, Placement, Prepared, Stale};
 pub use receipts::{Backlog, Earlier, Ingested, RECEIPT_TTL_MS, Receipt};
 use store::SCHEMA_VERSION;
 pub use store::default_journal_path;
-
-/// Requests of queued updates kept in memory at most (see `State::ready`).
-const READY_REQUESTS: usize = 4_096;
 
 /// Verdicts committed together at most.
 pub const GROUP_COMMIT_OPS: u32 = 512;
@@ -174,10 +172,6 @@ struct State {
     conn: Connection,
     /// Updates whose body is on the wire: nothing may merge into them.
     sending: HashSet<i64>,
-    /// Requests of recently queued updates, as stored, so that taking one
-    /// does not read and parse it back (at most [`READY_REQUESTS`]; an
-    /// update not here is read from the database).
-    ready: HashMap<i64, Request>,
     /// Revisions of updates whose request was rewritten (a merge, a fold);
     /// one not here is at revision 0. Lets a write check that what it
     /// combined is still what is queued.
@@ -216,7 +210,6 @@ impl State {
     /// `seq` is no longer queued.
     fn forget(&mut self, seq: i64) {
         self.revisions.remove(&seq);
-        self.ready.remove(&seq);
     }
 
     /// Joins (or opens) the group transaction.
@@ -271,8 +264,6 @@ impl State {
     /// the queue takes no more work ([`State::failed`]).
     fn abandon(&mut self, why: &str) {
         self.tally.clear();
-        // They may hold what the rollback took back.
-        self.ready.clear();
         if self.group.take().is_some() {
             let _ = self.conn.execute_batch("ROLLBACK");
             if self.failed.is_none() {

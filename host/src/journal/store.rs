@@ -18,7 +18,7 @@ const APPLICATION_ID: i64 = 0x4F52_434A;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
 
-pub(super) const SCHEMA_VERSION: i64 = 4;
+pub(super) const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE runs(
@@ -61,9 +61,18 @@ CREATE TABLE run_failures(
 CREATE TABLE updates(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     key TEXT NOT NULL,
-    request TEXT NOT NULL
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body TEXT NOT NULL
 );
 CREATE INDEX updates_by_key ON updates(key, seq);
+CREATE TABLE update_audiences(
+    seq INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    audience TEXT NOT NULL,
+    PRIMARY KEY(seq, position)
+) WITHOUT ROWID;
 CREATE TABLE sources(
     id INTEGER PRIMARY KEY,
     seq INTEGER NOT NULL,
@@ -111,6 +120,41 @@ CREATE TABLE receipts(
     digest TEXT
 ) WITHOUT ROWID;
 CREATE INDEX receipts_by_age ON receipts(received_ms);
+";
+
+/// From schema 4: a queued update's request is stored as columns (its
+/// audiences in a table of their own) instead of one JSON document; the
+/// update numbering carries on where it was.
+const MIGRATE_FROM_4: &str = "
+CREATE TABLE updates_v5(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+INSERT INTO updates_v5(seq, key, method, path, headers, body)
+    SELECT seq, key, json_extract(request, '$.method'), json_extract(request, '$.path'),
+        json(json_extract(request, '$.headers')), json_extract(request, '$.body')
+    FROM updates;
+CREATE TABLE update_audiences(
+    seq INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    audience TEXT NOT NULL,
+    PRIMARY KEY(seq, position)
+) WITHOUT ROWID;
+INSERT INTO update_audiences(seq, position, audience)
+    SELECT u.seq, a.key, a.value FROM updates u, json_each(u.request, '$.audiences') a;
+INSERT INTO sqlite_sequence(name, seq)
+    SELECT 'updates_v5', 0 WHERE NOT EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'updates_v5');
+UPDATE sqlite_sequence
+    SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'updates'), 0))
+    WHERE name = 'updates_v5';
+DROP TABLE updates;
+ALTER TABLE updates_v5 RENAME TO updates;
+CREATE INDEX updates_by_key ON updates(key, seq);
+PRAGMA user_version = 5;
 ";
 
 /// From schema 3: a receipt keeps the digest of the body it answered (a
@@ -282,7 +326,6 @@ impl Journal {
             state: Mutex::new(State {
                 conn,
                 sending: HashSet::new(),
-                ready: HashMap::new(),
                 revisions: HashMap::new(),
                 last_revision: 0,
                 claimed: HashMap::new(),
@@ -371,9 +414,10 @@ impl Journal {
             });
         } else if version < SCHEMA_VERSION {
             let steps = match version {
-                1 => format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2} {MIGRATE_FROM_3}"),
-                2 => format!("{MIGRATE_FROM_2} {MIGRATE_FROM_3}"),
-                _ => MIGRATE_FROM_3.to_owned(),
+                1 => format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2} {MIGRATE_FROM_3} {MIGRATE_FROM_4}"),
+                2 => format!("{MIGRATE_FROM_2} {MIGRATE_FROM_3} {MIGRATE_FROM_4}"),
+                3 => format!("{MIGRATE_FROM_3} {MIGRATE_FROM_4}"),
+                _ => MIGRATE_FROM_4.to_owned(),
             };
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {steps} COMMIT;"))
                 .map_err(corrupt)?;

@@ -491,9 +491,11 @@ fn the_per_update_statements_keep_their_plans_across_bindings() {
         super::updates::FIRST_FOR_KEY,
         super::updates::SOURCES_OF,
         super::updates::DELETE_SOURCES,
-        super::updates::DELETE_UPDATE,
+        super::requests::DELETE_UPDATE,
+        super::requests::REQUEST_OF,
+        super::requests::AUDIENCES_OF,
         super::intake::NEWEST_FOR_KEY,
-        super::intake::INSERT_UPDATE,
+        super::requests::INSERT_UPDATE,
         super::intake::INSERT_SOURCE,
     ] {
         let statement = state.conn.prepare_cached(sql).unwrap();

@@ -8,6 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::intake::{ingest_batch, prepare};
 use super::letters::{bounded_response, insert_letter, request_summary};
+use super::requests::{delete_update, is_queued, load_request, request_of_row, store_request};
 use super::tally::{Fate, Tally};
 use super::{
     Attempt, Begun, Checkpoint, Claim, Disposition, Head, Incoming, IngestReport, Journal,
@@ -18,15 +19,11 @@ use crate::queue::fold_chain;
 // The statements run for every update (named so the test of their plans
 // can find them in the statement cache).
 pub(super) const NEXT_QUEUED: &str = "SELECT seq, key FROM updates WHERE seq > ?1 ORDER BY seq";
-pub(super) const LATER_FOR_KEY: &str =
-    "SELECT seq, request FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq";
+pub(super) const LATER_FOR_KEY: &str = "SELECT seq, key, method, path, headers, body FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq";
 pub(super) const FIRST_FOR_KEY: &str =
     "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1";
-pub(super) const REQUEST_OF: &str = "SELECT request FROM updates WHERE seq = ?1";
-pub(super) const IS_QUEUED: &str = "SELECT 1 FROM updates WHERE seq = ?1";
 pub(super) const SOURCES_OF: &str = "SELECT id, run_id, line, first_part, audiences, received_ms FROM sources WHERE seq = ?1 ORDER BY id";
 pub(super) const DELETE_SOURCES: &str = "DELETE FROM sources WHERE seq = ?1";
-pub(super) const DELETE_UPDATE: &str = "DELETE FROM updates WHERE seq = ?1";
 
 impl Journal {
     /// The API base that queued updates were planned for, if any are
@@ -180,30 +177,21 @@ impl Journal {
         let mut state = self.state();
         state.healthy(&self.path)?;
         let read = (|| -> Result<(Request, Vec<Head>), JournalError> {
-            let request = match state.ready.remove(&claim.seq) {
-                Some(request) => request,
-                None => load_request(&state.conn, claim.seq, &self.path)?,
-            };
-            let rows: Vec<(i64, String)> = state
+            let request = load_request(&state.conn, claim.seq, &self.path)?;
+            let mut later = Vec::new();
+            let mut stmt = state
                 .conn
                 .prepare_cached(LATER_FOR_KEY)
-                .and_then(|mut stmt| {
-                    stmt.query_map(params![claim.key, claim.seq], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                    .and_then(|rows| rows.collect())
-                })
                 .map_err(|e| self.err(e))?;
-            let mut later = Vec::with_capacity(rows.len());
-            for (seq, text) in rows {
-                let request = match state.ready.get(&seq) {
-                    Some(request) => request.clone(),
-                    None => parse_request(&text, &self.path)?,
-                };
+            let mut rows = stmt
+                .query(params![claim.key, claim.seq])
+                .map_err(|e| self.err(e))?;
+            while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+                let seq: i64 = row.get(0).map_err(|e| self.err(e))?;
                 later.push(Head {
                     seq,
                     revision: state.revision(seq),
-                    request,
+                    request: request_of_row(&state.conn, seq, row, 1, &self.path)?,
                 });
             }
             Ok((request, later))
@@ -240,11 +228,7 @@ impl Journal {
         let mut state = self.state();
         state.healthy(&self.path)?;
         for head in folded {
-            let queued: bool = state
-                .conn
-                .prepare_cached(IS_QUEUED)
-                .and_then(|mut s| s.exists([head.seq]))
-                .map_err(|e| self.err(e))?;
+            let queued = is_queued(&state.conn, head.seq, &self.path)?;
             if !queued
                 || state.revision(head.seq) != head.revision
                 || state.sending.contains(&head.seq)
@@ -262,11 +246,7 @@ impl Journal {
                         params![claim.seq, head.seq],
                     )
                     .map_err(|e| self.err(e))?;
-                state
-                    .conn
-                    .prepare_cached(DELETE_UPDATE)
-                    .and_then(|mut s| s.execute([head.seq]))
-                    .map_err(|e| self.err(e))?;
+                delete_update(&state.conn, head.seq, &self.path)?;
                 state.forget(head.seq);
             }
             store_request(&state.conn, claim.seq, request, &self.path)?;
@@ -405,51 +385,6 @@ impl Journal {
     }
 }
 
-pub(super) fn parse_request(text: &str, path: &Path) -> Result<Request, JournalError> {
-    serde_json::from_str(text).map_err(|e| JournalError::BadRow {
-        path: path.to_owned(),
-        what: "update",
-        detail: e.to_string(),
-    })
-}
-
-pub(super) fn load_request(
-    tx: &Connection,
-    seq: i64,
-    path: &Path,
-) -> Result<Request, JournalError> {
-    let text: String = tx
-        .prepare_cached(REQUEST_OF)
-        .and_then(|mut s| s.query_row([seq], |r| r.get(0)))
-        .map_err(|source| JournalError::Sqlite {
-            path: path.to_owned(),
-            source,
-        })?;
-    parse_request(&text, path)
-}
-
-pub(super) fn store_request(
-    tx: &Connection,
-    seq: i64,
-    request: &Request,
-    path: &Path,
-) -> Result<(), JournalError> {
-    let text = serde_json::to_string(request).map_err(|e| JournalError::BadRow {
-        path: path.to_owned(),
-        what: "update",
-        detail: e.to_string(),
-    })?;
-    tx.execute(
-        "UPDATE updates SET request = ?1 WHERE seq = ?2",
-        params![text, seq],
-    )
-    .map(drop)
-    .map_err(|source| JournalError::Sqlite {
-        path: path.to_owned(),
-        source,
-    })
-}
-
 fn finish_update(
     tx: &Connection,
     tally: &mut Tally,
@@ -552,8 +487,5 @@ fn finish_update(
     tx.prepare_cached(DELETE_SOURCES)
         .and_then(|mut s| s.execute([seq]))
         .map_err(sqlite)?;
-    tx.prepare_cached(DELETE_UPDATE)
-        .and_then(|mut s| s.execute([seq]))
-        .map_err(sqlite)?;
-    Ok(())
+    delete_update(tx, seq, path)
 }

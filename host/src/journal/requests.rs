@@ -1,0 +1,200 @@
+//! A queued update's request as the journal stores it: a row of
+//! `updates` with its method, path, key, headers and body as columns, and
+//! its audiences in `update_audiences` — read back without parsing the
+//! request as a whole (only its headers are JSON, a short list).
+
+use std::path::Path;
+
+use destination_types::{Header, Method, Request};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::JournalError;
+
+pub(super) const INSERT_UPDATE: &str =
+    "INSERT INTO updates(key, method, path, headers, body) VALUES (?1, ?2, ?3, ?4, ?5)";
+const REWRITE_UPDATE: &str =
+    "UPDATE updates SET method = ?2, path = ?3, headers = ?4, body = ?5 WHERE seq = ?1";
+pub(super) const REQUEST_OF: &str =
+    "SELECT key, method, path, headers, body FROM updates WHERE seq = ?1";
+pub(super) const AUDIENCES_OF: &str =
+    "SELECT audience FROM update_audiences WHERE seq = ?1 ORDER BY position";
+const INSERT_AUDIENCE: &str =
+    "INSERT INTO update_audiences(seq, position, audience) VALUES (?1, ?2, ?3)";
+const DELETE_AUDIENCES: &str = "DELETE FROM update_audiences WHERE seq = ?1";
+pub(super) const DELETE_UPDATE: &str = "DELETE FROM updates WHERE seq = ?1";
+
+fn method_name(method: Method) -> &'static str {
+    match method {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+    }
+}
+
+fn method_of(name: &str) -> Option<Method> {
+    Some(match name {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "PATCH" => Method::Patch,
+        _ => return None,
+    })
+}
+
+fn bad_row(path: &Path, detail: String) -> JournalError {
+    JournalError::BadRow {
+        path: path.to_owned(),
+        what: "update",
+        detail,
+    }
+}
+
+fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
+    move |source| JournalError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn headers_text(headers: &[Header], path: &Path) -> Result<String, JournalError> {
+    if headers.is_empty() {
+        return Ok("[]".into());
+    }
+    serde_json::to_string(headers).map_err(|e| bad_row(path, e.to_string()))
+}
+
+/// The request a row holds, its audiences read from `update_audiences`;
+/// `row` has `key, method, path, headers, body` from column `first` on.
+pub(super) fn request_of_row(
+    conn: &Connection,
+    seq: i64,
+    row: &Row<'_>,
+    first: usize,
+    path: &Path,
+) -> Result<Request, JournalError> {
+    let column = |n: usize| -> Result<String, JournalError> {
+        row.get::<_, String>(first + n).map_err(sqlite(path))
+    };
+    let method = column(1)?;
+    let headers = column(3)?;
+    Ok(Request {
+        key: column(0)?,
+        method: method_of(&method)
+            .ok_or_else(|| bad_row(path, format!("unknown method {method:?}")))?,
+        path: column(2)?,
+        headers: if headers == "[]" {
+            Vec::new()
+        } else {
+            serde_json::from_str(&headers).map_err(|e| bad_row(path, e.to_string()))?
+        },
+        body: column(4)?,
+        audiences: audiences_of(conn, seq, path)?,
+    })
+}
+
+fn audiences_of(conn: &Connection, seq: i64, path: &Path) -> Result<Vec<String>, JournalError> {
+    conn.prepare_cached(AUDIENCES_OF)
+        .and_then(|mut s| {
+            s.query_map([seq], |r| r.get::<_, String>(0))
+                .and_then(|rows| rows.collect())
+        })
+        .map_err(sqlite(path))
+}
+
+/// The request of queued update `seq`, if it is queued.
+pub(super) fn load_request(
+    conn: &Connection,
+    seq: i64,
+    path: &Path,
+) -> Result<Request, JournalError> {
+    let mut stmt = conn.prepare_cached(REQUEST_OF).map_err(sqlite(path))?;
+    let mut rows = stmt.query([seq]).map_err(sqlite(path))?;
+    match rows.next().map_err(sqlite(path))? {
+        Some(row) => request_of_row(conn, seq, row, 0, path),
+        None => Err(JournalError::Sqlite {
+            path: path.to_owned(),
+            source: rusqlite::Error::QueryReturnedNoRows,
+        }),
+    }
+}
+
+fn insert_audiences(
+    conn: &Connection,
+    seq: i64,
+    audiences: &[String],
+    path: &Path,
+) -> Result<(), JournalError> {
+    let mut stmt = conn.prepare_cached(INSERT_AUDIENCE).map_err(sqlite(path))?;
+    for (position, audience) in audiences.iter().enumerate() {
+        stmt.execute(params![seq, position as i64, audience])
+            .map_err(sqlite(path))?;
+    }
+    Ok(())
+}
+
+/// Queues `request` as a new update: its `seq`.
+pub(super) fn insert_update(
+    conn: &Connection,
+    request: &Request,
+    path: &Path,
+) -> Result<i64, JournalError> {
+    let headers = headers_text(&request.headers, path)?;
+    conn.prepare_cached(INSERT_UPDATE)
+        .and_then(|mut s| {
+            s.execute(params![
+                request.key,
+                method_name(request.method),
+                request.path,
+                headers,
+                request.body
+            ])
+        })
+        .map_err(sqlite(path))?;
+    let seq = conn.last_insert_rowid();
+    insert_audiences(conn, seq, &request.audiences, path)?;
+    Ok(seq)
+}
+
+/// Rewrites queued update `seq`'s request (a merge, a fold).
+pub(super) fn store_request(
+    conn: &Connection,
+    seq: i64,
+    request: &Request,
+    path: &Path,
+) -> Result<(), JournalError> {
+    let headers = headers_text(&request.headers, path)?;
+    conn.prepare_cached(REWRITE_UPDATE)
+        .and_then(|mut s| {
+            s.execute(params![
+                seq,
+                method_name(request.method),
+                request.path,
+                headers,
+                request.body
+            ])
+        })
+        .map_err(sqlite(path))?;
+    conn.prepare_cached(DELETE_AUDIENCES)
+        .and_then(|mut s| s.execute([seq]))
+        .map_err(sqlite(path))?;
+    insert_audiences(conn, seq, &request.audiences, path)
+}
+
+/// Removes queued update `seq` (delivered, dead-lettered or folded).
+pub(super) fn delete_update(conn: &Connection, seq: i64, path: &Path) -> Result<(), JournalError> {
+    conn.prepare_cached(DELETE_AUDIENCES)
+        .and_then(|mut s| s.execute([seq]))
+        .and_then(|_| conn.prepare_cached(DELETE_UPDATE))
+        .and_then(|mut s| s.execute([seq]))
+        .map(drop)
+        .map_err(sqlite(path))
+}
+
+/// Whether update `seq` is still queued.
+pub(super) fn is_queued(conn: &Connection, seq: i64, path: &Path) -> Result<bool, JournalError> {
+    conn.prepare_cached("SELECT 1 FROM updates WHERE seq = ?1")
+        .and_then(|mut s| s.query_row([seq], |_| Ok(())).optional())
+        .map(|found| found.is_some())
+        .map_err(sqlite(path))
+}
