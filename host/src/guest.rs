@@ -75,19 +75,10 @@ impl Actor {
     ) -> Result<T, GuestError> {
         self.submit(call)?.await.map_err(|_| gone())
     }
-
-    /// [`Actor::call`] from a thread that may block (never an async
-    /// runtime's).
-    fn call_blocking<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&mut Destination) -> T + Send + 'static,
-    ) -> Result<T, GuestError> {
-        self.submit(call)?.blocking_recv().map_err(|_| gone())
-    }
 }
 
-/// A configured destination, callable from async code and from blocking
-/// threads alike. Cheap to share behind an `Arc`.
+/// A configured destination, callable from async code. Cheap to share
+/// behind an `Arc`.
 pub struct Guest {
     /// At least one.
     planners: Vec<Actor>,
@@ -169,22 +160,6 @@ impl Guest {
         self.classifier
             .call(move |d| d.classify(&request, &response, now_ms))
             .await?
-    }
-
-    /// `older` and `newer` as one request (`None`: they do not combine),
-    /// from a thread that may block. A component failure means they stay
-    /// apart.
-    pub fn merge_blocking(&self, older: &Request, newer: &Request) -> Option<Request> {
-        if !self.can_merge {
-            return None;
-        }
-        let (older, newer) = (older.clone(), newer.clone());
-        self.classifier
-            .call_blocking(move |d| merged_or_apart(d, &older, &newer))
-            .unwrap_or_else(|e| {
-                tracing::warn!("the component failed to merge two updates: {e}");
-                None
-            })
     }
 
     /// Combines each chain of updates (one key's, oldest first) as the

@@ -13,15 +13,19 @@ use destination_types::{PlanOutcome, RecordFate};
 use futures::StreamExt;
 
 use super::ClusterError;
+use super::lane::Lane;
 use super::lane::{Books, Held, HeldMessage, Letter};
 use super::layout::{self, LINES_HEADER, PLANNED_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
 use super::ledger::Progress;
 use super::partition::{Owner, PULL_WAIT};
-use super::pending::RecordRef;
+use super::pending::{NotPlaced, RecordRef};
 use super::runs::RunDelta;
 use crate::delivery::plan_items;
 use crate::input::Item;
 use crate::intake::{self, Format};
+use crate::queue::apart;
+use destination_types::Request;
+use std::collections::HashMap;
 
 /// Messages asked for per pull.
 const PULL_BATCH: usize = 200;
@@ -343,17 +347,63 @@ async fn take_in(
         // A redelivery of a message held already.
         return Ok(());
     }
-    // Merging calls into the component: off the async runtime's threads.
-    let held = lane.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut pending = lock(&held.pending);
-        for (request, record) in updates {
-            pending.push(request, record);
-        }
-    })
-    .await
-    .map_err(|e| ClusterError::Component(e.to_string()))?;
+    hold(lane, updates).await;
     lane.work_arrived();
     books.progressed.notify_waiters();
     Ok(())
+}
+
+/// Holds a message's updates in the lane: each key's head is read, the
+/// component merges the chains on its own threads while nothing is locked,
+/// and the result is placed unless a worker changed a head meanwhile (then
+/// it is read and merged again).
+async fn hold(lane: &Lane, updates: Vec<(Request, RecordRef)>) {
+    let mut keys: Vec<String> = Vec::new();
+    let mut requests: Vec<Vec<Request>> = Vec::new();
+    let mut records: Vec<Vec<RecordRef>> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (request, record) in updates {
+        let at = *index.entry(request.key.clone()).or_insert_with(|| {
+            keys.push(request.key.clone());
+            requests.push(Vec::new());
+            records.push(Vec::new());
+            keys.len() - 1
+        });
+        requests[at].push(request);
+        records[at].push(record);
+    }
+    let guest = &lane.member.guest;
+    loop {
+        let heads = lock(&lane.pending).heads(&keys);
+        let chains: Vec<Vec<Request>> = heads
+            .iter()
+            .zip(&requests)
+            .map(|(head, new)| {
+                head.iter()
+                    .map(|h| h.request.clone())
+                    .chain(new.iter().cloned())
+                    .collect()
+            })
+            .collect();
+        let combined = if guest.can_merge() && chains.iter().any(|c| c.len() > 1) {
+            guest.combine(chains.clone()).await
+        } else {
+            chains.iter().cloned().map(apart).collect()
+        };
+        let mut pending = lock(&lane.pending);
+        match pending.place(&keys, &heads, combined, records.clone()) {
+            Ok(()) => return,
+            Err(NotPlaced::Stale) => continue,
+            Err(NotPlaced::Unaccounted) => {
+                tracing::error!("merging did not account for each update once: kept apart");
+                let apart_chains = chains.into_iter().map(apart).collect();
+                if pending
+                    .place(&keys, &heads, apart_chains, records.clone())
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -45,7 +45,6 @@ use crate::guest::Guest;
 use crate::http::ApiClient;
 use crate::limiter::Limiter;
 use crate::oauth::OAuthClient;
-use crate::queue::Merger;
 pub use lane::Letter;
 pub use layout::{Buckets, ClusterSettings, Shape};
 pub use worker::{ClusterIntake, Worker};
@@ -74,8 +73,6 @@ pub struct Member {
     /// Requests in flight at once.
     pub concurrency: usize,
     pub policy: retry::Policy,
-    /// The destination's merge of two updates for one key.
-    pub merge: Option<Merger>,
     /// The account's budget as the component declares it (with the
     /// file's overrides).
     pub rate_limit: RateLimitPolicy,

@@ -170,7 +170,7 @@ impl Owner {
                 member.name.clone(),
                 Arc::new(Lane {
                     member: member.clone(),
-                    pending: Mutex::new(Pending::new(member.merge.clone())),
+                    pending: Mutex::new(Pending::new()),
                     books: books.clone(),
                     delivery: Handle::new(0, ctx.clock.now_ms()),
                 }),

@@ -16,7 +16,6 @@ mod combine;
 mod journal;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use destination_types::Request;
 
@@ -28,9 +27,6 @@ use crate::journal::{
     Receipt, RunRecord, RunStats,
 };
 pub use journal::JournalQueue;
-
-/// How the destination combines two updates queued for one key.
-pub type Merger = Arc<dyn Fn(&Request, &Request) -> Option<Request> + Send + Sync>;
 
 pub use combine::{Combined, Combiner, apart, fold_chain, never, pairwise};
 

@@ -1,7 +1,7 @@
 //! The service as a worker of a JetStream cluster (`serve --nats`): the
 //! destinations file is checked as on one machine, then each enabled
 //! destination becomes a [`Member`] of the cluster (its component, API
-//! client, merge and budget) instead of a stream over a journal.
+//! client and budget) instead of a stream over a journal.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +9,6 @@ use std::sync::Arc;
 use crate::cluster::{self, ClusterSettings, Context, Member, Shape, Worker, layout};
 use crate::guest::Guest;
 use crate::http::ApiClient;
-use crate::queue::Merger;
 
 use super::config::{FileProblems, ServiceFile};
 use super::{NatsOptions, Service, Set};
@@ -62,11 +61,6 @@ impl Service {
                     Guest::spawn_planning_on(destination, planners)
                         .map_err(|e| problem(format!("{label}: {e}")))?,
                 );
-                let merge: Option<Merger> = guest.can_merge().then(|| {
-                    let guest = guest.clone();
-                    Arc::new(move |older: &_, newer: &_| guest.merge_blocking(older, newer))
-                        as Merger
-                });
                 let mut rate_limit = p.runtime.describe().rate_limit.clone();
                 let overrides = file.accounts.get(&p.account).cloned().unwrap_or_default();
                 if let Some(requests) = overrides.rate_limit {
@@ -87,7 +81,6 @@ impl Service {
                     api,
                     concurrency: p.spec.concurrency,
                     policy: super::retry_policy(),
-                    merge,
                     rate_limit,
                     oauth,
                 }));
