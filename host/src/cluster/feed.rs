@@ -4,17 +4,17 @@
 //! (an unknown destination, an unreadable message, a record the component
 //! refuses) becomes a dead letter first.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::{self, consumer};
-use destination_types::{PlanOutcome, RecordFate};
+use destination_types::{PlanOutcome, RecordFate, Request};
 use futures::StreamExt;
 
 use super::ClusterError;
-use super::lane::Lane;
-use super::lane::{Books, Held, HeldMessage, Letter};
+use super::lane::{Books, Held, HeldMessage, Lane, Letter};
 use super::layout::{self, LINES_HEADER, PLANNED_HEADER, RECEIVED_HEADER, REFUSED_HEADER};
 use super::ledger::Progress;
 use super::partition::{Owner, PULL_WAIT};
@@ -24,8 +24,6 @@ use crate::delivery::plan_items;
 use crate::input::Item;
 use crate::intake::{self, Format};
 use crate::queue::apart;
-use destination_types::Request;
-use std::collections::HashMap;
 
 /// Messages asked for per pull.
 const PULL_BATCH: usize = 200;
@@ -373,9 +371,9 @@ async fn hold(lane: &Lane, updates: Vec<(Request, RecordRef)>) {
         records[at].push(record);
     }
     let guest = &lane.member.guest;
-    loop {
-        let heads = lock(&lane.pending).heads(&keys);
-        let chains: Vec<Vec<Request>> = heads
+    // Per key: its head (if it has one), then the message's updates.
+    let chains_after = |heads: &[Option<super::pending::Head>]| -> Vec<Vec<Request>> {
+        heads
             .iter()
             .zip(&requests)
             .map(|(head, new)| {
@@ -384,11 +382,15 @@ async fn hold(lane: &Lane, updates: Vec<(Request, RecordRef)>) {
                     .chain(new.iter().cloned())
                     .collect()
             })
-            .collect();
+            .collect()
+    };
+    loop {
+        let heads = lock(&lane.pending).heads(&keys);
+        let chains = chains_after(&heads);
         let combined = if guest.can_merge() && chains.iter().any(|c| c.len() > 1) {
-            guest.combine(chains.clone()).await
+            guest.combine(chains).await
         } else {
-            chains.iter().cloned().map(apart).collect()
+            chains.into_iter().map(apart).collect()
         };
         let mut pending = lock(&lane.pending);
         match pending.place(&keys, &heads, combined, records.clone()) {
@@ -396,7 +398,7 @@ async fn hold(lane: &Lane, updates: Vec<(Request, RecordRef)>) {
             Err(NotPlaced::Stale) => continue,
             Err(NotPlaced::Unaccounted) => {
                 tracing::error!("merging did not account for each update once: kept apart");
-                let apart_chains = chains.into_iter().map(apart).collect();
+                let apart_chains = chains_after(&heads).into_iter().map(apart).collect();
                 if pending
                     .place(&keys, &heads, apart_chains, records.clone())
                     .is_ok()
