@@ -12,10 +12,10 @@ use std::thread;
 use destination_types::{Classification, ConfigurationIdentity, PlanOutcome, Request, Response};
 use tokio::sync::oneshot;
 
-use crate::engine::{Destination, GuestError};
+use crate::engine::{Configured, GuestError};
 use crate::queue::{Combined, Combiner, apart, fold_chain};
 
-type Job = Box<dyn FnOnce(&mut Destination) + Send>;
+type Job = Box<dyn FnOnce(&mut Configured) + Send>;
 
 /// One instance on its own thread; the thread ends when the last handle
 /// is dropped.
@@ -31,7 +31,7 @@ fn gone() -> GuestError {
 }
 
 impl Actor {
-    fn spawn(name: &str, mut destination: Destination) -> Result<Self, GuestError> {
+    fn spawn(name: &str, mut destination: Configured) -> Result<Self, GuestError> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name(name.into())
@@ -51,7 +51,7 @@ impl Actor {
     /// receiver.
     fn submit<T: Send + 'static>(
         &self,
-        call: impl FnOnce(&mut Destination) -> T + Send + 'static,
+        call: impl FnOnce(&mut Configured) -> T + Send + 'static,
     ) -> Result<oneshot::Receiver<T>, GuestError> {
         let (answer, answered) = oneshot::channel();
         let load = self.load.clone();
@@ -71,7 +71,7 @@ impl Actor {
     /// Runs `call` on the actor's instance and awaits its answer.
     async fn call<T: Send + 'static>(
         &self,
-        call: impl FnOnce(&mut Destination) -> T + Send + 'static,
+        call: impl FnOnce(&mut Configured) -> T + Send + 'static,
     ) -> Result<T, GuestError> {
         self.submit(call)?.await.map_err(|_| gone())
     }
@@ -90,17 +90,14 @@ pub struct Guest {
 impl Guest {
     /// Moves `destination` to a planning thread and a second instance of
     /// it to a classifying thread.
-    pub fn spawn(destination: Destination) -> Result<Self, GuestError> {
+    pub fn spawn(destination: Configured) -> Result<Self, GuestError> {
         Self::spawn_planning_on(destination, 1)
     }
 
     /// [`Guest::spawn`] with `planners` planning instances (at least one),
     /// each on its own thread: batches planned at once go to the least
     /// busy.
-    pub fn spawn_planning_on(
-        destination: Destination,
-        planners: usize,
-    ) -> Result<Self, GuestError> {
+    pub fn spawn_planning_on(destination: Configured, planners: usize) -> Result<Self, GuestError> {
         let identity = destination.identity().clone();
         let can_merge = destination.can_merge();
         let classifier = Actor::spawn("guest-classify", destination.replicate())?;
@@ -139,7 +136,7 @@ impl Guest {
     /// needs the instance for longer (batch halving).
     pub async fn with_planner<T: Send + 'static>(
         &self,
-        call: impl FnOnce(&mut Destination) -> T + Send + 'static,
+        call: impl FnOnce(&mut Configured) -> T + Send + 'static,
     ) -> Result<T, GuestError> {
         self.planner().call(call).await
     }
@@ -222,7 +219,7 @@ impl Guest {
 const COMBINED_PER_CALL: usize = 64;
 
 /// The component's merge; a failure keeps the updates apart.
-fn merged_or_apart(d: &mut Destination, older: &Request, newer: &Request) -> Option<Request> {
+fn merged_or_apart(d: &mut Configured, older: &Request, newer: &Request) -> Option<Request> {
     d.merge(older, newer).unwrap_or_else(|e| {
         tracing::warn!(key = %older.key, "the component failed to merge two updates: {e}");
         None

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod limiter;
 pub mod oauth;
 pub mod queue;
+pub mod read_model;
 pub mod service;
 #[cfg(test)]
 mod test_support;

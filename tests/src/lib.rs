@@ -130,7 +130,7 @@ impl Wasm {
     }
 }
 
-struct WasmConfigured(outreach_host::engine::Destination);
+struct WasmConfigured(outreach_host::engine::Configured);
 
 impl Subject for Wasm {
     fn name(&self) -> &'static str {

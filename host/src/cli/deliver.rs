@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Result;
 use outreach_host::alerts::{AlertSettings, Alerts};
 use outreach_host::delivery::{self, Credentials, DeliveryOptions, Input, StaticToken, Summary};
-use outreach_host::engine::{Destination, Runtime};
+use outreach_host::engine::{Configured, Runtime};
 use outreach_host::http::ApiClient;
 use outreach_host::journal::Journal;
 use outreach_host::limiter::Limiter;
@@ -90,7 +90,7 @@ pub(crate) fn delivery_options(
 /// What a delivery needs besides its input and credentials.
 pub(crate) struct Job<'a> {
     pub(crate) runtime: &'a Runtime,
-    pub(crate) destination: Destination,
+    pub(crate) destination: Configured,
     pub(crate) api_base: &'a str,
     pub(crate) args: &'a DeliveryArgs,
     pub(crate) journal: Arc<Journal>,

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use destination_types::ConfigError;
 use outreach_host::delivery::Input;
-use outreach_host::engine::{self, ComponentSource, Destination, Limits, Runtime};
+use outreach_host::engine::{self, ComponentSource, Configured, Limits, Runtime};
 use outreach_host::journal::{self, Journal};
 use outreach_host::oauth::{self, TokenStore};
 
@@ -270,7 +270,7 @@ pub(crate) fn run(cli: Cli) -> Result<u8> {
 }
 
 /// The configured destination, or `None` after printing its errors.
-pub(crate) fn configure(runtime: &Runtime, path: &Path) -> Result<Option<Destination>> {
+pub(crate) fn configure(runtime: &Runtime, path: &Path) -> Result<Option<Configured>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration {}", path.display()))?;
     match runtime.configure(&text)? {

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use super::ledger::Ledger;
 use super::pending::{Pending, RecordRef};
 use super::runs::Unflushed;
-use super::{ClusterError, Context, Member, layout};
+use super::{ClusterDestination, ClusterError, Context, layout};
 use crate::delivery::Handle;
 use crate::queue::WorkQueue;
 use crate::queue::{Attempt, Claim, Disposition, RunId};
@@ -111,7 +111,7 @@ impl Books {
 
 /// One destination's updates in this partition, as its workers see them.
 pub(super) struct Lane {
-    pub(super) member: Arc<Member>,
+    pub(super) member: Arc<ClusterDestination>,
     pub(super) pending: Mutex<Pending>,
     pub(super) books: Arc<Books>,
     /// The workers' hold: their stop, what they counted.

@@ -64,7 +64,7 @@ pub enum ClusterError {
 }
 
 /// A destination as a worker serves it.
-pub struct Member {
+pub struct ClusterDestination {
     pub name: String,
     pub account: String,
     pub partition: u16,
@@ -85,7 +85,7 @@ pub struct Context {
     pub js: jetstream::Context,
     pub buckets: Buckets,
     pub settings: ClusterSettings,
-    pub members: Vec<Arc<Member>>,
+    pub members: Vec<Arc<ClusterDestination>>,
     /// One access token for every account (`OUTREACH_ACCESS_TOKEN`).
     pub fixed_token: Option<String>,
     pub clock: Clock,

@@ -45,6 +45,16 @@ impl RunDelta {
         }
     }
 
+    /// The records' outcomes, as a journal's run counts them.
+    pub fn outcomes(&self) -> crate::journal::Counts {
+        crate::journal::Counts {
+            received: self.received,
+            delivered: self.delivered,
+            rejected: self.rejected,
+            skipped: self.skipped,
+        }
+    }
+
     fn add(&mut self, other: &Self) {
         self.received += other.received;
         self.delivered += other.delivered;

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::alerts::Alerts;
 use crate::clock::Clock;
-use crate::engine::{Destination, GuestError};
+use crate::engine::{Configured, GuestError};
 use crate::guest::Guest;
 use crate::http::ApiClient;
 pub use crate::input::Input;
@@ -162,7 +162,7 @@ pub enum RunError {
 /// history. The component runs on threads of its own ([`Guest`]) and the
 /// journal on another ([`JournalQueue`]). Returns the summary of this run.
 pub async fn run<C: Credentials>(
-    destination: Destination,
+    destination: Configured,
     api: &ApiClient,
     limiter: &Limiter,
     credentials: &C,

@@ -5,7 +5,7 @@
 
 use destination_types::{PlanOutcome, RecordError, RecordFate};
 
-use crate::engine::Destination;
+use crate::engine::Configured;
 use crate::input::{Input, Item};
 
 use super::RunError;
@@ -28,14 +28,14 @@ fn component_error(failure: &str) -> PlanOutcome {
 /// after a few failed calls more than one bad record needs (a component
 /// that fails on everything would otherwise cost a deadline per record):
 /// what is left then fails whole.
-fn plan_batch(destination: &mut Destination, texts: &[String]) -> Vec<PlanOutcome> {
+fn plan_batch(destination: &mut Configured, texts: &[String]) -> Vec<PlanOutcome> {
     let depth = usize::BITS - texts.len().leading_zeros();
     let mut failures_left = 4 * depth as usize + 8;
     plan_halving(destination, texts, &mut failures_left)
 }
 
 fn plan_halving(
-    destination: &mut Destination,
+    destination: &mut Configured,
     texts: &[String],
     failures_left: &mut usize,
 ) -> Vec<PlanOutcome> {
@@ -69,7 +69,7 @@ fn plan_halving(
 /// Plans input records ([`plan_batch`]); records the reader refused are
 /// record errors without asking the component. Input order is kept.
 pub(crate) fn plan_items(
-    destination: &mut Destination,
+    destination: &mut Configured,
     items: Vec<Item>,
 ) -> Vec<(Item, PlanOutcome)> {
     let texts: Vec<String> = items
@@ -100,7 +100,7 @@ pub(crate) fn plan_items(
 /// Plans every record of `input` in batches and hands each outcome to
 /// `emit` as it comes (a dry run), reading the input exactly as a run does.
 pub fn plan_stream(
-    destination: &mut Destination,
+    destination: &mut Configured,
     input: Input,
     batch: usize,
     mut emit: impl FnMut(&Item, &PlanOutcome) -> std::io::Result<()>,

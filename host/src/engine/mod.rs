@@ -322,7 +322,7 @@ impl Runtime {
     pub fn configure(
         &self,
         config_json: &str,
-    ) -> Result<Result<Destination, Vec<types::ConfigError>>, GuestError> {
+    ) -> Result<Result<Configured, Vec<types::ConfigError>>, GuestError> {
         let mut live = Live::start(&self.loaded)?;
         if let Err(errors) = live.create(&self.loaded.limits, config_json)? {
             return Ok(Err(errors));
@@ -330,7 +330,7 @@ impl Runtime {
         let identity = live.call(&self.loaded.limits, |instance, store| {
             instance.identity(store, config_json)
         })?;
-        Ok(Ok(Destination {
+        Ok(Ok(Configured {
             loaded: self.loaded.clone(),
             config_json: config_json.to_owned(),
             identity,
@@ -392,22 +392,23 @@ impl Live {
     }
 }
 
-/// A destination configured inside a guest instance. After a trap the
+/// A component configured for one destination, inside a guest instance
+/// (the contract's `configured` resource). After a trap the
 /// instance is discarded and the next call rebuilds it from the same
 /// configuration. Owns what it needs, so it can move to its own thread
 /// ([`crate::guest`]).
-pub struct Destination {
+pub struct Configured {
     loaded: Arc<Loaded>,
     config_json: String,
     identity: types::ConfigurationIdentity,
     live: Option<Live>,
 }
 
-impl Destination {
+impl Configured {
     /// Another instance of the same configured destination (a fresh store;
     /// the configuration is created again).
-    pub fn replicate(&self) -> Destination {
-        Destination {
+    pub fn replicate(&self) -> Configured {
+        Configured {
             loaded: self.loaded.clone(),
             config_json: self.config_json.clone(),
             identity: self.identity.clone(),
@@ -420,7 +421,7 @@ impl Destination {
         &self.identity
     }
 
-    /// Whether [`Destination::merge`] can ever combine two updates.
+    /// Whether [`Configured::merge`] can ever combine two updates.
     pub fn can_merge(&self) -> bool {
         self.loaded.version.can_merge()
     }

@@ -2,7 +2,7 @@
 //! framing of a posted body into records (`framing.rs`), the idempotency
 //! key a producer may send with it (`idempotency.rs`), the answer to a
 //! batch and why one is refused, and [`Accept`], which a single service's
-//! destination (`service::stream`) and a cluster worker's
+//! destination (`service::journaled`) and a cluster worker's
 //! (`cluster::ClusterIntake`) implement.
 
 mod framing;

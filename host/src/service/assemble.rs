@@ -8,16 +8,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::config::{AccountSettings, DestinationSpec, FileProblems, ServiceFile};
-use super::stream::{Stream, StreamSettings};
-use super::{Served, Service, Set, retry_policy};
+use super::journaled::read::JournalReadModel;
+use super::journaled::{Journaled, JournaledSettings};
+use super::{Destination, Service, Set, retry_policy};
 use crate::account::{Account, StoredTokens, TokenSource};
 use crate::alerts::Alerts;
 use crate::delivery::StaticToken;
-use crate::engine::{ComponentSource, Destination, Runtime};
+use crate::engine::{ComponentSource, Configured, Runtime};
 use crate::guest::Guest;
 use crate::http::ApiClient;
+use crate::intake::Accept;
 use crate::journal::Journal;
 use crate::limiter::Limiter;
+use crate::read_model::ReadModel;
 
 /// A destination checked and configured, not started yet.
 pub(super) struct Prepared {
@@ -25,20 +28,41 @@ pub(super) struct Prepared {
     pub(super) account: String,
     pub(super) audience_labels: BTreeMap<String, String>,
     pub(super) runtime: Arc<Runtime>,
-    pub(super) destination: Option<Destination>,
+    pub(super) destination: Option<Configured>,
 }
 
 impl Prepared {
-    /// The destination as the service serves it: by `stream`, or by the
-    /// cluster's workers when `clustered`.
-    pub(super) fn served(self, stream: Option<Arc<Stream>>, clustered: bool) -> Served {
-        Served {
+    /// The destination as the service serves it: taking records into
+    /// `intake` (`None`: none), read through `read`.
+    pub(super) fn served(
+        self,
+        intake: Option<Arc<dyn Accept>>,
+        read: Arc<dyn ReadModel>,
+    ) -> Destination {
+        Destination {
             spec: self.spec,
             account: self.account,
             audience_labels: self.audience_labels,
-            stream,
+            intake,
+            read,
+            journaled: None,
             restarting: false,
-            clustered,
+        }
+    }
+
+    /// The destination delivered over its journal at `journal` by
+    /// `stream` (`None`: disabled).
+    fn over_journal(
+        self,
+        stream: Option<Arc<Journaled>>,
+        journal: std::path::PathBuf,
+        account: Arc<Account>,
+    ) -> Destination {
+        let read = JournalReadModel::new(&self.spec.name, stream.clone(), journal, Some(account));
+        let intake = stream.clone().map(|s| s as Arc<dyn Accept>);
+        Destination {
+            journaled: stream,
+            ..self.served(intake, Arc::new(read))
         }
     }
 }
@@ -202,7 +226,7 @@ impl Service {
                 });
             if same {
                 kept.insert(name.clone(), served.clone());
-            } else if let Some(stream) = &served.stream {
+            } else if let Some(stream) = &served.journaled {
                 closing.push((name.clone(), stream.clone()));
             }
         }
@@ -212,25 +236,21 @@ impl Service {
             let mut restarting = (*old).clone();
             for (name, _) in &closing {
                 if let Some(served) = restarting.destinations.get_mut(name) {
-                    *served = Arc::new(Served {
-                        stream: None,
-                        restarting: true,
-                        ..(**served).clone()
-                    });
+                    *served = Arc::new(served.idle(&old, true));
                 }
             }
             *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(restarting);
         }
         drop(old);
-        let closing: Vec<Arc<Stream>> = closing.into_iter().map(|(_, stream)| stream).collect();
+        let closing: Vec<Arc<Journaled>> = closing.into_iter().map(|(_, stream)| stream).collect();
         futures::future::join_all(
             closing
                 .into_iter()
-                .map(|stream| Stream::close(stream, file.drain_timeout)),
+                .map(|stream| Journaled::close(stream, file.drain_timeout)),
         )
         .await;
         let mut destinations = BTreeMap::new();
-        let mut started: Vec<Arc<Stream>> = Vec::new();
+        let mut started: Vec<Arc<Journaled>> = Vec::new();
         for mut p in prepared {
             if let Some(served) = kept.remove(&p.spec.name) {
                 destinations.insert(p.spec.name.clone(), served);
@@ -240,7 +260,7 @@ impl Service {
             let stream = match p.destination.take() {
                 None => None,
                 Some(destination) => match self
-                    .open(&file, &p.spec, &p.runtime, destination, account)
+                    .open(&file, &p.spec, &p.runtime, destination, account.clone())
                     .await
                 {
                     Ok(stream) => {
@@ -253,11 +273,15 @@ impl Service {
                     }
                 },
             };
-            destinations.insert(p.spec.name.clone(), Arc::new(p.served(stream, false)));
+            let journal = file.journal_of(&p.spec.name);
+            destinations.insert(
+                p.spec.name.clone(),
+                Arc::new(p.over_journal(stream, journal, account)),
+            );
         }
         if !problems.is_empty() {
             for stream in started {
-                Stream::close(stream, file.drain_timeout).await;
+                Journaled::close(stream, file.drain_timeout).await;
             }
             return Err(FileProblems { problems });
         }
@@ -265,7 +289,7 @@ impl Service {
             tracing::info!(
                 destination = %name,
                 account = %served.account,
-                enabled = served.stream.is_some(),
+                enabled = served.intake.is_some(),
                 "serving"
             );
         }
@@ -311,15 +335,15 @@ impl Service {
         file: &ServiceFile,
         spec: &DestinationSpec,
         runtime: &Runtime,
-        destination: Destination,
+        destination: Configured,
         account: Arc<Account>,
-    ) -> Result<Arc<Stream>, String> {
+    ) -> Result<Arc<Journaled>, String> {
         let api_base = spec
             .api_base
             .clone()
             .unwrap_or_else(|| runtime.describe().default_api_base.clone());
         let api = ApiClient::new(&api_base, self.env.request_timeout).map_err(|e| e.to_string())?;
-        let path = file.state_dir.join(format!("{}.journal", spec.name));
+        let path = file.journal_of(&spec.name);
         // The journal makes its directory owner-only: it holds profiles.
         let journal =
             tokio::task::spawn_blocking(move || Journal::open(&path).map_err(|e| e.to_string()))
@@ -344,7 +368,7 @@ impl Service {
         let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
         let guest =
             Arc::new(Guest::spawn_planning_on(destination, planners).map_err(|e| e.to_string())?);
-        let settings = StreamSettings {
+        let settings = JournaledSettings {
             name: spec.name.clone(),
             concurrency: spec.concurrency,
             policy: retry_policy(),
@@ -354,7 +378,7 @@ impl Service {
             clock: self.env.clock,
             alerts,
         };
-        let stream = Stream::start(settings, api, account, guest, journal)
+        let stream = Journaled::start(settings, api, account, guest, journal)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Arc::new(stream))

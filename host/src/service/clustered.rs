@@ -1,14 +1,19 @@
 //! The service as a worker of a JetStream cluster (`serve --nats`): the
 //! destinations file is checked as on one machine, then each enabled
-//! destination becomes a [`Member`] of the cluster (its component, API
-//! client and budget) instead of a stream over a journal.
+//! destination becomes a [`ClusterDestination`] (its component, API
+//! client and budget) instead of a [`super::journaled::Journaled`] over a
+//! journal.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::cluster::{self, ClusterSettings, Context, Member, Shape, Worker, layout};
+use crate::cluster::view::ClusterReadModel;
+use crate::cluster::{
+    self, ClusterDestination, ClusterIntake, ClusterSettings, Context, Shape, Worker, layout,
+};
 use crate::guest::Guest;
 use crate::http::ApiClient;
+use crate::intake::Accept;
 
 use super::config::{FileProblems, ServiceFile};
 use super::{NatsOptions, Service, Set};
@@ -46,7 +51,7 @@ impl Service {
             .map_err(|e| problem(e.to_string()))?;
         let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut members = Vec::new();
-        let mut destinations = BTreeMap::new();
+        let mut served = Vec::new();
         for mut p in prepared {
             let label = format!("destination {:?}", p.spec.name);
             if let Some(destination) = p.destination.take() {
@@ -73,7 +78,7 @@ impl Service {
                     Some(_) => None,
                     None => Some((self.env.oauth_client)(&p.runtime).map_err(problem)?),
                 };
-                members.push(Arc::new(Member {
+                members.push(Arc::new(ClusterDestination {
                     name: p.spec.name.clone(),
                     account: p.account.clone(),
                     partition: layout::partition_of(&p.account, settings.shape.partitions),
@@ -85,8 +90,7 @@ impl Service {
                     oauth,
                 }));
             }
-            let enabled = p.spec.enabled;
-            destinations.insert(p.spec.name.clone(), Arc::new(p.served(None, enabled)));
+            served.push(p);
         }
         // The accounts as the status page sees them (connection, Connect);
         // delivery uses each partition owner's own.
@@ -129,9 +133,20 @@ impl Service {
             grace: file.drain_timeout,
         };
         let worker = Worker::start(context);
-        let _ = self.worker.set(worker);
-        for (name, served) in &destinations {
-            tracing::info!(destination = %name, account = %served.account, enabled = served.clustered, "serving as a cluster worker");
+        let _ = self.worker.set(worker.clone());
+        let mut destinations = BTreeMap::new();
+        for p in served {
+            let (name, enabled) = (p.spec.name.clone(), p.spec.enabled);
+            tracing::info!(destination = %name, account = %p.account, enabled, "serving as a cluster worker");
+            let intake = enabled
+                .then(|| Arc::new(ClusterIntake::new(worker.clone(), &name)) as Arc<dyn Accept>);
+            let read = Arc::new(ClusterReadModel {
+                worker: worker.clone(),
+                destination: name.clone(),
+                account: p.account.clone(),
+                enabled,
+            });
+            destinations.insert(name, Arc::new(p.served(intake, read)));
         }
         Ok(Set {
             file,

@@ -16,8 +16,7 @@ use super::keys;
 use super::listener::BodyError;
 use super::metrics::{self, AccountFigures, DestinationFigures};
 use super::{Service, Set};
-use crate::cluster::ClusterIntake;
-use crate::intake::{self, Accept, AcceptError, Acceptance, Format, IdempotencyKey};
+use crate::intake::{self, AcceptError, Acceptance, Format, IdempotencyKey};
 
 /// The longest idempotency key.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -202,19 +201,11 @@ async fn post_records(
             DRAINING_RETRY_SECS,
         );
     }
-    // Where its records go: its stream over its journal, or the cluster's
-    // intake stream through this worker.
-    let target: Arc<dyn Accept> = match (served.stream.clone(), service.worker()) {
-        (Some(stream), _) => stream,
-        (None, Some(worker)) if served.clustered => {
-            Arc::new(ClusterIntake::new(worker.clone(), &name))
-        }
-        _ => {
-            return error(
-                StatusCode::CONFLICT,
-                format!("destination {name} is disabled (enabled = false)"),
-            );
-        }
+    let Some(target) = served.intake.clone() else {
+        return error(
+            StatusCode::CONFLICT,
+            format!("destination {name} is disabled (enabled = false)"),
+        );
     };
     let headers = request.headers();
     let content_type = headers
@@ -340,9 +331,8 @@ async fn readyz(State(service): State<Arc<Service>>) -> Response {
     let set = service.current();
     let mut destinations = serde_json::Map::new();
     for (name, served) in &set.destinations {
-        let state = match &served.stream {
+        let state = match &served.intake {
             Some(_) => "accepting",
-            None if served.clustered => "accepting",
             None => "disabled",
         };
         destinations.insert(name.clone(), json!(state));
@@ -369,21 +359,11 @@ async fn metrics_text(State(service): State<Arc<Service>>, headers: HeaderMap) -
     let now_ms = crate::clock::now_ms();
     let mut destinations = Vec::new();
     for (name, served) in &set.destinations {
-        let status = match &served.stream {
-            Some(stream) => match stream.status().await {
-                Ok(status) => Some(status),
-                Err(e) => {
-                    tracing::warn!(destination = %name, "no figures: {e}");
-                    None
-                }
-            },
-            None => None,
-        };
         destinations.push(DestinationFigures {
             name: name.clone(),
             account: served.account.clone(),
-            enabled: served.stream.is_some() || served.clustered,
-            status,
+            enabled: served.intake.is_some(),
+            now: served.read.snapshot().await,
             now_ms,
         });
     }

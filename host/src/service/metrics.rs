@@ -13,8 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::stream::StreamStatus;
 use crate::journal::Counts;
+use crate::read_model::{Snapshot, Waiting};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -26,7 +26,7 @@ pub struct DestinationFigures {
     pub name: String,
     pub account: String,
     pub enabled: bool,
-    pub status: Option<StreamStatus>,
+    pub now: Snapshot,
     pub now_ms: u64,
 }
 
@@ -141,30 +141,36 @@ pub fn render(destinations: &[DestinationFigures], accounts: &[AccountFigures]) 
         enabled
             .get_or_create(&labels)
             .set(i64::from(destination.enabled));
-        let Some(status) = &destination.status else {
+        let now = &destination.now;
+        // What a destination that takes no records (or whose figures
+        // cannot be read) would show is not known: it is left out.
+        let Some(totals) = &now.totals else {
             continue;
         };
-        add_outcomes(&records, &labels, &status.totals);
-        for (audience, counts) in &status.audiences {
+        add_outcomes(&records, &labels, &totals.records);
+        for (audience, counts) in &totals.audiences {
             let mut labels = labels.clone();
             labels.push(("audience", audience.clone()));
             add_outcomes(&audience_records, &labels, counts);
         }
         paused
             .get_or_create(&labels)
-            .set(i64::from(status.paused.is_some()));
-        queued
-            .get_or_create(&labels)
-            .set(i64::try_from(status.backlog.updates).unwrap_or(i64::MAX));
-        let age_ms = status
-            .backlog
-            .oldest_received_ms
-            .map_or(0, |at| destination.now_ms.saturating_sub(at));
-        oldest.get_or_create(&labels).set(age_ms as f64 / 1000.0);
+            .set(i64::from(now.paused.is_some()));
+        if let Waiting::Updates {
+            count,
+            oldest_received_ms,
+        } = now.waiting
+        {
+            queued
+                .get_or_create(&labels)
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+            let age_ms = oldest_received_ms.map_or(0, |at| destination.now_ms.saturating_sub(at));
+            oldest.get_or_create(&labels).set(age_ms as f64 / 1000.0);
+        }
         let sums = per_account.entry(&destination.account).or_default();
-        sums[0] += status.requests_sent;
-        sums[1] += status.rate_limited;
-        sums[2] += status.retries;
+        sums[0] += totals.requests_sent;
+        sums[1] += totals.rate_limited;
+        sums[2] += totals.retries;
     }
     for account in accounts {
         let labels: Labels = vec![("account", account.name.clone())];

@@ -1,6 +1,6 @@
 //! `outreach-host serve`: an always-on service delivering for the
 //! destinations of a destinations file ([`config`]). Each enabled
-//! destination is a [`stream::Stream`] over its own journal; destinations
+//! destination is a [`journaled::Journaled`] over its own journal; destinations
 //! on one API account share its [`account::Account`] (one limiter,
 //! one credentials refresher, turns taken round-robin). Records arrive over
 //! HTTP ([`http`]); `/healthz`, `/readyz` and `/metrics` ([`metrics`]) are
@@ -17,10 +17,10 @@ mod assemble;
 mod clustered;
 pub mod config;
 mod http;
+pub mod journaled;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
-pub mod stream;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,9 +33,12 @@ use crate::account::Account;
 use crate::clock::Clock;
 use crate::delivery::{DeliveryOptions, retry};
 use crate::engine::{Limits, Runtime};
+use crate::intake::Accept;
 use crate::oauth::{OAuthClient, TokenStore};
+use crate::read_model::ReadModel;
 use config::{DestinationSpec, FileProblems, ServiceFile};
-use stream::Stream;
+use journaled::Journaled;
+use journaled::read::JournalReadModel;
 
 pub use http::router;
 
@@ -87,23 +90,45 @@ pub struct NatsOptions {
 #[derive(Clone)]
 pub struct Set {
     pub file: ServiceFile,
-    pub destinations: BTreeMap<String, Arc<Served>>,
+    pub destinations: BTreeMap<String, Arc<Destination>>,
     pub accounts: BTreeMap<String, Arc<Account>>,
 }
 
-/// One destination as served.
+/// One destination as served: where its records go and what pages read
+/// of it, whichever backend delivers it.
 #[derive(Clone)]
-pub struct Served {
+pub struct Destination {
     pub spec: DestinationSpec,
     pub account: String,
     /// Audience id → how pages show it (the component's label).
     pub audience_labels: BTreeMap<String, String>,
-    /// `None` while disabled (or restarting).
-    pub stream: Option<Arc<Stream>>,
+    /// Where its records go; `None` while it takes none (disabled,
+    /// restarting, the service draining).
+    pub intake: Option<Arc<dyn Accept>>,
+    /// What the status page and `/metrics` read of it.
+    pub read: Arc<dyn ReadModel>,
+    /// Its delivery, when this process delivers it over its own journal
+    /// (a reload and a drain close it).
+    journaled: Option<Arc<Journaled>>,
     /// Closing to open again with new settings (a reload).
     pub restarting: bool,
-    /// Served by the cluster's workers (`serve --nats`), not a stream.
-    pub clustered: bool,
+}
+
+impl Destination {
+    /// The same destination taking no records (its journal still read),
+    /// while it closes to open again (`restarting`) or the service drains.
+    fn idle(&self, set: &Set, restarting: bool) -> Self {
+        let account = set.accounts.get(&self.account).cloned();
+        let journal = set.file.journal_of(&self.spec.name);
+        let read = JournalReadModel::new(&self.spec.name, None, journal, account);
+        Self {
+            intake: None,
+            read: Arc::new(read),
+            journaled: None,
+            restarting,
+            ..self.clone()
+        }
+    }
 }
 
 pub struct Service {
@@ -237,13 +262,6 @@ impl Service {
     }
 
     /// Where destination `name` keeps its journal.
-    pub fn journal_path(&self, name: &str) -> PathBuf {
-        self.current()
-            .file
-            .state_dir
-            .join(format!("{name}.journal"))
-    }
-
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
@@ -312,15 +330,15 @@ impl Service {
         }
         let set = self.current();
         for served in set.destinations.values() {
-            if let Some(stream) = &served.stream {
+            if let Some(stream) = &served.journaled {
                 stream.stop_accepting();
             }
         }
         let grace = set.file.drain_timeout;
-        let streams: Vec<Arc<Stream>> = set
+        let streams: Vec<Arc<Journaled>> = set
             .destinations
             .values()
-            .filter_map(|served| served.stream.clone())
+            .filter_map(|served| served.journaled.clone())
             .collect();
         // Intake answers 503 from now on; the streams close once the
         // last batch being journaled let go of them.
@@ -330,14 +348,7 @@ impl Service {
                 .destinations
                 .iter()
                 .map(|(name, served)| {
-                    let idle = Served {
-                        spec: served.spec.clone(),
-                        account: served.account.clone(),
-                        audience_labels: served.audience_labels.clone(),
-                        stream: None,
-                        restarting: false,
-                        clustered: false,
-                    };
+                    let idle = served.idle(&set, false);
                     (name.clone(), Arc::new(idle))
                 })
                 .collect(),
@@ -345,6 +356,6 @@ impl Service {
         };
         *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(drained);
         drop(set);
-        futures::future::join_all(streams.into_iter().map(|s| Stream::close(s, grace))).await;
+        futures::future::join_all(streams.into_iter().map(|s| Journaled::close(s, grace))).await;
     }
 }

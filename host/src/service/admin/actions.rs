@@ -2,6 +2,7 @@
 //! browser, replay a dead letter.
 
 use super::*;
+use crate::read_model::ReplayError;
 
 #[derive(Deserialize)]
 pub(super) struct ConnectForm {
@@ -192,44 +193,22 @@ pub(super) async fn replay(
             "No dead letter was named.",
         );
     };
-    if let Some(worker) = service.worker().filter(|_| served.clustered) {
-        return match worker.replay(u64::try_from(letter).unwrap_or(0)).await {
-            Ok(replayed) => html(
-                StatusCode::OK,
-                &ReplayedPage {
-                    csrf: Some(&session.csrf),
-                    name: &name,
-                    run: 0,
-                    replayed,
-                    held_back: Vec::new(),
-                },
-            ),
-            Err(e) => error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(&session.csrf),
-                "Not replayed",
-                &sentence(&e),
-            ),
-        };
-    }
-    let Some(stream) = &served.stream else {
-        return error_page(
-            StatusCode::CONFLICT,
-            Some(&session.csrf),
-            "Disabled",
-            "The destination is disabled: enable it to replay its dead letters.",
-        );
-    };
-    match stream.replay(vec![letter]).await {
+    match served.read.replay(letter).await {
         Ok(done) => html(
             StatusCode::OK,
             &ReplayedPage {
                 csrf: Some(&session.csrf),
                 name: &name,
-                run: stream.current_run(),
+                run: done.run.unwrap_or(0),
                 replayed: done.replayed,
                 held_back: done.held_back,
             },
+        ),
+        Err(ReplayError::Disabled) => error_page(
+            StatusCode::CONFLICT,
+            Some(&session.csrf),
+            "Disabled",
+            &sentence(&format!("{}.", ReplayError::Disabled)),
         ),
         Err(e) => error_page(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -4,7 +4,7 @@
 //! letter whole.
 
 use super::*;
-use crate::journal::{LetterPreview, PREVIEW_CHARS};
+use crate::read_model::{LetterQuery, LetterView, Shown};
 
 /// A letter as a page shows it.
 struct LetterRow {
@@ -29,86 +29,29 @@ fn pretty(text: &str) -> String {
         .unwrap_or_else(|| text.to_owned())
 }
 
-/// `text` as a list shows it: whole (pretty) when short, else its start
-/// and its size.
-fn preview(text: &str) -> (String, Option<u64>) {
-    match text.char_indices().nth(PREVIEW_CHARS) {
-        None => (pretty(text), None),
-        Some((end, _)) => (text[..end].to_owned(), Some(text.len() as u64)),
+/// A text as a page shows it: whole (pretty when JSON), or its start and
+/// its whole size.
+fn shown(text: Shown) -> (String, Option<u64>) {
+    match text {
+        Shown::Whole(text) => (pretty(&text), None),
+        Shown::Cut { start, bytes } => (start, Some(bytes)),
     }
 }
 
-impl From<LetterPreview> for LetterRow {
-    fn from(l: LetterPreview) -> Self {
-        let cut = |text: &str, bytes: u64| (text.len() as u64) < bytes;
-        let record_cut = cut(&l.record, l.record_bytes).then_some(l.record_bytes);
-        let response_cut = l
-            .response
-            .as_deref()
-            .filter(|r| cut(r, l.response_bytes))
-            .map(|_| l.response_bytes);
-        Self {
-            id: l.id,
-            run: l.run,
-            line: l.line,
-            code: l.code,
-            reason: l.reason,
-            status: l.status,
-            record: match record_cut {
-                Some(_) => l.record,
-                None => pretty(&l.record),
-            },
-            record_cut,
-            response: l.response,
-            response_cut,
-        }
-    }
-}
-
-impl From<DeadLetter> for LetterRow {
-    fn from(l: DeadLetter) -> Self {
-        Self {
-            id: l.id,
-            run: l.run,
-            line: l.line,
-            code: l.code,
-            reason: l.reason,
-            status: l.status,
-            record: serde_json::to_string_pretty(&l.record).unwrap_or_default(),
-            record_cut: None,
-            response: l.response,
-            response_cut: None,
-        }
-    }
-}
-
-/// A cluster's letter: its id is its sequence in the letters stream, its
-/// line the record's place in its intake message.
-impl LetterRow {
-    fn of_cluster(stored: crate::cluster::letters::Stored, whole: bool) -> Self {
-        let l = stored.letter;
-        let shown = |text: &str| {
-            if whole {
-                (pretty(text), None)
-            } else {
-                preview(text)
-            }
-        };
-        let (record, record_cut) = shown(&l.record);
-        let (response, response_cut) = match l.response.as_ref() {
-            Some(r) => {
-                let (text, cut) = shown(&r.body);
-                (Some(text), cut)
-            }
+impl From<LetterView> for LetterRow {
+    fn from(l: LetterView) -> Self {
+        let (record, record_cut) = shown(l.record);
+        let (response, response_cut) = match l.response.map(shown) {
+            Some((text, cut)) => (Some(text), cut),
             None => (None, None),
         };
         Self {
-            id: i64::try_from(stored.id).unwrap_or(i64::MAX),
-            run: 0,
-            line: l.batch_line.unwrap_or(u64::from(l.index) + 1),
+            id: l.id,
+            run: l.run,
+            line: l.line,
             code: l.code,
             reason: l.reason,
-            status: l.response.as_ref().map(|r| r.status),
+            status: l.status,
             record,
             record_cut,
             response,
@@ -132,7 +75,7 @@ struct LettersPage<'a> {
 }
 
 #[derive(Deserialize)]
-pub(super) struct LetterQuery {
+pub(super) struct LetterParams {
     #[serde(default)]
     code: String,
     #[serde(default)]
@@ -154,7 +97,7 @@ pub(super) async fn letters(
     State(service): State<Arc<Service>>,
     operator: Operator,
     Path(name): Path<String>,
-    Query(query): Query<LetterQuery>,
+    Query(query): Query<LetterParams>,
 ) -> Response {
     let session = operator.session;
     let served = match find(&service, &name, &session) {
@@ -172,39 +115,17 @@ pub(super) async fn letters(
         return bad_filter(&session, "page");
     };
     let code = Some(query.code.trim().to_owned()).filter(|c| !c.is_empty());
-    let (letters, enabled) = if let Some(worker) = service.worker() {
-        let before = before.and_then(|b| u64::try_from(b).ok());
-        let letters = match worker.letters_of(&name, PAGE, before).await {
-            Ok(letters) => letters,
-            Err(e) => return unreadable(&session, &e),
-        };
-        let rows: Vec<LetterRow> = letters
-            .into_iter()
-            .rev()
-            .filter(|l| code.as_ref().is_none_or(|c| *c == l.letter.code))
-            .map(|l| LetterRow::of_cluster(l, false))
-            .collect();
-        (rows, served.clustered)
-    } else {
-        let filter = LetterFilter {
-            run,
-            code,
-            before,
-            newest: Some(PAGE),
-            ..LetterFilter::default()
-        };
-        let previews = read_journal(&service, &served, move |journal| {
-            journal.letter_previews(&filter)
-        })
-        .await;
-        match previews {
-            Ok(previews) => (
-                previews.into_iter().map(LetterRow::from).collect(),
-                served.stream.is_some(),
-            ),
-            Err(e) => return unreadable(&session, &e),
-        }
+    let wanted = LetterQuery {
+        run,
+        code,
+        before,
+        newest: PAGE,
     };
+    let letters: Vec<LetterRow> = match served.read.letters(wanted).await {
+        Ok(letters) => letters.into_iter().map(LetterRow::from).collect(),
+        Err(e) => return unreadable(&session, &e),
+    };
+    let enabled = served.read.replayable();
     let older = (letters.len() >= PAGE)
         .then(|| letters.last().map(|l| l.id))
         .flatten();
@@ -242,26 +163,9 @@ pub(super) async fn letter(
         Ok(served) => served,
         Err(response) => return *response,
     };
-    let found = if let Some(worker) = service.worker() {
-        let Ok(id) = u64::try_from(id) else {
-            return not_found(&session);
-        };
-        match worker.letter_of(&name, id).await {
-            Ok(found) => found.map(|l| (LetterRow::of_cluster(l, true), served.clustered)),
-            Err(e) => return unreadable(&session, &e),
-        }
-    } else {
-        let filter = LetterFilter {
-            ids: vec![id],
-            include_replayed: true,
-            ..LetterFilter::default()
-        };
-        match read_journal(&service, &served, move |j| j.dead_letters(&filter)).await {
-            Ok(mut found) => found
-                .pop()
-                .map(|l| (LetterRow::from(l), served.stream.is_some())),
-            Err(e) => return unreadable(&session, &e),
-        }
+    let found = match served.read.letter(id).await {
+        Ok(found) => found.map(|l| (LetterRow::from(l), served.read.replayable())),
+        Err(e) => return unreadable(&session, &e),
     };
     let Some((l, enabled)) = found else {
         return not_found(&session);

@@ -27,8 +27,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use super::{Served, Service};
-use crate::journal::{DeadLetter, Journal, JournalError, LetterFilter, RunRecord};
+use super::{Destination, Service};
 use session::{SESSION_COOKIE, SIGN_IN_COOKIE, Session, Sessions, same_token};
 
 /// The client's address as sign-in limits count it (`unknown` when the
@@ -213,31 +212,6 @@ fn check_csrf(session: &Session, form: &str) -> Result<(), Refused> {
     }
 }
 
-/// Reads `served`'s journal: through its stream, or (disabled) by opening
-/// it read-only.
-async fn read_journal<T: Send + 'static>(
-    service: &Service,
-    served: &Served,
-    read: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
-) -> Result<T, String> {
-    // Not through the stream's journal thread: a page's read must not
-    // hold up intake and delivery. A running destination's journal was
-    // checked when it opened; a stopped one's is checked now.
-    let running = served.stream.is_some();
-    let path = service.journal_path(&served.spec.name);
-    tokio::task::spawn_blocking(move || {
-        let journal = if running {
-            Journal::open_reader(&path)
-        } else {
-            Journal::open_existing(&path)
-        }
-        .map_err(|e| e.to_string())?;
-        read(&journal).map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
 /// `text` with a capital first letter (error messages are written to be
 /// embedded; a page shows them on their own).
 fn sentence(text: &str) -> String {
@@ -249,7 +223,7 @@ fn sentence(text: &str) -> String {
 }
 
 /// The destination named `name`, or the page saying there is none.
-fn find(service: &Service, name: &str, session: &Session) -> Result<Arc<Served>, Refused> {
+fn find(service: &Service, name: &str, session: &Session) -> Result<Arc<Destination>, Refused> {
     let found = service.current().destinations.get(name).cloned();
     found.ok_or_else(|| {
         Box::new(error_page(

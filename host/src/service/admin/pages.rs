@@ -2,6 +2,7 @@
 //! run per audience and reason, the dead letters.
 
 use super::*;
+use crate::read_model::{Budget, Hour, RunSummary, Waiting};
 
 fn utc(ms: u64) -> String {
     crate::format_utc(ms / 1000, ' ')
@@ -26,6 +27,8 @@ struct DestinationCard {
     /// A browser login is possible (the account uses stored tokens).
     connectable: bool,
     queued: u64,
+    /// What `queued` counts.
+    queued_unit: &'static str,
     oldest_age: Option<String>,
     hour: String,
     budget: String,
@@ -51,15 +54,7 @@ pub(super) async fn destinations(
     let mut cards = Vec::new();
     for (name, served) in &set.destinations {
         let account = set.accounts.get(&served.account).cloned();
-        let view = match service.worker() {
-            Some(worker) if served.clustered => Some(worker.view(name, &served.account).await),
-            _ => None,
-        };
-        let status = match &served.stream {
-            Some(stream) => stream.status().await.ok(),
-            None => None,
-        };
-        let paused = status.as_ref().and_then(|s| s.paused.clone());
+        let now = served.read.snapshot().await;
         let (connection, connection_class) = match &account {
             Some(account) => match account.connection(now_ms / 1000).await {
                 crate::account::Connection::Fixed => ("Fixed access token".to_owned(), "muted"),
@@ -67,7 +62,7 @@ pub(super) async fn destinations(
                     (format!("Needs login ({why})"), "error")
                 }
                 crate::account::Connection::Connected { expires_in, scope } => {
-                    if paused.is_some() {
+                    if now.paused.is_some() {
                         ("Refresh failing".to_owned(), "error")
                     } else {
                         let life = expires_in
@@ -85,69 +80,57 @@ pub(super) async fn destinations(
             },
             None => ("—".to_owned(), "muted"),
         };
-        let hour = match (&served.stream, &view) {
-            (_, Some(view)) => match &view.hour {
-                Some(run) => format!(
-                    "{} received, {} activated, {} failed, {} skipped (every worker)",
-                    run.counts.received,
-                    run.counts.delivered,
-                    run.counts.rejected,
-                    run.counts.skipped
-                ),
-                None => "nothing yet".into(),
-            },
-            (Some(stream), None) => {
-                let current = stream.current_run();
-                match stream.run_record(current).await {
-                    Ok(run) => format!(
-                        "{} received, {} activated, {} failed, {} skipped",
-                        run.counts.received,
-                        run.counts.delivered,
-                        run.counts.rejected,
-                        run.counts.skipped
-                    ),
-                    Err(_) => "—".into(),
-                }
+        let outcomes = |c: &crate::journal::Counts| {
+            format!(
+                "{} received, {} activated, {} failed, {} skipped",
+                c.received, c.delivered, c.rejected, c.skipped
+            )
+        };
+        let hour = match &now.hour {
+            Hour::Unknown => "—".into(),
+            Hour::Empty => "nothing yet".into(),
+            Hour::Counted(counts) => outcomes(counts),
+            Hour::CountedByAll(counts) => format!("{} (every worker)", outcomes(counts)),
+        };
+        let budget = match now.budget {
+            Budget::Unknown => "—".into(),
+            Budget::NotReported => "not reported yet".into(),
+            Budget::Left(left) => format!("{left} requests (as the API last said)"),
+            Budget::LeftAtOwner(left) => {
+                format!("{left} requests (as the API last told the owner)")
             }
-            (None, None) => "—".into(),
         };
-        let budget = match (&view, account.as_ref().map(|a| a.limiter.budget_view())) {
-            (Some(view), _) => match view.budget {
-                Some((left, _)) => format!("{left} requests (as the API last told the owner)"),
-                None => "not reported yet".into(),
-            },
-            (None, budget) => match budget {
-                Some((_, Some(left))) => format!("{left} requests (as the API last said)"),
-                Some((_, None)) => "not reported yet".into(),
-                None => "—".into(),
-            },
+        let (queued, queued_unit, oldest_age) = match now.waiting {
+            Waiting::Updates {
+                count,
+                oldest_received_ms,
+            } => (
+                count,
+                "Queued updates",
+                oldest_received_ms.map(|at| age(now_ms.saturating_sub(at))),
+            ),
+            Waiting::Messages(count) => (count, "Messages waiting", None),
         };
-        let backlog = status.as_ref().map(|s| s.backlog).unwrap_or_default();
-        let queued = match &view {
-            Some(view) => view.waiting_messages.unwrap_or(0),
-            None => backlog.updates,
-        };
-        let held_by = view.as_ref().map(|view| {
+        let held_by = now.placement.map(|p| {
             format!(
                 "{} (partition {})",
-                view.held_by.as_deref().unwrap_or("no worker yet"),
-                view.partition
+                p.worker.as_deref().unwrap_or("no worker yet"),
+                p.partition
             )
         });
         cards.push(DestinationCard {
             name: name.clone(),
-            enabled: served.stream.is_some() || served.clustered,
+            enabled: served.intake.is_some(),
             account: served.account.clone(),
             connectable: account.as_ref().is_some_and(|a| a.connectable()),
             connection,
             connection_class,
             queued,
-            oldest_age: backlog
-                .oldest_received_ms
-                .map(|at| age(now_ms.saturating_sub(at))),
+            queued_unit,
+            oldest_age,
             hour,
             budget,
-            paused,
+            paused: now.paused,
             held_by,
         });
     }
@@ -171,8 +154,8 @@ struct RunRow {
     pending: u64,
 }
 
-impl From<&RunRecord> for RunRow {
-    fn from(r: &RunRecord) -> Self {
+impl From<&RunSummary> for RunRow {
+    fn from(r: &RunSummary) -> Self {
         Self {
             id: r.id,
             started: utc(r.started_ms),
@@ -182,22 +165,6 @@ impl From<&RunRecord> for RunRow {
             rejected: r.counts.rejected,
             skipped: r.counts.skipped,
             pending: r.pending,
-        }
-    }
-}
-
-/// A cluster's run: its id is the period's start (epoch ms).
-impl From<&crate::cluster::runs::ClusterRun> for RunRow {
-    fn from(r: &crate::cluster::runs::ClusterRun) -> Self {
-        Self {
-            id: i64::try_from(r.period_start_ms).unwrap_or(i64::MAX),
-            started: utc(r.period_start_ms),
-            status: "cluster (every worker)".into(),
-            received: r.counts.received,
-            delivered: r.counts.delivered,
-            rejected: r.counts.rejected,
-            skipped: r.counts.skipped,
-            pending: 0,
         }
     }
 }
@@ -220,15 +187,9 @@ pub(super) async fn destination(
         Ok(served) => served,
         Err(response) => return *response,
     };
-    let runs = match service.worker() {
-        Some(worker) => match worker.runs_of(&name, PAGE).await {
-            Ok(runs) => runs.iter().map(RunRow::from).collect(),
-            Err(e) => return unreadable(&session, &e),
-        },
-        None => match read_journal(&service, &served, |journal| journal.runs(PAGE)).await {
-            Ok(runs) => runs.iter().map(RunRow::from).collect(),
-            Err(e) => return unreadable(&session, &e),
-        },
+    let runs = match served.read.runs(PAGE).await {
+        Ok(runs) => runs.iter().map(RunRow::from).collect(),
+        Err(e) => return unreadable(&session, &e),
     };
     html(
         StatusCode::OK,
@@ -276,37 +237,9 @@ pub(super) async fn run(
         Ok(served) => served,
         Err(response) => return *response,
     };
-    if let Some(worker) = service.worker() {
-        let Some(run) = worker.run_of(&name, u64::try_from(id).unwrap_or(0)).await else {
-            return error_page(
-                StatusCode::NOT_FOUND,
-                Some(&session.csrf),
-                "Not found",
-                "There is no such run.",
-            );
-        };
-        return html(
-            StatusCode::OK,
-            &RunPage {
-                csrf: Some(&session.csrf),
-                name: &name,
-                id,
-                kind: "hourly, every worker's counts".into(),
-                status: format!("updated {}", utc(run.updated_ms)),
-                started: utc(run.period_start_ms),
-                received: run.counts.received,
-                delivered: run.counts.delivered,
-                rejected: run.counts.rejected,
-                skipped: run.counts.skipped,
-                pending: 0,
-                audiences: Vec::new(),
-                failures: Vec::new(),
-            },
-        );
-    }
-    let record = match read_journal(&service, &served, move |journal| journal.run(id)).await {
-        Ok(record) => record,
-        Err(_) => {
+    let record = match served.read.run(id).await {
+        Ok(Some(record)) => record,
+        Ok(None) | Err(_) => {
             return error_page(
                 StatusCode::NOT_FOUND,
                 Some(&session.csrf),
@@ -332,17 +265,17 @@ pub(super) async fn run(
         &RunPage {
             csrf: Some(&session.csrf),
             name: &name,
-            id: record.id,
-            kind: record.kind.clone(),
-            status: record.status.clone(),
-            started: utc(record.started_ms),
-            received: record.counts.received,
-            delivered: record.counts.delivered,
-            rejected: record.counts.rejected,
-            skipped: record.counts.skipped,
-            pending: record.pending,
+            id: record.summary.id,
+            kind: record.kind,
+            status: record.summary.status,
+            started: utc(record.summary.started_ms),
+            received: record.summary.counts.received,
+            delivered: record.summary.counts.delivered,
+            rejected: record.summary.counts.rejected,
+            skipped: record.summary.counts.skipped,
+            pending: record.summary.pending,
             audiences,
-            failures: record.failures.clone().into_iter().collect(),
+            failures: record.failures.into_iter().collect(),
         },
     )
 }

@@ -268,6 +268,11 @@ fn toml_problem(text: &str, error: &toml::de::Error) -> String {
 }
 
 impl ServiceFile {
+    /// Where destination `name`'s journal is.
+    pub fn journal_of(&self, name: &str) -> PathBuf {
+        self.state_dir.join(format!("{name}.journal"))
+    }
+
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Self, FileProblems> {
         let text = std::fs::read_to_string(path).map_err(|e| FileProblems {

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use super::{AcceptError, Shared, StreamSettings, UPKEEP_EVERY, lock};
+use super::{AcceptError, JournaledSettings, Shared, UPKEEP_EVERY, lock};
 use crate::alerts::{Alert, AlertKind};
 use crate::delivery::{Driver, StallWatch, Standing, Supervisor};
 use crate::journal::RunStats;
@@ -13,7 +13,7 @@ use crate::queue::RunId;
 use crate::queue::{Queue, StreamQueue};
 
 /// When the period `now` falls in started (epoch ms).
-pub(super) fn period_start(settings: &StreamSettings) -> u64 {
+pub(super) fn period_start(settings: &JournaledSettings) -> u64 {
     let length = u64::try_from(settings.run_length.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);

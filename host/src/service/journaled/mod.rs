@@ -1,13 +1,13 @@
-//! A stream: one destination delivering continuously. Callers hand it
-//! batches of records ([`Stream::accept`]); each batch is planned by the
-//! component and journaled (fsynced) before the call returns, into the
-//! run of the period it was received in (an hour unless configured). The
-//! workers take queued updates as the journal hands them out, under the
+//! `Journaled`: one destination delivering continuously over its own
+//! journal. Callers hand it batches of records ([`Journaled::accept`]);
+//! each batch is planned by the component and journaled (fsynced) before
+//! the call returns, into the run of the period it was received in (an
+//! hour unless configured). The workers take queued updates as the journal hands them out, under the
 //! account's shared limiter, with the same retries, ordering per key,
 //! coalescing and dead letters as a command-line run.
 //!
-//! When delivery stops (a login is needed, the journal failed), the stream
-//! keeps accepting records — they wait in the journal — and starts its
+//! When delivery stops (a login is needed, the journal failed), it keeps
+//! accepting records — they wait in the journal — and starts its
 //! workers again after a pause.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +30,7 @@ use crate::journal::{Backlog, Counts, Earlier, Ingested, Journal, Receipt, RunSt
 use crate::queue::{Incoming, RunId};
 use crate::queue::{JournalQueue, Queue, StreamQueue};
 
+pub mod read;
 mod tasks;
 use tasks::{next_period, period_start, record_stats, supervise, upkeep};
 
@@ -38,7 +39,7 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How a stream runs.
 #[derive(Clone)]
-pub struct StreamSettings {
+pub struct JournaledSettings {
     /// The destination's name (runs and logs).
     pub name: String,
     /// Requests in flight at once.
@@ -65,7 +66,7 @@ pub struct Replayed {
 
 /// A stream's figures, for health checks and metrics.
 #[derive(Clone, Debug, Default)]
-pub struct StreamStatus {
+pub struct JournaledStatus {
     pub backlog: Backlog,
     pub requests_sent: u64,
     pub rate_limited: u64,
@@ -78,7 +79,7 @@ pub struct StreamStatus {
 }
 
 struct Shared {
-    settings: StreamSettings,
+    settings: JournaledSettings,
     api: ApiClient,
     account: Arc<Account>,
     guest: Arc<Guest>,
@@ -103,16 +104,16 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub struct Stream {
+pub struct Journaled {
     shared: Arc<Shared>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     upkeep: JoinHandle<()>,
 }
 
-impl Stream {
+impl Journaled {
     /// Starts delivering what `journal` holds, and accepting batches.
     pub async fn start(
-        settings: StreamSettings,
+        settings: JournaledSettings,
         api: ApiClient,
         account: Arc<Account>,
         guest: Arc<Guest>,
@@ -311,7 +312,7 @@ impl Stream {
     }
 
     /// The stream's figures now.
-    pub async fn status(&self) -> Result<StreamStatus, AcceptError> {
+    pub async fn status(&self) -> Result<JournaledStatus, AcceptError> {
         let shared = &self.shared;
         let (totals, audiences) = shared
             .queue
@@ -319,7 +320,7 @@ impl Stream {
             .await
             .map_err(|e| AcceptError::Journal(e.to_string()))?;
         let requests = shared.delivery.requests();
-        Ok(StreamStatus {
+        Ok(JournaledStatus {
             backlog: *lock(&shared.backlog),
             requests_sent: requests.requests_sent,
             rate_limited: requests.rate_limited,
@@ -371,7 +372,7 @@ impl Stream {
                 }
             }
         };
-        let Stream { shared, upkeep, .. } = owned;
+        let Journaled { shared, upkeep, .. } = owned;
         let _ = upkeep.await;
         match Arc::try_unwrap(shared) {
             Ok(shared) => shared.queue.close().await,
@@ -380,12 +381,12 @@ impl Stream {
     }
 }
 
-impl Accept for Stream {
+impl Accept for Journaled {
     fn accept(
         &self,
         records: Vec<Record>,
         idempotency_key: Option<IdempotencyKey>,
     ) -> futures::future::BoxFuture<'_, Result<Acceptance, AcceptError>> {
-        Box::pin(Stream::accept(self, records, idempotency_key))
+        Box::pin(Journaled::accept(self, records, idempotency_key))
     }
 }
