@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -462,15 +462,17 @@ async fn sigkill_loses_no_acknowledged_record_and_a_retried_batch_is_not_journal
     assert_eq!(first_name(&simulator, 1).as_deref(), Some("new"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
+/// A service with three destinations: `crm` (bodies up to 4 KiB, records
+/// up to 512 bytes), `off` (disabled) and `stuck` (its account never
+/// logged in, at most 3 updates queued); alerts go to `alerts.jsonl`.
+async fn strict_service(name: &str) -> (Simulator, PathBuf, Service) {
     let simulator = simulator(
         10_000,
         Duration::from_secs(3_600),
         RateWindowKind::default(),
     )
     .await;
-    let dir = scratch("service", "bad-input");
+    let dir = scratch("service", name);
     store_tokens(&dir, &simulator, &[ADA]);
     destinations_file(
         &dir,
@@ -487,6 +489,12 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
         ],
     );
     let service = Service::start(&dir, &[]);
+    (simulator, dir, service)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_request_gets_its_status_and_leaves_nothing_in_the_journal() {
+    let (_simulator, dir, service) = strict_service("refused").await;
     let url = service.url("/v1/destinations/crm/records");
     let auth = ("authorization", "Bearer test-ingest-key");
     let one = ndjson(&[profile(1, "Ann")]);
@@ -592,6 +600,13 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
     // Nothing of the above reached the journal.
     let runs = journal_json(&dir, "crm", &["runs", "--json"]);
     assert_eq!(runs[0]["received"], 0, "{runs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_with_bad_records_is_accepted_and_its_bad_records_become_dead_letters() {
+    let (simulator, dir, service) = strict_service("bad-records").await;
+    let url = service.url("/v1/destinations/crm/records");
+    let auth = ("authorization", "Bearer test-ingest-key");
 
     // A mixed JSON array: the good records are accepted, the others listed
     // (and kept as dead letters); one too large is an entry, not a failure.
@@ -676,6 +691,13 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
         .unwrap();
     let letter: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(letter["record"], "{\"broken", "the line's text is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_refuses_with_429_and_a_missing_login_alerts_once() {
+    let (_simulator, dir, service) = strict_service("full-queue").await;
+    let auth = ("authorization", "Bearer test-ingest-key");
+    let one = ndjson(&[profile(1, "Ann")]);
 
     // Over the queue quota: 429 with Retry-After, and the batch is not
     // journaled.
@@ -708,7 +730,21 @@ async fn bad_input_gets_its_status_and_leaves_nothing_in_the_journal() {
         alerts().iter().any(|a| a["event"] == "stalled")
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Each pause of its delivery (one a second) could ask for a login
+    // again, and each second of upkeep could raise the stall again: three
+    // more pauses give both every chance to repeat.
+    let pauses = || {
+        service
+            .log()
+            .lines()
+            .filter(|l| l.contains("destination=stuck") && l.contains("delivery paused"))
+            .count()
+    };
+    let seen = pauses();
+    eventually("three more pauses", Duration::from_secs(20), || {
+        pauses() >= seen + 3
+    })
+    .await;
     let stuck: Vec<String> = alerts()
         .iter()
         .filter(|a| a["destination"] == "stuck")
@@ -751,19 +787,24 @@ fn metric(metrics: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -
         .unwrap_or_else(|| panic!("no {key} in {:#?}", metrics.keys().collect::<Vec<_>>()))
 }
 
+/// crm's producer holds a key of crm's own.
+const CRM_KEY: &str = "crm-producer-key";
+
+fn crm_keys() -> String {
+    format!("ingest_keys = [\"{}\"]", key_hash(CRM_KEY))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reload_drain_and_metrics() {
+async fn metrics_need_a_key_that_reads_figures_and_count_what_the_api_applied() {
     let simulator = simulator(
         10_000,
         Duration::from_secs(3_600),
         RateWindowKind::default(),
     )
     .await;
-    let dir = scratch("service", "reload");
+    let dir = scratch("service", "metrics");
     store_tokens(&dir, &simulator, &[ADA]);
-    // crm's producer holds a key of crm's own.
-    const CRM_KEY: &str = "crm-producer-key";
-    let crm_keys = format!("ingest_keys = [\"{}\"]", key_hash(CRM_KEY));
+    let crm_keys = crm_keys();
     destinations_file(
         &dir,
         &simulator,
@@ -894,6 +935,26 @@ async fn reload_drain_and_metrics() {
     );
     assert!(expires > 0.0, "{expires}");
     assert!(!text.contains("sim-0"), "a token in the metrics");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_adds_a_destination_refuses_a_bad_file_and_reopens_a_changed_one() {
+    let simulator = simulator(
+        10_000,
+        Duration::from_secs(3_600),
+        RateWindowKind::default(),
+    )
+    .await;
+    let dir = scratch("service", "reload");
+    store_tokens(&dir, &simulator, &[ADA]);
+    let crm_keys = crm_keys();
+    destinations_file(
+        &dir,
+        &simulator,
+        "drain_timeout_secs = 5",
+        &[("crm", ADA, 4, &crm_keys)],
+    );
+    let service = Service::start(&dir, &[]);
 
     // A valid new file: a second destination appears, the first keeps its
     // journal and runs.
@@ -977,8 +1038,10 @@ async fn reload_drain_and_metrics() {
         first_name(&simulator, 42).as_deref() == Some("Four")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_requests_in_flight_finish_and_a_restart_carries_on() {
     // SIGTERM: intake answers 503 while requests in flight finish; the
     // process ends by itself; a restart carries on with what was queued.
     let slow = Simulator::start(
@@ -994,7 +1057,7 @@ async fn reload_drain_and_metrics() {
     )
     .await
     .unwrap();
-    drop(service);
+    let dir = scratch("service", "drain");
     store_tokens(&dir, &slow, &[ADA]);
     destinations_file(
         &dir,
@@ -1243,6 +1306,35 @@ fn ingest_key_prints_a_key_and_the_hash_the_file_needs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_sent_as_soon_as_it_listens_reloads_instead_of_ending_it() {
+    let simulator = simulator(
+        10_000,
+        Duration::from_secs(3_600),
+        RateWindowKind::default(),
+    )
+    .await;
+    let dir = scratch("service", "early-sighup");
+    store_tokens(&dir, &simulator, &[ADA]);
+    destinations_file(&dir, &simulator, "", &[("crm", ADA, 4, "")]);
+    // The moment between saying where it listens and watching its signals
+    // is short: several starts give it every chance to show.
+    for start in 1..=5 {
+        let mut service = Service::start(&dir, &[]);
+        service.signal(libc::SIGHUP);
+        eventually("the reload", Duration::from_secs(10), || {
+            service.log().matches(": reloaded").count() == start
+                || service.child.try_wait().ok().flatten().is_some()
+        })
+        .await;
+        assert!(
+            service.child.try_wait().unwrap().is_none(),
+            "start {start}: SIGHUP ended the service: {}",
+            service.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_password_ends_every_session_at_the_reload() {
     let simulator = simulator(
         10_000,
@@ -1283,9 +1375,11 @@ async fn a_changed_password_ends_every_session_at_the_reload() {
         }
     };
     assert_eq!(page(session.clone()).await, StatusCode::OK);
-    // The same file reloaded keeps the session.
+    // The same file reloaded keeps the session: asked once the service
+    // says it reloaded.
+    let reloads = || service.log().matches(": reloaded").count();
     service.signal(libc::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually("the reload", Duration::from_secs(10), || reloads() == 1).await;
     assert_eq!(page(session.clone()).await, StatusCode::OK);
     // A new password: the old session ends.
     destinations_file(

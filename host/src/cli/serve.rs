@@ -65,6 +65,11 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
                 return Ok(EXIT_INVALID_CONFIG);
             }
         };
+        // Watched before anyone is told where it listens: a SIGHUP or a
+        // SIGTERM sent as soon as it answers must not find the default
+        // action (which ends the process).
+        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let listener = tokio::net::TcpListener::bind(service.listen())
             .await
             .with_context(|| format!("cannot listen on {}", service.listen()))?;
@@ -85,8 +90,6 @@ pub(crate) fn serve(component: ComponentArgs, store: TokenStore, args: ServeArgs
                 async move { stopping.notified().await },
             ))
         };
-        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         loop {
             tokio::select! {
                 _ = hangup.recv() => match service.reload().await {
