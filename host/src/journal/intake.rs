@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::letters::insert_letter;
 use super::placement::{Head, HeadMark, Holding, Placement, Prepared, Stale};
 use super::requests::{insert_update, load_request, store_request};
+use super::sources::{self, NewSource};
 use super::tally::Fate;
 use super::{Checkpoint, HeldBack, Incoming, IngestReport, JournalError, RunId, State, now_ms};
 
@@ -20,9 +21,6 @@ use super::{Checkpoint, HeldBack, Incoming, IngestReport, JournalError, RunId, S
 // can find them in the statement cache).
 pub(super) const NEWEST_FOR_KEY: &str =
     "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq DESC LIMIT 1";
-pub(super) const INSERT_SOURCE: &str =
-    "INSERT INTO sources(seq, run_id, line, first_part, record, audiences, received_ms)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
 /// The newest queued update of `key` unless it is on the wire.
 fn head_mark(state: &State, key: &str) -> rusqlite::Result<Option<HeadMark>> {
@@ -257,23 +255,19 @@ pub(super) fn ingest_batch(
                             seq
                         }
                     };
-                    let audiences =
-                        serde_json::to_string(&request.audiences).unwrap_or_else(|_| "[]".into());
-                    state
-                        .conn
-                        .prepare_cached(INSERT_SOURCE)
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                seq,
-                                run,
-                                incoming.line as i64,
-                                part == 0,
-                                incoming.record,
-                                audiences,
-                                received_ms
-                            ])
-                        })
-                        .map_err(sqlite)?;
+                    sources::insert(
+                        &state.conn,
+                        &NewSource {
+                            seq,
+                            run,
+                            line: incoming.line,
+                            first_part: part == 0,
+                            record: &incoming.record,
+                            received_ms,
+                            audiences: &request.audiences,
+                        },
+                        path,
+                    )?;
                 }
             }
         }

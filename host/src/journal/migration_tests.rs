@@ -6,8 +6,17 @@ use super::*;
 use crate::queue::Disposition;
 use serde_json::json;
 
+/// Records as schemas up to 5 kept them: their audiences a JSON array in
+/// their `sources` row.
+const SCHEMA_5_SOURCES: &str = "
+ALTER TABLE sources ADD COLUMN audiences TEXT NOT NULL DEFAULT '[]';
+UPDATE sources SET audiences = (SELECT json_group_array(audience) FROM
+    (SELECT audience FROM source_audiences a WHERE a.source = sources.id ORDER BY position));
+DROP TABLE source_audiences;
+";
+
 /// Queued updates as schemas up to 4 kept them: each request one JSON
-/// document.
+/// document (their header lines back as a JSON array).
 const SCHEMA_4_UPDATES: &str = "
 CREATE TABLE updates_v4(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -16,7 +25,20 @@ CREATE TABLE updates_v4(
 );
 INSERT INTO updates_v4(seq, key, request)
     SELECT u.seq, u.key, json_object(
-        'method', u.method, 'path', u.path, 'headers', json(u.headers), 'body', u.body,
+        'method', u.method, 'path', u.path, 'headers', (CASE
+            WHEN u.headers = '' THEN json('[]')
+            WHEN substr(u.headers, 1, 1) = '[' THEN json(u.headers)
+            ELSE (WITH RECURSIVE split(line, rest) AS (
+                    SELECT '', u.headers || char(10)
+                    UNION ALL
+                    SELECT substr(rest, 1, instr(rest, char(10)) - 1),
+                        substr(rest, instr(rest, char(10)) + 1)
+                    FROM split WHERE rest <> '')
+                SELECT json_group_array(json_object(
+                    'name', substr(line, 1, instr(line, ': ') - 1),
+                    'value', substr(line, instr(line, ': ') + 2)))
+                FROM split WHERE line <> '')
+            END), 'body', u.body,
         'key', u.key,
         'audiences', json((SELECT json_group_array(audience) FROM
             (SELECT audience FROM update_audiences a WHERE a.seq = u.seq ORDER BY position))))
@@ -52,6 +74,7 @@ fn a_journal_of_schema_4_keeps_every_queued_request_exactly_as_columns() {
         // update (seq 3).
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_5_SOURCES)?;
                 conn.execute_batch(SCHEMA_4_UPDATES)?;
                 conn.execute_batch(
                     "UPDATE sqlite_sequence SET seq = 3 WHERE name = 'updates'; PRAGMA user_version = 4;",
@@ -104,6 +127,7 @@ fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
         // As a host of schema 2 left it.
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_5_SOURCES)?;
                 conn.execute_batch(SCHEMA_4_UPDATES)?;
                 conn.execute_batch(
                     "DROP INDEX receipts_by_age; DROP TABLE receipts; PRAGMA user_version = 2;",
@@ -141,6 +165,7 @@ fn a_journal_of_schema_3_keeps_its_receipts_and_gains_their_digests() {
         // As a host of schema 3 left it: a receipt without a digest.
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_5_SOURCES)?;
                 conn.execute_batch(SCHEMA_4_UPDATES)?;
                 conn.execute_batch(
                     "ALTER TABLE receipts DROP COLUMN digest; PRAGMA user_version = 3;",
@@ -166,6 +191,75 @@ fn a_journal_of_schema_3_keeps_its_receipts_and_gains_their_digests() {
     assert_eq!(
         journal.receipt(&receipt.key, &receipt.digest).unwrap(),
         Some(Earlier::Answered(r#"{"accepted":1}"#.into()))
+    );
+    drop(journal);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_journal_of_schema_5_keeps_the_audiences_of_every_queued_record() {
+    let dir = fresh_dir("v5");
+    let path = dir.join("journal.sqlite");
+    let run = {
+        let journal = Journal::open(&path).unwrap();
+        let run = journal
+            .start_run("run", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        // Two records of one key (merged into one update) and one without
+        // audiences.
+        let batch = vec![
+            incoming(1, patch(1, json!({"a": 1}), &["aud-2", "aud-1"])),
+            incoming(2, patch(1, json!({"a": 2}), &["aud-1"])),
+            incoming(3, patch(2, json!({"b": 1}), &[])),
+        ];
+        journal.ingest(run, batch, None, &merge).unwrap();
+        // As a host of schema 5 left it.
+        journal
+            .with(|conn| {
+                conn.execute_batch(SCHEMA_5_SOURCES)?;
+                conn.execute_batch("PRAGMA user_version = 5;")
+            })
+            .unwrap();
+        let kept: String = journal
+            .with(|conn| {
+                conn.query_row(
+                    "SELECT group_concat(audiences, ' ') FROM (SELECT audiences FROM sources ORDER BY id)",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(kept, r#"["aud-2","aud-1"] ["aud-1"] []"#);
+        run
+    };
+    let journal = Journal::open(&path).unwrap();
+    let version: i64 = journal
+        .with(|conn| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    while let Some(attempt) = journal.take(run, &merge).unwrap() {
+        journal
+            .finish(&attempt.claim, &Disposition::Delivered, run)
+            .unwrap();
+    }
+    // Each record's audiences were counted when its update landed.
+    let record = journal.run(run).unwrap();
+    let delivered: Vec<(String, u64)> = record
+        .audiences
+        .iter()
+        .map(|(audience, counts)| (audience.clone(), counts.delivered))
+        .collect();
+    assert_eq!(
+        delivered,
+        [("aud-1".to_owned(), 2), ("aud-2".to_owned(), 1)],
+        "{record:?}"
+    );
+    let left: i64 = journal
+        .with(|conn| conn.query_row("SELECT count(*) FROM source_audiences", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(
+        left, 0,
+        "a delivered record's audiences are removed with it"
     );
     drop(journal);
     std::fs::remove_dir_all(&dir).unwrap();

@@ -31,6 +31,7 @@ mod migration_tests;
 mod placement;
 mod receipts;
 mod requests;
+mod sources;
 mod store;
 mod tally;
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! A queued update's request as the journal stores it: a row of
-//! `updates` with its method, path, key, headers and body as columns, and
-//! its audiences in `update_audiences` — read back without parsing the
-//! request as a whole (only its headers are JSON, a short list).
+//! `updates` with its method, path, key, headers (`name: value` lines)
+//! and body as columns, and its audiences in `update_audiences` — stored
+//! and read back without a JSON pass.
 
 use std::path::Path;
 
@@ -57,11 +57,53 @@ fn sqlite(path: &Path) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
     }
 }
 
+/// A header name as HTTP allows it (a token): it holds no `:`, no
+/// whitespace and no `[`.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Headers as the journal stores them: one `name: value` per line, as on
+/// the wire, which needs no JSON. A header HTTP would not allow (it could
+/// not be told apart from the next line) is stored as a JSON array, which
+/// begins with `[` where no token does; such a request is refused when it
+/// is sent, not lost here.
 fn headers_text(headers: &[Header], path: &Path) -> Result<String, JournalError> {
-    if headers.is_empty() {
-        return Ok("[]".into());
+    let plain = headers
+        .iter()
+        .all(|h| is_token(&h.name) && !h.value.contains(['\r', '\n']));
+    if !plain {
+        return serde_json::to_string(headers).map_err(|e| bad_row(path, e.to_string()));
     }
-    serde_json::to_string(headers).map_err(|e| bad_row(path, e.to_string()))
+    let mut text = String::new();
+    for (index, header) in headers.iter().enumerate() {
+        if index > 0 {
+            text.push('\n');
+        }
+        text.push_str(&header.name);
+        text.push_str(": ");
+        text.push_str(&header.value);
+    }
+    Ok(text)
+}
+
+/// The headers [`headers_text`] stored.
+fn headers_of_text(text: &str, path: &Path) -> Result<Vec<Header>, JournalError> {
+    if text.starts_with('[') {
+        return serde_json::from_str(text).map_err(|e| bad_row(path, e.to_string()));
+    }
+    text.split_terminator('\n')
+        .map(|line| match line.split_once(": ") {
+            Some((name, value)) => Ok(Header {
+                name: name.to_owned(),
+                value: value.to_owned(),
+            }),
+            None => Err(bad_row(path, format!("header line {line:?}"))),
+        })
+        .collect()
 }
 
 /// The request a row holds, its audiences read from `update_audiences`;
@@ -83,11 +125,7 @@ pub(super) fn request_of_row(
         method: method_of(&method)
             .ok_or_else(|| bad_row(path, format!("unknown method {method:?}")))?,
         path: column(2)?,
-        headers: if headers == "[]" {
-            Vec::new()
-        } else {
-            serde_json::from_str(&headers).map_err(|e| bad_row(path, e.to_string()))?
-        },
+        headers: headers_of_text(&headers, path)?,
         body: column(4)?,
         audiences: audiences_of(conn, seq, path)?,
     })
@@ -197,4 +235,45 @@ pub(super) fn is_queued(conn: &Connection, seq: i64, path: &Path) -> Result<bool
         .and_then(|mut s| s.query_row([seq], |_| Ok(())).optional())
         .map(|found| found.is_some())
         .map_err(sqlite(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(name: &str, value: &str) -> Header {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn headers_are_stored_as_lines_and_read_back_exactly() {
+        let path = Path::new("journal");
+        for headers in [
+            vec![],
+            vec![header("Content-Type", "application/vnd.api+json")],
+            vec![header("X-Trace", "a: b, ü"), header("Accept", "")],
+        ] {
+            let text = headers_text(&headers, path).unwrap();
+            assert!(!text.starts_with('['), "{text}");
+            assert_eq!(headers_of_text(&text, path).unwrap(), headers, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_header_http_would_refuse_is_kept_whole_as_json() {
+        let path = Path::new("journal");
+        for headers in [
+            vec![header("X-Bad", "one\ntwo")],
+            vec![header("Bad Name", "v")],
+            vec![header("[x", "v")],
+            vec![header("", "v")],
+        ] {
+            let text = headers_text(&headers, path).unwrap();
+            assert!(text.starts_with('['), "{text}");
+            assert_eq!(headers_of_text(&text, path).unwrap(), headers, "{text}");
+        }
+    }
 }

@@ -18,7 +18,7 @@ const APPLICATION_ID: i64 = 0x4F52_434A;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
 
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE runs(
@@ -80,11 +80,16 @@ CREATE TABLE sources(
     line INTEGER NOT NULL,
     first_part INTEGER NOT NULL,
     record TEXT NOT NULL,
-    audiences TEXT NOT NULL,
     received_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX sources_by_update ON sources(seq);
 CREATE INDEX sources_by_run ON sources(run_id);
+CREATE TABLE source_audiences(
+    source INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    audience TEXT NOT NULL,
+    PRIMARY KEY(source, position)
+) WITHOUT ROWID;
 CREATE TABLE dead_letters(
     id INTEGER PRIMARY KEY,
     run_id INTEGER NOT NULL,
@@ -120,6 +125,21 @@ CREATE TABLE receipts(
     digest TEXT
 ) WITHOUT ROWID;
 CREATE INDEX receipts_by_age ON receipts(received_ms);
+";
+
+/// From schema 5: a record's audiences are rows of their own instead of
+/// a JSON array in its `sources` row.
+const MIGRATE_FROM_5: &str = "
+CREATE TABLE source_audiences(
+    source INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    audience TEXT NOT NULL,
+    PRIMARY KEY(source, position)
+) WITHOUT ROWID;
+INSERT INTO source_audiences(source, position, audience)
+    SELECT s.id, a.key, a.value FROM sources s, json_each(s.audiences) a;
+ALTER TABLE sources DROP COLUMN audiences;
+PRAGMA user_version = 6;
 ";
 
 /// From schema 4: a queued update's request is stored as columns (its
@@ -413,12 +433,16 @@ impl Journal {
                 detail: format!("schema version {version}"),
             });
         } else if version < SCHEMA_VERSION {
-            let steps = match version {
-                1 => format!("{MIGRATE_FROM_1} {MIGRATE_FROM_2} {MIGRATE_FROM_3} {MIGRATE_FROM_4}"),
-                2 => format!("{MIGRATE_FROM_2} {MIGRATE_FROM_3} {MIGRATE_FROM_4}"),
-                3 => format!("{MIGRATE_FROM_3} {MIGRATE_FROM_4}"),
-                _ => MIGRATE_FROM_4.to_owned(),
-            };
+            // Each version's step, from the journal's own on.
+            let steps = [
+                MIGRATE_FROM_1,
+                MIGRATE_FROM_2,
+                MIGRATE_FROM_3,
+                MIGRATE_FROM_4,
+                MIGRATE_FROM_5,
+            ];
+            let from = usize::try_from(version - 1).unwrap_or(0);
+            let steps = steps[from.min(steps.len())..].join(" ");
             conn.execute_batch(&format!("BEGIN IMMEDIATE; {steps} COMMIT;"))
                 .map_err(corrupt)?;
         }

@@ -489,14 +489,15 @@ fn the_per_update_statements_keep_their_plans_across_bindings() {
         super::updates::NEXT_QUEUED,
         super::updates::LATER_FOR_KEY,
         super::updates::FIRST_FOR_KEY,
-        super::updates::SOURCES_OF,
-        super::updates::DELETE_SOURCES,
+        super::sources::SOURCES_OF,
+        super::sources::DELETE_AUDIENCES,
+        super::sources::DELETE_SOURCES,
         super::requests::DELETE_UPDATE,
         super::requests::REQUEST_OF,
         super::requests::AUDIENCES_OF,
         super::intake::NEWEST_FOR_KEY,
         super::requests::INSERT_UPDATE,
-        super::intake::INSERT_SOURCE,
+        super::sources::INSERT_SOURCE,
     ] {
         let statement = state.conn.prepare_cached(sql).unwrap();
         let runs = statement.get_status(rusqlite::StatementStatus::Run);

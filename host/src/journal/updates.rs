@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::intake::{ingest_batch, prepare};
 use super::letters::{bounded_response, insert_letter, request_summary};
 use super::requests::{delete_update, is_queued, load_request, request_of_row, store_request};
+use super::sources;
 use super::tally::{Fate, Tally};
 use super::{
     Attempt, Begun, Checkpoint, Claim, Disposition, Head, Incoming, IngestReport, Journal,
@@ -22,8 +23,6 @@ pub(super) const NEXT_QUEUED: &str = "SELECT seq, key FROM updates WHERE seq > ?
 pub(super) const LATER_FOR_KEY: &str = "SELECT seq, key, method, path, headers, body FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq";
 pub(super) const FIRST_FOR_KEY: &str =
     "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1";
-pub(super) const SOURCES_OF: &str = "SELECT id, run_id, line, first_part, audiences, received_ms FROM sources WHERE seq = ?1 ORDER BY id";
-pub(super) const DELETE_SOURCES: &str = "DELETE FROM sources WHERE seq = ?1";
 
 impl Journal {
     /// The API base that queued updates were planned for, if any are
@@ -398,25 +397,9 @@ fn finish_update(
         source,
     };
     let seq = claim.seq;
-    type SourceRow = (i64, i64, i64, bool, String, i64);
-    let sources: Vec<SourceRow> = tx
-        .prepare_cached(SOURCES_OF)
-        .and_then(|mut s| {
-            s.query_map([seq], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
-            .and_then(|rows| rows.collect())
-        })
-        .map_err(sqlite)?;
+    let sources = sources::of_update(tx, seq, path)?;
     if matches!(verdict, Disposition::Delivered)
-        && let Some(newest) = sources.iter().map(|s| s.5).max()
+        && let Some(newest) = sources.iter().map(|s| s.received_ms).max()
     {
         tx.prepare_cached(
             "INSERT INTO delivered(key, received_ms, delivered_ms) VALUES (?1, ?2, ?3)
@@ -438,44 +421,43 @@ fn finish_update(
                 .map(|r| bounded_response(&r.body).into_owned()),
         ),
     };
-    for (id, run, line, first_part, audiences, received_ms) in &sources {
-        let audiences: Vec<String> = serde_json::from_str(audiences).unwrap_or_default();
+    for source in &sources {
         match verdict {
             Disposition::Delivered => {
                 tally.credit(
-                    *run,
-                    &audiences,
+                    source.run,
+                    &source.audiences,
                     Some(Fate::Delivered),
                     false,
-                    *first_part,
+                    source.first_part,
                     None,
                 );
             }
             Disposition::Rejected { code, reason, .. } => {
                 tally.credit(
-                    *run,
-                    &audiences,
+                    source.run,
+                    &source.audiences,
                     Some(Fate::Rejected),
                     false,
-                    *first_part,
+                    source.first_part,
                     Some(code),
                 );
                 // Only a dead letter needs the record itself.
                 let record: String = tx
                     .prepare_cached("SELECT record FROM sources WHERE id = ?1")
-                    .and_then(|mut s| s.query_row([id], |r| r.get(0)))
+                    .and_then(|mut s| s.query_row([source.id], |r| r.get(0)))
                     .map_err(sqlite)?;
                 insert_letter(
                     tx,
-                    *run,
-                    *line as u64,
+                    source.run,
+                    source.line as u64,
                     &record,
                     request_text.as_deref(),
                     status,
                     response.as_deref(),
                     code,
                     reason,
-                    *received_ms,
+                    source.received_ms,
                 )
                 .map_err(sqlite)?;
             }
@@ -484,8 +466,6 @@ fn finish_update(
     if matches!(verdict, Disposition::Delivered) {
         tally.update_delivered(current_run);
     }
-    tx.prepare_cached(DELETE_SOURCES)
-        .and_then(|mut s| s.execute([seq]))
-        .map_err(sqlite)?;
+    sources::delete_of_update(tx, seq, &sources, path)?;
     delete_update(tx, seq, path)
 }
