@@ -794,15 +794,16 @@ fn crm_keys() -> String {
     format!("ingest_keys = [\"{}\"]", key_hash(CRM_KEY))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn metrics_need_a_key_that_reads_figures_and_count_what_the_api_applied() {
+/// A service with one destination, `crm`, whose producer has a key of its
+/// own.
+async fn crm_service(name: &str) -> (Simulator, PathBuf, Service) {
     let simulator = simulator(
         10_000,
         Duration::from_secs(3_600),
         RateWindowKind::default(),
     )
     .await;
-    let dir = scratch("service", "metrics");
+    let dir = scratch("service", name);
     store_tokens(&dir, &simulator, &[ADA]);
     let crm_keys = crm_keys();
     destinations_file(
@@ -812,6 +813,12 @@ async fn metrics_need_a_key_that_reads_figures_and_count_what_the_api_applied() 
         &[("crm", ADA, 4, &crm_keys)],
     );
     let service = Service::start(&dir, &[]);
+    (simulator, dir, service)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_need_a_key_that_reads_figures_and_count_what_the_api_applied() {
+    let (simulator, _dir, service) = crm_service("metrics").await;
     let records: Vec<String> = (1..=30).map(|id| profile(id, "One")).collect();
     assert_eq!(
         post_records(&service, "crm", &records, None).await.status,
@@ -939,22 +946,8 @@ async fn metrics_need_a_key_that_reads_figures_and_count_what_the_api_applied() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_adds_a_destination_refuses_a_bad_file_and_reopens_a_changed_one() {
-    let simulator = simulator(
-        10_000,
-        Duration::from_secs(3_600),
-        RateWindowKind::default(),
-    )
-    .await;
-    let dir = scratch("service", "reload");
-    store_tokens(&dir, &simulator, &[ADA]);
+    let (simulator, dir, service) = crm_service("reload").await;
     let crm_keys = crm_keys();
-    destinations_file(
-        &dir,
-        &simulator,
-        "drain_timeout_secs = 5",
-        &[("crm", ADA, 4, &crm_keys)],
-    );
-    let service = Service::start(&dir, &[]);
 
     // A valid new file: a second destination appears, the first keeps its
     // journal and runs.
