@@ -16,12 +16,18 @@
 //! and `--unlimited` lifts the pacing and the simulator's limit so that
 //! delivery competes for the CPU throughout.
 //!
+//! `--shape minimal` posts profiles with one audience and one attribute
+//! (about 140 bytes) instead of the default's five of each (about 375), to
+//! tell what a profile's shape costs. Each phase also prints the CPU time
+//! this process used per record (the service, the simulator, delivery and
+//! the producers together).
+//!
 //! `--distinct N` spreads the records over N prospects only, as a backlog
 //! does once the budget is spent: most records then merge into an update
 //! already queued for their prospect instead of queueing one of their own.
 //!
 //! Run: `cargo bench -p outreach-host --bench intake`
-//! (`-- --producers P --batches B --batch-size N --rate R --distinct N --no-warm-up --unlimited`).
+//! (`-- --producers P --batches B --batch-size N --rate R --distinct N --shape minimal --no-warm-up --unlimited`).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -37,7 +43,7 @@ mod common;
 // The command line's allocator, so the figures are the command's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use common::{CONFIG, record};
+use common::{CONFIG, minimal_record, record};
 
 struct Args {
     producers: usize,
@@ -49,6 +55,8 @@ struct Args {
     rate: usize,
     /// Prospects the records are spread over (0: every record its own).
     distinct: usize,
+    /// One audience and one attribute per profile instead of five each.
+    minimal: bool,
 }
 
 fn args() -> Args {
@@ -60,6 +68,7 @@ fn args() -> Args {
         warm_up: true,
         rate: 20_000,
         distinct: 0,
+        minimal: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -71,6 +80,7 @@ fn args() -> Args {
             "--batch-size" => a.batch_size = value(i).unwrap_or(a.batch_size),
             "--rate" => a.rate = value(i).unwrap_or(a.rate),
             "--distinct" => a.distinct = value(i).unwrap_or(a.distinct),
+            "--shape" => a.minimal = argv.get(i + 1).is_some_and(|v| v == "minimal"),
             "--unlimited" => {
                 a.unlimited = true;
                 i -= 1;
@@ -90,6 +100,8 @@ fn args() -> Args {
 
 struct Phase {
     elapsed: Duration,
+    /// CPU time this process used (user and system).
+    cpu: Duration,
     latencies: Vec<Duration>,
     delivered: u64,
 }
@@ -107,7 +119,15 @@ fn bodies(args: &Args, first: u64) -> Vec<Vec<String>> {
                             0 => n,
                             distinct => n % distinct,
                         })
-                        .map(|n| record(first + n as u64) + "\n")
+                        .map(|n| {
+                            let id = first + n as u64;
+                            let text = if args.minimal {
+                                minimal_record(id)
+                            } else {
+                                record(id)
+                            };
+                            text + "\n"
+                        })
                         .collect()
                 })
                 .collect()
@@ -140,6 +160,7 @@ async fn phase(
     interval: Option<Duration>,
 ) -> Phase {
     let delivered_before = simulator.stats().updates_applied;
+    let cpu_before = cpu_time();
     let started = Instant::now();
     let producers: Vec<_> = bodies
         .into_iter()
@@ -179,9 +200,24 @@ async fn phase(
     }
     Phase {
         elapsed: started.elapsed(),
+        cpu: cpu_time().saturating_sub(cpu_before),
         latencies,
         delivered: simulator.stats().updates_applied - delivered_before,
     }
+}
+
+/// CPU time this process has used so far, user and system.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes into the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -305,11 +341,12 @@ async fn bench(args: Args) {
             total as f64 / result.elapsed.as_secs_f64()
         );
         println!(
-            "  acknowledgement latency per batch: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} updates delivered meanwhile",
+            "  acknowledgement latency per batch: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} updates delivered meanwhile; CPU {:.1} µs per record",
             percentile(&latencies, 0.5).as_secs_f64() * 1e3,
             percentile(&latencies, 0.99).as_secs_f64() * 1e3,
             latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
             result.delivered,
+            result.cpu.as_secs_f64() * 1e6 / total as f64,
         );
     };
     // 1. Saturation: each producer posts its next batch as soon as the

@@ -31,3 +31,15 @@ pub fn record(id: u64) -> String {
     })
     .to_string()
 }
+
+/// A profile with one attribute and one audience (about 140 bytes).
+// Only the intake benchmark compares shapes.
+#[allow(dead_code)]
+pub fn minimal_record(id: u64) -> String {
+    json!({
+        "identityMap": { "Oid": [ { "id": id.to_string() } ] },
+        "person": { "name": { "firstName": "Bench" } },
+        "segmentMembership": { "ups": { "a1": { "status": "realized" } } }
+    })
+    .to_string()
+}

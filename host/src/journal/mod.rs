@@ -18,13 +18,14 @@
 //! journal order.
 //!
 //! One module per concern: `store` (opening, locking, integrity, schema),
-//! `updates` (the queue: intake, claims, attempts, verdicts), `history`
+//! `ingest` (a planned batch into the queue), `updates` (claims, attempts,
+//! verdicts), `requests` and `sources` (a queued update's rows), `history`
 //! (runs and their counts), `letters` (dead letters), `checkpoints` (input
 //! positions); this file holds the types and the group commit.
 
 mod checkpoints;
 mod history;
-mod intake;
+mod ingest;
 mod letters;
 #[cfg(test)]
 mod migration_tests;

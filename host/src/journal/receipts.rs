@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::intake::ingest_batch;
+use super::ingest::ingest_batch;
 use super::{
     Counts, Incoming, IngestReport, Journal, JournalError, Placement, RunId, RunStats, Stale,
     now_ms,

@@ -253,7 +253,7 @@ mod tests {
         let path = Path::new("journal");
         for headers in [
             vec![],
-            vec![header("Content-Type", "application/vnd.api+json")],
+            vec![header("Content-Type", "application/json")],
             vec![header("X-Trace", "a: b, ü"), header("Accept", "")],
         ] {
             let text = headers_text(&headers, path).unwrap();

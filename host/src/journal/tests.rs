@@ -495,7 +495,7 @@ fn the_per_update_statements_keep_their_plans_across_bindings() {
         super::requests::DELETE_UPDATE,
         super::requests::REQUEST_OF,
         super::requests::AUDIENCES_OF,
-        super::intake::NEWEST_FOR_KEY,
+        super::ingest::NEWEST_FOR_KEY,
         super::requests::INSERT_UPDATE,
         super::sources::INSERT_SOURCE,
     ] {

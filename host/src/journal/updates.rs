@@ -1,12 +1,12 @@
 //! The queue of updates: claims per key, attempts with later updates
-//! folded in, verdicts and their counts. (Intake is in `intake.rs`.)
+//! folded in, verdicts and their counts. (Ingesting is in `ingest.rs`.)
 
 use std::path::Path;
 
 use destination_types::Request;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::intake::{ingest_batch, prepare};
+use super::ingest::{ingest_batch, prepare};
 use super::letters::{bounded_response, insert_letter, request_summary};
 use super::requests::{delete_update, is_queued, load_request, request_of_row, store_request};
 use super::sources;

@@ -1,4 +1,4 @@
-//! Intake into the queue: a planned batch becomes queued updates (merged
+//! Ingesting into the queue: a planned batch becomes queued updates (merged
 //! into a queued one for the same key where the placement says so,
 //! `placement.rs`), record errors become dead letters, replays newer than
 //! what a key already has are held back, and the input position is
