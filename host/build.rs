@@ -2,8 +2,9 @@
 //! `cargo build`/`cargo test` always run against a component made from the
 //! current sources. The path of the built `.wasm` reaches the crate as
 //! `OUTREACH_COMPONENT_PATH`. Built alongside: the same destination under
-//! contract 0.1.0 (`guest/v0_1/`, `OUTREACH_COMPONENT_V0_1_PATH`) and the
-//! hostile test component (`tests/hostile/`, `HOSTILE_COMPONENT_PATH`).
+//! contracts 0.2.0 (`guest/v0_2/`, `OUTREACH_COMPONENT_V0_2_PATH`) and
+//! 0.1.0 (`guest/v0_1/`, `OUTREACH_COMPONENT_V0_1_PATH`), and the hostile
+//! test component (`tests/hostile/`, `HOSTILE_COMPONENT_PATH`).
 
 use std::env;
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ fn main() {
         "guest/core/src",
         "guest/core/schema",
         "guest/core/Cargo.toml",
+        "guest/v0_2",
         "guest/v0_1",
         "guest/rt",
         "tests/hostile/src",
@@ -66,6 +68,8 @@ fn main() {
             "build",
             "--package",
             "outreach-guest",
+            "--package",
+            "outreach-guest-v0-2",
             "--package",
             "outreach-guest-v0-1",
             "--package",
@@ -91,8 +95,12 @@ fn main() {
         .join(GUEST_PROFILE)
         .join("outreach_guest.wasm");
     println!("cargo:rustc-env=OUTREACH_COMPONENT_PATH={}", wasm.display());
-    // The same destination under contract 0.1.0 (guest/v0_1), to prove
-    // that 0.1 components keep running.
+    // The same destination under contracts 0.2.0 (guest/v0_2) and 0.1.0
+    // (guest/v0_1), to prove that older components keep running.
+    println!(
+        "cargo:rustc-env=OUTREACH_COMPONENT_V0_2_PATH={}",
+        wasm.with_file_name("outreach_guest_v0_2.wasm").display()
+    );
     println!(
         "cargo:rustc-env=OUTREACH_COMPONENT_V0_1_PATH={}",
         wasm.with_file_name("outreach_guest_v0_1.wasm").display()

@@ -1,7 +1,7 @@
 //! The Outreach destination as a WebAssembly component implementing
-//! `profile-sync:destination@0.2.0`: a thin export layer that converts
-//! between the WIT types and `outreach-core`'s plain types. (`guest/v0_1/`
-//! exports the same core under contract 0.1.0.)
+//! `profile-sync:destination@0.3.0`: a thin export layer that converts
+//! between the WIT types and `outreach-core`'s plain types. (`guest/v0_2/`
+//! and `guest/v0_1/` export the same core under contracts 0.2.0 and 0.1.0.)
 //!
 //! On wasm32 the crate is `no_std` (runtime support from `component-rt`), so
 //! the component imports nothing at all.
@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 use outreach_core::types as core_types;
 
 wit_bindgen::generate!({
-    path: "../wit/since_v0.2.0",
+    path: "../wit/since_v0.3.0",
     world: "profile-destination",
 });
 
@@ -99,6 +99,15 @@ impl GuestConfigured for Configured {
                 remaining: c.budget.remaining,
                 reset_at_ms: c.budget.reset_at_ms,
             },
+            remember: c
+                .remember
+                .into_iter()
+                .map(|f| wit::Fact {
+                    name: f.name,
+                    value: f.value,
+                })
+                .collect(),
+            forget: c.forget,
         }
     }
 
@@ -115,6 +124,7 @@ impl GuestConfigured for Configured {
                     label: a.label,
                 })
                 .collect(),
+            scopes: identity.scopes,
         }
     }
 
@@ -122,6 +132,10 @@ impl GuestConfigured for Configured {
         self.0
             .merge(&from_wit_request(older), &from_wit_request(newer))
             .map(to_wit_request)
+    }
+
+    fn recall(&self, request: wit::Request, value: String) -> wit::Request {
+        to_wit_request(self.0.recall(&from_wit_request(request), &value))
     }
 }
 
@@ -156,6 +170,49 @@ fn from_wit_request(r: wit::Request) -> core_types::Request {
         body: r.body,
         key: r.key,
         audiences: r.audiences,
+        purpose: match r.purpose {
+            wit::Purpose::Update => core_types::Purpose::Update,
+            wit::Purpose::Lookup => core_types::Purpose::Lookup,
+            wit::Purpose::Create => core_types::Purpose::Create,
+        },
+        recall: r.recall,
+        context: r.context,
+    }
+}
+
+fn to_wit_request(r: core_types::Request) -> wit::Request {
+    wit::Request {
+        method: to_wit_method(r.method),
+        path: r.path,
+        headers: r.headers.into_iter().map(to_wit_header).collect(),
+        body: r.body,
+        key: r.key,
+        audiences: r.audiences,
+        purpose: match r.purpose {
+            core_types::Purpose::Update => wit::Purpose::Update,
+            core_types::Purpose::Lookup => wit::Purpose::Lookup,
+            core_types::Purpose::Create => wit::Purpose::Create,
+        },
+        recall: r.recall,
+        context: r.context,
+    }
+}
+
+fn verdict(v: core_types::Verdict) -> wit::Verdict {
+    match v {
+        core_types::Verdict::Delivered => wit::Verdict::Delivered,
+        core_types::Verdict::Retry(r) => wit::Verdict::Retry(wit::Retry {
+            not_before_ms: r.not_before_ms,
+            reason: r.reason,
+        }),
+        core_types::Verdict::RefreshCredentials => wit::Verdict::RefreshCredentials,
+        core_types::Verdict::Rejected(r) => wit::Verdict::Rejected(wit::Rejection {
+            code: r.code,
+            message: r.message,
+            audience: r.audience,
+        }),
+        core_types::Verdict::Fatal(why) => wit::Verdict::Fatal(why),
+        core_types::Verdict::Continue(next) => wit::Verdict::Continue(to_wit_request(*next)),
     }
 }
 

@@ -56,6 +56,9 @@ fn update(id: u64, version: u64) -> Incoming {
             body: body.to_string(),
             key: id.to_string(),
             audiences: (1..=5).map(|a| format!("a{a}")).collect(),
+            purpose: Default::default(),
+            recall: None,
+            context: String::new(),
         }]),
         replay: None,
     }

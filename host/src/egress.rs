@@ -239,6 +239,9 @@ mod tests {
             body: String::new(),
             key: "1".into(),
             audiences: vec![],
+            purpose: Default::default(),
+            recall: None,
+            context: String::new(),
         }
     }
 

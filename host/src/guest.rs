@@ -159,6 +159,15 @@ impl Guest {
             .await?
     }
 
+    /// The request to send instead of `request` now that the fact it
+    /// recalls is known to be `value`, on the classifying instance.
+    pub async fn recall(&self, request: &Request, value: &str) -> Result<Request, GuestError> {
+        let (request, value) = (request.clone(), value.to_owned());
+        self.classifier
+            .call(move |d| d.recall(&request, &value))
+            .await?
+    }
+
     /// Combines each chain of updates (one key's, oldest first) as the
     /// component merges them, the chains spread over the planning
     /// instances, each taking its share in one call. A share whose

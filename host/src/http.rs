@@ -219,6 +219,9 @@ mod tests {
             body: "{}".into(),
             key: "1".into(),
             audiences: vec![],
+            purpose: Default::default(),
+            recall: None,
+            context: String::new(),
         };
         let response = api.send(&request, "token").await.unwrap().unwrap();
         assert_eq!(response.status, 422);
@@ -252,6 +255,9 @@ mod tests {
             body: "{}".into(),
             key: "1".into(),
             audiences: vec![],
+            purpose: Default::default(),
+            recall: None,
+            context: String::new(),
         };
         // Allowed by the default policy, refused by the embedder's rules,
         // before any connection is attempted.

@@ -47,6 +47,8 @@ pub const BUILT_COMPONENT: &str = env!("OUTREACH_COMPONENT_PATH");
 
 /// The same destination built against contract 0.1.0 (`guest/v0_1/`).
 pub const BUILT_COMPONENT_V0_1: &str = env!("OUTREACH_COMPONENT_V0_1_PATH");
+/// The same destination built against contract 0.2.0 (`guest/v0_2/`).
+pub const BUILT_COMPONENT_V0_2: &str = env!("OUTREACH_COMPONENT_V0_2_PATH");
 
 /// `YYYY-MM-DD<separator>HH:MM:SS`, UTC, for a time in epoch seconds.
 pub fn format_utc(epoch_secs: u64, separator: char) -> String {

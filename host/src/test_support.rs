@@ -11,5 +11,8 @@ pub(crate) fn patch(key: &str, body: &str) -> Request {
         body: body.into(),
         key: key.into(),
         audiences: Vec::new(),
+        purpose: Default::default(),
+        recall: None,
+        context: String::new(),
     }
 }

@@ -58,9 +58,9 @@ fn the_contract_constant_matches_the_frozen_wit() {
 
 #[test]
 fn a_compatible_newer_patch_version_is_accepted_and_runs() {
-    let path = with_version("0.2.7");
+    let path = with_version("0.3.7");
     let runtime = Runtime::load(&path, None, Limits::default()).unwrap();
-    assert_eq!(runtime.contract_version().to_string(), "0.2.7");
+    assert_eq!(runtime.contract_version().to_string(), "0.3.7");
     let config = r#"{"name":"v","identityMapping":{"source":"Oid","target":"OutreachId"},
         "audiences":[{"id":"a","mappingId":3}]}"#;
     let mut destination = runtime.configure(config).unwrap().unwrap();
@@ -73,7 +73,7 @@ fn a_compatible_newer_patch_version_is_accepted_and_runs() {
 
 #[test]
 fn incompatible_versions_are_refused_with_a_clear_message() {
-    for version in ["0.3.0", "1.0.0", "0.0.9"] {
+    for version in ["0.4.0", "1.0.0", "0.0.9"] {
         let path = with_version(version);
         let Err(error) = Runtime::load(&path, None, Limits::default()) else {
             panic!("{version} was accepted");
@@ -86,8 +86,9 @@ fn incompatible_versions_are_refused_with_a_clear_message() {
         assert!(
             message.contains(&format!("implements profile-sync:destination@{version}"))
                 && message.contains(
-                    "supports profile-sync:destination@0.1.0 and profile-sync:destination@0.2.0 \
-                     and their compatible versions (^0.1.0, ^0.2.0)"
+                    "supports profile-sync:destination@0.1.0, profile-sync:destination@0.2.0 \
+                     and profile-sync:destination@0.3.0 and their compatible versions \
+                     (^0.1.0, ^0.2.0, ^0.3.0)"
                 ),
             "{message}"
         );

@@ -126,11 +126,28 @@ function comparableVerdict(v) {
       return { rejected: { code: v.val.code, message: v.val.message, audience: opt(v.val.audience) } };
     case 'fatal':
       return { fatal: v.val };
+    case 'continue':
+      return { continue: stepJson(v.val) };
     default:
       throw new Error(`unknown verdict ${v.tag}`);
   }
 }
 
+// A classification in the vectors' form: what it taught only when it
+// taught something (as serde leaves empty lists out).
+function comparableClassification(c, expect) {
+  const actual = { verdict: comparableVerdict(c.verdict) };
+  if ('budget' in expect) {
+    const b = c.budget;
+    actual.budget = { limit: num(b.limit), remaining: num(b.remaining), 'reset-at-ms': num(b.resetAtMs) };
+  }
+  if (c.remember.length > 0) actual.remember = c.remember.map(({ name, value }) => ({ name, value }));
+  if (c.forget.length > 0) actual.forget = c.forget;
+  return actual;
+}
+
+// A request as the component takes it; the fields since 0.3 default to
+// what every earlier request holds.
 function witRequest(r) {
   return {
     method: r.method.toLowerCase(),
@@ -139,7 +156,46 @@ function witRequest(r) {
     body: r.body,
     key: r.key,
     audiences: r.audiences,
+    purpose: r.purpose ?? 'update',
+    recall: r.recall ?? undefined,
+    context: r.context ?? '',
   };
+}
+
+// A request the component answered, in the vectors' form: the method in
+// capitals, and the fields since 0.3 left out where they hold their
+// defaults.
+function vectorRequest(r) {
+  const request = {
+    method: r.method.toUpperCase(),
+    path: r.path,
+    headers: r.headers.map(({ name, value }) => ({ name, value })),
+    body: r.body,
+    key: r.key,
+    audiences: r.audiences,
+  };
+  if (r.purpose !== 'update') request.purpose = r.purpose;
+  if (r.recall !== undefined && r.recall !== null) request.recall = r.recall;
+  if (r.context !== '') request.context = r.context;
+  return request;
+}
+
+// The steps vectors' form: body and context parsed when not empty.
+function stepJson(r) {
+  const request = vectorRequest(r);
+  for (const field of ['body', 'context']) {
+    if (typeof request[field] === 'string' && request[field] !== '') request[field] = JSON.parse(request[field]);
+  }
+  return request;
+}
+
+// A steps vector's request back in the component's form.
+function stepRequest(v) {
+  const request = { ...v };
+  for (const field of ['body', 'context']) {
+    if (request[field] !== undefined && typeof request[field] !== 'string') request[field] = JSON.stringify(request[field]);
+  }
+  return witRequest(request);
 }
 
 function witResponse(r) {
@@ -216,12 +272,7 @@ for (const file of jsonFiles(join(vectors, 'classify'))) {
         witResponse(c.response),
         now,
       );
-      const actual = { verdict: comparableVerdict(classification.verdict) };
-      if ('budget' in c.expect) {
-        const b = classification.budget;
-        actual.budget = { limit: num(b.limit), remaining: num(b.remaining), 'reset-at-ms': num(b.resetAtMs) };
-      }
-      assert.deepEqual(actual, c.expect);
+      assert.deepEqual(comparableClassification(classification, c.expect), c.expect);
     });
   }
 }
@@ -258,11 +309,46 @@ for (const file of jsonFiles(join(vectors, 'merge'))) {
       const merged = configured.merge(witRequest(older), witRequest(newer));
       const expected =
         c.expect.merged === null ? null : comparableRequest(mergeRequest(newer, c.expect.merged));
-      const actual =
-        merged === undefined || merged === null
-          ? null
-          : comparableRequest({ ...merged, headers: merged.headers.map(({ name, value }) => ({ name, value })) });
+      const actual = merged === undefined || merged === null ? null : comparableRequest(vectorRequest(merged));
       assert.deepEqual(actual, expected);
+    });
+  }
+}
+
+// Deliveries of several steps (contract 0.3): plan, recall, classify,
+// merge and configuration cases, as tests/src/lib.rs runs them.
+for (const file of jsonFiles(join(vectors, 'steps'))) {
+  const vector = readJson(join(vectors, 'steps', file));
+  const now = BigInt(vector.now_ms ?? 0);
+  for (const c of vector.cases) {
+    test(`steps/${file}: ${c.name}`, () => {
+      const config = configText(c) ?? configText(vector);
+      const isConfigCase = !('record' in c || 'recall' in c || 'response' in c || 'older' in c);
+      const result = configure(config);
+      if (isConfigCase) {
+        assert.deepEqual(result.ok ? { ok: true } : { errors: result.errors }, c.expect);
+        return;
+      }
+      const configured = result.ok;
+      let actual;
+      if ('record' in c) {
+        const [outcome] = configured.plan([textOf(c, 'record')]);
+        actual =
+          outcome.tag === 'send'
+            ? { send: outcome.val.map(stepJson) }
+            : comparableOutcome(outcome, c.expect);
+      } else if ('recall' in c) {
+        actual = stepJson(configured.recall(stepRequest(c.recall.request), c.recall.value));
+      } else if ('response' in c) {
+        actual = comparableClassification(
+          configured.classify(stepRequest(c.request), witResponse(c.response), now),
+          c.expect,
+        );
+      } else {
+        const merged = configured.merge(stepRequest(c.older), stepRequest(c.newer));
+        actual = merged === undefined || merged === null ? null : stepJson(merged);
+      }
+      assert.deepEqual(actual, c.expect);
     });
   }
 }

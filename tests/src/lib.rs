@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use destination_types::{
-    Classification, ConfigError, Descriptor, Header, PlanOutcome, Request, Response,
+    self as types, Classification, ConfigError, Descriptor, Header, PlanOutcome, Request, Response,
 };
 use serde_json::{Value, json};
 
@@ -47,6 +47,11 @@ pub trait Subject {
     fn merges(&self) -> bool {
         true
     }
+    /// Whether the subject's contract lets a delivery take several steps
+    /// (0.3 and later): the `steps/` vectors are its.
+    fn takes_steps(&self) -> bool {
+        true
+    }
 }
 
 /// A configured destination under test.
@@ -59,6 +64,7 @@ pub trait Configured {
         now_ms: u64,
     ) -> Result<Classification, String>;
     fn merge(&mut self, older: &Request, newer: &Request) -> Result<Option<Request>, String>;
+    fn recall(&mut self, request: &Request, value: &str) -> Result<Request, String>;
 }
 
 /// The native core.
@@ -97,6 +103,9 @@ impl Configured for NativeConfigured {
     fn merge(&mut self, older: &Request, newer: &Request) -> Result<Option<Request>, String> {
         Ok(self.0.merge(older, newer))
     }
+    fn recall(&mut self, request: &Request, value: &str) -> Result<Request, String> {
+        Ok(self.0.recall(request, value))
+    }
 }
 
 /// A built component, run by the reference host's engine.
@@ -109,6 +118,14 @@ impl Wasm {
     /// Loads the component `host/build.rs` built from this workspace.
     pub fn built() -> Self {
         Self::load("component in wasmtime", outreach_host::BUILT_COMPONENT)
+    }
+
+    /// The same destination built against contract 0.2.0.
+    pub fn built_v0_2() -> Self {
+        Self::load(
+            "contract 0.2.0 component in wasmtime",
+            outreach_host::BUILT_COMPONENT_V0_2,
+        )
     }
 
     /// The same destination built against contract 0.1.0.
@@ -142,6 +159,9 @@ impl Subject for Wasm {
     fn merges(&self) -> bool {
         self.runtime.can_merge()
     }
+    fn takes_steps(&self) -> bool {
+        self.runtime.takes_steps()
+    }
     fn configure(
         &self,
         config: &str,
@@ -170,6 +190,9 @@ impl Configured for WasmConfigured {
     }
     fn merge(&mut self, older: &Request, newer: &Request) -> Result<Option<Request>, String> {
         self.0.merge(older, newer).map_err(|e| e.to_string())
+    }
+    fn recall(&mut self, request: &Request, value: &str) -> Result<Request, String> {
+        self.0.recall(request, value).map_err(|e| e.to_string())
     }
 }
 
@@ -287,17 +310,25 @@ pub fn run_all(subject: &dyn Subject) -> Report {
             run_merge_file(subject, &dir, &file, &mut report);
         }
     }
+    if subject.takes_steps() {
+        for file in files_in(&dir.join("steps")) {
+            run_steps_file(subject, &dir, &file, &mut report);
+        }
+    }
     report
 }
 
 /// How many cases the vectors on disk hold for a subject: what
 /// [`run_all`] must report having run. (`describe.json` is two: the
 /// fields, and the schema's shape.)
-pub fn cases_on_disk(merges: bool) -> usize {
+pub fn cases_on_disk(merges: bool, steps: bool) -> usize {
     let dir = vectors_dir();
     let mut kinds = vec!["config", "plan", "classify"];
     if merges {
         kinds.push("merge");
+    }
+    if steps {
+        kinds.push("steps");
     }
     2 + kinds
         .into_iter()
@@ -570,6 +601,113 @@ fn run_merge_file(subject: &dyn Subject, dir: &Path, file: &Path, report: &mut R
         match destination.merge(&older, &newer) {
             Err(e) => report.fail(&name, e),
             Ok(merged) => report.check(&name, &expected, &merged.map_or(Value::Null, as_json)),
+        }
+    }
+}
+
+/// A request as the `steps/` vectors write it: its body and context (JSON
+/// text, when not empty) parsed, so key order does not matter.
+fn step_json(request: &Request) -> Value {
+    let mut value = serde_json::to_value(request).expect("serialisable");
+    for field in ["body", "context"] {
+        if let Some(text) = value.get(field).and_then(Value::as_str).map(str::to_owned)
+            && !text.is_empty()
+        {
+            value[field] = serde_json::from_str(&text).unwrap_or(json!({ "unparseable": text }));
+        }
+    }
+    value
+}
+
+/// A request written as [`step_json`] writes it, back as a request.
+fn step_request(value: &Value) -> Request {
+    let mut value = value.clone();
+    for field in ["body", "context"] {
+        if let Some(parsed) = value.get(field).filter(|v| !v.is_string()).cloned() {
+            value[field] = Value::String(parsed.to_string());
+        }
+    }
+    request_from(&value)
+}
+
+/// Deliveries of several steps: each case plans a record (`record`),
+/// recalls a fact into a request (`recall`: request and value), classifies
+/// a step's response (`request` and `response`) or merges two steps
+/// (`older`, `newer`), or validates a configuration (`config` or
+/// `config_file`).
+fn run_steps_file(subject: &dyn Subject, dir: &Path, file: &Path, report: &mut Report) {
+    let vector = read_json(file);
+    let file_name = file.file_name().unwrap_or_default().to_string_lossy();
+    let default_config = config_text(dir, &vector).expect("a config for steps vectors");
+    let now_ms = vector["now_ms"].as_u64().unwrap_or(0);
+    for case in vector["cases"].as_array().expect("cases") {
+        let name = format!(
+            "steps/{file_name}: {}",
+            case["name"].as_str().unwrap_or("?")
+        );
+        let config = config_text(dir, case);
+        if case.get("record").is_none()
+            && case.get("recall").is_none()
+            && case.get("response").is_none()
+            && case.get("older").is_none()
+        {
+            let config = config.expect("a configuration case has a config");
+            let actual = match subject.configure(&config) {
+                Err(e) => {
+                    report.fail(&name, e);
+                    continue;
+                }
+                Ok(Ok(_)) => json!({ "ok": true }),
+                Ok(Err(errors)) => json!({ "errors": errors }),
+            };
+            report.check(&name, &case["expect"], &actual);
+            continue;
+        }
+        let config = config.unwrap_or_else(|| default_config.clone());
+        let Some(mut destination) = configured(subject, &config, &name, report) else {
+            continue;
+        };
+        let actual = if let Some(record) = text_of(case, "record") {
+            match destination.plan(&[record]) {
+                Err(e) => Err(e),
+                Ok(outcomes) => Ok(match outcomes.into_iter().next() {
+                    Some(PlanOutcome::Send(requests)) => {
+                        json!({ "send": requests.iter().map(step_json).collect::<Vec<_>>() })
+                    }
+                    Some(other) => serde_json::to_value(other).expect("serialisable"),
+                    None => Value::Null,
+                }),
+            }
+        } else if let Some(recall) = case.get("recall") {
+            let request = step_request(&recall["request"]);
+            let value = recall["value"].as_str().expect("a fact's value");
+            destination
+                .recall(&request, value)
+                .map(|request| step_json(&request))
+        } else if let Some(response) = case.get("response") {
+            let request = step_request(&case["request"]);
+            destination
+                .classify(&request, &response_from(response), now_ms)
+                .map(|classification| {
+                    let mut actual = serde_json::to_value(&classification).expect("serialisable");
+                    if let types::Verdict::Continue(next) = &classification.verdict {
+                        actual["verdict"] = json!({ "continue": step_json(next) });
+                    }
+                    if case["expect"].get("budget").is_none() {
+                        actual.as_object_mut().expect("object").remove("budget");
+                    }
+                    actual
+                })
+        } else {
+            let older = step_request(&case["older"]);
+            let newer = step_request(&case["newer"]);
+            destination
+                .merge(&older, &newer)
+                .map(|merged| merged.map_or(Value::Null, |m| step_json(&m)))
+        };
+        match actual {
+            Err(e) => report.fail(&name, e),
+            Ok(actual) => report.check(&name, &case["expect"], &actual),
         }
     }
 }

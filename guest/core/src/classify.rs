@@ -8,8 +8,11 @@ use serde_json::Value;
 
 use crate::catalog;
 use crate::config::Config;
+use crate::steps;
 use crate::time;
-use crate::types::{Budget, Classification, Header, Rejection, Request, Response, Retry, Verdict};
+use crate::types::{
+    Budget, Classification, Header, Purpose, Rejection, Request, Response, Retry, Verdict,
+};
 
 /// Values at or above this are epoch seconds, below it a delay in seconds
 /// (Outreach does not document which `X-RateLimit-Reset` is; 10^9 seconds is
@@ -172,7 +175,19 @@ pub fn classify(
 ) -> Classification {
     let budget = read_budget(&response.headers, now_ms);
     let status = response.status;
-    let key = &request.key;
+    match steps::classify(request, status, &response.body) {
+        Some(Ok(outcome)) => {
+            return Classification {
+                verdict: outcome.verdict,
+                budget,
+                remember: outcome.remember,
+                forget: outcome.forget,
+            };
+        }
+        Some(Err(verdict)) => return decided(verdict, budget),
+        None => {}
+    }
+    let subject = steps::subject(request);
     let errors = || api_errors(&response.body);
     let verdict = match status {
         200..=299 => Verdict::Delivered,
@@ -184,14 +199,15 @@ pub fn classify(
                 .find_map(|e| e.id.as_deref())
                 .unwrap_or("forbidden");
             Verdict::Fatal(format!(
-                "Outreach refused access ({id}: {}); log in again and grant the prospects.write scope",
-                reason(status, &errors, &response.body)
+                "Outreach refused access ({id}: {}); log in again and grant the {} scope",
+                reason(status, &errors, &response.body),
+                config.scopes().join(" and ")
             ))
         }
         404 => rejected(
             "prospect-not-found",
             format!(
-                "prospect {key}: Outreach has no prospect with this id (identity namespace {}); {}",
+                "{subject}: Outreach has no prospect with this id (identity namespace {}); {}",
                 config.identity_namespace,
                 reason(status, &errors(), &response.body)
             ),
@@ -201,7 +217,7 @@ pub fn classify(
         415 => rejected(
             "unsupported-media-type",
             format!(
-                "prospect {key}: Outreach refused the request's Content-Type, a bug in the connector (please report it): {}",
+                "{subject}: Outreach refused the request's Content-Type, a bug in the connector (please report it): {}",
                 reason(status, &errors(), &response.body)
             ),
             None,
@@ -233,13 +249,22 @@ pub fn classify(
         _ => rejected(
             "unexpected-status",
             format!(
-                "prospect {key}: unexpected HTTP {status} from Outreach: {}",
+                "{subject}: unexpected HTTP {status} from Outreach: {}",
                 reason(status, &errors(), &response.body)
             ),
             None,
         ),
     };
-    Classification { verdict, budget }
+    decided(verdict, budget)
+}
+
+fn decided(verdict: Verdict, budget: Budget) -> Classification {
+    Classification {
+        verdict,
+        budget,
+        remember: Vec::new(),
+        forget: Vec::new(),
+    }
 }
 
 /// 400/422: name the field, and for a custom field the audience and its
@@ -280,11 +305,16 @@ fn validation_error(config: &Config, request: &Request, response: &Response) -> 
     } else {
         parts.join("; ")
     };
+    let action = match request.purpose {
+        Purpose::Update => "update",
+        Purpose::Create => "creation",
+        Purpose::Lookup => "lookup",
+    };
     rejected(
         "validation-error",
         format!(
-            "prospect {}: Outreach rejected the update: {detail}",
-            request.key
+            "{}: Outreach rejected the {action}: {detail}",
+            steps::subject(request)
         ),
         audience,
     )

@@ -59,14 +59,47 @@ impl Audience {
     }
 }
 
+/// How a profile finds its prospect (the `match` setting).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Match {
+    /// By the Outreach prospect id in the identity namespace (the original
+    /// product's behaviour).
+    #[default]
+    OutreachId,
+    /// By email address: looked up, updated when found, created when not.
+    Email,
+    /// By the prospect id when the profile has one, else by email.
+    OutreachIdOrEmail,
+}
+
+impl Match {
+    const NAMES: [(&'static str, Match); 3] = [
+        ("outreachId", Match::OutreachId),
+        ("email", Match::Email),
+        ("outreachIdOrEmail", Match::OutreachIdOrEmail),
+    ];
+
+    pub fn uses_id(self) -> bool {
+        self != Match::Email
+    }
+
+    pub fn uses_email(self) -> bool {
+        self != Match::OutreachId
+    }
+}
+
 /// A validated destination configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub name: String,
     pub description: Option<String>,
     pub account: Option<String>,
-    /// Identity namespace in `identityMap` that holds the Outreach prospect id.
+    pub matching: Match,
+    /// Identity namespace in `identityMap` that holds the Outreach prospect
+    /// id; empty when prospects are matched by email only.
     pub identity_namespace: String,
+    /// Where the profile's email address is, for the email matches.
+    pub email_source: Option<SourcePath>,
     pub attributes: Vec<AttributeMapping>,
     /// In configuration order.
     pub audiences: Vec<Audience>,
@@ -79,6 +112,18 @@ impl Config {
         self.audiences.iter().find(|a| a.mapping_id == n)
     }
 
+    /// The OAuth scopes the configuration's requests need: matching by
+    /// email reads prospects, and Outreach's scopes are not additive
+    /// (`prospects.write` cannot read).
+    pub fn scopes(&self) -> Vec<String> {
+        let scope = if self.matching.uses_email() {
+            "prospects.all"
+        } else {
+            "prospects.write"
+        };
+        alloc::vec![scope.to_string()]
+    }
+
     pub fn attribute_by_target(&self, target: &str) -> Option<&AttributeMapping> {
         self.attributes.iter().find(|a| a.target == target)
     }
@@ -88,7 +133,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "name",
     "description",
     "account",
+    "match",
     "identityMapping",
+    "emailMapping",
     "attributeMappings",
     "audiences",
     "statusLabels",
@@ -211,7 +258,13 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let name = string_setting(&root, "name", "name", true, &mut errors);
     let description = string_setting(&root, "description", "description", false, &mut errors);
     let account = string_setting(&root, "account", "account", false, &mut errors);
-    let identity_namespace = parse_identity(&root, &mut errors);
+    let matching = parse_match(&root, &mut errors);
+    let identity_namespace = if matching.uses_id() || root.contains_key("identityMapping") {
+        parse_identity(&root, &mut errors)
+    } else {
+        None
+    };
+    let email_source = parse_email(&root, matching, &mut errors);
     let audiences = parse_audiences(&root, &mut errors);
     let attributes = parse_attributes(&root, &audiences, &mut errors);
     let status_values = parse_labels(&root, &mut errors);
@@ -223,11 +276,97 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         name: name.unwrap_or_default(),
         description,
         account,
+        matching,
         identity_namespace: identity_namespace.unwrap_or_default(),
+        email_source,
         attributes,
         audiences,
         status_values,
     })
+}
+
+fn parse_match(root: &Map<String, Value>, errors: &mut Errors) -> Match {
+    let names = || {
+        Match::NAMES
+            .iter()
+            .map(|(name, _)| format!("\"{name}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match root.get("match") {
+        None | Some(Value::Null) => Match::default(),
+        Some(Value::String(s)) => match Match::NAMES.iter().find(|(name, _)| name == s) {
+            Some((_, matching)) => *matching,
+            None => {
+                errors.push("match", format!("match \"{s}\" is not one of {}", names()));
+                Match::default()
+            }
+        },
+        Some(other) => {
+            errors.push(
+                "match",
+                format!("match must be one of {}, not {}", names(), kind_of(other)),
+            );
+            Match::default()
+        }
+    }
+}
+
+/// `emailMapping: {"source": path}`: required by the email matches, refused
+/// by the id match (which would silently ignore it).
+fn parse_email(
+    root: &Map<String, Value>,
+    matching: Match,
+    errors: &mut Errors,
+) -> Option<SourcePath> {
+    let setting = "emailMapping";
+    let obj = match root.get(setting) {
+        None | Some(Value::Null) if matching.uses_email() => {
+            errors.push(
+                setting,
+                "emailMapping is required when prospects are matched by email: {\"source\": the profile's email path, e.g. personalEmail.address}",
+            );
+            return None;
+        }
+        None | Some(Value::Null) => return None,
+        Some(_) if !matching.uses_email() => {
+            errors.push(
+                setting,
+                "emailMapping is only used when prospects are matched by email: set match to \"email\" or \"outreachIdOrEmail\", or remove it",
+            );
+            return None;
+        }
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            errors.push(
+                setting,
+                format!(
+                    "emailMapping must be an object {{\"source\": path}}, not {}",
+                    kind_of(other)
+                ),
+            );
+            return None;
+        }
+    };
+    for key in obj.keys() {
+        if key != "source" {
+            errors.push(
+                format!("emailMapping.{key}"),
+                format!("unknown setting \"emailMapping.{key}\"; emailMapping has only source"),
+            );
+        }
+    }
+    let source = string_setting(obj, "source", "emailMapping.source", true, errors)?;
+    match parse_source_path(&source) {
+        Some(path) => Some(path),
+        None => {
+            errors.push(
+                "emailMapping.source",
+                format!("emailMapping.source \"{source}\" has an empty segment"),
+            );
+            None
+        }
+    }
 }
 
 fn parse_identity(root: &Map<String, Value>, errors: &mut Errors) -> Option<String> {

@@ -1,45 +1,39 @@
 //! The conversions between the core's types and a contract version's
 //! bindings that are field for field in every version, written once for
-//! the export layers (`guest/`, `guest/v0_1/`): [`wit_conversions!`]
-//! expands where `wit` (the version's exported interface) and `core_types`
-//! (this crate's `types`) are in scope. What differs by version (a request
-//! coming in, a plan's outcome) stays in the version's export layer.
+//! the export layers (`guest/`, `guest/v0_2/`, `guest/v0_1/`):
+//! [`wit_conversions!`] expands where `wit` (the version's exported
+//! interface) and `core_types` (this crate's `types`) are in scope, and
+//! [`wit_conversions_before_steps!`] adds what 0.1 and 0.2 share and 0.3
+//! changed (a request without steps, a verdict without `continue`). What
+//! differs otherwise (a request coming in, a plan's outcome) stays in the
+//! version's export layer.
 
-/// Defines `verdict`, `to_wit_request`, `to_wit_header`,
-/// `from_wit_header` and `from_wit_response`.
+use alloc::string::String;
+
+use crate::types::ConfigError;
+
+/// Why a contract before 0.3 refuses a configuration whose deliveries take
+/// several steps (matching by email): it could not carry them out.
+pub fn steps_need_0_3(version: &str) -> ConfigError {
+    ConfigError {
+        setting: String::from("match"),
+        message: alloc::format!(
+            "matching prospects by email takes several requests per delivery, which contract {version} cannot express: run this destination under contract 0.3 or later, or match by outreachId"
+        ),
+    }
+}
+
+/// Defines `to_wit_method`, `to_wit_header`, `from_wit_header` and
+/// `from_wit_response`.
 #[macro_export]
 macro_rules! wit_conversions {
     () => {
-        fn verdict(v: core_types::Verdict) -> wit::Verdict {
-            match v {
-                core_types::Verdict::Delivered => wit::Verdict::Delivered,
-                core_types::Verdict::Retry(r) => wit::Verdict::Retry(wit::Retry {
-                    not_before_ms: r.not_before_ms,
-                    reason: r.reason,
-                }),
-                core_types::Verdict::RefreshCredentials => wit::Verdict::RefreshCredentials,
-                core_types::Verdict::Rejected(r) => wit::Verdict::Rejected(wit::Rejection {
-                    code: r.code,
-                    message: r.message,
-                    audience: r.audience,
-                }),
-                core_types::Verdict::Fatal(why) => wit::Verdict::Fatal(why),
-            }
-        }
-
-        fn to_wit_request(r: core_types::Request) -> wit::Request {
-            wit::Request {
-                method: match r.method {
-                    core_types::Method::Get => wit::Method::Get,
-                    core_types::Method::Post => wit::Method::Post,
-                    core_types::Method::Put => wit::Method::Put,
-                    core_types::Method::Patch => wit::Method::Patch,
-                },
-                path: r.path,
-                headers: r.headers.into_iter().map(to_wit_header).collect(),
-                body: r.body,
-                key: r.key,
-                audiences: r.audiences,
+        fn to_wit_method(m: core_types::Method) -> wit::Method {
+            match m {
+                core_types::Method::Get => wit::Method::Get,
+                core_types::Method::Post => wit::Method::Post,
+                core_types::Method::Put => wit::Method::Put,
+                core_types::Method::Patch => wit::Method::Patch,
             }
         }
 
@@ -62,6 +56,45 @@ macro_rules! wit_conversions {
                 status: r.status,
                 headers: r.headers.into_iter().map(from_wit_header).collect(),
                 body: r.body,
+            }
+        }
+    };
+}
+
+/// Defines `verdict` and `to_wit_request` for the contracts before 0.3,
+/// whose configurations take one step (see [`steps_need_0_3`]).
+#[macro_export]
+macro_rules! wit_conversions_before_steps {
+    () => {
+        fn verdict(v: core_types::Verdict) -> wit::Verdict {
+            match v {
+                core_types::Verdict::Delivered => wit::Verdict::Delivered,
+                core_types::Verdict::Retry(r) => wit::Verdict::Retry(wit::Retry {
+                    not_before_ms: r.not_before_ms,
+                    reason: r.reason,
+                }),
+                core_types::Verdict::RefreshCredentials => wit::Verdict::RefreshCredentials,
+                core_types::Verdict::Rejected(r) => wit::Verdict::Rejected(wit::Rejection {
+                    code: r.code,
+                    message: r.message,
+                    audience: r.audience,
+                }),
+                core_types::Verdict::Fatal(why) => wit::Verdict::Fatal(why),
+                // Refused at create for these contracts, so never planned.
+                core_types::Verdict::Continue(_) => wit::Verdict::Fatal(
+                    "a delivery of several steps reached a contract before 0.3".into(),
+                ),
+            }
+        }
+
+        fn to_wit_request(r: core_types::Request) -> wit::Request {
+            wit::Request {
+                method: to_wit_method(r.method),
+                path: r.path,
+                headers: r.headers.into_iter().map(to_wit_header).collect(),
+                body: r.body,
+                key: r.key,
+                audiences: r.audiences,
             }
         }
     };

@@ -14,6 +14,7 @@ pub mod config;
 pub mod contract;
 pub mod merge;
 pub mod plan;
+pub mod steps;
 pub mod time;
 
 use alloc::borrow::ToOwned;
@@ -68,6 +69,12 @@ impl Destination {
         &self.config
     }
 
+    /// Whether a delivery may take several requests (matching by email),
+    /// which only contract 0.3 and later can express.
+    pub fn takes_several_steps(&self) -> bool {
+        self.config.matching.uses_email()
+    }
+
     /// One outcome per record, in order.
     pub fn plan<S: AsRef<str>>(&self, records: &[S]) -> Vec<PlanOutcome> {
         records
@@ -94,11 +101,22 @@ impl Destination {
                     label: a.label(),
                 })
                 .collect(),
+            scopes: self.config.scopes(),
         }
     }
 
-    /// Two queued updates for one prospect as one ([`merge::merge`]).
+    /// Two queued updates for one prospect as one: steps of an email match
+    /// ([`steps::merge`]), or two `PATCH`es ([`merge::merge`]).
     pub fn merge(&self, older: &Request, newer: &Request) -> Option<Request> {
+        if !older.context.is_empty() || !newer.context.is_empty() {
+            return steps::merge(older, newer);
+        }
         merge::merge(older, newer)
+    }
+
+    /// The request to send instead of `request` now that the fact it
+    /// recalls is known ([`steps::recall`]).
+    pub fn recall(&self, request: &Request, value: &str) -> Request {
+        steps::recall(request, value)
     }
 }

@@ -63,6 +63,7 @@ pub fn merge(older: &Request, newer: &Request) -> Option<Request> {
         body: new.to_string(),
         key: newer.key.clone(),
         audiences,
+        ..newer.clone()
     })
 }
 
@@ -84,6 +85,9 @@ mod tests {
                 .to_string(),
             key: id.to_string(),
             audiences: audiences.iter().map(|a| a.to_string()).collect(),
+            purpose: Default::default(),
+            recall: None,
+            context: String::new(),
         }
     }
 

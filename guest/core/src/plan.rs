@@ -8,9 +8,10 @@ use alloc::vec::Vec;
 use serde_json::{Map, Number, Value};
 
 use crate::catalog::AttributeKind;
-use crate::config::{AttributeMapping, Audience, Config, STATUSES, kind_of};
+use crate::config::{AttributeMapping, Audience, Config, Match, STATUSES, kind_of};
+use crate::steps;
 use crate::time;
-use crate::types::{Header, Method, PlanOutcome, RecordError, RecordFate, Request};
+use crate::types::{Header, Method, PlanOutcome, Purpose, RecordError, RecordFate, Request};
 
 pub const JSON_API: &str = "application/vnd.api+json";
 
@@ -95,7 +96,7 @@ fn plan_profile(config: &Config, record: &Map<String, Value>) -> PlanOutcome {
     let mut problems = Vec::new();
     let memberships = scheduled_memberships(config, record, &mut problems);
     let audience_ids: Vec<String> = memberships.iter().map(|m| m.audience.id.clone()).collect();
-    let prospect_id = prospect_id(config, record, &mut problems);
+    let target = match_target(config, record, &mut problems);
 
     let mut attributes = Map::new();
     for mapping in &config.attributes {
@@ -124,12 +125,24 @@ fn plan_profile(config: &Config, record: &Map<String, Value>) -> PlanOutcome {
     if !problems.is_empty() {
         return invalid(problems, audience_ids);
     }
-    let Some(id) = prospect_id else {
-        // prospect_id() reports a problem whenever it yields no id.
-        return invalid(
-            vec![problem("identity-missing", "no prospect id".to_owned())],
-            audience_ids,
-        );
+    let id = match target {
+        Some(Target::Id(id)) => id,
+        Some(Target::Email(email)) => {
+            if attributes.is_empty() {
+                return PlanOutcome::Skip(format!(
+                    "prospect with email {email}: the record has no mapped attribute and no scheduled audience"
+                ));
+            }
+            let context = steps::Context::new(email, attributes);
+            return PlanOutcome::Send(vec![steps::lookup(&context, audience_ids)]);
+        }
+        None => {
+            // match_target() reports a problem whenever it yields nothing.
+            return invalid(
+                vec![problem("identity-missing", "no prospect id".to_owned())],
+                audience_ids,
+            );
+        }
     };
     if attributes.is_empty() {
         return PlanOutcome::Skip(format!(
@@ -155,7 +168,99 @@ fn plan_profile(config: &Config, record: &Map<String, Value>) -> PlanOutcome {
         body: body.to_string(),
         key: id.to_string(),
         audiences: audience_ids,
+        purpose: Purpose::Update,
+        recall: None,
+        context: String::new(),
     }])
+}
+
+/// What a record's prospect is found by.
+enum Target {
+    Id(u64),
+    /// A normalised email address.
+    Email(String),
+}
+
+/// The prospect id, or the email for the email matches (the id when the
+/// record has one, for `outreachIdOrEmail`); reports a problem and returns
+/// `None` when neither is usable.
+fn match_target(
+    config: &Config,
+    record: &Map<String, Value>,
+    problems: &mut Vec<Problem>,
+) -> Option<Target> {
+    match config.matching {
+        Match::OutreachId => prospect_id(config, record, problems).map(Target::Id),
+        Match::Email => email(config, record, problems).map(Target::Email),
+        Match::OutreachIdOrEmail => {
+            if has_identity(config, record) {
+                prospect_id(config, record, problems).map(Target::Id)
+            } else {
+                email(config, record, problems).map(Target::Email)
+            }
+        }
+    }
+}
+
+/// Whether the record names anything in the identity namespace.
+fn has_identity(config: &Config, record: &Map<String, Value>) -> bool {
+    match record.get("identityMap") {
+        Some(Value::Object(map)) => match map.get(config.identity_namespace.as_str()) {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(items)) => !items.is_empty(),
+            Some(_) => true,
+        },
+        _ => false,
+    }
+}
+
+/// The record's email address, normalised (trimmed, lower case).
+fn email(
+    config: &Config,
+    record: &Map<String, Value>,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    let source = config.email_source.as_ref()?;
+    let at = &source.text;
+    match lookup_path(record, &source.segments) {
+        None | Some(Value::Null) => {
+            problems.push(problem(
+                "identity-missing",
+                format!("{at}: the record has no email address to match its prospect by"),
+            ));
+            None
+        }
+        Some(Value::String(raw)) if raw.trim().is_empty() => {
+            problems.push(problem(
+                "identity-empty",
+                format!("{at}: the email address is empty"),
+            ));
+            None
+        }
+        Some(Value::String(raw)) => match steps::normalise_email(raw) {
+            Some(email) => Some(email),
+            None => {
+                problems.push(problem(
+                    "identity-invalid",
+                    format!(
+                        "{at}: {} is not an email address",
+                        shown(&Value::String(raw.clone()))
+                    ),
+                ));
+                None
+            }
+        },
+        Some(other) => {
+            problems.push(problem(
+                "identity-invalid",
+                format!(
+                    "{at}: an email address must be a string, not {}",
+                    kind_of(other)
+                ),
+            ));
+            None
+        }
+    }
 }
 
 /// Follows a dotted path through objects (and arrays, by index).

@@ -9,6 +9,7 @@ extern crate alloc;
 extern crate component_rt;
 
 use alloc::string::String;
+use alloc::vec;
 use alloc::vec::Vec;
 
 use outreach_core::types as core_types;
@@ -53,14 +54,11 @@ impl Guest for Component {
 impl GuestConfigured for Configured {
     fn create(config: String) -> Result<wit::Configured, Vec<wit::ConfigError>> {
         match outreach_core::Destination::new(&config) {
+            Ok(d) if d.takes_several_steps() => Err(vec![config_error(
+                outreach_core::contract::steps_need_0_3("0.1.0"),
+            )]),
             Ok(d) => Ok(wit::Configured::new(Configured(d))),
-            Err(errors) => Err(errors
-                .into_iter()
-                .map(|e| wit::ConfigError {
-                    setting: e.setting,
-                    message: e.message,
-                })
-                .collect()),
+            Err(errors) => Err(errors.into_iter().map(config_error).collect()),
         }
     }
 
@@ -106,6 +104,13 @@ impl GuestConfigured for Configured {
     }
 }
 
+fn config_error(e: core_types::ConfigError) -> wit::ConfigError {
+    wit::ConfigError {
+        setting: e.setting,
+        message: e.message,
+    }
+}
+
 fn plan_outcome(outcome: core_types::PlanOutcome) -> wit::PlanOutcome {
     match outcome {
         core_types::PlanOutcome::Send(requests) => {
@@ -135,9 +140,13 @@ fn from_wit_request(r: wit::Request) -> Option<core_types::Request> {
         body: r.body,
         key: r.key,
         audiences: r.audiences,
+        purpose: core_types::Purpose::Update,
+        recall: None,
+        context: String::new(),
     })
 }
 
 outreach_core::wit_conversions!();
+outreach_core::wit_conversions_before_steps!();
 
 export!(Component);

@@ -58,6 +58,9 @@ pub struct Faults {
 pub struct SimulatorConfig {
     /// Prospects that exist from the start.
     pub prospect_ids: RangeInclusive<u64>,
+    /// Email addresses of prospects that exist from the start (their ids
+    /// among `prospect_ids`).
+    pub prospect_emails: Vec<(u64, String)>,
     /// Requests per user per window.
     pub rate_limit: u32,
     pub rate_window: Duration,
@@ -85,6 +88,7 @@ impl Default for SimulatorConfig {
     fn default() -> Self {
         Self {
             prospect_ids: 1..=10_000,
+            prospect_emails: Vec::new(),
             rate_limit: 10_000,
             rate_window: Duration::from_secs(3_600),
             rate_window_kind: RateWindowKind::default(),
@@ -106,6 +110,13 @@ pub struct Stats {
     pub requests: u64,
     /// Updates applied to the store.
     pub updates_applied: u64,
+    /// Lists of prospects answered (lookups by email among them).
+    pub lookups: u64,
+    /// Prospects created.
+    pub creates: u64,
+    /// Creates and updates refused because the email is another
+    /// prospect's (Outreach keeps one prospect per email).
+    pub duplicates_refused: u64,
     pub unauthorized: u64,
     pub rate_limited: u64,
     pub injected_errors: u64,
@@ -132,6 +143,8 @@ pub struct Sent {
 
 struct Store {
     prospects: BTreeMap<u64, Map<String, Value>>,
+    /// Which prospect holds each email (normalised).
+    emails: HashMap<String, u64>,
     tokens: HashMap<String, oauth::Issued>,
     oauth: oauth::OAuthState,
     windows: HashMap<String, RateWindow>,
@@ -169,14 +182,22 @@ pub struct Simulator {
 impl Simulator {
     /// Starts serving on `addr` (port 0 picks a free port).
     pub async fn start(config: SimulatorConfig, addr: SocketAddr) -> std::io::Result<Self> {
-        let prospects = config
+        let mut prospects: BTreeMap<u64, Map<String, Value>> = config
             .prospect_ids
             .clone()
             .map(|id| (id, seed_prospect(id)))
             .collect();
+        let mut emails = HashMap::new();
+        for (id, email) in &config.prospect_emails {
+            if let Some(prospect) = prospects.get_mut(id) {
+                prospect.insert("emails".into(), json!([email]));
+                emails.insert(prospects::normalised(email), *id);
+            }
+        }
         let shared = Arc::new(Shared {
             store: Mutex::new(Store {
                 prospects,
+                emails,
                 tokens: config
                     .tokens
                     .iter()
@@ -202,6 +223,10 @@ impl Simulator {
             next_token: AtomicU64::new(1),
         });
         let app = Router::new()
+            .route(
+                "/api/v2/prospects",
+                get(prospects::list_prospects).post(prospects::create_prospect),
+            )
             .route(
                 "/api/v2/prospects/{id}",
                 get(prospects::get_prospect).patch(prospects::patch_prospect),
@@ -272,6 +297,28 @@ impl Simulator {
     }
 
     /// A prospect's attributes as the store holds them.
+    /// The prospects that hold `email` (Outreach allows one at most; a
+    /// test counts them to prove it).
+    pub fn prospects_with_email(&self, email: &str) -> Vec<u64> {
+        let email = prospects::normalised(email);
+        self.shared
+            .store()
+            .prospects
+            .iter()
+            .filter(|(_, attributes)| {
+                attributes
+                    .get("emails")
+                    .and_then(Value::as_array)
+                    .is_some_and(|all| {
+                        all.iter()
+                            .filter_map(Value::as_str)
+                            .any(|e| prospects::normalised(e) == email)
+                    })
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     pub fn prospect(&self, id: u64) -> Option<Map<String, Value>> {
         self.shared.store().prospects.get(&id).cloned()
     }

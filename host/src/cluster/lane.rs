@@ -17,7 +17,7 @@ use super::runs::Unflushed;
 use super::{ClusterDestination, ClusterError, Context, layout};
 use crate::delivery::Handle;
 use crate::queue::WorkQueue;
-use crate::queue::{Attempt, Claim, Disposition, RunId};
+use crate::queue::{Attempt, Claim, Disposition, Learned, RunId};
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
@@ -192,5 +192,61 @@ impl WorkQueue for Lane {
 
     async fn release(&self, claim: Claim) {
         lock(&self.pending).release(&claim);
+    }
+
+    async fn recall(&self, name: String) -> Result<Option<String>, ClusterError> {
+        let key = layout::fact_key(&self.member.name, &name);
+        let value = self
+            .books
+            .ctx
+            .buckets
+            .facts
+            .get(&key)
+            .await
+            .map_err(|e| ClusterError::Nats(format!("fact {name:?} not read: {e}")))?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    async fn learn(&self, learned: Learned) -> Result<(), ClusterError> {
+        let facts = &self.books.ctx.buckets.facts;
+        for name in &learned.forget {
+            facts
+                .delete(layout::fact_key(&self.member.name, name))
+                .await
+                .map_err(|e| ClusterError::Nats(format!("fact {name:?} not forgotten: {e}")))?;
+        }
+        for fact in learned.remember {
+            facts
+                .put(
+                    layout::fact_key(&self.member.name, &fact.name),
+                    fact.value.into_bytes().into(),
+                )
+                .await
+                .map_err(|e| {
+                    ClusterError::Nats(format!("fact {:?} not remembered: {e}", fact.name))
+                })?;
+        }
+        Ok(())
+    }
+
+    /// The step is held in memory like the update; should this owner die,
+    /// the intake message is delivered again and its record planned from
+    /// the first step, which the remembered facts and the component's
+    /// handling of a create refused as taken make safe to repeat.
+    async fn step(
+        &self,
+        claim: Claim,
+        next: Request,
+        learned: Learned,
+    ) -> Result<(), ClusterError> {
+        self.learn(learned).await?;
+        if lock(&self.pending).step(&claim, next) {
+            Ok(())
+        } else {
+            Err(ClusterError::Nats(format!(
+                "key {} is no longer held",
+                claim.key
+            )))
+        }
     }
 }

@@ -16,6 +16,7 @@
 //! | rate budgets handed over | bucket `outreach_budgets`, key = account |
 //! | progress handed over | bucket `outreach_progress`, key `pPPP` |
 //! | run counts | bucket `outreach_runs`, key `<destination>.<period start ms>` |
+//! | what destinations remember | bucket `outreach_facts`, key `<destination>.<fact name in hex>` |
 //! | the cluster's shape | bucket `outreach_cluster`, key `layout` |
 
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub const BUDGETS: &str = "outreach_budgets";
 pub const PROGRESS: &str = "outreach_progress";
 pub const RUNS: &str = "outreach_runs";
 pub const RECEIPTS: &str = "outreach_receipts";
+pub const FACTS: &str = "outreach_facts";
 pub const SHAPE: &str = "outreach_cluster";
 
 /// Headers of an intake message.
@@ -261,6 +263,13 @@ pub fn run_key(destination: &str, period_ms: u64) -> String {
     format!("{destination}.{period_ms}")
 }
 
+/// A remembered fact's key: a fact's name (an email address, say) may hold
+/// any character, a key only a few.
+pub fn fact_key(destination: &str, name: &str) -> String {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("{destination}.{hex}")
+}
+
 /// The buckets a worker uses.
 #[derive(Clone)]
 pub struct Buckets {
@@ -272,6 +281,9 @@ pub struct Buckets {
     pub runs: kv::Store,
     /// Idempotency receipts, for the intake stream's duplicate window.
     pub receipts: kv::Store,
+    /// What destinations of several steps remember (which object a key
+    /// belongs to).
+    pub facts: kv::Store,
 }
 
 fn failed(what: &str) -> impl Fn(String) -> ClusterError + '_ {
@@ -373,6 +385,7 @@ pub async fn ensure(
         progress: bucket(js, PROGRESS, Duration::ZERO, 1, replicas).await?,
         runs: bucket(js, RUNS, Duration::from_secs(30 * 86_400), 1, replicas).await?,
         receipts: bucket(js, RECEIPTS, settings.duplicate_window, 1, replicas).await?,
+        facts: bucket(js, FACTS, Duration::ZERO, 1, replicas).await?,
     })
 }
 

@@ -263,6 +263,22 @@ impl Pending {
         queue.updates.front().map(|u| u.request.clone())
     }
 
+    /// The claimed update's delivery moved on to its next step: `next` is
+    /// its request now (the records stay with it, the key stays taken).
+    pub fn step(&mut self, claim: &Claim, next: Request) -> bool {
+        self.last_revision += 1;
+        let revision = self.last_revision;
+        let Some(update) = self
+            .owned(claim)
+            .and_then(|queue| queue.updates.front_mut())
+        else {
+            return false;
+        };
+        update.request = next;
+        update.revision = revision;
+        true
+    }
+
     /// The claimed update has its verdict: the records it carried.
     pub fn finish(&mut self, claim: &Claim) -> Vec<RecordRef> {
         let Some(queue) = self.owned(claim) else {

@@ -31,6 +31,12 @@ pub struct RunDelta {
     pub rejected: u64,
     pub skipped: u64,
     pub requests_sent: u64,
+    /// Of the requests sent, the lookups and creates (absent from runs
+    /// stored by workers before they were counted).
+    #[serde(default)]
+    pub lookups_sent: u64,
+    #[serde(default)]
+    pub creates_sent: u64,
     pub rate_limited: u64,
     pub retries: u64,
     pub credential_refreshes: u64,
@@ -61,6 +67,8 @@ impl RunDelta {
         self.rejected += other.rejected;
         self.skipped += other.skipped;
         self.requests_sent += other.requests_sent;
+        self.lookups_sent += other.lookups_sent;
+        self.creates_sent += other.creates_sent;
         self.rate_limited += other.rate_limited;
         self.retries += other.retries;
         self.credential_refreshes += other.credential_refreshes;
@@ -166,6 +174,8 @@ impl Unflushed {
     pub(crate) fn add_requests(&self, destination: &str, requests: &RunStats) {
         let now = RunDelta {
             requests_sent: requests.requests_sent,
+            lookups_sent: requests.lookups_sent,
+            creates_sent: requests.creates_sent,
             rate_limited: requests.rate_limited,
             retries: requests.retries,
             credential_refreshes: requests.credential_refreshes,
@@ -175,6 +185,8 @@ impl Unflushed {
         let before = seen.entry(destination.to_owned()).or_default();
         let delta = RunDelta {
             requests_sent: now.requests_sent - before.requests_sent,
+            lookups_sent: now.lookups_sent - before.lookups_sent,
+            creates_sent: now.creates_sent - before.creates_sent,
             rate_limited: now.rate_limited - before.rate_limited,
             retries: now.retries - before.retries,
             credential_refreshes: now.credential_refreshes - before.credential_refreshes,

@@ -6,23 +6,48 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use destination_types::{Purpose, Request};
 use rand::Rng;
 
 use crate::queue::WorkQueue;
-use crate::queue::{Attempt, Disposition, RunId};
+use crate::queue::{Attempt, Disposition, Learned, RunId};
 
 use super::Credentials;
 use super::control::Control;
 use super::driver::Driver;
 use super::retry::{Action, Attempts, Event};
 
+/// How many times a request may be replaced by what a remembered fact
+/// makes of it before it is sent (the contract's bound).
+const MAX_RECALLS: usize = 8;
+
 /// What the workers counted.
 #[derive(Default)]
 pub(crate) struct Counters {
+    /// Every request sent, whatever it did.
     pub requests_sent: AtomicU64,
+    /// Of those, the steps a delivery took before its update: lookups
+    /// and creates.
+    pub lookups_sent: AtomicU64,
+    pub creates_sent: AtomicU64,
     pub rate_limited: AtomicU64,
     pub retries: AtomicU64,
     pub refreshes: AtomicU64,
+}
+
+impl Counters {
+    fn sent(&self, purpose: Purpose) {
+        self.requests_sent.fetch_add(1, Ordering::Relaxed);
+        match purpose {
+            Purpose::Update => {}
+            Purpose::Lookup => {
+                self.lookups_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Purpose::Create => {
+                self.creates_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// A worker's view of its driver, with the stop of the workers' current
@@ -92,6 +117,29 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
         true
     }
 
+    /// `request`, or what the component makes of it once the fact it
+    /// recalls is known (repeated while the answer recalls another known
+    /// fact, up to [`MAX_RECALLS`] times).
+    async fn recalled(&self, mut request: Request) -> Result<Request, String> {
+        for _ in 0..MAX_RECALLS {
+            let Some(name) = request.recall.clone() else {
+                break;
+            };
+            let value = match self.driver.queue.recall(name).await {
+                Ok(Some(value)) => value,
+                Ok(None) => break,
+                Err(e) => return Err(format!("the journal failed: {e}")),
+            };
+            request = self
+                .driver
+                .guest
+                .recall(&request, &value)
+                .await
+                .map_err(|e| format!("the component failed to recall a fact: {e}"))?;
+        }
+        Ok(request)
+    }
+
     /// Sends the attempt's request until it has a verdict; `None` when the
     /// run stopped first. Whenever it has to wait (for the limiter, a
     /// retry, a refresh) the attempt is let go of, so newer updates merge
@@ -145,11 +193,16 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                     }
                 }
             };
-            self.driver
-                .handle
-                .counters
-                .requests_sent
-                .fetch_add(1, Ordering::Relaxed);
+            // What the destination remembers may stand in for a step.
+            let request = match self.recalled(request).await {
+                Ok(request) => request,
+                Err(why) => {
+                    self.driver.queue.attempt_failed(claim.clone()).await;
+                    self.control.stop_run(why);
+                    return None;
+                }
+            };
+            self.driver.handle.counters.sent(request.purpose);
             // Stopping abandons a request on the wire: it stays queued, and
             // is sent again (at-least-once).
             let Some(sent) = self
@@ -160,6 +213,7 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 self.driver.queue.attempt_failed(claim.clone()).await;
                 return None;
             };
+            let mut learned = Learned::default();
             let (event, response) = match sent {
                 Err(violation) => (Event::Refused(violation.to_string()), None),
                 Ok(Err(transport)) => {
@@ -175,6 +229,10 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                     {
                         Ok(classification) => {
                             permit.observe(&classification.budget);
+                            learned = Learned {
+                                remember: classification.remember,
+                                forget: classification.forget,
+                            };
                             let event = Event::Classified {
                                 verdict: classification.verdict,
                                 status: response.status,
@@ -196,11 +254,28 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 jitter,
             );
             if let Action::Finish(verdict) = action {
+                if let Err(e) = self.driver.queue.learn(learned).await {
+                    self.control.stop_run(format!("the journal failed: {e}"));
+                    return None;
+                }
                 return Some(verdict);
+            }
+            if let Action::Continue(next) = action {
+                if let Err(e) = self
+                    .driver
+                    .queue
+                    .step(claim.clone(), (*next).clone(), learned)
+                    .await
+                {
+                    self.control.stop_run(format!("the journal failed: {e}"));
+                    return None;
+                }
+                on_the_wire = Some(*next);
+                continue;
             }
             self.driver.queue.attempt_failed(claim.clone()).await;
             match action {
-                Action::Finish(_) => unreachable!("returned above"),
+                Action::Finish(_) | Action::Continue(_) => unreachable!("handled above"),
                 Action::RetryAfter(wait) => {
                     self.driver
                         .handle

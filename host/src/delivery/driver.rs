@@ -104,6 +104,8 @@ impl Handle {
         let counters = &self.counters;
         RunStats {
             requests_sent: counters.requests_sent.load(Ordering::Relaxed),
+            lookups_sent: counters.lookups_sent.load(Ordering::Relaxed),
+            creates_sent: counters.creates_sent.load(Ordering::Relaxed),
             rate_limited: counters.rate_limited.load(Ordering::Relaxed),
             retries: counters.retries.load(Ordering::Relaxed),
             credential_refreshes: counters.refreshes.load(Ordering::Relaxed),

@@ -54,13 +54,21 @@ pub enum Action {
     StopForLogin(String),
     /// Stop the run for everyone (the string says why).
     Stop(String),
+    /// The delivery moved on: send this request next, in the update's
+    /// place.
+    Continue(Box<Request>),
 }
+
+/// Steps one delivery may take before its record is rejected: a component
+/// that keeps answering "continue" would otherwise hold its key forever.
+pub const MAX_STEPS: u32 = 16;
 
 /// The state of one update's attempts.
 #[derive(Debug, Default)]
 pub struct Attempts {
     failures: u32,
     refreshed: bool,
+    steps: u32,
 }
 
 impl Attempts {
@@ -123,6 +131,23 @@ impl Attempts {
                     "the API refused the credentials even after a refresh; run `outreach-host login` again".into(),
                 ),
                 Verdict::Fatal(why) => Action::Stop(why),
+                Verdict::Continue(_) if self.steps + 1 >= MAX_STEPS => Action::Finish(rejected(
+                    "too-many-steps",
+                    format!(
+                        "the delivery took {MAX_STEPS} steps without an end; the last request was {} {}",
+                        request.method.as_str(),
+                        request.path
+                    ),
+                    request,
+                    response,
+                )),
+                Verdict::Continue(next) => {
+                    // A new request: its own failures and refresh.
+                    self.steps += 1;
+                    self.failures = 0;
+                    self.refreshed = false;
+                    Action::Continue(next)
+                }
             },
         }
     }

@@ -47,6 +47,10 @@ pub struct Summary {
     /// Records of any run still queued in the journal at the end.
     pub pending: u64,
     pub requests_sent: u64,
+    /// Of the requests sent, the lookups and creates: steps a delivery
+    /// took before (or instead of) updating (matching by email).
+    pub lookups_sent: u64,
+    pub creates_sent: u64,
     /// 429 responses received (each was waited out and retried).
     pub rate_limited: u64,
     /// Resends after transient failures.
@@ -95,6 +99,8 @@ impl Summary {
             input_already_journaled: extras.input_already_journaled,
             pending: extras.pending,
             requests_sent: record.requests_sent,
+            lookups_sent: record.lookups_sent,
+            creates_sent: record.creates_sent,
             rate_limited: record.rate_limited,
             retries: record.retries,
             credential_refreshes: record.credential_refreshes,

@@ -63,9 +63,10 @@ pub enum LoadError {
     Invalid { path: PathBuf, reason: String },
     #[error(
         "{path} implements {PACKAGE}@{found}, which this host cannot run: it supports \
-         {PACKAGE}@{} and {PACKAGE}@{LATEST} and their compatible versions (^{}, ^{LATEST}); \
-         use a host built for {found}, or rebuild the component against {LATEST}",
-        SUPPORTED[0], SUPPORTED[0]
+         {PACKAGE}@{}, {PACKAGE}@{} and {PACKAGE}@{LATEST} and their compatible versions \
+         (^{}, ^{}, ^{LATEST}); use a host built for {found}, or rebuild the component \
+         against {LATEST}",
+        SUPPORTED[0], SUPPORTED[1], SUPPORTED[0], SUPPORTED[1]
     )]
     IncompatibleVersion { path: PathBuf, found: String },
     #[error("cannot set up the WebAssembly engine: {0}")]
@@ -312,6 +313,12 @@ impl Runtime {
         self.loaded.version.can_merge()
     }
 
+    /// Whether the component's contract lets a delivery take several
+    /// steps (0.3 and later).
+    pub fn takes_steps(&self) -> bool {
+        self.loaded.version.takes_steps()
+    }
+
     /// The component's static description (read when it was loaded).
     pub fn describe(&self) -> &types::Descriptor {
         &self.loaded.descriptor
@@ -479,6 +486,16 @@ impl Configured {
             return Ok(None);
         }
         self.call(|instance, store| instance.merge(store, older, newer))
+    }
+
+    /// The request to send instead of `request`, whose recalled fact is
+    /// known to be `value` (contracts before 0.3: `request` itself).
+    pub fn recall(
+        &mut self,
+        request: &types::Request,
+        value: &str,
+    ) -> Result<types::Request, GuestError> {
+        self.call(|instance, store| instance.recall(store, request, value))
     }
 }
 

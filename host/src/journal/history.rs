@@ -44,7 +44,8 @@ impl Journal {
             conn.execute(
                 "UPDATE runs SET ended_ms = ?2, status = ?3, requests_sent = requests_sent + ?4,
                     rate_limited = rate_limited + ?5, retries = retries + ?6,
-                    credential_refreshes = credential_refreshes + ?7, resumed = ?8, fatal = ?9
+                    credential_refreshes = credential_refreshes + ?7, resumed = ?8, fatal = ?9,
+                    lookups_sent = lookups_sent + ?10, creates_sent = creates_sent + ?11
                  WHERE id = ?1",
                 params![
                     run,
@@ -55,7 +56,9 @@ impl Journal {
                     stats.retries as i64,
                     stats.credential_refreshes as i64,
                     resumed as i64,
-                    fatal
+                    fatal,
+                    stats.lookups_sent as i64,
+                    stats.creates_sent as i64
                 ],
             )
             .map(drop)
@@ -138,7 +141,7 @@ impl Journal {
 
 const RUN_COLUMNS: &str = "id, kind, status, started_ms, ended_ms, destination, api_base, input,
     received, delivered, rejected, skipped, updates_delivered, coalesced, requests_sent,
-    rate_limited, retries, credential_refreshes, resumed, fatal";
+    rate_limited, retries, credential_refreshes, resumed, fatal, lookups_sent, creates_sent";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
@@ -161,6 +164,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         updates_delivered: n(12)?,
         coalesced: n(13)?,
         requests_sent: n(14)?,
+        lookups_sent: n(20)?,
+        creates_sent: n(21)?,
         rate_limited: n(15)?,
         retries: n(16)?,
         credential_refreshes: n(17)?,

@@ -6,6 +6,17 @@ use super::*;
 use crate::queue::Disposition;
 use serde_json::json;
 
+/// Updates as schemas up to 6 kept them: one request each, no facts, and
+/// runs that did not count lookups and creates.
+const SCHEMA_6_UPDATES: &str = "
+ALTER TABLE runs DROP COLUMN lookups_sent;
+ALTER TABLE runs DROP COLUMN creates_sent;
+DROP TABLE facts;
+ALTER TABLE updates DROP COLUMN purpose;
+ALTER TABLE updates DROP COLUMN recall;
+ALTER TABLE updates DROP COLUMN context;
+";
+
 /// Records as schemas up to 5 kept them: their audiences a JSON array in
 /// their `sources` row.
 const SCHEMA_5_SOURCES: &str = "
@@ -74,6 +85,7 @@ fn a_journal_of_schema_4_keeps_every_queued_request_exactly_as_columns() {
         // update (seq 3).
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_6_UPDATES)?;
                 conn.execute_batch(SCHEMA_5_SOURCES)?;
                 conn.execute_batch(SCHEMA_4_UPDATES)?;
                 conn.execute_batch(
@@ -127,6 +139,7 @@ fn a_journal_of_schema_2_gains_the_receipts_and_keeps_its_queue() {
         // As a host of schema 2 left it.
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_6_UPDATES)?;
                 conn.execute_batch(SCHEMA_5_SOURCES)?;
                 conn.execute_batch(SCHEMA_4_UPDATES)?;
                 conn.execute_batch(
@@ -165,6 +178,7 @@ fn a_journal_of_schema_3_keeps_its_receipts_and_gains_their_digests() {
         // As a host of schema 3 left it: a receipt without a digest.
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_6_UPDATES)?;
                 conn.execute_batch(SCHEMA_5_SOURCES)?;
                 conn.execute_batch(SCHEMA_4_UPDATES)?;
                 conn.execute_batch(
@@ -216,6 +230,7 @@ fn a_journal_of_schema_5_keeps_the_audiences_of_every_queued_record() {
         // As a host of schema 5 left it.
         journal
             .with(|conn| {
+                conn.execute_batch(SCHEMA_6_UPDATES)?;
                 conn.execute_batch(SCHEMA_5_SOURCES)?;
                 conn.execute_batch("PRAGMA user_version = 5;")
             })
@@ -261,6 +276,53 @@ fn a_journal_of_schema_5_keeps_the_audiences_of_every_queued_record() {
         left, 0,
         "a delivered record's audiences are removed with it"
     );
+    drop(journal);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_journal_of_schema_6_keeps_its_queue_as_updates_and_remembers_nothing_yet() {
+    let dir = fresh_dir("v6");
+    let path = dir.join("journal.sqlite");
+    let run = {
+        let journal = Journal::open(&path).unwrap();
+        let run = journal
+            .start_run("run", "test", "http://127.0.0.1/api/v2", None)
+            .unwrap();
+        let batch = vec![
+            incoming(1, patch(1, json!({"a": 1}), &["aud-1"])),
+            incoming(2, patch(2, json!({"b": 2}), &[])),
+        ];
+        journal.ingest(run, batch, None, &merge).unwrap();
+        // As a host of schema 6 left it.
+        journal
+            .with(|conn| {
+                conn.execute_batch(SCHEMA_6_UPDATES)?;
+                conn.execute_batch("PRAGMA user_version = 6;")
+            })
+            .unwrap();
+        run
+    };
+    let journal = Journal::open(&path).unwrap();
+    let version: i64 = journal
+        .with(|conn| conn.query_row("PRAGMA user_version", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let mut sent = Vec::new();
+    while let Some(attempt) = journal.take(run, &merge).unwrap() {
+        sent.push(attempt.request.clone());
+        journal
+            .finish(&attempt.claim, &Disposition::Delivered, run)
+            .unwrap();
+    }
+    assert_eq!(
+        sent,
+        [
+            patch(1, json!({"a": 1}), &["aud-1"]),
+            patch(2, json!({"b": 2}), &[])
+        ]
+    );
+    assert_eq!(journal.recall("email:ada@example.com").unwrap(), None);
     drop(journal);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -19,11 +19,13 @@
 //!
 //! One module per concern: `store` (opening, locking, integrity, schema),
 //! `ingest` (a planned batch into the queue), `updates` (claims, attempts,
-//! verdicts), `requests` and `sources` (a queued update's rows), `history`
+//! verdicts), `facts` (what a destination remembers; a delivery's next
+//! step), `requests` and `sources` (a queued update's rows), `history`
 //! (runs and their counts), `letters` (dead letters), `checkpoints` (input
 //! positions); this file holds the types and the group commit.
 
 mod checkpoints;
+mod facts;
 mod history;
 mod ingest;
 mod letters;
@@ -135,6 +137,10 @@ pub struct Counts {
 #[derive(Clone, Debug, Default)]
 pub struct RunStats {
     pub requests_sent: u64,
+    /// Of the requests sent, the lookups and creates (steps a delivery
+    /// took before its update).
+    pub lookups_sent: u64,
+    pub creates_sent: u64,
     pub rate_limited: u64,
     pub retries: u64,
     pub credential_refreshes: u64,
@@ -160,6 +166,9 @@ pub struct RunRecord {
     /// Records merged into an update already queued for the same key.
     pub coalesced: u64,
     pub requests_sent: u64,
+    /// Of the requests sent, the lookups and creates.
+    pub lookups_sent: u64,
+    pub creates_sent: u64,
     pub rate_limited: u64,
     pub retries: u64,
     pub credential_refreshes: u64,

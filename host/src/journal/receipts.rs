@@ -191,14 +191,17 @@ impl Journal {
         self.with(|conn| {
             conn.execute(
                 "UPDATE runs SET requests_sent = requests_sent + ?2, rate_limited = rate_limited + ?3,
-                    retries = retries + ?4, credential_refreshes = credential_refreshes + ?5
+                    retries = retries + ?4, credential_refreshes = credential_refreshes + ?5,
+                    lookups_sent = lookups_sent + ?6, creates_sent = creates_sent + ?7
                  WHERE id = ?1",
                 params![
                     run,
                     stats.requests_sent as i64,
                     stats.rate_limited as i64,
                     stats.retries as i64,
-                    stats.credential_refreshes as i64
+                    stats.credential_refreshes as i64,
+                    stats.lookups_sent as i64,
+                    stats.creates_sent as i64
                 ],
             )
             .map(drop)

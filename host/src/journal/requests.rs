@@ -1,36 +1,25 @@
 //! A queued update's request as the journal stores it: a row of
-//! `updates` with its method, path, key, headers (`name: value` lines)
-//! and body as columns, and its audiences in `update_audiences` — stored
-//! and read back without a JSON pass.
+//! `updates` with its method, path, key, headers (`name: value` lines),
+//! body, purpose, recall and context as columns, and its audiences in
+//! `update_audiences` — stored and read back without a JSON pass.
 
 use std::path::Path;
 
-use destination_types::{Header, Method, Request};
+use destination_types::{Header, Method, Purpose, Request};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::JournalError;
 
-pub(super) const INSERT_UPDATE: &str =
-    "INSERT INTO updates(key, method, path, headers, body) VALUES (?1, ?2, ?3, ?4, ?5)";
-const REWRITE_UPDATE: &str =
-    "UPDATE updates SET method = ?2, path = ?3, headers = ?4, body = ?5 WHERE seq = ?1";
+pub(super) const INSERT_UPDATE: &str = "INSERT INTO updates(key, method, path, headers, body, purpose, recall, context) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const REWRITE_UPDATE: &str = "UPDATE updates SET method = ?2, path = ?3, headers = ?4, body = ?5, purpose = ?6, recall = ?7, context = ?8 WHERE seq = ?1";
 pub(super) const REQUEST_OF: &str =
-    "SELECT key, method, path, headers, body FROM updates WHERE seq = ?1";
+    "SELECT key, method, path, headers, body, purpose, recall, context FROM updates WHERE seq = ?1";
 pub(super) const AUDIENCES_OF: &str =
     "SELECT audience FROM update_audiences WHERE seq = ?1 ORDER BY position";
 const INSERT_AUDIENCE: &str =
     "INSERT INTO update_audiences(seq, position, audience) VALUES (?1, ?2, ?3)";
 const DELETE_AUDIENCES: &str = "DELETE FROM update_audiences WHERE seq = ?1";
 pub(super) const DELETE_UPDATE: &str = "DELETE FROM updates WHERE seq = ?1";
-
-fn method_name(method: Method) -> &'static str {
-    match method {
-        Method::Get => "GET",
-        Method::Post => "POST",
-        Method::Put => "PUT",
-        Method::Patch => "PATCH",
-    }
-}
 
 fn method_of(name: &str) -> Option<Method> {
     Some(match name {
@@ -40,6 +29,12 @@ fn method_of(name: &str) -> Option<Method> {
         "PATCH" => Method::Patch,
         _ => return None,
     })
+}
+
+fn purpose_of(name: &str) -> Option<Purpose> {
+    [Purpose::Update, Purpose::Lookup, Purpose::Create]
+        .into_iter()
+        .find(|p| p.as_str() == name)
 }
 
 fn bad_row(path: &Path, detail: String) -> JournalError {
@@ -107,7 +102,8 @@ fn headers_of_text(text: &str, path: &Path) -> Result<Vec<Header>, JournalError>
 }
 
 /// The request a row holds, its audiences read from `update_audiences`;
-/// `row` has `key, method, path, headers, body` from column `first` on.
+/// `row` has `key, method, path, headers, body, purpose, recall, context`
+/// from column `first` on.
 pub(super) fn request_of_row(
     conn: &Connection,
     seq: i64,
@@ -120,7 +116,14 @@ pub(super) fn request_of_row(
     };
     let method = column(1)?;
     let headers = column(3)?;
+    let purpose = column(5)?;
     Ok(Request {
+        purpose: purpose_of(&purpose)
+            .ok_or_else(|| bad_row(path, format!("unknown purpose {purpose:?}")))?,
+        recall: row
+            .get::<_, Option<String>>(first + 6)
+            .map_err(sqlite(path))?,
+        context: column(7)?,
         key: column(0)?,
         method: method_of(&method)
             .ok_or_else(|| bad_row(path, format!("unknown method {method:?}")))?,
@@ -182,10 +185,13 @@ pub(super) fn insert_update(
         .and_then(|mut s| {
             s.execute(params![
                 request.key,
-                method_name(request.method),
+                request.method.as_str(),
                 request.path,
                 headers,
-                request.body
+                request.body,
+                request.purpose.as_str(),
+                request.recall,
+                request.context
             ])
         })
         .map_err(sqlite(path))?;
@@ -206,10 +212,13 @@ pub(super) fn store_request(
         .and_then(|mut s| {
             s.execute(params![
                 seq,
-                method_name(request.method),
+                request.method.as_str(),
                 request.path,
                 headers,
-                request.body
+                request.body,
+                request.purpose.as_str(),
+                request.recall,
+                request.context
             ])
         })
         .map_err(sqlite(path))?;

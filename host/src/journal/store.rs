@@ -18,7 +18,7 @@ const APPLICATION_ID: i64 = 0x4F52_434A;
 /// Prepared statements kept per connection.
 const STATEMENT_CACHE: usize = 128;
 
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE runs(
@@ -37,6 +37,8 @@ CREATE TABLE runs(
     updates_delivered INTEGER NOT NULL DEFAULT 0,
     coalesced INTEGER NOT NULL DEFAULT 0,
     requests_sent INTEGER NOT NULL DEFAULT 0,
+    lookups_sent INTEGER NOT NULL DEFAULT 0,
+    creates_sent INTEGER NOT NULL DEFAULT 0,
     rate_limited INTEGER NOT NULL DEFAULT 0,
     retries INTEGER NOT NULL DEFAULT 0,
     credential_refreshes INTEGER NOT NULL DEFAULT 0,
@@ -64,9 +66,16 @@ CREATE TABLE updates(
     method TEXT NOT NULL,
     path TEXT NOT NULL,
     headers TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    purpose TEXT NOT NULL DEFAULT 'update',
+    recall TEXT,
+    context TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX updates_by_key ON updates(key, seq);
+CREATE TABLE facts(
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE update_audiences(
     seq INTEGER NOT NULL,
     position INTEGER NOT NULL,
@@ -125,6 +134,23 @@ CREATE TABLE receipts(
     digest TEXT
 ) WITHOUT ROWID;
 CREATE INDEX receipts_by_age ON receipts(received_ms);
+";
+
+/// From schema 6: a request may be one step of a delivery of several
+/// (its purpose, the fact it recalls, what it carries to the next step),
+/// and the destination's remembered facts have a table; runs count the
+/// lookups and creates among their requests.
+const MIGRATE_FROM_6: &str = "
+ALTER TABLE runs ADD COLUMN lookups_sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN creates_sent INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE updates ADD COLUMN purpose TEXT NOT NULL DEFAULT 'update';
+ALTER TABLE updates ADD COLUMN recall TEXT;
+ALTER TABLE updates ADD COLUMN context TEXT NOT NULL DEFAULT '';
+CREATE TABLE facts(
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+PRAGMA user_version = 7;
 ";
 
 /// From schema 5: a record's audiences are rows of their own instead of
@@ -440,6 +466,7 @@ impl Journal {
                 MIGRATE_FROM_3,
                 MIGRATE_FROM_4,
                 MIGRATE_FROM_5,
+                MIGRATE_FROM_6,
             ];
             let from = usize::try_from(version - 1).unwrap_or(0);
             let steps = steps[from.min(steps.len())..].join(" ");

@@ -22,6 +22,9 @@ pub(super) fn patch(id: u64, attributes: Value, audiences: &[&str]) -> Request {
         body: attributes.to_string(),
         key: id.to_string(),
         audiences: audiences.iter().map(|a| a.to_string()).collect(),
+        purpose: Default::default(),
+        recall: None,
+        context: String::new(),
     }
 }
 
@@ -589,4 +592,69 @@ fn a_stream_run_per_period_and_api_base() {
     assert_eq!(journal.run(moved).unwrap().status, "closed");
     assert_eq!(journal.run(next).unwrap().status, "receiving");
     assert_eq!(journal.run(other).unwrap().status, "receiving");
+}
+
+#[test]
+fn a_step_becomes_the_claimed_update_with_what_it_taught_and_both_survive_a_reopen() {
+    let dir = fresh_dir("step");
+    let path = dir.join("journal.sqlite");
+    let journal = Journal::open(&path).unwrap();
+    let run = journal
+        .start_run("run", "test", "http://127.0.0.1/api/v2", None)
+        .unwrap();
+    let mut lookup = patch(1, json!({}), &["aud-1"]);
+    lookup.method = Method::Get;
+    lookup.purpose = destination_types::Purpose::Lookup;
+    lookup.recall = Some("email:ada@example.com".into());
+    lookup.context = r#"{"email":"ada@example.com"}"#.into();
+    journal
+        .ingest(run, vec![incoming(1, lookup)], None, &merge)
+        .unwrap();
+    let attempt = journal.take(run, &merge).unwrap().unwrap();
+    let mut update = patch(1, json!({"a": 1}), &["aud-1"]);
+    update.context = r#"{"email":"ada@example.com"}"#.into();
+    let learned = crate::queue::Learned {
+        remember: vec![destination_types::Fact {
+            name: "email:ada@example.com".into(),
+            value: "42".into(),
+        }],
+        forget: vec!["email:gone@example.com".into()],
+    };
+    journal.step(&attempt.claim, &update, &learned).unwrap();
+    assert_eq!(
+        journal.recall("email:ada@example.com").unwrap().as_deref(),
+        Some("42")
+    );
+    // Killed before the step's answer: the step and the fact are what a
+    // new process finds.
+    journal.flush().unwrap();
+    drop(journal);
+    let journal = Journal::open(&path).unwrap();
+    let received = run;
+    let run = journal
+        .start_run("resume", "test", "http://127.0.0.1/api/v2", None)
+        .unwrap();
+    let again = journal.take(run, &merge).unwrap().unwrap();
+    assert_eq!(again.request, update);
+    assert_eq!(
+        journal.recall("email:ada@example.com").unwrap().as_deref(),
+        Some("42")
+    );
+    journal
+        .learn(&crate::queue::Learned {
+            remember: vec![],
+            forget: vec!["email:ada@example.com".into()],
+        })
+        .unwrap();
+    assert_eq!(journal.recall("email:ada@example.com").unwrap(), None);
+    // The record stayed with its update through the step, and counts in
+    // the run that received it.
+    journal
+        .finish(&again.claim, &Disposition::Delivered, run)
+        .unwrap();
+    journal.flush().unwrap();
+    let record = journal.run(received).unwrap();
+    assert_eq!(record.audiences["aud-1"].delivered, 1, "{record:?}");
+    drop(journal);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

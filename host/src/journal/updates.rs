@@ -20,7 +20,7 @@ use crate::queue::fold_chain;
 // The statements run for every update (named so the test of their plans
 // can find them in the statement cache).
 pub(super) const NEXT_QUEUED: &str = "SELECT seq, key FROM updates WHERE seq > ?1 ORDER BY seq";
-pub(super) const LATER_FOR_KEY: &str = "SELECT seq, key, method, path, headers, body FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq";
+pub(super) const LATER_FOR_KEY: &str = "SELECT seq, key, method, path, headers, body, purpose, recall, context FROM updates WHERE key = ?1 AND seq > ?2 ORDER BY seq";
 pub(super) const FIRST_FOR_KEY: &str =
     "SELECT seq FROM updates WHERE key = ?1 ORDER BY seq LIMIT 1";
 

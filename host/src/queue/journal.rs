@@ -13,8 +13,8 @@ use destination_types::Request;
 use tokio::sync::oneshot;
 
 use super::{
-    Attempt, Claim, Combiner, Disposition, Incoming, IngestReport, Queue, RunEnd, RunId, RunStart,
-    StreamQueue, WorkQueue,
+    Attempt, Claim, Combiner, Disposition, Incoming, IngestReport, Learned, Queue, RunEnd, RunId,
+    RunStart, StreamQueue, WorkQueue,
 };
 use crate::journal::{
     Backlog, Begun, Checkpoint, Counts, DeadLetter, Earlier, GROUP_COMMIT_WINDOW, Ingested,
@@ -369,6 +369,27 @@ impl WorkQueue for JournalQueue {
                 Ok(())
             })
             .await;
+    }
+
+    async fn recall(&self, name: String) -> Result<Option<String>, JournalError> {
+        self.call(move |journal| journal.recall(&name)).await
+    }
+
+    async fn learn(&self, learned: Learned) -> Result<(), JournalError> {
+        if learned.is_empty() {
+            return Ok(());
+        }
+        self.call(move |journal| journal.learn(&learned)).await
+    }
+
+    async fn step(
+        &self,
+        claim: Claim,
+        next: Request,
+        learned: Learned,
+    ) -> Result<(), JournalError> {
+        self.call(move |journal| journal.step(&claim, &next, &learned))
+            .await
     }
 
     async fn release_ahead(&self) {

@@ -17,7 +17,7 @@ mod journal;
 
 use std::collections::BTreeMap;
 
-use destination_types::Request;
+use destination_types::{Fact, Request};
 
 use destination_types::{PlanOutcome, Response};
 use serde::Serialize;
@@ -86,6 +86,27 @@ pub trait WorkQueue: Send + Sync {
     /// Lets a key go without a verdict; its updates stay queued.
     fn release(&self, claim: Claim) -> impl Future<Output = ()> + Send;
 
+    /// The value remembered under `name` for this destination, if any.
+    fn recall(
+        &self,
+        name: String,
+    ) -> impl Future<Output = Result<Option<String>, Self::Error>> + Send;
+
+    /// Remembers and forgets what an answer taught (before the verdict
+    /// that ends its delivery is recorded: a fact is a hint the API
+    /// checks, so one kept without its verdict costs at most a request).
+    fn learn(&self, learned: Learned) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// The attempt's delivery moved on: the claimed update's request
+    /// becomes `next`, stored with what the answer taught in one step; the
+    /// key stays claimed and the attempt goes on with `next`.
+    fn step(
+        &self,
+        claim: Claim,
+        next: Request,
+        learned: Learned,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
     /// The workers are done: lets go of whatever was taken ahead for them.
     fn release_ahead(&self) -> impl Future<Output = ()> + Send {
         std::future::ready(())
@@ -147,6 +168,21 @@ pub enum Disposition {
         request: Option<Request>,
         response: Option<Response>,
     },
+}
+
+/// What an answer taught a destination of several steps: facts to
+/// remember (a name already remembered takes the new value) and names to
+/// forget.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Learned {
+    pub remember: Vec<Fact>,
+    pub forget: Vec<String>,
+}
+
+impl Learned {
+    pub fn is_empty(&self) -> bool {
+        self.remember.is_empty() && self.forget.is_empty()
+    }
 }
 
 /// A key handed to one worker: it owns the key's updates until it lets go.

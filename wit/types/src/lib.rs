@@ -1,5 +1,5 @@
 //! Plain Rust mirrors of the latest WIT contract's types
-//! (`wit/since_v0.2.0/destination.wit`), free of any binding generator. The
+//! (`wit/since_v0.3.0/destination.wit`), free of any binding generator. The
 //! guest core produces them, the guest and the host convert them to and
 //! from each contract version's generated bindings, and they serialise to
 //! the JSON shape of the golden vectors in `tests/vectors/`.
@@ -66,12 +66,53 @@ pub enum Method {
     Patch,
 }
 
+impl Method {
+    /// The method as HTTP writes it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub name: String,
     pub value: String,
 }
 
+/// What a request does, for the host's counts (since 0.3.0; every request
+/// of an earlier contract is an update).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Purpose {
+    #[default]
+    Update,
+    Lookup,
+    Create,
+}
+
+impl Purpose {
+    pub fn is_update(&self) -> bool {
+        *self == Purpose::Update
+    }
+
+    /// How runs, metrics and pages name it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Purpose::Update => "update",
+            Purpose::Lookup => "lookup",
+            Purpose::Create => "create",
+        }
+    }
+}
+
+/// The fields since 0.3.0 are left out of the vectors' JSON when they hold
+/// what every earlier request holds, so a 0.2 request reads and writes the
+/// same as before.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub method: Method,
@@ -80,6 +121,14 @@ pub struct Request {
     pub body: String,
     pub key: String,
     pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Purpose::is_update")]
+    pub purpose: Purpose,
+    /// The remembered fact this request's delivery depends on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<String>,
+    /// What the component carries from one step of a delivery to the next.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub context: String,
 }
 
 /// Whether a record that cannot be sent counts as skipped or rejected.
@@ -111,6 +160,10 @@ pub struct ConfigurationIdentity {
     pub name: String,
     pub account: Option<String>,
     pub audiences: Vec<AudienceLabel>,
+    /// The OAuth scopes the configuration's requests need (since 0.3.0;
+    /// empty: those the destination describes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +205,8 @@ pub enum Verdict {
     RefreshCredentials,
     Rejected(Rejection),
     Fatal(String),
+    /// Send this request next, for the same key (since 0.3.0).
+    Continue(alloc::boxed::Box<Request>),
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,8 +217,19 @@ pub struct Budget {
     pub reset_at_ms: Option<u64>,
 }
 
+/// Something the component asks the host to remember (since 0.3.0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fact {
+    pub name: String,
+    pub value: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Classification {
     pub verdict: Verdict,
     pub budget: Budget,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remember: Vec<Fact>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forget: Vec<String>,
 }

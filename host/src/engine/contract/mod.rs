@@ -1,5 +1,5 @@
 //! The contract versions this host runs, one module each (`since_v0_1_0`,
-//! `since_v0_2_0`), and an enum over them that converts every answer into
+//! `since_v0_2_0`, `since_v0_3_0`), and an enum over them that converts every answer into
 //! the latest types. A new contract version is a new frozen WIT directory,
 //! a new module here holding only what differs in it (what every version
 //! shares is `shared.rs`'s), and a new arm in each `match` below.
@@ -7,6 +7,7 @@
 mod shared;
 mod since_v0_1_0;
 mod since_v0_2_0;
+mod since_v0_3_0;
 
 use destination_types as types;
 use wasmtime::Store;
@@ -18,16 +19,17 @@ use super::GuestState;
 pub const PACKAGE: &str = "profile-sync:destination";
 pub const INTERFACE: &str = "profile-sync:destination/destination";
 /// The newest version this host implements.
-pub const LATEST: &str = "0.2.0";
+pub const LATEST: &str = "0.3.0";
 /// Every version this host runs, oldest first; each accepts its
 /// semver-compatible versions (`^0.1.0`: any 0.1.x).
-pub const SUPPORTED: [&str; 2] = ["0.1.0", LATEST];
+pub const SUPPORTED: [&str; 3] = ["0.1.0", "0.2.0", LATEST];
 
 /// A component's contract version, resolved to the module that runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
     V0_1,
     V0_2,
+    V0_3,
 }
 
 impl Version {
@@ -40,14 +42,21 @@ impl Version {
             Some(Self::V0_1)
         } else if compatible(SUPPORTED[1]) {
             Some(Self::V0_2)
+        } else if compatible(SUPPORTED[2]) {
+            Some(Self::V0_3)
         } else {
             None
         }
     }
 
+    /// Whether the contract lets a delivery take several steps.
+    pub fn takes_steps(self) -> bool {
+        matches!(self, Self::V0_3)
+    }
+
     /// Whether the contract lets the host combine queued updates.
     pub fn can_merge(self) -> bool {
-        matches!(self, Self::V0_2)
+        matches!(self, Self::V0_2 | Self::V0_3)
     }
 }
 
@@ -55,6 +64,7 @@ impl Version {
 pub enum Pre {
     V0_1(since_v0_1_0::Pre),
     V0_2(since_v0_2_0::Pre),
+    V0_3(since_v0_3_0::Pre),
 }
 
 impl Pre {
@@ -62,6 +72,7 @@ impl Pre {
         Ok(match version {
             Version::V0_1 => Self::V0_1(since_v0_1_0::Pre::new(pre)?),
             Version::V0_2 => Self::V0_2(since_v0_2_0::Pre::new(pre)?),
+            Version::V0_3 => Self::V0_3(since_v0_3_0::Pre::new(pre)?),
         })
     }
 
@@ -69,6 +80,7 @@ impl Pre {
         match self {
             Self::V0_1(pre) => pre.engine(),
             Self::V0_2(pre) => pre.engine(),
+            Self::V0_3(pre) => pre.engine(),
         }
     }
 
@@ -76,6 +88,7 @@ impl Pre {
         Ok(match self {
             Self::V0_1(pre) => Instance::V0_1(pre.instantiate(store)?),
             Self::V0_2(pre) => Instance::V0_2(pre.instantiate(store)?),
+            Self::V0_3(pre) => Instance::V0_3(pre.instantiate(store)?),
         })
     }
 }
@@ -84,6 +97,7 @@ impl Pre {
 pub enum Instance {
     V0_1(since_v0_1_0::Instance),
     V0_2(since_v0_2_0::Instance),
+    V0_3(since_v0_3_0::Instance),
 }
 
 impl Instance {
@@ -91,6 +105,7 @@ impl Instance {
         match self {
             Self::V0_1(i) => i.describe(store),
             Self::V0_2(i) => i.describe(store),
+            Self::V0_3(i) => i.describe(store),
         }
     }
 
@@ -102,6 +117,7 @@ impl Instance {
         match self {
             Self::V0_1(i) => i.create(store, config_json),
             Self::V0_2(i) => i.create(store, config_json),
+            Self::V0_3(i) => i.create(store, config_json),
         }
     }
 
@@ -113,6 +129,7 @@ impl Instance {
         match self {
             Self::V0_1(i) => i.plan(store, records),
             Self::V0_2(i) => i.plan(store, records),
+            Self::V0_3(i) => i.plan(store, records),
         }
     }
 
@@ -126,6 +143,7 @@ impl Instance {
         match self {
             Self::V0_1(i) => i.classify(store, request, response, now_ms),
             Self::V0_2(i) => i.classify(store, request, response, now_ms),
+            Self::V0_3(i) => i.classify(store, request, response, now_ms),
         }
     }
 
@@ -139,6 +157,7 @@ impl Instance {
         match self {
             Self::V0_1(_) => Ok(since_v0_1_0::identity(config_json)),
             Self::V0_2(i) => i.identity(store),
+            Self::V0_3(i) => i.identity(store),
         }
     }
 
@@ -153,6 +172,22 @@ impl Instance {
         match self {
             Self::V0_1(_) => Ok(None),
             Self::V0_2(i) => i.merge(store, older, newer),
+            Self::V0_3(i) => i.merge(store, older, newer),
+        }
+    }
+
+    /// The request to send instead of `request` now that the fact it
+    /// recalls is known to be `value`; contracts before 0.3 recall nothing,
+    /// so the request is sent as it is.
+    pub fn recall(
+        &self,
+        store: &mut Store<GuestState>,
+        request: &types::Request,
+        value: &str,
+    ) -> wasmtime::Result<types::Request> {
+        match self {
+            Self::V0_1(_) | Self::V0_2(_) => Ok(request.clone()),
+            Self::V0_3(i) => i.recall(store, request, value),
         }
     }
 }

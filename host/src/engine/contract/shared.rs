@@ -8,8 +8,12 @@
 //! [`version_module!`] expands in a module that has in scope `bindings`
 //! (its `bindgen!` output), `wit` (the exported interface), `types`
 //! (`destination_types`) and `GuestState`, and that defines:
-//! `fn client_authentication(&wit::OauthDescriptor) -> types::ClientAuthentication`
-//! and `fn plan_outcome(wit::PlanOutcome) -> types::PlanOutcome`.
+//! `fn client_authentication(&wit::OauthDescriptor) -> types::ClientAuthentication`,
+//! `fn plan_outcome(wit::PlanOutcome) -> types::PlanOutcome`,
+//! `fn to_wit_request(&types::Request) -> wit::Request` and
+//! `fn classification_from(wit::Classification) -> types::Classification`;
+//! for the contracts before 0.3, whose deliveries take one request,
+//! [`one_step!`] defines the last two.
 
 macro_rules! version_module {
     () => {
@@ -158,6 +162,21 @@ macro_rules! version_module {
                 .collect()
         }
 
+        fn to_wit_response(r: &types::Response) -> wit::Response {
+            wit::Response {
+                status: r.status,
+                headers: to_wit_headers(&r.headers),
+                body: r.body.clone(),
+            }
+        }
+    };
+}
+
+/// `to_wit_request` and `classification_from` for the contracts before
+/// 0.3: a request without purpose, recall or context, and a verdict
+/// without `continue` and nothing to remember.
+macro_rules! one_step {
+    () => {
         fn to_wit_request(r: &types::Request) -> wit::Request {
             wit::Request {
                 method: to_wit_method(r.method),
@@ -166,14 +185,6 @@ macro_rules! version_module {
                 body: r.body.clone(),
                 key: r.key.clone(),
                 audiences: r.audiences.clone(),
-            }
-        }
-
-        fn to_wit_response(r: &types::Response) -> wit::Response {
-            wit::Response {
-                status: r.status,
-                headers: to_wit_headers(&r.headers),
-                body: r.body.clone(),
             }
         }
 
@@ -198,9 +209,11 @@ macro_rules! version_module {
                     remaining: c.budget.remaining,
                     reset_at_ms: c.budget.reset_at_ms,
                 },
+                remember: Vec::new(),
+                forget: Vec::new(),
             }
         }
     };
 }
 
-pub(super) use version_module;
+pub(super) use {one_step, version_module};

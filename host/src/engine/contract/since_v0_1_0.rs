@@ -25,6 +25,7 @@ mod bindings {
 use bindings::exports::profile_sync::destination::destination as wit;
 
 super::shared::version_module!();
+super::shared::one_step!();
 
 /// 0.1 has no client-authentication style: the form body.
 fn client_authentication(_: &wit::OauthDescriptor) -> types::ClientAuthentication {
@@ -41,6 +42,7 @@ pub fn identity(config_json: &str) -> types::ConfigurationIdentity {
         account: text("account"),
         // 0.1 does not say how to show audiences: the host shows their ids.
         audiences: Vec::new(),
+        scopes: Vec::new(),
     }
 }
 
@@ -67,6 +69,9 @@ fn request(r: wit::Request) -> Result<types::Request, String> {
         body: r.body,
         key: r.key,
         audiences: r.audiences,
+        purpose: types::Purpose::Update,
+        recall: None,
+        context: String::new(),
     })
 }
 

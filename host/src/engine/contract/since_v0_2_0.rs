@@ -1,5 +1,5 @@
-//! Contract `profile-sync:destination@0.2.0` (`wit/since_v0.2.0`), the
-//! latest: its bindings and what it has that others lack (`identity`,
+//! Contract `profile-sync:destination@0.2.0` (`wit/since_v0.2.0`): its
+//! bindings and what it has that others lack (`identity`,
 //! `merge`, record fates, the OAuth client-authentication style); the rest
 //! is `shared.rs`'s.
 
@@ -17,6 +17,7 @@ mod bindings {
 use bindings::exports::profile_sync::destination::destination as wit;
 
 super::shared::version_module!();
+super::shared::one_step!();
 
 impl Instance {
     pub fn identity(
@@ -38,6 +39,7 @@ impl Instance {
                     label: a.label,
                 })
                 .collect(),
+            scopes: Vec::new(),
         })
     }
 
@@ -81,6 +83,9 @@ fn request(r: wit::Request) -> types::Request {
         body: r.body,
         key: r.key,
         audiences: r.audiences,
+        purpose: types::Purpose::Update,
+        recall: None,
+        context: String::new(),
     }
 }
 

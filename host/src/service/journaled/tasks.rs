@@ -96,6 +96,8 @@ pub(super) async fn record_stats(shared: &Shared) {
         let mut recorded = lock(&shared.recorded);
         let delta = RunStats {
             requests_sent: now.requests_sent - recorded.requests_sent,
+            lookups_sent: now.lookups_sent - recorded.lookups_sent,
+            creates_sent: now.creates_sent - recorded.creates_sent,
             rate_limited: now.rate_limited - recorded.rate_limited,
             retries: now.retries - recorded.retries,
             credential_refreshes: now.credential_refreshes - recorded.credential_refreshes,
