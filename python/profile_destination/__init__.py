@@ -1,5 +1,5 @@
-"""A profile-destination component (`profile-sync:destination@0.2.0`) in
-Python, through wasmtime-py.
+"""A profile-destination component (`profile-sync:destination@0.3.0`, or
+a 0.2.0 one) in Python, through wasmtime-py.
 
 The component holds all knowledge of the destination's API; this package
 only loads it and converts values: records in, tagged outcomes out. It
@@ -10,6 +10,9 @@ adds nothing about any one API.
     for outcome in destination.plan(records):        # Send / Skip / Invalid
         ...
     verdict = destination.classify(request, response, now_ms).verdict
+    # 0.3: Continue(next) is the delivery's next step; remember what the
+    # classification's `remember` lists, and before sending a request whose
+    # `recall` names a remembered fact, send destination.recall(request, value).
 
 wasmtime-py's dynamic component API returns a variant whose cases carry
 payloads of distinct Python types untagged (a plan outcome is a list, a
@@ -31,7 +34,11 @@ from . import _speedups
 
 SPEEDUPS = _speedups.apply()
 
-INTERFACE = "profile-sync:destination/destination@0.2.0"
+INTERFACE = "profile-sync:destination/destination@0.3.0"
+# Earlier contracts this package still runs, newest first: 0.2 has no
+# deliveries of several steps (no purpose, recall or context on a request,
+# no `continue`, nothing to remember, no `recall`).
+EARLIER_INTERFACES = ("profile-sync:destination/destination@0.2.0",)
 
 __all__ = [
     "AudienceLabel",
@@ -43,6 +50,8 @@ __all__ = [
     "Delivered",
     "Descriptor",
     "Destination",
+    "Continue",
+    "Fact",
     "Fatal",
     "Header",
     "Identity",
@@ -78,6 +87,12 @@ class Request:
     body: str
     key: str
     audiences: list[str]
+    # Since 0.3: what the request does ("update", "lookup" or "create"),
+    # the remembered fact it depends on, and what the component carries to
+    # the delivery's next step (opaque to the host).
+    purpose: str = "update"
+    recall: Optional[str] = None
+    context: str = ""
 
 
 @dataclass(frozen=True)
@@ -145,7 +160,23 @@ class Fatal:
     message: str
 
 
-Verdict = Union[Delivered, Retry, RefreshCredentials, Rejected, Fatal]
+@dataclass(frozen=True)
+class Continue:
+    """The delivery moved on: send `request` next, in place of the one
+    answered, before any later update of its key (0.3)."""
+
+    request: Request
+
+
+Verdict = Union[Delivered, Retry, RefreshCredentials, Rejected, Fatal, Continue]
+
+
+@dataclass(frozen=True)
+class Fact:
+    """Something the component asks the host to remember (0.3)."""
+
+    name: str
+    value: str
 
 
 @dataclass(frozen=True)
@@ -159,6 +190,8 @@ class Budget:
 class Classification:
     verdict: Verdict
     budget: Budget
+    remember: list[Fact] = field(default_factory=list)
+    forget: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -198,6 +231,8 @@ class Identity:
     name: str
     account: Optional[str]
     audiences: list[AudienceLabel]
+    # The OAuth scopes the configuration needs (0.3; empty: describe's).
+    scopes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -231,6 +266,9 @@ def _request(record: Any) -> Request:
         body=_get(record, "body"),
         key=_get(record, "key"),
         audiences=list(_get(record, "audiences")),
+        purpose=getattr(record, "purpose", "update"),
+        recall=getattr(record, "recall", None),
+        context=getattr(record, "context", ""),
     )
 
 
@@ -245,8 +283,8 @@ def _wit_headers(headers: Sequence[Header]) -> list[wc.Record]:
     return [_record(name=h.name, value=h.value) for h in headers]
 
 
-def _wit_request(request: Request) -> wc.Record:
-    return _record(
+def _wit_request(request: Request, steps: bool) -> wc.Record:
+    record = _record(
         method=request.method,
         path=request.path,
         headers=_wit_headers(request.headers),
@@ -254,6 +292,11 @@ def _wit_request(request: Request) -> wc.Record:
         key=request.key,
         audiences=list(request.audiences),
     )
+    if steps:
+        setattr(record, "purpose", request.purpose)
+        setattr(record, "recall", request.recall)
+        setattr(record, "context", request.context)
+    return record
 
 
 def _outcome(value: Any) -> Outcome:
@@ -282,6 +325,8 @@ def _verdict(value: Any) -> Verdict:
         return Rejected(_get(payload, "code"), _get(payload, "message"), _get(payload, "audience"))
     if tag == "fatal":
         return Fatal(payload)
+    if tag == "continue":
+        return Continue(_request(payload))
     raise ValueError(f"unknown verdict {tag!r}")
 
 
@@ -293,9 +338,17 @@ class Component:
         self._store = wasmtime.Store(engine)
         # The component imports nothing: an empty linker instantiates it.
         self._instance = wc.Linker(engine).instantiate(self._store, component)
-        interface = self._instance.get_export_index(self._store, INTERFACE)
-        if interface is None:
-            raise ValueError(f"the component does not export {INTERFACE}")
+        for name in (INTERFACE, *EARLIER_INTERFACES):
+            interface = self._instance.get_export_index(self._store, name)
+            if interface is not None:
+                break
+        else:
+            raise ValueError(
+                f"the component exports none of {', '.join((INTERFACE, *EARLIER_INTERFACES))}"
+            )
+        self.interface = name
+        # Whether a delivery may take several steps (contract 0.3).
+        self.takes_steps = name == INTERFACE
         self._interface = interface
         self._describe = self._func("describe")
         self._create = self._func("[static]configured.create")
@@ -303,6 +356,7 @@ class Component:
         self._classify = self._func("[method]configured.classify")
         self._merge = self._func("[method]configured.merge")
         self._identity = self._func("[method]configured.identity")
+        self._recall = self._func("[method]configured.recall") if self.takes_steps else None
 
     @classmethod
     def load(cls, path: Union[str, Path], engine: Optional[wasmtime.Engine] = None) -> "Component":
@@ -312,7 +366,7 @@ class Component:
     def _func(self, name: str) -> wc.Func:
         index = self._instance.get_export_index(self._store, name, self._interface)
         if index is None:
-            raise ValueError(f"the component's {INTERFACE} has no {name}")
+            raise ValueError(f"the component's {self.interface} has no {name}")
         func = self._instance.get_func(self._store, index)
         if func is None:
             raise ValueError(f"{name} is not a function")
@@ -372,8 +426,9 @@ class Destination:
         wit_response = _record(
             status=response.status, headers=_wit_headers(response.headers), body=response.body
         )
+        steps = self._component.takes_steps
         c = self._component._call(
-            self._component._classify, self._handle, _wit_request(request), wit_response, now_ms
+            self._component._classify, self._handle, _wit_request(request, steps), wit_response, now_ms
         )
         budget = _get(c, "budget")
         return Classification(
@@ -383,14 +438,30 @@ class Destination:
                 remaining=_get(budget, "remaining"),
                 reset_at_ms=_get(budget, "reset-at-ms"),
             ),
+            remember=[Fact(_get(f, "name"), _get(f, "value")) for f in getattr(c, "remember", [])],
+            forget=list(getattr(c, "forget", [])),
         )
 
     def merge(self, older: Request, newer: Request) -> Optional[Request]:
         """One request with the effect of both, or None (send both)."""
+        steps = self._component.takes_steps
         merged = self._component._call(
-            self._component._merge, self._handle, _wit_request(older), _wit_request(newer)
+            self._component._merge,
+            self._handle,
+            _wit_request(older, steps),
+            _wit_request(newer, steps),
         )
         return None if merged is None else _request(merged)
+
+    def recall(self, request: Request, value: str) -> Request:
+        """The request to send instead of `request`, whose `recall` names a
+        fact remembered as `value` (0.2 components recall nothing)."""
+        if self._component._recall is None:
+            return request
+        recalled = self._component._call(
+            self._component._recall, self._handle, _wit_request(request, True), value
+        )
+        return _request(recalled)
 
     def identity(self) -> Identity:
         i = self._component._call(self._component._identity, self._handle)
@@ -398,4 +469,5 @@ class Destination:
             name=_get(i, "name"),
             account=_get(i, "account"),
             audiences=[AudienceLabel(_get(a, "id"), _get(a, "label")) for a in _get(i, "audiences")],
+            scopes=list(getattr(i, "scopes", [])),
         )

@@ -12,7 +12,14 @@ sees a credential — and has every response classified:
 - refresh-credentials: the `Credentials` refresh, once, then resend;
 - rejected, and records the component refused: dead letters, with code and
   reason, handed to `on_dead_letter` (write them back as a dlt table);
-- fatal: `DestinationTerminalException`, the load stops.
+- fatal: `DestinationTerminalException`, the load stops;
+- continue (contract 0.3, e.g. matching prospects by email): the answer
+  moved the delivery on, send the next step; what the component asks to
+  remember (which prospect an email belongs to) goes into `facts`, and a
+  request whose `recall` names a remembered fact is sent as the
+  component's `recall` makes it (one update instead of a lookup). `facts`
+  is any mutable mapping: a dict lasts the process, a `shelve` survives
+  it.
 
 Requests are paced under the component's declared budget and the API's
 `X-RateLimit-Remaining` (as the component reads it from each answer).
@@ -27,7 +34,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, MutableMapping, Optional, Protocol
 
 import dlt
 import requests
@@ -37,7 +44,9 @@ from dlt.common.destination.exceptions import (
 )
 
 from . import (
+    Classification,
     Component,
+    Continue,
     Delivered,
     Destination,
     Fatal,
@@ -51,6 +60,13 @@ from . import (
     Send,
     Skip,
 )
+
+
+# The contract's bound on recalls before one send, and the steps one
+# delivery may take before its record is dead-lettered (as the reference
+# host does).
+MAX_RECALLS = 8
+MAX_STEPS = 16
 
 
 class Credentials(Protocol):
@@ -84,6 +100,9 @@ class Counts:
     skipped: int = 0
     dead_letters: int = 0
     requests: int = 0
+    # Of the requests, the steps a delivery took before its update (0.3).
+    lookups: int = 0
+    creates: int = 0
     rate_limited: int = 0
     retries: int = 0
 
@@ -133,6 +152,7 @@ class Sender:
         max_attempts: int = 6,
         backoff_seconds: float = 0.5,
         timeout_seconds: float = 30,
+        facts: Optional[MutableMapping[str, str]] = None,
     ):
         self.destination = destination
         self.api_base = api_base.rstrip("/")
@@ -144,6 +164,7 @@ class Sender:
         self.timeout_seconds = timeout_seconds
         self.session = requests.Session()
         self.counts = Counts()
+        self.facts: MutableMapping[str, str] = {} if facts is None else facts
 
     def send_batch(self, records: list[str]) -> None:
         self.counts.received += len(records)
@@ -165,22 +186,52 @@ class Sender:
         self.counts.dead_letters += 1
         self.on_dead_letter({"record": record, "code": code, "reason": reason, "status": status})
 
+    def recalled(self, request: Request) -> Request:
+        """`request`, or what the component makes of it once the fact it
+        recalls is known (as long as the answer recalls another known one,
+        at most MAX_RECALLS times)."""
+        for _ in range(MAX_RECALLS):
+            value = None if request.recall is None else self.facts.get(request.recall)
+            if value is None:
+                break
+            request = self.destination.recall(request, value)
+        return request
+
+    def learn(self, classification: Classification) -> None:
+        for name in classification.forget:
+            self.facts.pop(name, None)
+        for fact in classification.remember:
+            self.facts[fact.name] = fact.value
+
     def deliver(self, record: str, request: Request) -> bool:
-        """Sends `request` until it has a verdict: True when delivered."""
+        """Sends `request`, and the steps it leads to, until the delivery
+        has a verdict: True when delivered."""
         refreshed = False
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        steps = 0
+        while True:
+            attempt += 1
+            if attempt > self.max_attempts:
+                raise DestinationTransientException(
+                    f"{request.method.upper()} {request.path}: no verdict after {self.max_attempts} attempts"
+                )
             token = self.credentials.token()
+            sent = self.recalled(request)
             self.pacer.wait()
             self.counts.requests += 1
+            if sent.purpose == "lookup":
+                self.counts.lookups += 1
+            elif sent.purpose == "create":
+                self.counts.creates += 1
             try:
                 answer = self.session.request(
-                    request.method.upper(),
-                    self.api_base + request.path,
+                    sent.method.upper(),
+                    self.api_base + sent.path,
                     headers={
-                        **{h.name: h.value for h in request.headers},
+                        **{h.name: h.value for h in sent.headers},
                         "Authorization": f"Bearer {token}",
                     },
-                    data=request.body.encode("utf-8"),
+                    data=sent.body.encode("utf-8"),
                     timeout=self.timeout_seconds,
                 )
             except requests.RequestException as e:
@@ -191,11 +242,26 @@ class Sender:
                 headers=[Header(n, v) for n, v in answer.headers.items()],
                 body=answer.content.decode("utf-8", "replace"),
             )
-            classification = self.destination.classify(request, response, int(time.time() * 1000))
+            classification = self.destination.classify(sent, response, int(time.time() * 1000))
             self.pacer.observe(classification.budget.remaining, classification.budget.reset_at_ms)
+            self.learn(classification)
             verdict = classification.verdict
             if isinstance(verdict, Delivered):
                 return True
+            if isinstance(verdict, Continue):
+                steps += 1
+                if steps >= MAX_STEPS:
+                    self.dead_letter(
+                        record,
+                        "too-many-steps",
+                        f"the delivery took {MAX_STEPS} steps without an end; the last request was "
+                        f"{sent.method.upper()} {sent.path}",
+                        answer.status_code,
+                    )
+                    return False
+                # A new request: its own attempts and refresh.
+                request, attempt, refreshed = verdict.request, 0, False
+                continue
             if isinstance(verdict, Rejected):
                 self.dead_letter(record, verdict.code, verdict.message, answer.status_code)
                 return False
@@ -212,9 +278,6 @@ class Sender:
                 self.counts.rate_limited += 1
                 self.pacer.observe(0, verdict.not_before_ms)
             self.wait_to_retry(attempt, verdict.not_before_ms, verdict.reason)
-        raise DestinationTransientException(
-            f"{request.method.upper()} {request.path}: no verdict after {self.max_attempts} attempts"
-        )
 
     def wait_to_retry(self, attempt: int, not_before_ms: Optional[int], reason: str) -> None:
         if attempt >= self.max_attempts:

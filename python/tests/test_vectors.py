@@ -18,6 +18,7 @@ import pytest
 from profile_destination import (
     Component,
     ConfigError,
+    Continue,
     Delivered,
     Fatal,
     Header,
@@ -39,7 +40,7 @@ WASM = Path(
         ROOT / "target" / "guest" / "wasm32-wasip2" / "component" / "outreach_guest.wasm",
     )
 )
-SUBJECTS = ("config", "plan", "classify", "merge")
+SUBJECTS = ("config", "plan", "classify", "merge", "steps")
 JSON_API_HEADERS = [
     {"name": "Content-Type", "value": "application/vnd.api+json"},
     {"name": "Accept", "value": "application/vnd.api+json"},
@@ -200,7 +201,59 @@ def wit_request(r: dict[str, Any]) -> Request:
         body=r["body"],
         key=r["key"],
         audiences=list(r.get("audiences", [])),
+        purpose=r.get("purpose", "update"),
+        recall=r.get("recall"),
+        context=r.get("context", ""),
     )
+
+
+def vector_request(r: Request) -> dict[str, Any]:
+    """A request in the vectors' form: the fields since 0.3 only where they
+    do not hold their defaults (as serde writes them)."""
+    request: dict[str, Any] = {
+        "method": r.method.upper(),
+        "path": r.path,
+        "headers": [{"name": h.name, "value": h.value} for h in r.headers],
+        "body": r.body,
+        "key": r.key,
+        "audiences": r.audiences,
+    }
+    if r.purpose != "update":
+        request["purpose"] = r.purpose
+    if r.recall is not None:
+        request["recall"] = r.recall
+    if r.context != "":
+        request["context"] = r.context
+    return request
+
+
+def step_json(r: Request) -> dict[str, Any]:
+    """The steps vectors' form: body and context parsed when not empty."""
+    request = vector_request(r)
+    for name in ("body", "context"):
+        if isinstance(request.get(name), str) and request[name] != "":
+            request[name] = json.loads(request[name])
+    return request
+
+
+def step_request(v: dict[str, Any]) -> Request:
+    request = dict(v)
+    for name in ("body", "context"):
+        if name in request and not isinstance(request[name], str):
+            request[name] = json.dumps(request[name])
+    return wit_request(request)
+
+
+def comparable_classification(c: Any, expect: dict[str, Any]) -> dict[str, Any]:
+    actual: dict[str, Any] = {"verdict": comparable_verdict(c.verdict)}
+    if "budget" in expect:
+        b = c.budget
+        actual["budget"] = {"limit": b.limit, "remaining": b.remaining, "reset-at-ms": b.reset_at_ms}
+    if c.remember:
+        actual["remember"] = [{"name": f.name, "value": f.value} for f in c.remember]
+    if c.forget:
+        actual["forget"] = list(c.forget)
+    return actual
 
 
 def wit_response(r: dict[str, Any]) -> Response:
@@ -225,6 +278,8 @@ def comparable_verdict(v: Any) -> Any:
         return {"retry": {"not-before-ms": v.not_before_ms, "reason": v.reason}}
     if isinstance(v, Rejected):
         return {"rejected": {"code": v.code, "message": v.message, "audience": v.audience}}
+    if isinstance(v, Continue):
+        return {"continue": step_json(v.request)}
     assert isinstance(v, Fatal)
     return {"fatal": v.message}
 
@@ -274,11 +329,9 @@ def test_vector(
             wit_response(c["response"]),
             int(vector["now_ms"]),
         )
-        actual = {"verdict": comparable_verdict(classification.verdict)}
-        if "budget" in c["expect"]:
-            b = classification.budget
-            actual["budget"] = {"limit": b.limit, "remaining": b.remaining, "reset-at-ms": b.reset_at_ms}
-        assert actual == c["expect"]
+        assert comparable_classification(classification, c["expect"]) == c["expect"]
+    elif subject == "steps":
+        run_steps_case(component, vector, c)
     else:
         destination = component.create(config_text(vector) or "")
         older = merge_request(vector["request"], c["older"])
@@ -287,21 +340,40 @@ def test_vector(
         expected_merge = (
             None if c["expect"]["merged"] is None else comparable_request(merge_request(newer, c["expect"]["merged"]))
         )
-        actual = (
-            None
-            if merged is None
-            else comparable_request(
-                {
-                    "method": merged.method,
-                    "path": merged.path,
-                    "headers": [{"name": h.name, "value": h.value} for h in merged.headers],
-                    "body": merged.body,
-                    "key": merged.key,
-                    "audiences": merged.audiences,
-                }
-            )
-        )
+        actual = None if merged is None else comparable_request(vector_request(merged))
         assert actual == expected_merge
+
+
+def run_steps_case(component: Component, vector: dict[str, Any], c: dict[str, Any]) -> None:
+    """A case of deliveries of several steps (contract 0.3): plan, recall,
+    classify, merge, or a configuration."""
+    config = config_text(c) or config_text(vector) or ""
+    if not any(name in c for name in ("record", "recall", "response", "older")):
+        try:
+            component.create(config)
+            actual: Any = {"ok": True}
+        except ConfigError as e:
+            actual = {"errors": [{"setting": p.setting, "message": p.message} for p in e.problems]}
+        assert actual == c["expect"]
+        return
+    destination = component.create(config)
+    if "record" in c:
+        (outcome,) = destination.plan([text_of(c, "record") or ""])
+        if isinstance(outcome, Send):
+            actual = {"send": [step_json(r) for r in outcome.requests]}
+        else:
+            actual = comparable_outcome(outcome, c["expect"])
+    elif "recall" in c:
+        actual = step_json(destination.recall(step_request(c["recall"]["request"]), c["recall"]["value"]))
+    elif "response" in c:
+        classification = destination.classify(
+            step_request(c["request"]), wit_response(c["response"]), int(vector["now_ms"])
+        )
+        actual = comparable_classification(classification, c["expect"])
+    else:
+        merged = destination.merge(step_request(c["older"]), step_request(c["newer"]))
+        actual = None if merged is None else step_json(merged)
+    assert actual == c["expect"]
 
 
 def test_the_pinned_wasmtime_py_lifts_values_through_the_speedups(component: Component) -> None:
