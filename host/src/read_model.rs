@@ -94,6 +94,10 @@ pub struct Totals {
     pub records: Counts,
     pub audiences: BTreeMap<String, Counts>,
     pub requests_sent: u64,
+    /// Of the requests sent, the lookups and creates (deliveries of
+    /// several steps).
+    pub lookups_sent: u64,
+    pub creates_sent: u64,
     pub rate_limited: u64,
     pub retries: u64,
 }

@@ -14,6 +14,7 @@ use outreach_simulator::{Simulator, SimulatorConfig, Stats};
 use serde_json::{Value, json};
 
 mod common;
+use common::serve::{Service, store_tokens};
 use common::{loopback, runtime, scratch};
 use std::sync::Arc;
 
@@ -189,5 +190,91 @@ async fn a_remembered_prospect_that_is_gone_is_looked_up_again_and_nothing_is_lo
     let again = run(&new, &journal, &records).await;
     assert_eq!(again.delivered, 7);
     assert_eq!(new.stats().lookups, 7);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `serve` with a destination that matches by email: records posted to
+/// its intake are looked up, created or updated, and `/metrics` counts
+/// the lookups and creates apart from the other requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_served_destination_matches_by_email_and_counts_its_steps() {
+    let simulator = Simulator::start(simulator_config(), loopback())
+        .await
+        .unwrap();
+    let dir = scratch("email-match", "serve");
+    store_tokens(&dir, &simulator, &["ada@example.com"]);
+    let key = "email-test-ingest-key";
+    std::fs::write(
+        dir.join("destinations.toml"),
+        format!(
+            r#"state_dir = "state"
+ingest_keys = ["{}"]
+
+[[destinations]]
+name = "by-email"
+account = "ada@example.com"
+api_base = "{}"
+config = {{ name = "by-email", match = "email", emailMapping = {{ source = "personalEmail.address" }},
+  attributeMappings = [ {{ source = "person.name.firstName", target = "firstName" }} ],
+  audiences = [ {{ id = "aud-news", name = "Newsletter", mappingId = 4 }} ] }}
+"#,
+            outreach_host::service::keys::KeyHash::of(key),
+            simulator.api_base()
+        ),
+    )
+    .unwrap();
+    let service = Service::start(&dir, &[]);
+    let body: String = (1..=10)
+        .map(|i| profile(&format!("p{i}@example.com"), "Served") + "\n")
+        .collect();
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(service.url("/v1/destinations/by-email/records"))
+        .bearer_auth(key)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::ACCEPTED);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while simulator.stats().updates_applied + simulator.stats().creates < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not delivered: {:?}",
+            simulator.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = simulator.stats();
+    assert_eq!((stats.lookups, stats.creates, stats.updates_applied), (10, 3, 7));
+    for i in 1..=10 {
+        let holders = simulator.prospects_with_email(&format!("p{i}@example.com"));
+        assert_eq!(holders.len(), 1);
+        assert_eq!(
+            simulator.prospect(holders[0]).unwrap()["firstName"],
+            json!("Served")
+        );
+    }
+    let metrics = client
+        .get(service.url("/metrics"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (purpose, count) in [("lookup", 10), ("create", 3)] {
+        let line = format!(
+            "outreach_host_step_requests_total{{destination=\"by-email\",purpose=\"{purpose}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
+    assert!(
+        metrics.contains("outreach_host_requests_total{account=\"ada@example.com\"} 20"),
+        "{metrics}"
+    );
+    drop(service);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -32,9 +32,13 @@ pub(crate) async fn demo(
     };
     // The example profiles use prospect ids 1000..=3999; the last ten do
     // not exist in the simulated account, so the demo shows 404 handling.
+    // Seven in ten existing prospects already have their profile's email,
+    // so a configuration that matches by email updates those and creates
+    // the rest.
     let simulator = Simulator::start(
         SimulatorConfig {
-            prospect_ids: 1000..=3989,
+            prospect_ids: DEMO_PROSPECTS,
+            prospect_emails: known_emails(input),
             ..SimulatorConfig::default()
         },
         SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -73,9 +77,35 @@ pub(crate) async fn demo(
     if !args.json {
         let stats = simulator.stats();
         println!(
-            "simulator: {} updates applied, {} requests, {} rate-limited, {} rejected",
-            stats.updates_applied, stats.requests, stats.rate_limited, stats.rejected
+            "simulator: {} updates applied, {} prospects created, {} lookups, {} requests, {} rate-limited, {} rejected",
+            stats.updates_applied,
+            stats.creates,
+            stats.lookups,
+            stats.requests,
+            stats.rate_limited,
+            stats.rejected
         );
     }
     Ok(if code == EXIT_PARTIAL { 0 } else { code })
+}
+
+/// The prospects of the simulated account.
+const DEMO_PROSPECTS: std::ops::RangeInclusive<u64> = 1000..=3989;
+
+/// The emails of the input's profiles whose prospect exists and whose id
+/// ends in 0..=6, as (prospect id, email): what the account already
+/// knows. Lines that are not such profiles are left out (the run reports
+/// them).
+fn known_emails(input: &Path) -> Vec<(u64, String)> {
+    let Ok(text) = std::fs::read_to_string(input) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|line| {
+            let profile: serde_json::Value = serde_json::from_str(line).ok()?;
+            let id = profile["identityMap"]["Oid"][0]["id"].as_str()?.parse().ok()?;
+            let email = profile["personalEmail"]["address"].as_str()?;
+            (DEMO_PROSPECTS.contains(&id) && id % 10 < 7).then(|| (id, email.to_owned()))
+        })
+        .collect()
 }

@@ -113,6 +113,12 @@ pub(crate) fn runs_show(run: &RunRecord, json: bool) -> Result<u8> {
         run.credential_refreshes,
         run.resumed
     );
+    if run.lookups_sent + run.creates_sent > 0 {
+        println!(
+            "of the requests, {} lookups and {} creates",
+            run.lookups_sent, run.creates_sent
+        );
+    }
     print_audiences(&run.audiences, &BTreeMap::new());
     print_failures(&run.failures);
     if let Some(fatal) = &run.fatal {

@@ -30,6 +30,12 @@ pub(crate) fn print_summary(summary: &Summary, api_base: &str, json: bool) -> Re
         summary.retries,
         summary.credential_refreshes
     );
+    if summary.lookups_sent + summary.creates_sent > 0 {
+        println!(
+            "of the requests, {} were lookups and {} created what the destination did not have yet (deliveries of several steps)",
+            summary.lookups_sent, summary.creates_sent
+        );
+    }
     if summary.input_already_journaled > 0 {
         println!(
             "input: the first {} lines were journaled by an earlier run and not read again (--from-start to re-read)",

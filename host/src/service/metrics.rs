@@ -108,6 +108,11 @@ pub fn render(destinations: &[DestinationFigures], accounts: &[AccountFigures]) 
         "Age of the oldest queued update",
     );
     let requests = counter_family(&mut registry, "requests", "API requests sent, per account");
+    let step_requests = counter_family(
+        &mut registry,
+        "step_requests",
+        "Lookups and creates sent before (or instead of) updates, per destination and purpose",
+    );
     let rate_limited = counter_family(&mut registry, "rate_limited", "429 answers, per account");
     let retries = counter_family(
         &mut registry,
@@ -166,6 +171,14 @@ pub fn render(destinations: &[DestinationFigures], accounts: &[AccountFigures]) 
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
             let age_ms = oldest_received_ms.map_or(0, |at| destination.now_ms.saturating_sub(at));
             oldest.get_or_create(&labels).set(age_ms as f64 / 1000.0);
+        }
+        for (purpose, sent) in [
+            ("lookup", totals.lookups_sent),
+            ("create", totals.creates_sent),
+        ] {
+            let mut labels = labels.clone();
+            labels.push(("purpose", purpose.to_owned()));
+            step_requests.get_or_create(&labels).inc_by(sent);
         }
         let sums = per_account.entry(&destination.account).or_default();
         sums[0] += totals.requests_sent;

@@ -30,6 +30,8 @@ struct DestinationCard {
     /// What `queued` counts.
     queued_unit: &'static str,
     oldest_age: Option<String>,
+    /// Requests sent since the process started, the steps among them.
+    requests: Option<String>,
     hour: String,
     budget: String,
     paused: Option<String>,
@@ -111,6 +113,22 @@ pub(super) async fn destinations(
             ),
             Waiting::Messages(count) => (count, "Messages waiting", None),
         };
+        // Since this process started: every request, and the steps among
+        // them when a destination took any.
+        let requests = now.totals.as_ref().map(|t| {
+            let steps = if t.lookups_sent + t.creates_sent > 0 {
+                format!(
+                    " ({} lookups, {} creates, {} updates)",
+                    t.lookups_sent,
+                    t.creates_sent,
+                    t.requests_sent
+                        .saturating_sub(t.lookups_sent + t.creates_sent)
+                )
+            } else {
+                String::new()
+            };
+            format!("{}{steps}", t.requests_sent)
+        });
         let held_by = now.placement.map(|p| {
             format!(
                 "{} (partition {})",
@@ -128,6 +146,7 @@ pub(super) async fn destinations(
             queued,
             queued_unit,
             oldest_age,
+            requests,
             hour,
             budget,
             paused: now.paused,

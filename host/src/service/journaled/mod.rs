@@ -69,6 +69,8 @@ pub struct Replayed {
 pub struct JournaledStatus {
     pub backlog: Backlog,
     pub requests_sent: u64,
+    pub lookups_sent: u64,
+    pub creates_sent: u64,
     pub rate_limited: u64,
     pub retries: u64,
     pub refreshes: u64,
@@ -323,6 +325,8 @@ impl Journaled {
         Ok(JournaledStatus {
             backlog: *lock(&shared.backlog),
             requests_sent: requests.requests_sent,
+            lookups_sent: requests.lookups_sent,
+            creates_sent: requests.creates_sent,
             rate_limited: requests.rate_limited,
             retries: requests.retries,
             refreshes: requests.credential_refreshes,

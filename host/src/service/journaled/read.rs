@@ -107,6 +107,8 @@ impl JournalReadModel {
                 records: status.totals,
                 audiences: status.audiences,
                 requests_sent: status.requests_sent,
+                lookups_sent: status.lookups_sent,
+                creates_sent: status.creates_sent,
                 rate_limited: status.rate_limited,
                 retries: status.retries,
             }),
