@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 mod common;
 use common::serve::{Service, store_tokens};
-use common::{loopback, runtime, scratch};
+use common::{Cli, loopback, runtime, scratch};
 use std::sync::Arc;
 
 fn config() -> String {
@@ -277,4 +277,147 @@ config = {{ name = "by-email", match = "email", emailMapping = {{ source = "pers
     );
     drop(service);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `outreach-host run` killed with SIGKILL four times while 5,000 records
+/// for 1,000 emails (300 unknown to Outreach at the start) go through
+/// their lookups, creates and updates, with 1 % of the answers lost after
+/// the API applied them: never two prospects for one email, every email's
+/// prospect holds its last record's values, and every record is counted
+/// once.
+#[test]
+fn killed_runs_create_no_prospect_twice_and_lose_nothing() {
+    use outreach_simulator::Faults;
+    use rand::{Rng, SeedableRng};
+    use std::process::Stdio;
+
+    const EMAILS: u64 = 1_000;
+    const VERSIONS: u64 = 5;
+    const KILLS: usize = 4;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let simulator = runtime
+        .block_on(Simulator::start(
+            SimulatorConfig {
+                prospect_ids: 1..=EMAILS,
+                prospect_emails: (1..=700).map(|i| (i, format!("e{i}@example.com"))).collect(),
+                rate_limit: 10_000_000,
+                faults: Faults {
+                    latency: Duration::from_millis(2),
+                    drop_share: 0.01,
+                    ..Faults::default()
+                },
+                ..SimulatorConfig::default()
+            },
+            loopback(),
+        ))
+        .unwrap();
+    let dir = scratch("email-match", "kill");
+    let config_file = dir.join("config.json");
+    std::fs::write(&config_file, config()).unwrap();
+    let input = dir.join("profiles.ndjson");
+    // Every version of every email, the emails in an order that mixes the
+    // known and the unknown (337 is prime to 1,000: each email once).
+    let text: String = (0..VERSIONS)
+        .flat_map(|version| {
+            (0..EMAILS).map(move |k| {
+                let i = k * 337 % EMAILS + 1;
+                profile(&format!("e{i}@example.com"), &format!("v{version}")) + "\n"
+            })
+        })
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let cli = Cli {
+        dir: dir.clone(),
+        token: simulator.issue_token("ada@example.com"),
+    };
+    let run_args = [
+        "run",
+        "--config",
+        config_file.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--api-base",
+        &simulator.api_base(),
+        "--rate-limit",
+        "10000000",
+        "--json",
+    ];
+    let seed: u64 = rand::rng().random();
+    eprintln!("kill schedule seed {seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut kills = 0;
+    for attempt in 0..KILLS {
+        let mut child = cli
+            .command(&run_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed once the API has seen a random number more requests: in
+        // the middle of the deliveries, whichever step each is at.
+        let after = rng.random_range(50..400);
+        let seen = simulator.stats().requests;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while simulator.stats().requests < seen + after
+            && child.try_wait().unwrap().is_none()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+        let stats = simulator.stats();
+        eprintln!(
+            "attempt {attempt}: killed after {after} more requests; {} lookups, {} creates, {} updates so far",
+            stats.lookups, stats.creates, stats.updates_applied
+        );
+    }
+    let finish = cli.command(&run_args).output().unwrap();
+    assert!(
+        finish.status.success(),
+        "the final run failed: {}",
+        String::from_utf8_lossy(&finish.stdout)
+    );
+    assert_eq!(kills, KILLS, "a run ended before its kill");
+
+    let mut duplicates = 0;
+    let mut wrong = Vec::new();
+    for i in 1..=EMAILS {
+        let holders = simulator.prospects_with_email(&format!("e{i}@example.com"));
+        duplicates += holders.len().saturating_sub(1);
+        match holders.first() {
+            Some(id) if i > 700 || *id == i => {
+                let first = simulator.prospect(*id).unwrap()["firstName"].clone();
+                if first != json!(format!("v{}", VERSIONS - 1)) {
+                    wrong.push((i, first));
+                }
+            }
+            other => wrong.push((i, json!(other))),
+        }
+    }
+    let stats = simulator.stats();
+    eprintln!(
+        "{} records, {kills} kills: {} lookups, {} creates ({} refused as taken), {} updates, {} answers lost; {duplicates} duplicate prospects",
+        EMAILS * VERSIONS,
+        stats.lookups,
+        stats.creates,
+        stats.duplicates_refused,
+        stats.updates_applied,
+        stats.dropped_connections
+    );
+    assert_eq!(duplicates, 0, "two prospects for one email");
+    assert!(wrong.is_empty(), "{} emails end wrong, e.g. {:?}", wrong.len(), wrong.first());
+    assert_eq!(stats.creates, 300, "each unknown email created once");
+
+    let journal = Journal::open_existing(&dir.join("journal.sqlite")).unwrap();
+    let runs = journal.runs(100).unwrap();
+    let sum = |f: fn(&outreach_host::journal::RunRecord) -> u64| runs.iter().map(f).sum::<u64>();
+    assert_eq!(sum(|r| r.counts.received), EMAILS * VERSIONS, "{runs:#?}");
+    assert_eq!(sum(|r| r.counts.delivered), EMAILS * VERSIONS);
+    assert_eq!(sum(|r| r.pending), 0);
+    assert_eq!(journal.pending_updates().unwrap(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
