@@ -247,7 +247,10 @@ config = {{ name = "by-email", match = "email", emailMapping = {{ source = "pers
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let stats = simulator.stats();
-    assert_eq!((stats.lookups, stats.creates, stats.updates_applied), (10, 3, 7));
+    assert_eq!(
+        (stats.lookups, stats.creates, stats.updates_applied),
+        (10, 3, 7)
+    );
     for i in 1..=10 {
         let holders = simulator.prospects_with_email(&format!("p{i}@example.com"));
         assert_eq!(holders.len(), 1);
@@ -299,7 +302,9 @@ fn killed_runs_create_no_prospect_twice_and_lose_nothing() {
         .block_on(Simulator::start(
             SimulatorConfig {
                 prospect_ids: 1..=EMAILS,
-                prospect_emails: (1..=700).map(|i| (i, format!("e{i}@example.com"))).collect(),
+                prospect_emails: (1..=700)
+                    .map(|i| (i, format!("e{i}@example.com")))
+                    .collect(),
                 rate_limit: 10_000_000,
                 faults: Faults {
                     latency: Duration::from_millis(2),
@@ -409,7 +414,12 @@ fn killed_runs_create_no_prospect_twice_and_lose_nothing() {
         stats.dropped_connections
     );
     assert_eq!(duplicates, 0, "two prospects for one email");
-    assert!(wrong.is_empty(), "{} emails end wrong, e.g. {:?}", wrong.len(), wrong.first());
+    assert!(
+        wrong.is_empty(),
+        "{} emails end wrong, e.g. {:?}",
+        wrong.len(),
+        wrong.first()
+    );
     assert_eq!(stats.creates, 300, "each unknown email created once");
 
     let journal = Journal::open_existing(&dir.join("journal.sqlite")).unwrap();

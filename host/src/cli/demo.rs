@@ -103,7 +103,10 @@ fn known_emails(input: &Path) -> Vec<(u64, String)> {
     text.lines()
         .filter_map(|line| {
             let profile: serde_json::Value = serde_json::from_str(line).ok()?;
-            let id = profile["identityMap"]["Oid"][0]["id"].as_str()?.parse().ok()?;
+            let id = profile["identityMap"]["Oid"][0]["id"]
+                .as_str()?
+                .parse()
+                .ok()?;
             let email = profile["personalEmail"]["address"].as_str()?;
             (DEMO_PROSPECTS.contains(&id) && id % 10 < 7).then(|| (id, email.to_owned()))
         })
