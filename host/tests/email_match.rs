@@ -431,3 +431,106 @@ fn killed_runs_create_no_prospect_twice_and_lose_nothing() {
     assert_eq!(journal.pending_updates().unwrap(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Companies synced as accounts: a known company's account is found and
+/// linked, a new company's created once however many of its prospects are
+/// delivered at the same time, and both are remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn companies_become_accounts_once_and_prospects_link_to_them() {
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            accounts: vec![(1, "Acme SA".into(), "acme.example".into())],
+            ..simulator_config()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let dir = scratch("email-match", "accounts");
+    let journal = dir.join("journal.sqlite");
+    let config = json!({
+        "name": "with accounts",
+        "match": "email",
+        "emailMapping": { "source": "personalEmail.address" },
+        "companyMapping": { "domain": "employer.domain", "name": "employer.name" },
+        "attributeMappings": [ { "source": "person.name.firstName", "target": "firstName" } ],
+        "audiences": [ { "id": "aud-news", "name": "Newsletter", "mappingId": 4 } ]
+    })
+    .to_string();
+    let employer = |i: u64| match i {
+        1..=3 => json!({ "name": "Acme SA", "domain": "ACME.example" }),
+        4..=8 => json!({ "name": "Globex", "domain": "globex.example" }),
+        _ => Value::Null,
+    };
+    let records: Vec<String> = (1..=10)
+        .map(|i| {
+            let mut record: Value =
+                serde_json::from_str(&profile(&format!("p{i}@example.com"), "Linked")).unwrap();
+            record["employer"] = employer(i);
+            record.to_string()
+        })
+        .collect();
+    let run = |records: Vec<String>| {
+        let config = config.clone();
+        let (simulator, journal) = (&simulator, &journal);
+        async move {
+            let runtime = runtime();
+            let destination = runtime.configure(&config).unwrap().expect("config valid");
+            let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
+            let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
+            let options = DeliveryOptions {
+                journal: Some(Arc::new(Journal::open(journal).unwrap())),
+                ..DeliveryOptions::default()
+            };
+            let input = Input::reader(Cursor::new(records.join("\n")), None);
+            let token = simulator.issue_token("ada@example.com");
+            delivery::run(
+                destination,
+                &api,
+                &limiter,
+                &StaticToken(token),
+                input,
+                &options,
+            )
+            .await
+            .expect("run completes")
+        }
+    };
+    let summary = run(records.clone()).await;
+    assert_eq!(
+        (summary.delivered, summary.rejected),
+        (10, 0),
+        "{summary:?}"
+    );
+    let stats = simulator.stats();
+    assert_eq!(
+        simulator.accounts_with_domain("globex.example").len(),
+        1,
+        "five prospects of one new company, one account: {stats:?}"
+    );
+    assert_eq!(stats.account_creates, 1);
+    let globex = simulator.accounts_with_domain("globex.example")[0];
+    for i in 1..=10 {
+        let prospect = simulator.prospects_with_email(&format!("p{i}@example.com"))[0];
+        let expected = match i {
+            1..=3 => Some(1),
+            4..=8 => Some(globex),
+            _ => None,
+        };
+        assert_eq!(simulator.account_of(prospect), expected, "p{i}");
+    }
+    // Remembered: the next run looks up neither accounts nor prospects.
+    let before = simulator.stats();
+    let again = run(records).await;
+    assert_eq!(again.delivered, 10);
+    let after = simulator.stats();
+    assert_eq!(
+        (
+            after.account_lookups - before.account_lookups,
+            after.lookups - before.lookups,
+            after.updates_applied - before.updates_applied
+        ),
+        (0, 0, 10)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -88,6 +88,14 @@ impl Match {
     }
 }
 
+/// Where a profile's company is, synced as an Outreach account (the
+/// `companyMapping` setting): its web domain and its name, at least one.
+#[derive(Clone, Debug)]
+pub struct CompanyMapping {
+    pub domain: Option<SourcePath>,
+    pub name: Option<SourcePath>,
+}
+
 /// A validated destination configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -100,6 +108,8 @@ pub struct Config {
     pub identity_namespace: String,
     /// Where the profile's email address is, for the email matches.
     pub email_source: Option<SourcePath>,
+    /// Where the profile's company is, when it is synced as an account.
+    pub company: Option<CompanyMapping>,
     pub attributes: Vec<AttributeMapping>,
     /// In configuration order.
     pub audiences: Vec<Audience>,
@@ -121,7 +131,11 @@ impl Config {
         } else {
             "prospects.write"
         };
-        alloc::vec![scope.to_string()]
+        let mut scopes = alloc::vec![scope.to_string()];
+        if self.company.is_some() {
+            scopes.push("accounts.all".to_string());
+        }
+        scopes
     }
 
     pub fn attribute_by_target(&self, target: &str) -> Option<&AttributeMapping> {
@@ -136,6 +150,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "match",
     "identityMapping",
     "emailMapping",
+    "companyMapping",
     "attributeMappings",
     "audiences",
     "statusLabels",
@@ -265,6 +280,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         None
     };
     let email_source = parse_email(&root, matching, &mut errors);
+    let company = parse_company(&root, &mut errors);
     let audiences = parse_audiences(&root, &mut errors);
     let attributes = parse_attributes(&root, &audiences, &mut errors);
     let status_values = parse_labels(&root, &mut errors);
@@ -279,6 +295,7 @@ pub fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         matching,
         identity_namespace: identity_namespace.unwrap_or_default(),
         email_source,
+        company,
         attributes,
         audiences,
         status_values,
@@ -367,6 +384,60 @@ fn parse_email(
             None
         }
     }
+}
+
+/// `companyMapping: {"domain": path, "name": path}` (at least one).
+fn parse_company(root: &Map<String, Value>, errors: &mut Errors) -> Option<CompanyMapping> {
+    let setting = "companyMapping";
+    let obj = match root.get(setting) {
+        None | Some(Value::Null) => return None,
+        Some(Value::Object(o)) => o,
+        Some(other) => {
+            errors.push(
+                setting,
+                format!(
+                    "companyMapping must be an object {{\"domain\": path, \"name\": path}}, not {}",
+                    kind_of(other)
+                ),
+            );
+            return None;
+        }
+    };
+    for key in obj.keys() {
+        if key != "domain" && key != "name" {
+            errors.push(
+                format!("companyMapping.{key}"),
+                format!(
+                    "unknown setting \"companyMapping.{key}\"; companyMapping has domain and name"
+                ),
+            );
+        }
+    }
+    let mut path = |key: &str| {
+        let at = format!("companyMapping.{key}");
+        let text = string_setting(obj, key, &at, false, errors)?;
+        match parse_source_path(&text) {
+            Some(path) => Some(path),
+            None => {
+                errors.push(at.as_str(), format!("{at} \"{text}\" has an empty segment"));
+                None
+            }
+        }
+    };
+    let mapping = CompanyMapping {
+        domain: path("domain"),
+        name: path("name"),
+    };
+    if mapping.domain.is_none() && mapping.name.is_none() {
+        if !obj.keys().any(|k| k == "domain" || k == "name") {
+            errors.push(
+                setting,
+                "companyMapping needs the path of the company's domain, its name, or both",
+            );
+        }
+        return None;
+    }
+    Some(mapping)
 }
 
 fn parse_identity(root: &Map<String, Value>, errors: &mut Errors) -> Option<String> {

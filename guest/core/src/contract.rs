@@ -12,15 +12,23 @@ use alloc::string::String;
 
 use crate::types::ConfigError;
 
-/// Why a contract before 0.3 refuses a configuration whose deliveries take
-/// several steps (matching by email): it could not carry them out.
-pub fn steps_need_0_3(version: &str) -> ConfigError {
-    ConfigError {
-        setting: String::from("match"),
+/// Why a contract before 0.3 refuses `destination` (it could not carry
+/// out a delivery of several steps), if it must.
+pub fn steps_need_0_3(destination: &crate::Destination, version: &str) -> Option<ConfigError> {
+    let config = destination.config();
+    let (setting, what) = if config.matching.uses_email() {
+        ("match", "matching prospects by email")
+    } else if config.company.is_some() {
+        ("companyMapping", "syncing companies as accounts")
+    } else {
+        return None;
+    };
+    Some(ConfigError {
+        setting: String::from(setting),
         message: alloc::format!(
-            "matching prospects by email takes several requests per delivery, which contract {version} cannot express: run this destination under contract 0.3 or later, or match by outreachId"
+            "{what} takes several requests per delivery, which contract {version} cannot express: run this destination under contract 0.3 or later"
         ),
-    }
+    })
 }
 
 /// Defines `to_wit_method`, `to_wit_header`, `from_wit_header` and

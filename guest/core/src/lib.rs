@@ -69,12 +69,6 @@ impl Destination {
         &self.config
     }
 
-    /// Whether a delivery may take several requests (matching by email),
-    /// which only contract 0.3 and later can express.
-    pub fn takes_several_steps(&self) -> bool {
-        self.config.matching.uses_email()
-    }
-
     /// One outcome per record, in order.
     pub fn plan<S: AsRef<str>>(&self, records: &[S]) -> Vec<PlanOutcome> {
         records

@@ -133,8 +133,9 @@ fn plan_profile(config: &Config, record: &Map<String, Value>) -> PlanOutcome {
                     "prospect with email {email}: the record has no mapped attribute and no scheduled audience"
                 ));
             }
-            let context = steps::Context::new(email, attributes);
-            return PlanOutcome::Send(vec![steps::lookup(&context, audience_ids)]);
+            let context = steps::Context::new(steps::Prospect::Email(email), attributes)
+                .with_company(company(config, record));
+            return PlanOutcome::Send(vec![steps::first(&context, audience_ids)]);
         }
         None => {
             // match_target() reports a problem whenever it yields nothing.
@@ -148,6 +149,11 @@ fn plan_profile(config: &Config, record: &Map<String, Value>) -> PlanOutcome {
         return PlanOutcome::Skip(format!(
             "prospect {id}: the record has no mapped attribute and no scheduled audience"
         ));
+    }
+    if let Some(company) = company(config, record) {
+        let context =
+            steps::Context::new(steps::Prospect::Id(id), attributes).with_company(Some(company));
+        return PlanOutcome::Send(vec![steps::first(&context, audience_ids)]);
     }
     let body = serde_json::json!({
         "data": { "type": "prospect", "id": id, "attributes": Value::Object(attributes) }
@@ -200,6 +206,24 @@ fn match_target(
             }
         }
     }
+}
+
+/// The record's company, when the configuration maps one and the record
+/// names it: its domain (trimmed, lower case) and name (trimmed).
+fn company(config: &Config, record: &Map<String, Value>) -> Option<steps::Company> {
+    let mapping = config.company.as_ref()?;
+    let text = |path: &Option<crate::config::SourcePath>| {
+        path.as_ref()
+            .and_then(|p| lookup_path(record, &p.segments))
+            .and_then(scalar_text)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    };
+    let company = steps::Company {
+        domain: text(&mapping.domain).map(|d| d.to_lowercase()),
+        name: text(&mapping.name),
+    };
+    (company.domain.is_some() || company.name.is_some()).then_some(company)
 }
 
 /// Whether the record names anything in the identity namespace.

@@ -54,10 +54,10 @@ impl Guest for Component {
 impl GuestConfigured for Configured {
     fn create(config: String) -> Result<wit::Configured, Vec<wit::ConfigError>> {
         match outreach_core::Destination::new(&config) {
-            Ok(d) if d.takes_several_steps() => Err(vec![config_error(
-                outreach_core::contract::steps_need_0_3("0.1.0"),
-            )]),
-            Ok(d) => Ok(wit::Configured::new(Configured(d))),
+            Ok(d) => match outreach_core::contract::steps_need_0_3(&d, "0.1.0") {
+                Some(refusal) => Err(vec![config_error(refusal)]),
+                None => Ok(wit::Configured::new(Configured(d))),
+            },
             Err(errors) => Err(errors.into_iter().map(config_error).collect()),
         }
     }

@@ -27,6 +27,7 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+mod accounts;
 mod admission;
 mod oauth;
 mod prospects;
@@ -61,6 +62,8 @@ pub struct SimulatorConfig {
     /// Email addresses of prospects that exist from the start (their ids
     /// among `prospect_ids`).
     pub prospect_emails: Vec<(u64, String)>,
+    /// Accounts that exist from the start: (id, name, domain).
+    pub accounts: Vec<(u64, String, String)>,
     /// Requests per user per window.
     pub rate_limit: u32,
     pub rate_window: Duration,
@@ -89,6 +92,7 @@ impl Default for SimulatorConfig {
         Self {
             prospect_ids: 1..=10_000,
             prospect_emails: Vec::new(),
+            accounts: Vec::new(),
             rate_limit: 10_000,
             rate_window: Duration::from_secs(3_600),
             rate_window_kind: RateWindowKind::default(),
@@ -117,6 +121,10 @@ pub struct Stats {
     /// Creates and updates refused because the email is another
     /// prospect's (Outreach keeps one prospect per email).
     pub duplicates_refused: u64,
+    /// Lists of accounts answered.
+    pub account_lookups: u64,
+    /// Accounts created.
+    pub account_creates: u64,
     pub unauthorized: u64,
     pub rate_limited: u64,
     pub injected_errors: u64,
@@ -145,6 +153,9 @@ struct Store {
     prospects: BTreeMap<u64, Map<String, Value>>,
     /// Which prospect holds each email (normalised).
     emails: HashMap<String, u64>,
+    accounts: BTreeMap<u64, Map<String, Value>>,
+    /// Each prospect's `account` relationship.
+    prospect_accounts: HashMap<u64, u64>,
     tokens: HashMap<String, oauth::Issued>,
     oauth: oauth::OAuthState,
     windows: HashMap<String, RateWindow>,
@@ -198,6 +209,17 @@ impl Simulator {
             store: Mutex::new(Store {
                 prospects,
                 emails,
+                accounts: config
+                    .accounts
+                    .iter()
+                    .map(|(id, name, domain)| {
+                        let mut attributes = Map::new();
+                        attributes.insert("name".into(), json!(name));
+                        attributes.insert("domain".into(), json!(domain));
+                        (*id, attributes)
+                    })
+                    .collect(),
+                prospect_accounts: HashMap::new(),
                 tokens: config
                     .tokens
                     .iter()
@@ -226,6 +248,10 @@ impl Simulator {
             .route(
                 "/api/v2/prospects",
                 get(prospects::list_prospects).post(prospects::create_prospect),
+            )
+            .route(
+                "/api/v2/accounts",
+                get(accounts::list_accounts).post(accounts::create_account),
             )
             .route(
                 "/api/v2/prospects/{id}",
@@ -314,6 +340,26 @@ impl Simulator {
                             .filter_map(Value::as_str)
                             .any(|e| prospects::normalised(e) == email)
                     })
+            })
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The account prospect `id` links to, if any.
+    pub fn account_of(&self, id: u64) -> Option<u64> {
+        self.shared.store().prospect_accounts.get(&id).copied()
+    }
+
+    /// The accounts whose domain is `domain` (case aside).
+    pub fn accounts_with_domain(&self, domain: &str) -> Vec<u64> {
+        self.shared
+            .store()
+            .accounts
+            .iter()
+            .filter(|(_, a)| {
+                a.get("domain")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| d.eq_ignore_ascii_case(domain))
             })
             .map(|(id, _)| *id)
             .collect()

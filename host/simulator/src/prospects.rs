@@ -155,7 +155,7 @@ fn resource(id: u64, attributes: Map<String, Value>) -> Value {
 /// Authenticates and paces the request, injects the configured faults
 /// (latency, 500/503 without effect, a connection dropped after the
 /// effect), and otherwise answers with `handle`.
-async fn with_faults(
+pub(crate) async fn with_faults(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
     handle: impl FnOnce(&Shared) -> Response,
@@ -336,6 +336,10 @@ fn create(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         Ok(attributes) => attributes,
         Err(refused) => return *refused,
     };
+    let account = match crate::accounts::linked_account(shared, &data) {
+        Ok(account) => account,
+        Err(refused) => return *refused,
+    };
     let emails = emails_of(&attributes).unwrap_or_default();
     let mut store = shared.store();
     if emails.iter().any(|e| store.emails.contains_key(e)) {
@@ -364,6 +368,9 @@ fn create(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
         .or_default()
         .push(attributes.clone());
     store.prospects.insert(id, attributes.clone());
+    if let Some(account) = account {
+        store.prospect_accounts.insert(id, account);
+    }
     json_api(
         StatusCode::CREATED,
         json!({ "data": resource(id, attributes) }),
@@ -395,9 +402,16 @@ fn update(shared: &Shared, raw_id: &str, headers: &HeaderMap, body: &[u8]) -> Re
         Ok(attributes) => attributes,
         Err(refused) => return *refused,
     };
+    let account = match crate::accounts::linked_account(shared, &data) {
+        Ok(account) => account,
+        Err(refused) => return *refused,
+    };
     let mut store = shared.store();
     if !store.prospects.contains_key(&id) {
         return not_found(raw_id);
+    }
+    if let Some(account) = account {
+        store.prospect_accounts.insert(id, account);
     }
     let emails = emails_of(&attributes);
     if let Some(emails) = &emails

@@ -14,7 +14,7 @@ use crate::queue::{Attempt, Disposition, Learned, RunId};
 
 use super::Credentials;
 use super::control::Control;
-use super::driver::Driver;
+use super::driver::{Driver, RecallTurn};
 use super::retry::{Action, Attempts, Event};
 
 /// How many times a request may be replaced by what a remembered fact
@@ -119,15 +119,20 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
 
     /// `request`, or what the component makes of it once the fact it
     /// recalls is known (repeated while the answer recalls another known
-    /// fact, up to [`MAX_RECALLS`] times).
-    async fn recalled(&self, mut request: Request) -> Result<Request, String> {
+    /// fact, up to [`MAX_RECALLS`] times); with the turn to send it when
+    /// it seeks a fact not known yet.
+    async fn recalled(
+        &self,
+        mut request: Request,
+    ) -> Result<(Request, Option<RecallTurn<'_>>), String> {
         for _ in 0..MAX_RECALLS {
             let Some(name) = request.recall.clone() else {
                 break;
             };
+            let turn = self.driver.handle.recalling.turn(&name).await;
             let value = match self.driver.queue.recall(name).await {
                 Ok(Some(value)) => value,
-                Ok(None) => break,
+                Ok(None) => return Ok((request, Some(turn))),
                 Err(e) => return Err(format!("the journal failed: {e}")),
             };
             request = self
@@ -137,7 +142,7 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 .await
                 .map_err(|e| format!("the component failed to recall a fact: {e}"))?;
         }
-        Ok(request)
+        Ok((request, None))
     }
 
     /// Sends the attempt's request until it has a verdict; `None` when the
@@ -193,9 +198,14 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                     }
                 }
             };
-            // What the destination remembers may stand in for a step.
-            let request = match self.recalled(request).await {
-                Ok(request) => request,
+            // What the destination remembers may stand in for a step; a
+            // fact not known yet is sought by one request at a time.
+            let Some(recalled) = self.control.unless_stopped(self.recalled(request)).await else {
+                self.driver.queue.attempt_failed(claim.clone()).await;
+                return None;
+            };
+            let (request, _turn) = match recalled {
+                Ok(recalled) => recalled,
                 Err(why) => {
                     self.driver.queue.attempt_failed(claim.clone()).await;
                     self.control.stop_run(why);

@@ -38,6 +38,50 @@ pub struct Handle {
     pub(super) last_verdict_ms: AtomicU64,
     /// This delivery's place among its limiter's sharers.
     pub(super) line: Line,
+    /// Who sends a request recalling each fact not known yet.
+    pub(super) recalling: Recalling,
+}
+
+/// One request at a time per fact not known yet: two deliveries waiting
+/// for the same object (two prospects of a company whose account is not
+/// known) would otherwise both look it up and both create it. The second
+/// waits for the first's answer, then usually finds the fact remembered.
+#[derive(Default)]
+pub(super) struct Recalling(Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Recalling {
+    /// Waits for the turn to send a request recalling `name`; the turn
+    /// lasts until what its answer taught is stored.
+    pub(super) async fn turn(&self, name: &str) -> RecallTurn<'_> {
+        let entry = lock(&self.0).entry(name.to_owned()).or_default().clone();
+        let guard = entry.lock_owned().await;
+        RecallTurn {
+            recalling: self,
+            name: name.to_owned(),
+            guard: Some(guard),
+        }
+    }
+}
+
+/// A turn to send a request recalling one fact.
+pub(super) struct RecallTurn<'a> {
+    recalling: &'a Recalling,
+    name: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for RecallTurn<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = lock(&self.recalling.0);
+        // Nobody waits for it any more: forget the name.
+        if map
+            .get(&self.name)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.name);
+        }
+    }
 }
 
 impl Handle {
@@ -50,6 +94,7 @@ impl Handle {
             input_ended: AtomicBool::new(false),
             last_verdict_ms: AtomicU64::new(now_ms),
             line: Line::default(),
+            recalling: Recalling::default(),
         }
     }
 
