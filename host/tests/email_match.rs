@@ -509,6 +509,9 @@ async fn companies_become_accounts_once_and_prospects_link_to_them() {
         "five prospects of one new company, one account: {stats:?}"
     );
     assert_eq!(stats.account_creates, 1);
+    // One lookup per company: the deliveries waiting for Globex's account
+    // found it remembered (the first kept its turn from lookup to create).
+    assert_eq!(stats.account_lookups, 2, "{stats:?}");
     let globex = simulator.accounts_with_domain("globex.example")[0];
     for i in 1..=10 {
         let prospect = simulator.prospects_with_email(&format!("p{i}@example.com"))[0];

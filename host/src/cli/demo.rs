@@ -77,10 +77,12 @@ pub(crate) async fn demo(
     if !args.json {
         let stats = simulator.stats();
         println!(
-            "simulator: {} updates applied, {} prospects created, {} lookups, {} requests, {} rate-limited, {} rejected",
+            "simulator: {} updates applied, {} prospects created, {} prospect lookups, {} accounts created, {} account lookups, {} requests, {} rate-limited, {} rejected",
             stats.updates_applied,
             stats.creates,
             stats.lookups,
+            stats.account_creates,
+            stats.account_lookups,
             stats.requests,
             stats.rate_limited,
             stats.rejected

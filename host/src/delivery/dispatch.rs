@@ -119,22 +119,29 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
 
     /// `request`, or what the component makes of it once the fact it
     /// recalls is known (repeated while the answer recalls another known
-    /// fact, up to [`MAX_RECALLS`] times); with the turn to send it when
-    /// it seeks a fact not known yet.
-    async fn recalled(
-        &self,
+    /// fact, up to [`MAX_RECALLS`] times). When it seeks a fact not known
+    /// yet, `turn` holds the turn to send it (kept if it already was that
+    /// fact's); otherwise `turn` is let go.
+    async fn recalled<'d>(
+        &'d self,
         mut request: Request,
-    ) -> Result<(Request, Option<RecallTurn<'_>>), String> {
+        turn: &mut Option<RecallTurn<'d>>,
+    ) -> Result<Request, String> {
         for _ in 0..MAX_RECALLS {
             let Some(name) = request.recall.clone() else {
                 break;
             };
-            let turn = self.driver.handle.recalling.turn(&name).await;
+            if turn.as_ref().is_none_or(|held| held.name() != name) {
+                // Let the other go before waiting: two turns are never held.
+                *turn = None;
+                *turn = Some(self.driver.handle.recalling.turn(&name).await);
+            }
             let value = match self.driver.queue.recall(name).await {
                 Ok(Some(value)) => value,
-                Ok(None) => return Ok((request, Some(turn))),
+                Ok(None) => return Ok(request),
                 Err(e) => return Err(format!("the journal failed: {e}")),
             };
+            *turn = None;
             request = self
                 .driver
                 .guest
@@ -142,7 +149,8 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 .await
                 .map_err(|e| format!("the component failed to recall a fact: {e}"))?;
         }
-        Ok((request, None))
+        *turn = None;
+        Ok(request)
     }
 
     /// Sends the attempt's request until it has a verdict; `None` when the
@@ -153,6 +161,10 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
         let Attempt { claim, request } = attempt;
         let mut on_the_wire = Some(request);
         let mut attempts = Attempts::default();
+        // The turn to seek a fact not known yet, kept from one step to the
+        // next that seeks the same fact (a lookup that found nothing, then
+        // the create), so no other delivery seeks it in between.
+        let mut turn: Option<RecallTurn<'_>> = None;
         loop {
             // A stop lets the claim go (the caller releases it).
             if self.control.stopped().is_some() {
@@ -200,11 +212,15 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
             };
             // What the destination remembers may stand in for a step; a
             // fact not known yet is sought by one request at a time.
-            let Some(recalled) = self.control.unless_stopped(self.recalled(request)).await else {
+            let Some(recalled) = self
+                .control
+                .unless_stopped(self.recalled(request, &mut turn))
+                .await
+            else {
                 self.driver.queue.attempt_failed(claim.clone()).await;
                 return None;
             };
-            let (request, _turn) = match recalled {
+            let request = match recalled {
                 Ok(recalled) => recalled,
                 Err(why) => {
                     self.driver.queue.attempt_failed(claim.clone()).await;

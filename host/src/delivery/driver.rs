@@ -70,6 +70,12 @@ pub(super) struct RecallTurn<'a> {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
+impl RecallTurn<'_> {
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
 impl Drop for RecallTurn<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
