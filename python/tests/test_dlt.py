@@ -311,3 +311,45 @@ def test_a_refused_token_is_refreshed_through_the_callback_once(component: Compo
         assert sink.sender.counts.delivered + sink.sender.counts.skipped == 50
     finally:
         simulator.stop()
+
+
+def test_a_dlt_load_matching_by_email_follows_the_steps_and_remembers(
+    component: Component, tmp_path: Path
+) -> None:
+    """Contract 0.3 through dlt: the by-email example (its employers as
+    accounts) on the first 300 example profiles — each looked up and
+    created, each company's account too — then the same profiles again:
+    the sink's remembered facts make each one update."""
+    config = (ROOT / "examples" / "destination-by-email.json").read_text(encoding="utf-8")
+    profiles = tmp_path / "profiles.ndjson"
+    lines = PROFILES.read_text(encoding="utf-8").splitlines()[:300]
+    profiles.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    simulator = Simulator()
+    try:
+        letters: list[dict[str, Any]] = []
+        facts: dict[str, str] = {}
+        sink = component_destination(
+            component, config, simulator.api, StaticToken(simulator.token), letters.append,
+            facts=facts,
+        )
+        pipeline(sink).run(ndjson_profiles(str(profiles), sink), table_name="profiles")
+        first = simulator.stats()
+        delivered = sink.sender.counts.delivered
+        assert delivered > 250, sink.sender.counts
+        # The simulated account has no emails: every prospect is created.
+        assert first["lookups"] == delivered and first["creates"] == delivered, first
+        assert 1 <= first["account_creates"] == first["account_lookups"] <= 5, first
+        assert sink.sender.counts.lookups == delivered + first["account_lookups"]
+        assert sum(name.startswith("email:") for name in facts) == delivered
+        created = simulator.prospects()
+
+        pipeline(sink).run(ndjson_profiles(str(profiles), sink), table_name="profiles")
+        second = simulator.stats()
+        assert second["lookups"] == first["lookups"], second
+        assert second["account_lookups"] == first["account_lookups"], second
+        assert second["creates"] == first["creates"], second
+        assert second["updates_applied"] - first["updates_applied"] == delivered
+        # The same prospects, written again: nothing new, nothing lost.
+        assert simulator.prospects().keys() == created.keys()
+    finally:
+        simulator.stop()
