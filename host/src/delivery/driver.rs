@@ -43,7 +43,7 @@ pub struct Handle {
 }
 
 /// One request at a time per fact not known yet: two deliveries waiting
-/// for the same object (two prospects of a company whose account is not
+/// for the same object (two records of one company whose account is not
 /// known) would otherwise both look it up and both create it. The second
 /// waits for the first's answer, then usually finds the fact remembered.
 #[derive(Default)]
