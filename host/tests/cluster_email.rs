@@ -233,9 +233,11 @@ async fn a_killed_owner_mid_flow_creates_nothing_twice_and_loses_nothing() {
     first.wait(Duration::from_secs(10));
     let before = simulator.stats();
     let second = worker(&dir, &nats, &simulator, "w1");
-    eventually("every email's last values", Duration::from_secs(120), || {
-        all_hold_range(&simulator, 1..=EMAILS, "v2")
-    })
+    eventually(
+        "every email's last values",
+        Duration::from_secs(120),
+        || all_hold_range(&simulator, 1..=EMAILS, "v2"),
+    )
     .await;
     let stats = simulator.stats();
     eprintln!(
@@ -257,7 +259,11 @@ async fn a_killed_owner_mid_flow_creates_nothing_twice_and_loses_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn all_hold_range(simulator: &Simulator, emails: std::ops::RangeInclusive<u64>, first: &str) -> bool {
+fn all_hold_range(
+    simulator: &Simulator,
+    emails: std::ops::RangeInclusive<u64>,
+    first: &str,
+) -> bool {
     emails.into_iter().all(|i| {
         let holders = simulator.prospects_with_email(&format!("p{i}@example.com"));
         holders.len() == 1

@@ -238,7 +238,11 @@ fn prospect_data(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>,
             None,
         ))
     })?;
-    let Some(Value::Object(data)) = document.get("data").cloned() else {
+    let data = match document {
+        Value::Object(mut root) => root.remove("data"),
+        _ => None,
+    };
+    let Some(Value::Object(data)) = data else {
         return Err(Box::new(one_error(
             StatusCode::BAD_REQUEST,
             "badRequest",
@@ -429,7 +433,18 @@ fn update(shared: &Shared, raw_id: &str, headers: &HeaderMap, body: &[u8]) -> Re
         );
     }
     if let Some(emails) = emails {
-        store.emails.retain(|_, owner| *owner != id);
+        // The emails it had are its no more (read from the prospect: a
+        // scan of the index would cost every update the whole index).
+        let old = store
+            .prospects
+            .get(&id)
+            .and_then(emails_of)
+            .unwrap_or_default();
+        for email in old {
+            if store.emails.get(&email) == Some(&id) {
+                store.emails.remove(&email);
+            }
+        }
         for email in emails {
             store.emails.insert(email, id);
         }
