@@ -223,6 +223,12 @@ impl Account {
         Ok(Some((client, sink)))
     }
 
+    /// The scopes a browser login asks for (`None`: the account uses a
+    /// fixed token).
+    pub fn login_scopes(&self) -> Option<Vec<String>> {
+        self.tokens.login().map(|(settings, _)| settings.scopes)
+    }
+
     /// Whether a browser login can give the account new tokens.
     pub fn connectable(&self) -> bool {
         self.tokens.login().is_some()

@@ -209,6 +209,9 @@ async fn a_served_destination_matches_by_email_and_counts_its_steps() {
         format!(
             r#"state_dir = "state"
 ingest_keys = ["{}"]
+[admin]
+user = "ops"
+password_hash = "{}"
 
 [[destinations]]
 name = "by-email"
@@ -219,6 +222,7 @@ config = {{ name = "by-email", match = "email", emailMapping = {{ source = "pers
   audiences = [ {{ id = "aud-news", name = "Newsletter", mappingId = 4 }} ] }}
 "#,
             outreach_host::service::keys::KeyHash::of(key),
+            common::serve::password_hash("operator password"),
             simulator.api_base()
         ),
     )
@@ -278,6 +282,35 @@ config = {{ name = "by-email", match = "email", emailMapping = {{ source = "pers
         metrics.contains("outreach_host_requests_total{account=\"ada@example.com\"} 20"),
         "{metrics}"
     );
+    // Connect asks for the scope matching by email needs (prospects.all:
+    // Outreach's scopes are not additive), not the component's default.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let session = common::serve::sign_in(&http, &service, "ops", "operator password").await;
+    let overview = http
+        .get(service.url("/admin"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = overview.find("name=\"csrf\" value=\"").unwrap() + 19;
+    let csrf = &overview[at..at + overview[at..].find('"').unwrap()];
+    let connecting = http
+        .post(service.url("/admin/connect"))
+        .header("cookie", &session)
+        .form(&[("csrf", csrf), ("account", "ada@example.com")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(connecting.contains("scope=prospects.all\""), "{connecting}");
     drop(service);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -77,6 +77,11 @@ pub(crate) struct OAuthArgs {
     /// Override the component's minimum seconds between new tokens.
     #[arg(long, value_name = "SECONDS")]
     pub(crate) min_token_interval: Option<u64>,
+    /// Ask for this scope instead of the component's (repeat for several):
+    /// matching prospects by email needs `prospects.all`, syncing accounts
+    /// `accounts.all` too.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    pub(crate) scopes: Vec<String>,
 }
 
 #[derive(Args)]

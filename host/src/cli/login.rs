@@ -63,7 +63,11 @@ pub(crate) fn oauth_client(
         // Refreshes send no redirect URI; any valid URL satisfies the client.
         redirect_uri: redirect_uri
             .unwrap_or_else(|| outreach_host::oauth::DEFAULT_REDIRECT_URI.into()),
-        scopes: descriptor.scopes,
+        scopes: if args.scopes.is_empty() {
+            descriptor.scopes
+        } else {
+            args.scopes.clone()
+        },
         app: app_credentials(args)?,
         pkce,
         min_interval_between_tokens: Duration::from_secs(

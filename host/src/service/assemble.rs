@@ -27,6 +27,8 @@ pub(super) struct Prepared {
     pub(super) spec: DestinationSpec,
     pub(super) account: String,
     pub(super) audience_labels: BTreeMap<String, String>,
+    /// The OAuth scopes its configuration needs (empty: the component's).
+    pub(super) scopes: Vec<String>,
     pub(super) runtime: Arc<Runtime>,
     pub(super) destination: Option<Configured>,
 }
@@ -147,10 +149,12 @@ impl Service {
                 .iter()
                 .map(|a| (a.id.clone(), a.label.clone()))
                 .collect();
+            let scopes = destination.identity().scopes.clone();
             prepared.push(Prepared {
                 spec: spec.clone(),
                 account,
                 audience_labels,
+                scopes,
                 runtime,
                 destination: spec.enabled.then_some(destination),
             });
@@ -184,6 +188,7 @@ impl Service {
                 continue;
             }
             let settings = file.accounts.get(&p.account).cloned().unwrap_or_default();
+            let scopes = account_scopes(&prepared, &p.account);
             let unchanged = old
                 .file
                 .accounts
@@ -193,11 +198,14 @@ impl Service {
                 == settings;
             if let Some(account) = old.accounts.get(&p.account)
                 && unchanged
+                && account
+                    .login_scopes()
+                    .is_none_or(|old| scopes.is_empty() || old == scopes)
             {
                 accounts.insert(p.account.clone(), account.clone());
                 continue;
             }
-            match self.account(&p.account, &settings, &p.runtime) {
+            match self.account(&p.account, &settings, &p.runtime, &scopes) {
                 Ok(account) => {
                     accounts.insert(p.account.clone(), Arc::new(account));
                 }
@@ -305,6 +313,7 @@ impl Service {
         name: &str,
         settings: &AccountSettings,
         runtime: &Runtime,
+        scopes: &[String],
     ) -> Result<Account, String> {
         let mut policy = runtime.describe().rate_limit.clone();
         if let Some(requests) = settings.rate_limit {
@@ -318,7 +327,7 @@ impl Service {
             Some(token) => Box::new(StaticToken(token.clone())) as Box<dyn TokenSource>,
             None => Box::new(StoredTokens::new(
                 name,
-                (self.env.oauth_client)(runtime)?,
+                with_scopes((self.env.oauth_client)(runtime)?, scopes)?,
                 self.env.token_store.clone(),
             )),
         };
@@ -383,4 +392,36 @@ impl Service {
             .map_err(|e| e.to_string())?;
         Ok(Arc::new(stream))
     }
+}
+
+/// The scopes a login for `account` asks for: every scope its
+/// destinations' configurations need, in the order first named (empty:
+/// the component's own).
+pub(super) fn account_scopes(prepared: &[Prepared], account: &str) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in prepared
+        .iter()
+        .filter(|p| p.account == account)
+        .flat_map(|p| &p.scopes)
+    {
+        if !scopes.contains(scope) {
+            scopes.push(scope.clone());
+        }
+    }
+    scopes
+}
+
+/// `client`, asking for `scopes` when there are any (Outreach's scopes are
+/// not additive: matching by email needs `prospects.all`, not the
+/// component's `prospects.write`).
+pub(super) fn with_scopes(
+    client: crate::oauth::OAuthClient,
+    scopes: &[String],
+) -> Result<crate::oauth::OAuthClient, String> {
+    if scopes.is_empty() {
+        return Ok(client);
+    }
+    let mut settings = client.settings().clone();
+    settings.scopes = scopes.to_vec();
+    crate::oauth::OAuthClient::new(settings).map_err(|e| e.to_string())
 }

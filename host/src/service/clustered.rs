@@ -52,6 +52,15 @@ impl Service {
         let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut members = Vec::new();
         let mut served = Vec::new();
+        let scopes: BTreeMap<String, Vec<String>> = prepared
+            .iter()
+            .map(|p| {
+                (
+                    p.account.clone(),
+                    super::assemble::account_scopes(&prepared, &p.account),
+                )
+            })
+            .collect();
         for mut p in prepared {
             let label = format!("destination {:?}", p.spec.name);
             if let Some(destination) = p.destination.take() {
@@ -76,7 +85,13 @@ impl Service {
                 }
                 let oauth = match &self.env.fixed_token {
                     Some(_) => None,
-                    None => Some((self.env.oauth_client)(&p.runtime).map_err(problem)?),
+                    None => Some(
+                        super::assemble::with_scopes(
+                            (self.env.oauth_client)(&p.runtime).map_err(problem)?,
+                            scopes.get(&p.account).map_or(&[][..], Vec::as_slice),
+                        )
+                        .map_err(problem)?,
+                    ),
                 };
                 members.push(Arc::new(ClusterDestination {
                     name: p.spec.name.clone(),
