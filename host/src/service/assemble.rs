@@ -411,9 +411,9 @@ pub(super) fn account_scopes(prepared: &[Prepared], account: &str) -> Vec<String
     scopes
 }
 
-/// `client`, asking for `scopes` when there are any (Outreach's scopes are
-/// not additive: matching by email needs `prospects.all`, not the
-/// component's `prospects.write`).
+/// `client`, asking for `scopes` when there are any (an API whose
+/// scopes are not additive needs a configuration's own list, not the
+/// component's default).
 pub(super) fn with_scopes(
     client: crate::oauth::OAuthClient,
     scopes: &[String],
