@@ -570,3 +570,71 @@ async fn companies_become_accounts_once_and_prospects_link_to_them() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Twenty prospects of one new company against an API that allows 4
+/// requests a second: the deliveries waiting to seek the company's
+/// account hold no place in the rate budget meanwhile, so the one seeking
+/// it (lookup, then create) gets the window's next place — a window's
+/// first request is one every other request waits for, and a waiting
+/// delivery holding it would stall them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_waiting_for_one_account_leave_the_rate_budget_to_the_one_seeking_it() {
+    use outreach_simulator::RateWindowKind;
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=1,
+            rate_limit: 4,
+            rate_window: Duration::from_secs(1),
+            rate_window_kind: RateWindowKind::Fixed,
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let dir = scratch("email-match", "turns");
+    let config = json!({
+        "name": "one company",
+        "match": "email",
+        "emailMapping": { "source": "personalEmail.address" },
+        "companyMapping": { "domain": "employer.domain" },
+        "attributeMappings": [ { "source": "person.name.firstName", "target": "firstName" } ]
+    })
+    .to_string();
+    let records: Vec<String> = (1..=20)
+        .map(|i| {
+            json!({
+                "personalEmail": { "address": format!("q{i}@example.com") },
+                "person": { "name": { "firstName": "Q" } },
+                "employer": { "domain": "initech.example" }
+            })
+            .to_string()
+        })
+        .collect();
+    let runtime = runtime();
+    let destination = runtime.configure(&config).unwrap().expect("config valid");
+    let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
+    let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
+    let options = DeliveryOptions {
+        journal: Some(Arc::new(
+            Journal::open(&dir.join("journal.sqlite")).unwrap(),
+        )),
+        ..DeliveryOptions::default()
+    };
+    let input = Input::reader(Cursor::new(records.join("\n")), None);
+    let token = StaticToken(simulator.issue_token("ada@example.com"));
+    let run = delivery::run(destination, &api, &limiter, &token, input, &options);
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("delivery stalled")
+        .expect("run completes");
+    assert_eq!(summary.delivered, 20, "{summary:?}");
+    let stats = simulator.stats();
+    assert_eq!(
+        (stats.account_lookups, stats.account_creates),
+        (1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.creates, 20);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,6 +17,13 @@ use super::control::Control;
 use super::driver::{Driver, RecallTurn};
 use super::retry::{Action, Attempts, Event};
 
+/// What to send after recalling.
+enum Recalled {
+    Send(Request),
+    /// Another delivery seeks the same unknown fact: wait for its turn.
+    Busy(String),
+}
+
 /// How many times a request may be replaced by what a remembered fact
 /// makes of it before it is sent (the contract's bound).
 const MAX_RECALLS: usize = 8;
@@ -121,24 +128,28 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
     /// recalls is known (repeated while the answer recalls another known
     /// fact, up to [`MAX_RECALLS`] times). When it seeks a fact not known
     /// yet, `turn` holds the turn to send it (kept if it already was that
-    /// fact's); otherwise `turn` is let go.
+    /// fact's; [`Recalled::Busy`] when another delivery holds it);
+    /// otherwise `turn` is let go.
     async fn recalled<'d>(
         &'d self,
         mut request: Request,
         turn: &mut Option<RecallTurn<'d>>,
-    ) -> Result<Request, String> {
+    ) -> Result<Recalled, String> {
         for _ in 0..MAX_RECALLS {
             let Some(name) = request.recall.clone() else {
                 break;
             };
             if turn.as_ref().is_none_or(|held| held.name() != name) {
-                // Let the other go before waiting: two turns are never held.
+                // Two turns are never held.
                 *turn = None;
-                *turn = Some(self.driver.handle.recalling.turn(&name).await);
+                match self.driver.handle.recalling.try_turn(&name) {
+                    Some(taken) => *turn = Some(taken),
+                    None => return Ok(Recalled::Busy(name)),
+                }
             }
             let value = match self.driver.queue.recall(name).await {
                 Ok(Some(value)) => value,
-                Ok(None) => return Ok(request),
+                Ok(None) => return Ok(Recalled::Send(request)),
                 Err(e) => return Err(format!("the journal failed: {e}")),
             };
             *turn = None;
@@ -150,7 +161,7 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 .map_err(|e| format!("the component failed to recall a fact: {e}"))?;
         }
         *turn = None;
-        Ok(request)
+        Ok(Recalled::Send(request))
     }
 
     /// Sends the attempt's request until it has a verdict; `None` when the
@@ -221,7 +232,19 @@ impl<C: Credentials, Q: WorkQueue> Dispatcher<'_, C, Q> {
                 return None;
             };
             let request = match recalled {
-                Ok(recalled) => recalled,
+                Ok(Recalled::Send(request)) => request,
+                Ok(Recalled::Busy(name)) => {
+                    // Waited for without a place in the budget (the turn's
+                    // holder may need it), then this request starts again.
+                    drop(permit);
+                    self.driver.queue.attempt_failed(claim.clone()).await;
+                    turn = Some(
+                        self.control
+                            .unless_stopped(self.driver.handle.recalling.turn(&name))
+                            .await?,
+                    );
+                    continue;
+                }
                 Err(why) => {
                     self.driver.queue.attempt_failed(claim.clone()).await;
                     self.control.stop_run(why);

@@ -51,10 +51,27 @@ pub(super) struct Recalling(Mutex<std::collections::HashMap<String, Arc<tokio::s
 
 impl Recalling {
     /// Waits for the turn to send a request recalling `name`; the turn
-    /// lasts until what its answer taught is stored.
+    /// lasts until what its answer taught is stored. Never waited for
+    /// while holding a place in the rate budget: the turn's holder may
+    /// need that place (a window's first request, which the others wait
+    /// for, above all).
     pub(super) async fn turn(&self, name: &str) -> RecallTurn<'_> {
         let entry = lock(&self.0).entry(name.to_owned()).or_default().clone();
         let guard = entry.lock_owned().await;
+        self.held(name, guard)
+    }
+
+    /// The turn for `name` if nobody holds it.
+    pub(super) fn try_turn(&self, name: &str) -> Option<RecallTurn<'_>> {
+        let entry = lock(&self.0).entry(name.to_owned()).or_default().clone();
+        // Held by someone else, the name stays theirs to tidy up.
+        entry
+            .try_lock_owned()
+            .ok()
+            .map(|guard| self.held(name, guard))
+    }
+
+    fn held(&self, name: &str, guard: tokio::sync::OwnedMutexGuard<()>) -> RecallTurn<'_> {
         RecallTurn {
             recalling: self,
             name: name.to_owned(),
