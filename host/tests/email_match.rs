@@ -49,8 +49,18 @@ fn simulator_config() -> SimulatorConfig {
 }
 
 async fn run(simulator: &Simulator, journal: &Path, records: &[String]) -> Summary {
+    run_config(&config(), simulator, journal, records).await
+}
+
+/// A `run` of `records` with configuration `config` over `journal`.
+async fn run_config(
+    config: &str,
+    simulator: &Simulator,
+    journal: &Path,
+    records: &[String],
+) -> Summary {
     let runtime = runtime();
-    let destination = runtime.configure(&config()).unwrap().expect("config valid");
+    let destination = runtime.configure(config).unwrap().expect("config valid");
     let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
     let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
     let options = DeliveryOptions {
@@ -503,33 +513,7 @@ async fn companies_become_accounts_once_and_prospects_link_to_them() {
             record.to_string()
         })
         .collect();
-    let run = |records: Vec<String>| {
-        let config = config.clone();
-        let (simulator, journal) = (&simulator, &journal);
-        async move {
-            let runtime = runtime();
-            let destination = runtime.configure(&config).unwrap().expect("config valid");
-            let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
-            let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
-            let options = DeliveryOptions {
-                journal: Some(Arc::new(Journal::open(journal).unwrap())),
-                ..DeliveryOptions::default()
-            };
-            let input = Input::reader(Cursor::new(records.join("\n")), None);
-            let token = simulator.issue_token("ada@example.com");
-            delivery::run(
-                destination,
-                &api,
-                &limiter,
-                &StaticToken(token),
-                input,
-                &options,
-            )
-            .await
-            .expect("run completes")
-        }
-    };
-    let summary = run(records.clone()).await;
+    let summary = run_config(&config, &simulator, &journal, &records).await;
     assert_eq!(
         (summary.delivered, summary.rejected),
         (10, 0),
@@ -557,7 +541,7 @@ async fn companies_become_accounts_once_and_prospects_link_to_them() {
     }
     // Remembered: the next run looks up neither accounts nor prospects.
     let before = simulator.stats();
-    let again = run(records).await;
+    let again = run_config(&config, &simulator, &journal, &records).await;
     assert_eq!(again.delivered, 10);
     let after = simulator.stats();
     assert_eq!(
@@ -611,23 +595,11 @@ async fn deliveries_waiting_for_one_account_leave_the_rate_budget_to_the_one_see
             .to_string()
         })
         .collect();
-    let runtime = runtime();
-    let destination = runtime.configure(&config).unwrap().expect("config valid");
-    let limiter = Limiter::new(&runtime.describe().rate_limit).unwrap();
-    let api = ApiClient::new(&simulator.api_base(), Duration::from_secs(5)).unwrap();
-    let options = DeliveryOptions {
-        journal: Some(Arc::new(
-            Journal::open(&dir.join("journal.sqlite")).unwrap(),
-        )),
-        ..DeliveryOptions::default()
-    };
-    let input = Input::reader(Cursor::new(records.join("\n")), None);
-    let token = StaticToken(simulator.issue_token("ada@example.com"));
-    let run = delivery::run(destination, &api, &limiter, &token, input, &options);
+    let journal = dir.join("journal.sqlite");
+    let run = run_config(&config, &simulator, &journal, &records);
     let summary = tokio::time::timeout(Duration::from_secs(60), run)
         .await
-        .expect("delivery stalled")
-        .expect("run completes");
+        .expect("delivery stalled");
     assert_eq!(summary.delivered, 20, "{summary:?}");
     let stats = simulator.stats();
     assert_eq!(
