@@ -10,6 +10,7 @@
 
 mod actions;
 pub mod attempts;
+mod charts;
 pub mod connect;
 mod letters;
 mod pages;

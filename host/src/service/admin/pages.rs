@@ -1,6 +1,7 @@
 //! The pages an operator reads: the destinations, a destination's runs, a
 //! run per audience and reason, the dead letters.
 
+use super::charts;
 use super::*;
 use crate::read_model::{Budget, Hour, RunSummary, Waiting};
 
@@ -194,7 +195,14 @@ struct DestinationPage<'a> {
     csrf: Option<&'a str>,
     name: &'a str,
     runs: Vec<RunRow>,
+    /// The last 24 hours and the last 7 days, hour by hour (SVG, escaped
+    /// where it holds text).
+    last_day: String,
+    last_week: String,
 }
+
+/// Hours a week of charts shows.
+const WEEK_HOURS: u64 = 7 * 24;
 
 pub(super) async fn destination(
     State(service): State<Arc<Service>>,
@@ -206,16 +214,28 @@ pub(super) async fn destination(
         Ok(served) => served,
         Err(response) => return *response,
     };
-    let runs = match served.read.runs(PAGE).await {
-        Ok(runs) => runs.iter().map(RunRow::from).collect(),
+    // A week of hourly runs, at least: the charts' and the table's.
+    let runs = match served.read.runs(PAGE.max(WEEK_HOURS as usize)).await {
+        Ok(runs) => runs,
         Err(e) => return unreadable(&session, &e),
     };
+    let now_ms = crate::clock::now_ms();
+    let last_day = charts::svg(
+        "Records per hour, the last 24 hours",
+        &charts::hours(&runs, now_ms, 24),
+    );
+    let last_week = charts::svg(
+        "Records per hour, the last 7 days",
+        &charts::hours(&runs, now_ms, WEEK_HOURS),
+    );
     html(
         StatusCode::OK,
         &DestinationPage {
             csrf: Some(&session.csrf),
             name: &name,
-            runs,
+            runs: runs.iter().take(PAGE).map(RunRow::from).collect(),
+            last_day,
+            last_week,
         },
     )
 }
