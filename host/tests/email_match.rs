@@ -308,8 +308,7 @@ config = {{ name = "by-email", match = "email", emailMapping = {{ source = "pers
         .text()
         .await
         .unwrap();
-    let at = overview.find("name=\"csrf\" value=\"").unwrap() + 19;
-    let csrf = &overview[at..at + overview[at..].find('"').unwrap()];
+    let csrf = common::between(&overview, "name=\"csrf\" value=\"", "\"");
     let connecting = http
         .post(service.url("/admin/connect"))
         .header("cookie", &session)

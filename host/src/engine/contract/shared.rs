@@ -216,4 +216,73 @@ macro_rules! one_step {
     };
 }
 
-pub(super) use {one_step, version_module};
+/// What 0.2 and later share beyond [`version_module!`]: `merge`, the
+/// client-authentication style, record fates, and how a configuration's
+/// audiences are labelled. Expands where `request` (a request coming in)
+/// is defined.
+macro_rules! since_0_2 {
+    () => {
+        impl Instance {
+            pub fn merge(
+                &self,
+                store: &mut wasmtime::Store<GuestState>,
+                older: &types::Request,
+                newer: &types::Request,
+            ) -> wasmtime::Result<Option<types::Request>> {
+                let merged = self.api().configured().call_merge(
+                    store,
+                    self.configured()?,
+                    &to_wit_request(older),
+                    &to_wit_request(newer),
+                )?;
+                Ok(merged.map(request))
+            }
+        }
+
+        fn audience_labels(labels: Vec<wit::AudienceLabel>) -> Vec<types::AudienceLabel> {
+            labels
+                .into_iter()
+                .map(|a| types::AudienceLabel {
+                    id: a.id,
+                    label: a.label,
+                })
+                .collect()
+        }
+
+        fn client_authentication(oauth: &wit::OauthDescriptor) -> types::ClientAuthentication {
+            match oauth.client_authentication {
+                wit::ClientAuthentication::RequestBody => types::ClientAuthentication::RequestBody,
+                wit::ClientAuthentication::Basic => types::ClientAuthentication::Basic,
+            }
+        }
+
+        fn method(m: wit::Method) -> types::Method {
+            match m {
+                wit::Method::Get => types::Method::Get,
+                wit::Method::Post => types::Method::Post,
+                wit::Method::Put => types::Method::Put,
+                wit::Method::Patch => types::Method::Patch,
+            }
+        }
+
+        fn plan_outcome(o: wit::PlanOutcome) -> types::PlanOutcome {
+            match o {
+                wit::PlanOutcome::Send(requests) => {
+                    types::PlanOutcome::Send(requests.into_iter().map(request).collect())
+                }
+                wit::PlanOutcome::Skip(why) => types::PlanOutcome::Skip(why),
+                wit::PlanOutcome::Invalid(e) => types::PlanOutcome::Invalid(types::RecordError {
+                    code: e.code,
+                    message: e.message,
+                    audiences: e.audiences,
+                    fate: match e.fate {
+                        wit::RecordFate::Skipped => types::RecordFate::Skipped,
+                        wit::RecordFate::Rejected => types::RecordFate::Rejected,
+                    },
+                }),
+            }
+        }
+    };
+}
+
+pub(super) use {one_step, since_0_2, version_module};

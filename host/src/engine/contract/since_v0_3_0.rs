@@ -19,6 +19,7 @@ mod bindings {
 use bindings::exports::profile_sync::destination::destination as wit;
 
 super::shared::version_module!();
+super::shared::since_0_2!();
 
 impl Instance {
     pub fn identity(
@@ -32,31 +33,9 @@ impl Instance {
         Ok(types::ConfigurationIdentity {
             name: identity.name,
             account: identity.account,
-            audiences: identity
-                .audiences
-                .into_iter()
-                .map(|a| types::AudienceLabel {
-                    id: a.id,
-                    label: a.label,
-                })
-                .collect(),
+            audiences: audience_labels(identity.audiences),
             scopes: identity.scopes,
         })
-    }
-
-    pub fn merge(
-        &self,
-        store: &mut wasmtime::Store<GuestState>,
-        older: &types::Request,
-        newer: &types::Request,
-    ) -> wasmtime::Result<Option<types::Request>> {
-        let merged = self.api().configured().call_merge(
-            store,
-            self.configured()?,
-            &to_wit_request(older),
-            &to_wit_request(newer),
-        )?;
-        Ok(merged.map(request))
     }
 
     pub fn recall(
@@ -72,22 +51,6 @@ impl Instance {
             value,
         )?;
         Ok(self::request(next))
-    }
-}
-
-fn client_authentication(oauth: &wit::OauthDescriptor) -> types::ClientAuthentication {
-    match oauth.client_authentication {
-        wit::ClientAuthentication::RequestBody => types::ClientAuthentication::RequestBody,
-        wit::ClientAuthentication::Basic => types::ClientAuthentication::Basic,
-    }
-}
-
-fn method(m: wit::Method) -> types::Method {
-    match m {
-        wit::Method::Get => types::Method::Get,
-        wit::Method::Post => types::Method::Post,
-        wit::Method::Put => types::Method::Put,
-        wit::Method::Patch => types::Method::Patch,
     }
 }
 
@@ -158,23 +121,5 @@ fn classification_from(c: wit::Classification) -> types::Classification {
             })
             .collect(),
         forget: c.forget,
-    }
-}
-
-fn plan_outcome(o: wit::PlanOutcome) -> types::PlanOutcome {
-    match o {
-        wit::PlanOutcome::Send(requests) => {
-            types::PlanOutcome::Send(requests.into_iter().map(request).collect())
-        }
-        wit::PlanOutcome::Skip(why) => types::PlanOutcome::Skip(why),
-        wit::PlanOutcome::Invalid(e) => types::PlanOutcome::Invalid(types::RecordError {
-            code: e.code,
-            message: e.message,
-            audiences: e.audiences,
-            fate: match e.fate {
-                wit::RecordFate::Skipped => types::RecordFate::Skipped,
-                wit::RecordFate::Rejected => types::RecordFate::Rejected,
-            },
-        }),
     }
 }
