@@ -198,22 +198,8 @@ fn to_wit_request(r: core_types::Request) -> wit::Request {
     }
 }
 
-fn verdict(v: core_types::Verdict) -> wit::Verdict {
-    match v {
-        core_types::Verdict::Delivered => wit::Verdict::Delivered,
-        core_types::Verdict::Retry(r) => wit::Verdict::Retry(wit::Retry {
-            not_before_ms: r.not_before_ms,
-            reason: r.reason,
-        }),
-        core_types::Verdict::RefreshCredentials => wit::Verdict::RefreshCredentials,
-        core_types::Verdict::Rejected(r) => wit::Verdict::Rejected(wit::Rejection {
-            code: r.code,
-            message: r.message,
-            audience: r.audience,
-        }),
-        core_types::Verdict::Fatal(why) => wit::Verdict::Fatal(why),
-        core_types::Verdict::Continue(next) => wit::Verdict::Continue(to_wit_request(*next)),
-    }
+outreach_core::wit_verdict! {
+    core_types::Verdict::Continue(next) => wit::Verdict::Continue(to_wit_request(*next)),
 }
 
 outreach_core::wit_conversions!();

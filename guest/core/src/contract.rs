@@ -69,11 +69,11 @@ macro_rules! wit_conversions {
     };
 }
 
-/// Defines `verdict` and `to_wit_request` for the contracts before 0.3,
-/// whose configurations take one step (see [`steps_need_0_3`]).
+/// Defines `verdict`: the verdicts every contract has, and the arm for
+/// `Continue` the version gives (0.3 expresses it; earlier ones cannot).
 #[macro_export]
-macro_rules! wit_conversions_before_steps {
-    () => {
+macro_rules! wit_verdict {
+    ($($continue_arm:tt)*) => {
         fn verdict(v: core_types::Verdict) -> wit::Verdict {
             match v {
                 core_types::Verdict::Delivered => wit::Verdict::Delivered,
@@ -88,11 +88,22 @@ macro_rules! wit_conversions_before_steps {
                     audience: r.audience,
                 }),
                 core_types::Verdict::Fatal(why) => wit::Verdict::Fatal(why),
-                // Refused at create for these contracts, so never planned.
-                core_types::Verdict::Continue(_) => wit::Verdict::Fatal(
-                    "a delivery of several steps reached a contract before 0.3".into(),
-                ),
+                $($continue_arm)*
             }
+        }
+    };
+}
+
+/// Defines `verdict` and `to_wit_request` for the contracts before 0.3,
+/// whose configurations take one step (see [`steps_need_0_3`]).
+#[macro_export]
+macro_rules! wit_conversions_before_steps {
+    () => {
+        $crate::wit_verdict! {
+            // Refused at create for these contracts, so never planned.
+            core_types::Verdict::Continue(_) => wit::Verdict::Fatal(
+                "a delivery of several steps reached a contract before 0.3".into(),
+            ),
         }
 
         fn to_wit_request(r: core_types::Request) -> wit::Request {
