@@ -184,4 +184,29 @@ mod tests {
         assert_eq!(lookup("firstName"), Target::Writable(SHORT));
         assert_eq!(lookup("emails"), Target::Writable(LIST));
     }
+
+    /// Hosts offer the schema's targets to operators: it must list exactly
+    /// what the component accepts.
+    #[test]
+    fn the_configuration_schema_offers_exactly_the_writable_targets() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../schema/config.schema.json")).unwrap();
+        let target = &schema["properties"]["attributeMappings"]["items"]["properties"]["target"];
+        let named: alloc::vec::Vec<&str> = target["anyOf"][0]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let writable: alloc::vec::Vec<&str> = WRITABLE.iter().map(|(name, _)| *name).collect();
+        assert_eq!(named, writable);
+        assert_eq!(
+            target["anyOf"][1]["pattern"],
+            "^custom([1-9]|[1-9][0-9]|1[0-4][0-9]|150)$"
+        );
+        for n in [0, 1, 9, 10, 99, 100, 149, 150, 151, 1000] {
+            let accepted = matches!(lookup(&alloc::format!("custom{n}")), Target::Custom(_));
+            assert_eq!(accepted, (1..=150).contains(&n), "custom{n}");
+        }
+    }
 }
