@@ -372,7 +372,7 @@ impl Service {
                 api.base()
             ));
         }
-        let alerts = Arc::new(Alerts::new(file.alerts.clone()).map_err(|e| e.to_string())?);
+        let alerts = Arc::new(Alerts::new(file.alerts_of(spec)).map_err(|e| e.to_string())?);
         // Batches from several producers are planned at once, one per core.
         let planners = std::thread::available_parallelism().map_or(1, |n| n.get());
         let guest =

@@ -18,6 +18,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 16 << 20;
 /// Queued updates per destination beyond which intake answers 429.
 pub const DEFAULT_MAX_QUEUED_UPDATES: u64 = 1_000_000;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
+/// How long delivery may stall before a `stalled` alert, unless set.
+pub const DEFAULT_STALL_ALERT: Duration = Duration::from_secs(900);
 /// Open connections beyond which a new one is closed at once: well under
 /// the unit's file limit, so the journals and the service's own requests
 /// always find descriptors.
@@ -93,6 +95,9 @@ struct DestinationText {
     ingest_keys: Vec<String>,
     max_queued_updates: Option<u64>,
     concurrency: Option<usize>,
+    alert_webhook: Option<String>,
+    alert_command: Option<String>,
+    stall_alert_secs: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -243,6 +248,16 @@ pub struct DestinationSpec {
     pub ingest_keys: Vec<KeyHash>,
     pub max_queued_updates: u64,
     pub concurrency: usize,
+    /// Where this destination's alerts go instead of the file's.
+    pub alerts: AlertOverrides,
+}
+
+/// A destination's own alert settings; each one unset takes the file's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlertOverrides {
+    pub webhook: Option<String>,
+    pub command: Option<String>,
+    pub stall_after: Option<Duration>,
 }
 
 /// Everything wrong with a destinations file.
@@ -268,6 +283,24 @@ fn toml_problem(text: &str, error: &toml::de::Error) -> String {
 }
 
 impl ServiceFile {
+    /// Where `spec`'s alerts go: its own settings over the file's.
+    pub fn alerts_of(&self, spec: &DestinationSpec) -> AlertSettings {
+        let own = &spec.alerts;
+        let webhook = own.webhook.clone().or_else(|| self.alerts.webhook.clone());
+        let command = own.command.clone().or_else(|| self.alerts.command.clone());
+        let alerting = webhook.is_some() || command.is_some();
+        AlertSettings {
+            webhook,
+            command,
+            stall_after: alerting.then(|| {
+                own.stall_after
+                    .or(self.alerts.stall_after)
+                    .unwrap_or(DEFAULT_STALL_ALERT)
+            }),
+            timeout: self.alerts.timeout,
+        }
+    }
+
     /// Where destination `name`'s journal is.
     pub fn journal_of(&self, name: &str) -> PathBuf {
         self.state_dir.join(format!("{name}.journal"))
@@ -316,8 +349,10 @@ impl ServiceFile {
         let alerts = AlertSettings {
             webhook: file.alert_webhook,
             command: file.alert_command,
-            stall_after: alerting
-                .then(|| Duration::from_secs(file.stall_alert_secs.unwrap_or(900).max(1))),
+            stall_after: alerting.then(|| {
+                file.stall_alert_secs
+                    .map_or(DEFAULT_STALL_ALERT, |secs| Duration::from_secs(secs.max(1)))
+            }),
             timeout: Duration::from_secs(file.alert_timeout_secs.unwrap_or(30).max(1)),
         };
         if let Err(e) = Alerts::new(alerts.clone()) {
@@ -554,6 +589,24 @@ fn destination(
     if max_queued_updates == 0 {
         problems.push(format!("{label}: max_queued_updates must be at least 1"));
     }
+    let alerts = AlertOverrides {
+        webhook: text.alert_webhook,
+        command: text.alert_command.filter(|c| !c.trim().is_empty()),
+        stall_after: text.stall_alert_secs.map(Duration::from_secs),
+    };
+    if alerts.stall_after == Some(Duration::ZERO) {
+        problems.push(format!("{label}: stall_alert_secs must be at least 1"));
+    }
+    if alerts.webhook.is_some() {
+        let check = AlertSettings {
+            webhook: alerts.webhook.clone(),
+            ..AlertSettings::default()
+        };
+        // The message never repeats the URL: it may carry a token.
+        if let Err(e) = Alerts::new(check) {
+            problems.push(format!("{label}: alert_webhook: {e}"));
+        }
+    }
     (problems.len() == before).then_some(DestinationSpec {
         name,
         config,
@@ -565,6 +618,7 @@ fn destination(
         ingest_keys,
         max_queued_updates,
         concurrency,
+        alerts,
     })
 }
 

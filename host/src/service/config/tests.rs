@@ -163,3 +163,45 @@ fn a_toml_error_names_the_line_but_never_quotes_it() {
     );
     assert!(!problems[0].contains("SECRET"), "{problems:?}");
 }
+
+#[test]
+fn a_destination_alerts_where_it_says_and_else_where_the_file_does() {
+    let file = ServiceFile::parse(
+        r#"
+alert_webhook = "https://hooks.example/all?token=shared"
+stall_alert_secs = 600
+[[destinations]]
+name = "own"
+config = { name = "x" }
+alert_webhook = "https://hooks.example/own?token=mine"
+alert_command = "logger"
+stall_alert_secs = 120
+[[destinations]]
+name = "shared"
+config = { name = "y" }
+"#,
+        Path::new("/etc/svc"),
+    )
+    .unwrap();
+    let own = file.alerts_of(&file.destinations[0]);
+    assert_eq!(own.webhook.as_deref(), Some("https://hooks.example/own?token=mine"));
+    assert_eq!(own.command.as_deref(), Some("logger"));
+    assert_eq!(own.stall_after, Some(Duration::from_secs(120)));
+    let shared = file.alerts_of(&file.destinations[1]);
+    assert_eq!(shared.webhook.as_deref(), Some("https://hooks.example/all?token=shared"));
+    assert_eq!(shared.command, None);
+    assert_eq!(shared.stall_after, Some(Duration::from_secs(600)));
+}
+
+#[test]
+fn a_destinations_bad_webhook_is_named_without_repeating_it() {
+    let problems = ServiceFile::parse(
+        "[[destinations]]\nname = \"crm\"\nconfig = { name = \"x\" }\nalert_webhook = \"ftp://secret-token@x\"\nstall_alert_secs = 0\n",
+        Path::new("/etc/svc"),
+    )
+    .unwrap_err()
+    .problems;
+    assert!(problems.iter().any(|p| p.starts_with("destination \"crm\": alert_webhook")), "{problems:?}");
+    assert!(problems.iter().any(|p| p.starts_with("destination \"crm\": stall_alert_secs")), "{problems:?}");
+    assert!(!problems.iter().any(|p| p.contains("secret-token")), "{problems:?}");
+}
