@@ -2,6 +2,8 @@
 //! its destinations. Reading it reports every problem at once, each naming
 //! the destination and the setting, so one edit fixes them all.
 
+pub mod edit;
+
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
