@@ -3,6 +3,7 @@
 //! itself may not perform. One module per capability.
 
 pub mod account;
+pub mod atomic_file;
 pub mod alerts;
 pub mod clock;
 pub mod cluster;

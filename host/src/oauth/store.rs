@@ -12,10 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -191,7 +190,6 @@ impl TokenStore {
     }
 
     fn save(&self, file: &StoreFile) -> Result<(), StoreError> {
-        static SAVES: AtomicU64 = AtomicU64::new(0);
         let error = |source| StoreError::Write {
             path: self.path.clone(),
             source,
@@ -199,33 +197,7 @@ impl TokenStore {
         let dir = self.dir();
         create_private_dir(dir).map_err(error)?;
         let data = serde_json::to_vec_pretty(file).map_err(|e| error(std::io::Error::other(e)))?;
-        let name = self.path.file_name().map_or_else(
-            || "tokens.json".into(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let tmp = dir.join(format!(
-            ".{name}.{}.{}.tmp",
-            std::process::id(),
-            SAVES.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            // A temp file left by a crash may predate the mode: set it anyway.
-            f.set_permissions(fs::Permissions::from_mode(0o600))?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            File::open(dir)?.sync_all()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(error)
+        crate::atomic_file::write(&self.path, &data, 0o600).map_err(error)
     }
 }
 

@@ -16,6 +16,8 @@ pub mod admin;
 mod assemble;
 mod clustered;
 pub mod config;
+pub mod editing;
+pub mod history;
 mod http;
 pub mod journaled;
 pub mod keys;
@@ -290,6 +292,12 @@ impl Service {
         if let Some(listen) = self.listen_override {
             file = file.listening_on(listen)?;
         }
+        self.serve_file(file).await
+    }
+
+    /// Serves the destinations of `file` in place of the current ones
+    /// (the caller holds `reloading`).
+    async fn serve_file(&self, file: ServiceFile) -> Result<(), FileProblems> {
         if file.listen != self.listen {
             tracing::warn!(
                 "listen changed to {}: a reload keeps listening on {} (restart to move)",
