@@ -63,7 +63,10 @@ mod tests {
         write(&path, b"new", mode_of(&path, 0o600)).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "new");
         assert_eq!(mode_of(&path, 0), 0o640);
-        let names: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["destinations.toml"]);
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -3,8 +3,8 @@
 //! itself may not perform. One module per capability.
 
 pub mod account;
-pub mod atomic_file;
 pub mod alerts;
+pub mod atomic_file;
 pub mod clock;
 pub mod cluster;
 pub mod delivery;

@@ -16,3 +16,8 @@ pub(crate) fn patch(key: &str, body: &str) -> Request {
         context: String::new(),
     }
 }
+
+/// The configuration schema the Outreach component declares.
+pub(crate) fn component_schema() -> String {
+    outreach_core::describe().config_schema
+}

@@ -15,7 +15,6 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 

@@ -98,6 +98,18 @@ impl Service {
         Ok(runtime)
     }
 
+    /// The component destination `spec` runs (`None`: a new destination,
+    /// which runs the service's default one).
+    pub(super) async fn component_of(
+        &self,
+        spec: Option<&DestinationSpec>,
+    ) -> Result<Arc<Runtime>, String> {
+        let source = spec
+            .and_then(|s| s.component.clone())
+            .map_or_else(|| self.env.default_component.clone(), ComponentSource::File);
+        self.runtime(&source).await
+    }
+
     /// Checks every destination of `file` with its component.
     pub(super) async fn prepare(&self, file: &ServiceFile) -> Result<Vec<Prepared>, FileProblems> {
         let mut problems = Vec::new();

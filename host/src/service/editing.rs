@@ -20,7 +20,10 @@ pub enum Edit {
         original: Option<String>,
         settings: Box<DestinationSettings>,
     },
-    Enable { name: String, enabled: bool },
+    Enable {
+        name: String,
+        enabled: bool,
+    },
 }
 
 impl Edit {
@@ -163,7 +166,8 @@ impl Service {
         blocking(move || std::fs::read_to_string(path).map_err(SaveError::Read)).await
     }
 
-    fn refuse_now(&self) -> Result<(), SaveError> {
+    /// Whether this process may change its destinations file now.
+    pub fn may_edit(&self) -> Result<(), SaveError> {
         if self.worker().is_some() {
             return Err(SaveError::ClusterWorker);
         }
@@ -175,7 +179,7 @@ impl Service {
 
     /// What `edit` would change, and every problem the result would have.
     pub async fn preview(&self, edit: &Edit) -> Result<Preview, SaveError> {
-        self.refuse_now()?;
+        self.may_edit()?;
         let current = self.file_text().await?;
         let edited = edited(&current, &self.base_dir(), edit)?;
         let problems = match self.check(&edited).await {
@@ -193,7 +197,7 @@ impl Service {
     /// reload would; records the change as `who`'s.
     pub async fn save(&self, edit: &Edit, who: &str) -> Result<Change, SaveError> {
         let _one_at_a_time = self.reloading.lock().await;
-        self.refuse_now()?;
+        self.may_edit()?;
         let current = self.file_text().await?;
         let edited = edited(&current, &self.base_dir(), edit)?;
         let file = self.check(&edited).await.map_err(SaveError::Problems)?;
@@ -242,7 +246,10 @@ impl Service {
         let history = self.history();
         let recorded = change.clone();
         if let Err(e) = blocking(move || history.record(&recorded)).await {
-            tracing::error!("a change to {} is not in the history: {e}", change.destination);
+            tracing::error!(
+                "a change to {} is not in the history: {e}",
+                change.destination
+            );
         }
         tracing::info!(
             destination = %change.destination,

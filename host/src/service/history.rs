@@ -99,7 +99,10 @@ mod tests {
             .write_all(b"{\"at_ms\": 3, \"who\n")
             .unwrap();
         history.record(&change(4, "sales")).unwrap();
-        assert_eq!(history.of("sales", 10).unwrap(), [change(4, "sales"), change(1, "sales")]);
+        assert_eq!(
+            history.of("sales", 10).unwrap(),
+            [change(4, "sales"), change(1, "sales")]
+        );
         assert_eq!(history.of("sales", 1).unwrap(), [change(4, "sales")]);
         assert_eq!(history.of("nobody", 10).unwrap(), []);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -149,6 +149,8 @@ pub struct Service {
     connects: admin::connect::Connects,
     /// Failed sign-ins, per client and per user.
     attempts: admin::attempts::Attempts,
+    /// Destinations being set up in the pages.
+    drafts: admin::editor::draft::Drafts,
     /// The address the listener was bound to.
     bound: std::sync::OnceLock<SocketAddr>,
     /// This process as a cluster worker (`serve --nats`).
@@ -191,6 +193,7 @@ impl Service {
                 .map(|admin| Arc::new(admin::session::Sessions::new(admin.session, clock))),
             connects: admin::connect::Connects::new(clock),
             attempts: admin::attempts::Attempts::new(clock),
+            drafts: admin::editor::draft::Drafts::new(clock),
             bound: std::sync::OnceLock::new(),
             worker: std::sync::OnceLock::new(),
         });
@@ -246,6 +249,10 @@ impl Service {
 
     pub fn connects(&self) -> &admin::connect::Connects {
         &self.connects
+    }
+
+    pub fn drafts(&self) -> &admin::editor::draft::Drafts {
+        &self.drafts
     }
 
     pub fn sign_in_attempts(&self) -> &admin::attempts::Attempts {

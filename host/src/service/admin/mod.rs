@@ -12,6 +12,7 @@ mod actions;
 pub mod attempts;
 mod charts;
 pub mod connect;
+pub mod editor;
 mod letters;
 mod pages;
 pub mod session;
@@ -88,6 +89,7 @@ pub fn routes() -> Router<Arc<Service>> {
             axum::routing::post(actions::connect_start),
         )
         .route(connect::CALLBACK_PATH, get(actions::connect_callback))
+        .merge(editor::routes())
         .layer(axum::middleware::map_response(protect))
 }
 

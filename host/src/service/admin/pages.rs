@@ -45,6 +45,8 @@ struct DestinationCard {
 struct DestinationsPage<'a> {
     csrf: Option<&'a str>,
     destinations: Vec<DestinationCard>,
+    /// Destinations can be added and changed from the pages here.
+    editable: bool,
 }
 
 pub(super) async fn destinations(
@@ -159,6 +161,7 @@ pub(super) async fn destinations(
         &DestinationsPage {
             csrf: Some(&session.csrf),
             destinations: cards,
+            editable: service.may_edit().is_ok(),
         },
     )
 }
@@ -199,7 +202,22 @@ struct DestinationPage<'a> {
     /// where it holds text).
     last_day: String,
     last_week: String,
+    enabled: bool,
+    /// Why its settings cannot be changed here (`None`: they can).
+    not_editable: Option<String>,
+    history: Vec<ChangeRow>,
 }
+
+/// One change in a destination's history.
+struct ChangeRow {
+    when: String,
+    who: String,
+    what: String,
+    lines: Vec<super::editor::DiffLine>,
+}
+
+/// Changes a destination's page lists at most.
+const HISTORY: usize = 20;
 
 /// Hours a week of charts shows.
 const WEEK_HOURS: u64 = 7 * 24;
@@ -228,6 +246,28 @@ pub(super) async fn destination(
         "Records per hour, the last 7 days",
         &charts::hours(&runs, now_ms, WEEK_HOURS),
     );
+    let history = service.history();
+    let wanted = name.clone();
+    let changes = tokio::task::spawn_blocking(move || history.of(&wanted, HISTORY))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|read| read.map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| {
+            tracing::warn!("the change history cannot be read: {e}");
+            Vec::new()
+        });
+    let history = changes
+        .into_iter()
+        .map(|c| ChangeRow {
+            when: utc(c.at_ms),
+            who: c.who,
+            what: c.what,
+            lines: super::editor::diff(c.before.as_deref(), c.after.as_deref().unwrap_or_default())
+                .into_iter()
+                .filter(|line| line.class != "same")
+                .collect(),
+        })
+        .collect();
     html(
         StatusCode::OK,
         &DestinationPage {
@@ -236,6 +276,9 @@ pub(super) async fn destination(
             runs: runs.iter().take(PAGE).map(RunRow::from).collect(),
             last_day,
             last_week,
+            enabled: served.spec.enabled,
+            not_editable: service.may_edit().err().map(|e| sentence(&e.to_string())),
+            history,
         },
     )
 }

@@ -506,7 +506,7 @@ fn hashes(texts: &[String], setting: &str, problems: &mut Vec<String>) -> Vec<Ke
 }
 
 /// A short name: letters, digits, `-` and `_`, at most 64.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

@@ -184,11 +184,17 @@ config = { name = "y" }
     )
     .unwrap();
     let own = file.alerts_of(&file.destinations[0]);
-    assert_eq!(own.webhook.as_deref(), Some("https://hooks.example/own?token=mine"));
+    assert_eq!(
+        own.webhook.as_deref(),
+        Some("https://hooks.example/own?token=mine")
+    );
     assert_eq!(own.command.as_deref(), Some("logger"));
     assert_eq!(own.stall_after, Some(Duration::from_secs(120)));
     let shared = file.alerts_of(&file.destinations[1]);
-    assert_eq!(shared.webhook.as_deref(), Some("https://hooks.example/all?token=shared"));
+    assert_eq!(
+        shared.webhook.as_deref(),
+        Some("https://hooks.example/all?token=shared")
+    );
     assert_eq!(shared.command, None);
     assert_eq!(shared.stall_after, Some(Duration::from_secs(600)));
 }
@@ -201,7 +207,20 @@ fn a_destinations_bad_webhook_is_named_without_repeating_it() {
     )
     .unwrap_err()
     .problems;
-    assert!(problems.iter().any(|p| p.starts_with("destination \"crm\": alert_webhook")), "{problems:?}");
-    assert!(problems.iter().any(|p| p.starts_with("destination \"crm\": stall_alert_secs")), "{problems:?}");
-    assert!(!problems.iter().any(|p| p.contains("secret-token")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("destination \"crm\": alert_webhook")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("destination \"crm\": stall_alert_secs")),
+        "{problems:?}"
+    );
+    assert!(
+        !problems.iter().any(|p| p.contains("secret-token")),
+        "{problems:?}"
+    );
 }

@@ -270,11 +270,12 @@ fn merge_table(table: &mut dyn TableLike, fields: &serde_json::Map<String, Json>
 }
 
 fn merge_array(array: &mut Array, elements: &[Json]) {
-    let multiline = array
-        .iter()
-        .next()
-        .is_some_and(|v| v.decor().prefix().and_then(|p| p.as_str()).is_some_and(|p| p.contains('\n')))
-        || (array.is_empty() && elements.iter().any(|e| e.is_object()));
+    let multiline = array.iter().next().is_some_and(|v| {
+        v.decor()
+            .prefix()
+            .and_then(|p| p.as_str())
+            .is_some_and(|p| p.contains('\n'))
+    }) || (array.is_empty() && elements.iter().any(|e| e.is_object()));
     while array.len() > elements.len() {
         array.remove(array.len() - 1);
     }
@@ -297,10 +298,7 @@ fn merge_array(array: &mut Array, elements: &[Json]) {
             }
         }
     }
-    let ends_on_its_own_line = array
-        .trailing()
-        .as_str()
-        .is_some_and(|t| t.contains('\n'));
+    let ends_on_its_own_line = array.trailing().as_str().is_some_and(|t| t.contains('\n'));
     if multiline && !ends_on_its_own_line {
         array.set_trailing_comma(true);
         array.set_trailing("\n");

@@ -26,7 +26,8 @@ config = "support.json" # kept beside this file
 "#;
 
 fn settings_of(text: &str, name: &str) -> DestinationSettings {
-    let file = ServiceFile::parse(text, Path::new("/nonexistent")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let file = ServiceFile::parse(text, Path::new("/nonexistent"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
     let spec = file.destinations.iter().find(|d| d.name == name).unwrap();
     let Json::Object(config) = serde_json::from_str(&spec.config).unwrap() else {
         panic!("not an object")
@@ -46,7 +47,10 @@ fn settings_of(text: &str, name: &str) -> DestinationSettings {
 /// `FILE` with its `support` destination's config inline, so that it parses
 /// without the JSON file.
 fn parseable(text: &str) -> String {
-    text.replace("config = \"support.json\"", "config = { name = \"Support\" }")
+    text.replace(
+        "config = \"support.json\"",
+        "config = { name = \"Support\" }",
+    )
 }
 
 #[test]
@@ -76,9 +80,18 @@ fn an_added_audience_and_a_removed_one_keep_the_comments_of_the_rest() {
     let mut text = DestinationsText::parse(FILE).unwrap();
     text.set(Some("sales"), &settings).unwrap();
     let after = text.to_string();
-    assert!(after.contains("# The newsletter writes custom4."), "{after}");
-    assert!(after.contains("# Sales first: it has the biggest budget."), "{after}");
-    assert!(after.contains("name = \"sales\"          # used in URLs"), "{after}");
+    assert!(
+        after.contains("# The newsletter writes custom4."),
+        "{after}"
+    );
+    assert!(
+        after.contains("# Sales first: it has the biggest budget."),
+        "{after}"
+    );
+    assert!(
+        after.contains("name = \"sales\"          # used in URLs"),
+        "{after}"
+    );
     assert_eq!(settings_of(&parseable(&after), "sales"), settings);
 }
 
@@ -90,7 +103,9 @@ fn a_new_destination_is_appended_and_reads_back_as_set() {
         "attributeMappings": [{ "source": "person.name.firstName", "target": "firstName" }],
         "audiences": [{ "id": "web", "name": "Webinar", "mappingId": 5 }],
     });
-    let Json::Object(config) = config else { unreachable!() };
+    let Json::Object(config) = config else {
+        unreachable!()
+    };
     let settings = DestinationSettings {
         name: "webinars".into(),
         account: "ada@example.com".into(),
@@ -104,12 +119,12 @@ fn a_new_destination_is_appended_and_reads_back_as_set() {
     let mut text = DestinationsText::parse(FILE).unwrap();
     text.set(None, &settings).unwrap();
     let after = text.to_string();
-    assert!(after.starts_with(FILE), "the text before is kept as it was:\n{after}");
-    assert_eq!(settings_of(&parseable(&after), "webinars"), settings);
-    assert_eq!(
-        text.config_place("webinars"),
-        Some(ConfigPlace::Inline)
+    assert!(
+        after.starts_with(FILE),
+        "the text before is kept as it was:\n{after}"
     );
+    assert_eq!(settings_of(&parseable(&after), "webinars"), settings);
+    assert_eq!(text.config_place("webinars"), Some(ConfigPlace::Inline));
 }
 
 #[test]

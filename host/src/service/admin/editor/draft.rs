@@ -1,0 +1,762 @@
+//! A destination being set up in the pages: the settings entered so far
+//! (held by the service, never in the browser: a webhook URL stays out of
+//! every page), which step reads which, and the fields each step shows.
+//!
+//! A component setting's form field is named by the setting's path as the
+//! component names it in its errors (`audiences[2].mappingId`), so each
+//! error lands next to the field it is about.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde_json::{Map, Value};
+
+use super::schema::Offered;
+use crate::clock::Clock;
+use crate::service::config::DestinationSpec;
+use crate::service::config::edit::DestinationSettings;
+
+/// The steps, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Details,
+    Account,
+    Alerts,
+    Audiences,
+    Mapping,
+    Review,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::Details,
+        Step::Account,
+        Step::Alerts,
+        Step::Audiences,
+        Step::Mapping,
+        Step::Review,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Step::Details => "details",
+            Step::Account => "account",
+            Step::Alerts => "alerts",
+            Step::Audiences => "audiences",
+            Step::Mapping => "mapping",
+            Step::Review => "review",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Step::Details => "Details",
+            Step::Account => "Account",
+            Step::Alerts => "Alerts",
+            Step::Audiences => "Audiences",
+            Step::Mapping => "Mapping",
+            Step::Review => "Review",
+        }
+    }
+
+    pub fn from_slug(slug: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.slug() == slug)
+    }
+
+    pub fn next(self) -> Step {
+        let at = Step::ALL.iter().position(|s| *s == self).unwrap_or(0);
+        Step::ALL.get(at + 1).copied().unwrap_or(Step::Review)
+    }
+
+    pub fn previous(self) -> Option<Step> {
+        let at = Step::ALL.iter().position(|s| *s == self)?;
+        at.checked_sub(1).map(|i| Step::ALL[i])
+    }
+
+    /// Whether a problem with component setting `setting` is this step's
+    /// to show.
+    pub fn owns(self, setting: &str) -> bool {
+        let root = setting.split(['.', '[']).next().unwrap_or(setting);
+        let roots: &[&str] = match self {
+            Step::Details => &["name", "description"],
+            Step::Account => &["account"],
+            Step::Alerts => &[],
+            Step::Audiences => &["audiences", "statusLabels"],
+            Step::Mapping => &[
+                "match",
+                "identityMapping",
+                "emailMapping",
+                "companyMapping",
+                "attributeMappings",
+            ],
+            Step::Review => return true,
+        };
+        roots.contains(&root)
+    }
+}
+
+/// Blank rows offered below a list's rows, for adding.
+const BLANK_ROWS: usize = 2;
+
+/// Drafts live this long without being used.
+const DRAFT_LIFE_MS: u64 = 2 * 3_600_000;
+/// Drafts kept at most (the oldest goes first).
+const MAX_DRAFTS: usize = 64;
+
+/// A destination being set up.
+#[derive(Clone, Debug)]
+pub struct Draft {
+    /// The session that began it: no other may read or change it.
+    pub owner: String,
+    /// The destination being edited (`None`: a new one).
+    pub original: Option<String>,
+    pub settings: DestinationSettings,
+    /// Rows shown beyond the ones filled in.
+    pub blank_rows: usize,
+    touched_ms: u64,
+}
+
+impl Draft {
+    pub fn new(owner: &str) -> Self {
+        Self {
+            owner: owner.to_owned(),
+            original: None,
+            settings: DestinationSettings {
+                enabled: true,
+                ..DestinationSettings::default()
+            },
+            blank_rows: BLANK_ROWS,
+            touched_ms: 0,
+        }
+    }
+
+    /// A draft of `spec` as it is served.
+    pub fn of(owner: &str, spec: &DestinationSpec, account: &str) -> Self {
+        let config = match serde_json::from_str(&spec.config) {
+            Ok(Value::Object(config)) => config,
+            _ => Map::new(),
+        };
+        Self {
+            owner: owner.to_owned(),
+            original: Some(spec.name.clone()),
+            settings: DestinationSettings {
+                name: spec.name.clone(),
+                account: spec.account.clone().unwrap_or_else(|| account.to_owned()),
+                api_base: spec.api_base.clone().unwrap_or_default(),
+                enabled: spec.enabled,
+                alert_webhook: spec.alerts.webhook.clone(),
+                alert_command: spec.alerts.command.clone(),
+                stall_alert_secs: spec.alerts.stall_after.map(|d| d.as_secs()),
+                config,
+            },
+            blank_rows: BLANK_ROWS,
+            touched_ms: 0,
+        }
+    }
+
+    /// The component configuration as JSON text.
+    pub fn config_json(&self) -> String {
+        Value::Object(self.settings.config.clone()).to_string()
+    }
+
+    /// Takes what step `step`'s form sent; returns the problems found
+    /// with the host's own settings, by field name.
+    pub fn take(
+        &mut self,
+        step: Step,
+        form: &[(String, String)],
+        offered: &Offered,
+    ) -> Vec<(String, String)> {
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let mut problems = Vec::new();
+        let config = &mut self.settings.config;
+        match step {
+            Step::Details => {
+                if self.original.is_none() {
+                    let name = field("destination");
+                    if !crate::service::config::valid_name(&name) {
+                        problems.push((
+                            "destination".to_owned(),
+                            "The short name must be 1-64 letters, digits, '-' or '_': it is used in URLs and file names.".to_owned(),
+                        ));
+                    }
+                    self.settings.name = name;
+                }
+                set_text(config, "name", &field("name"));
+                set_text(config, "description", &field("description"));
+            }
+            Step::Account => {
+                self.settings.account = field("account");
+                if self.settings.account.is_empty() {
+                    problems.push((
+                        "account".to_owned(),
+                        "Name the API account (the Outreach user whose login the destination uses).".to_owned(),
+                    ));
+                }
+                let api_base = field("api_base");
+                if !api_base.is_empty() && url::Url::parse(&api_base).is_err() {
+                    problems.push(("api_base".to_owned(), "This is not a URL.".to_owned()));
+                }
+                self.settings.api_base = api_base;
+            }
+            Step::Alerts => {
+                let replacement = field("alert_webhook");
+                if field("alert_webhook_remove") == "yes" {
+                    self.settings.alert_webhook = None;
+                } else if !replacement.is_empty() {
+                    let check = crate::alerts::AlertSettings {
+                        webhook: Some(replacement.clone()),
+                        ..crate::alerts::AlertSettings::default()
+                    };
+                    match crate::alerts::Alerts::new(check) {
+                        Ok(_) => self.settings.alert_webhook = Some(replacement),
+                        Err(e) => problems.push((
+                            "alert_webhook".to_owned(),
+                            format!(
+                                "{}; the webhook was not changed.",
+                                crate::service::admin::sentence(&e.to_string())
+                            ),
+                        )),
+                    }
+                }
+                let command = field("alert_command");
+                self.settings.alert_command = (!command.is_empty()).then_some(command);
+                let minutes = field("stall_minutes");
+                if minutes.is_empty() {
+                    self.settings.stall_alert_secs = None;
+                } else {
+                    match minutes.parse::<u64>() {
+                        Ok(m) if (1..=10_080).contains(&m) => {
+                            self.settings.stall_alert_secs = Some(m * 60);
+                        }
+                        _ => problems.push((
+                            "stall_minutes".to_owned(),
+                            "Give a whole number of minutes from 1 to 10080 (a week).".to_owned(),
+                        )),
+                    }
+                }
+            }
+            Step::Audiences => {
+                let rows = rows(form, "audiences", &["id", "name", "mappingId"]);
+                let audiences: Vec<Value> = rows
+                    .into_iter()
+                    .map(|row| {
+                        let mut audience = Map::new();
+                        set_text(&mut audience, "id", &row[0]);
+                        set_text(&mut audience, "name", &row[1]);
+                        if !row[2].is_empty() {
+                            audience.insert("mappingId".into(), number_or_text(&row[2]));
+                        }
+                        Value::Object(audience)
+                    })
+                    .collect();
+                set_list(config, "audiences", audiences);
+            }
+            Step::Mapping => {
+                let mode = field("match");
+                if mode.is_empty() || offered.match_modes.first() == Some(&mode) {
+                    config.remove("match");
+                } else {
+                    config.insert("match".into(), Value::from(mode));
+                }
+                let identity = field("identityMapping.source");
+                if identity.is_empty() {
+                    config.remove("identityMapping");
+                } else {
+                    let mut mapping = Map::new();
+                    mapping.insert("source".into(), Value::from(identity));
+                    let target = offered
+                        .identity_target
+                        .clone()
+                        .unwrap_or_else(|| field("identityMapping.target"));
+                    mapping.insert("target".into(), Value::from(target));
+                    config.insert("identityMapping".into(), Value::Object(mapping));
+                }
+                let email = field("emailMapping.source");
+                if email.is_empty() {
+                    config.remove("emailMapping");
+                } else {
+                    let mut mapping = Map::new();
+                    mapping.insert("source".into(), Value::from(email));
+                    config.insert("emailMapping".into(), Value::Object(mapping));
+                }
+                let mut company = Map::new();
+                set_text(&mut company, "domain", &field("companyMapping.domain"));
+                set_text(&mut company, "name", &field("companyMapping.name"));
+                if company.is_empty() {
+                    config.remove("companyMapping");
+                } else {
+                    config.insert("companyMapping".into(), Value::Object(company));
+                }
+                let mappings: Vec<Value> = rows(form, "attributeMappings", &["source", "target"])
+                    .into_iter()
+                    .map(|row| {
+                        let mut mapping = Map::new();
+                        mapping.insert("source".into(), Value::from(row[0].clone()));
+                        mapping.insert("target".into(), Value::from(row[1].clone()));
+                        Value::Object(mapping)
+                    })
+                    .collect();
+                set_list(config, "attributeMappings", mappings);
+            }
+            Step::Review => {}
+        }
+        problems
+    }
+
+    /// What step `step` shows: its sections of fields, filled in.
+    pub fn sections(
+        &self,
+        step: Step,
+        offered: &Offered,
+        has_account: &dyn Fn(&str) -> bool,
+    ) -> Vec<Section> {
+        let config = &self.settings.config;
+        let text = |key: &str| {
+            config
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let nested = |outer: &str, key: &str| {
+            config
+                .get(outer)
+                .and_then(|o| o.get(key))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        match step {
+            Step::Details => vec![Section {
+                legend: "The destination".into(),
+                help: None,
+                fields: vec![
+                    Field {
+                        read_only: self.original.is_some(),
+                        help: Some(if self.original.is_some() {
+                            "The short name cannot change: the destination's journal and intake URL are named by it.".into()
+                        } else {
+                            "Letters, digits, '-' or '_'; records are posted to /v1/destinations/NAME/records.".into()
+                        }),
+                        ..Field::text("destination", "Short name", &self.settings.name)
+                    },
+                    Field {
+                        help: offered.describe("name"),
+                        ..Field::text("name", "Name", &text("name"))
+                    },
+                    Field {
+                        help: offered.describe("description"),
+                        ..Field::text("description", "Description", &text("description"))
+                    },
+                ],
+                rows: Vec::new(),
+            }],
+            Step::Account => {
+                let account = &self.settings.account;
+                let note = if account.is_empty() {
+                    None
+                } else if has_account(account) {
+                    Some(format!("{account} is already used by this service: its login is shared."))
+                } else {
+                    Some(format!("{account} is new to this service: after saving, connect it with “Connect” on the destinations page."))
+                };
+                vec![Section {
+                    legend: "The API account".into(),
+                    help: note,
+                    fields: vec![
+                        Field {
+                            help: offered.describe("account"),
+                            ..Field::text("account", "Account", account)
+                        },
+                        Field {
+                            help: Some("Empty: the component's production API. Set it to send to a sandbox or a simulator.".into()),
+                            ..Field::text("api_base", "API base URL", &self.settings.api_base)
+                        },
+                    ],
+                    rows: Vec::new(),
+                }]
+            }
+            Step::Alerts => vec![Section {
+                legend: "Alerts".into(),
+                help: Some("Unset here: the service's own alert settings apply.".into()),
+                fields: vec![
+                    Field {
+                        kind: FieldKind::Secret {
+                            set: self.settings.alert_webhook.is_some(),
+                        },
+                        help: Some(if self.settings.alert_webhook.is_some() {
+                            "A webhook is set; it is not shown. Type a URL to replace it, or tick Remove.".into()
+                        } else {
+                            "A URL that receives each alert as a JSON POST.".into()
+                        }),
+                        ..Field::text("alert_webhook", "Webhook URL", "")
+                    },
+                    Field {
+                        help: Some("A shell command run with the alert as JSON on its standard input.".into()),
+                        ..Field::text("alert_command", "Command", self.settings.alert_command.as_deref().unwrap_or_default())
+                    },
+                    Field {
+                        help: Some("Alert when delivery has stalled this long (empty: the service's setting, else 15).".into()),
+                        ..Field::text(
+                            "stall_minutes",
+                            "Stall alert after (minutes)",
+                            &self.settings.stall_alert_secs.map(|s| s.div_ceil(60).to_string()).unwrap_or_default(),
+                        )
+                    },
+                ],
+                rows: Vec::new(),
+            }],
+            Step::Audiences => {
+                let audiences = list(config, "audiences");
+                let mut rows = Vec::new();
+                for at in 0..audiences.len() + self.blank_rows {
+                    let audience = audiences.get(at);
+                    let value = |key: &str| audience.and_then(|a| a.get(key)).map(shown).unwrap_or_default();
+                    rows.push(vec![
+                        Field::text(&format!("audiences[{at}].id"), "Audience id", &value("id")),
+                        Field::text(&format!("audiences[{at}].name"), "Name", &value("name")),
+                        Field {
+                            narrow: true,
+                            ..Field::text(&format!("audiences[{at}].mappingId"), "Mapping ID", &value("mappingId"))
+                        },
+                    ]);
+                }
+                vec![Section {
+                    legend: "Audiences to activate".into(),
+                    help: Some(format!(
+                        "Each audience's status is written to the prospect field customN, N its Mapping ID. {} Leave a row empty to remove it.",
+                        offered.describe("audiences.mappingId").unwrap_or_default()
+                    )),
+                    fields: Vec::new(),
+                    rows,
+                }]
+            }
+            Step::Mapping => {
+                let mode = config
+                    .get("match")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or_else(|| offered.match_modes.first().cloned())
+                    .unwrap_or_default();
+                let mut identity = vec![
+                    Field {
+                        kind: FieldKind::Select(offered.match_modes.clone()),
+                        help: offered.describe("match"),
+                        ..Field::text("match", "Find each prospect by", &mode)
+                    },
+                    Field {
+                        help: Some(format!(
+                            "{} It maps to {}.",
+                            offered.describe("identityMapping.source").unwrap_or_default(),
+                            offered.identity_target.as_deref().unwrap_or("the target")
+                        )),
+                        ..Field::text("identityMapping.source", "Identity namespace", &nested("identityMapping", "source"))
+                    },
+                    Field {
+                        help: offered.describe("emailMapping.source"),
+                        ..Field::text("emailMapping.source", "Email address from", &nested("emailMapping", "source"))
+                    },
+                    Field {
+                        help: Some("Optional: the profile's company, found or created as the prospect's Outreach account.".into()),
+                        ..Field::text("companyMapping.domain", "Company domain from", &nested("companyMapping", "domain"))
+                    },
+                    Field::text("companyMapping.name", "Company name from", &nested("companyMapping", "name")),
+                ];
+                if offered.identity_target.is_none() {
+                    identity.push(Field::text("identityMapping.target", "Identity target", &nested("identityMapping", "target")));
+                }
+                let mappings = list(config, "attributeMappings");
+                let mut rows = Vec::new();
+                for at in 0..mappings.len() + self.blank_rows {
+                    let mapping = mappings.get(at);
+                    let value = |key: &str| mapping.and_then(|a| a.get(key)).map(shown).unwrap_or_default();
+                    rows.push(vec![
+                        Field {
+                            help: None,
+                            ..Field::text(&format!("attributeMappings[{at}].source"), "Source field", &value("source"))
+                        },
+                        Field {
+                            kind: FieldKind::Target,
+                            ..Field::text(&format!("attributeMappings[{at}].target"), "Target field", &value("target"))
+                        },
+                    ]);
+                }
+                vec![
+                    Section {
+                        legend: "Identity".into(),
+                        help: None,
+                        fields: identity,
+                        rows: Vec::new(),
+                    },
+                    Section {
+                        legend: "Attributes".into(),
+                        help: Some(format!(
+                            "{} Target fields are the ones the component accepts{}. Leave a row empty to remove it.",
+                            offered.describe("attributeMappings.source").unwrap_or_default(),
+                            offered.target_note.as_deref().map(|n| format!(" (and: {n})")).unwrap_or_default()
+                        )),
+                        fields: Vec::new(),
+                        rows,
+                    },
+                ]
+            }
+            Step::Review => Vec::new(),
+        }
+    }
+}
+
+/// A group of fields on a step.
+pub struct Section {
+    pub legend: String,
+    pub help: Option<String>,
+    pub fields: Vec<Field>,
+    /// A list's rows, each a row of fields.
+    pub rows: Vec<Vec<Field>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FieldKind {
+    Text,
+    Select(Vec<String>),
+    /// An attribute target: text, offered the component's targets.
+    Target,
+    /// A secret: never shown, only whether one is set.
+    Secret {
+        set: bool,
+    },
+}
+
+pub struct Field {
+    pub name: String,
+    pub label: String,
+    pub value: String,
+    pub kind: FieldKind,
+    pub help: Option<String>,
+    pub read_only: bool,
+    pub narrow: bool,
+    /// The problem with it, to show beside it.
+    pub error: Option<String>,
+}
+
+impl Field {
+    fn text(name: &str, label: &str, value: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            label: label.to_owned(),
+            value: value.to_owned(),
+            kind: FieldKind::Text,
+            help: None,
+            read_only: false,
+            narrow: false,
+            error: None,
+        }
+    }
+
+    /// An id usable in HTML (`aria-describedby`).
+    pub fn id(&self) -> String {
+        self.name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect()
+    }
+
+    pub fn is_select(&self) -> bool {
+        matches!(self.kind, FieldKind::Select(_))
+    }
+
+    pub fn options(&self) -> &[String] {
+        match &self.kind {
+            FieldKind::Select(options) => options,
+            _ => &[],
+        }
+    }
+
+    pub fn is_target(&self) -> bool {
+        self.kind == FieldKind::Target
+    }
+
+    pub fn is_secret(&self) -> bool {
+        matches!(self.kind, FieldKind::Secret { .. })
+    }
+
+    pub fn secret_set(&self) -> bool {
+        self.kind == FieldKind::Secret { set: true }
+    }
+}
+
+/// Puts each problem beside the field it names; returns the ones no field
+/// on the page names.
+pub fn place(sections: &mut [Section], problems: Vec<(String, String)>) -> Vec<String> {
+    let mut unplaced = Vec::new();
+    for (setting, message) in problems {
+        let field = sections
+            .iter_mut()
+            .flat_map(|s| s.fields.iter_mut().chain(s.rows.iter_mut().flatten()))
+            .find(|f| {
+                f.name == setting
+                    || f.name.starts_with(&format!("{setting}."))
+                    || f.name.starts_with(&format!("{setting}["))
+            });
+        match field {
+            Some(field) => {
+                let joined = match field.error.take() {
+                    Some(before) => format!("{before} {message}"),
+                    None => message,
+                };
+                field.error = Some(joined);
+            }
+            None => unplaced.push(message),
+        }
+    }
+    unplaced
+}
+
+fn set_text(object: &mut Map<String, Value>, key: &str, text: &str) {
+    if text.is_empty() {
+        object.remove(key);
+    } else {
+        object.insert(key.to_owned(), Value::from(text));
+    }
+}
+
+fn set_list(object: &mut Map<String, Value>, key: &str, items: Vec<Value>) {
+    if items.is_empty() {
+        object.remove(key);
+    } else {
+        object.insert(key.to_owned(), Value::Array(items));
+    }
+}
+
+fn list(object: &Map<String, Value>, key: &str) -> Vec<Value> {
+    object
+        .get(key)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A number as typed, when it is one; else the text, for the component to
+/// refuse with its own message.
+fn number_or_text(text: &str) -> Value {
+    match text.parse::<i64>() {
+        Ok(n) => Value::from(n),
+        Err(_) => Value::from(text),
+    }
+}
+
+/// A value as a form field shows it.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The rows of list `list` the form sent (`list[i].column`), in order,
+/// rows left wholly empty dropped.
+fn rows(form: &[(String, String)], list: &str, columns: &[&str]) -> Vec<Vec<String>> {
+    let mut by_index: std::collections::BTreeMap<usize, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (name, value) in form {
+        let Some(rest) = name.strip_prefix(list).and_then(|r| r.strip_prefix('[')) else {
+            continue;
+        };
+        let Some((index, column)) = rest.split_once("].") else {
+            continue;
+        };
+        let (Ok(index), Some(at)) = (
+            index.parse::<usize>(),
+            columns.iter().position(|c| *c == column),
+        ) else {
+            continue;
+        };
+        // A form of a thousand rows is not one of these pages'.
+        if index >= 1_000 {
+            continue;
+        }
+        by_index
+            .entry(index)
+            .or_insert_with(|| vec![String::new(); columns.len()])[at] = value.trim().to_owned();
+    }
+    by_index
+        .into_values()
+        .filter(|row| row.iter().any(|v| !v.is_empty()))
+        .collect()
+}
+
+/// The drafts being edited, per session.
+pub struct Drafts {
+    clock: Clock,
+    drafts: Mutex<HashMap<String, Draft>>,
+}
+
+impl Drafts {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            clock,
+            drafts: Mutex::default(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Keeps `draft`; returns its id.
+    pub fn begin(&self, mut draft: Draft) -> String {
+        let id = crate::service::admin::session::token();
+        let now = self.now_ms();
+        draft.touched_ms = now;
+        let mut drafts = self.drafts.lock().unwrap_or_else(|p| p.into_inner());
+        drafts.retain(|_, d| now.saturating_sub(d.touched_ms) < DRAFT_LIFE_MS);
+        while drafts.len() >= MAX_DRAFTS {
+            let Some(oldest) = drafts
+                .iter()
+                .min_by_key(|(_, d)| d.touched_ms)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            drafts.remove(&oldest);
+        }
+        drafts.insert(id.clone(), draft);
+        id
+    }
+
+    /// Draft `id`, if session `owner` began it and it has not expired.
+    pub fn get(&self, id: &str, owner: &str) -> Option<Draft> {
+        let now = self.now_ms();
+        let mut drafts = self.drafts.lock().unwrap_or_else(|p| p.into_inner());
+        let draft = drafts.get_mut(id)?;
+        if draft.owner != owner || now.saturating_sub(draft.touched_ms) >= DRAFT_LIFE_MS {
+            return None;
+        }
+        draft.touched_ms = now;
+        Some(draft.clone())
+    }
+
+    pub fn put(&self, id: &str, mut draft: Draft) {
+        draft.touched_ms = self.now_ms();
+        self.drafts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), draft);
+    }
+
+    pub fn end(&self, id: &str) {
+        self.drafts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+}
+
+#[cfg(test)]
+mod tests;
