@@ -4,6 +4,7 @@
 //! the simulator on loopback.
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod browser;
 pub mod nats;
 pub mod serve;
 

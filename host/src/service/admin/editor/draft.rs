@@ -430,7 +430,7 @@ impl Draft {
                 vec![Section {
                     legend: "Audiences to activate".into(),
                     help: Some(format!(
-                        "Each audience's status is written to the prospect field customN, N its Mapping ID. {} Leave a row empty to remove it.",
+                        "Each audience's status is written to a prospect custom field. Mapping ID: {} Leave a row empty to remove it.",
                         offered.describe("audiences.mappingId").unwrap_or_default()
                     )),
                     fields: Vec::new(),
