@@ -111,6 +111,15 @@ pub struct RunSummary {
     pub counts: Counts,
     /// Records of this run still queued.
     pub pending: u64,
+    /// Its requests (`None`: the backend does not count them per run).
+    pub requests: Option<Requests>,
+}
+
+/// Requests a run sent, and how many of them were answered 429.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub sent: u64,
+    pub rate_limited: u64,
 }
 
 /// A run whole.

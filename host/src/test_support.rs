@@ -17,7 +17,7 @@ pub(crate) fn patch(key: &str, body: &str) -> Request {
     }
 }
 
-/// The configuration schema the Outreach component declares.
+/// The configuration schema of the component built from this workspace.
 pub(crate) fn component_schema() -> String {
     outreach_core::describe().config_schema
 }

@@ -279,10 +279,32 @@ async fn an_operator_sets_up_a_destination_in_the_browser_and_it_delivers() {
     )
     .await;
     browser.screenshot("editor-7-created-destination").await;
+    // The account's budget per window, as the simulator reported it.
+    browser
+        .client()
+        .goto(&s.service.url("/admin"))
+        .await
+        .unwrap();
+    let windows = browser
+        .client()
+        .find_all(Locator::Css("svg.chart title"))
+        .await
+        .unwrap();
+    let mut budget = String::new();
+    for title in windows {
+        budget += &title.html(true).await.unwrap();
+    }
+    assert!(budget.contains(" requests used"), "{budget}");
+    assert!(budget.contains("budget: "), "{budget}");
+    browser.screenshot("editor-7b-accounts").await;
 
     // At a phone's width neither the page nor a step scrolls sideways.
     browser.client().set_window_size(390, 844).await.unwrap();
-    browser.client().refresh().await.unwrap();
+    browser
+        .client()
+        .goto(&s.service.url("/admin/destinations/newsletter"))
+        .await
+        .unwrap();
     assert!(
         !scrolls_sideways(browser).await,
         "the destination page is wider than a phone"
@@ -527,7 +549,10 @@ async fn a_running_destinations_mapping_id_changes_without_a_restart_and_is_in_i
     let page = browser.text().await;
     browser
         .client()
-        .execute("document.querySelector('.history').scrollIntoView()", vec![])
+        .execute(
+            "document.querySelector('.history').scrollIntoView()",
+            vec![],
+        )
         .await
         .unwrap();
     browser.screenshot("editor-history").await;
@@ -563,4 +588,29 @@ async fn a_running_destinations_mapping_id_changes_without_a_restart_and_is_in_i
     .await;
     assert!(Path::new(&s.dir.join("destinations.toml")).exists());
     s.browser.close().await;
+}
+
+/// The pages offer what the component's schema declares.
+#[test]
+fn the_schema_offers_the_components_targets_match_modes_and_descriptions() {
+    use outreach_host::service::admin::editor::schema::Offered;
+    let offered = Offered::read(&common::runtime().describe().config_schema);
+    assert!(offered.targets.iter().any(|t| t == "firstName"));
+    assert!(offered.targets.iter().any(|t| t == "tags"));
+    assert!(!offered.targets.iter().any(|t| t == "createdAt"));
+    assert_eq!(
+        offered.target_note.as_deref(),
+        Some("A custom field, custom1 to custom150.")
+    );
+    assert_eq!(
+        offered.match_modes,
+        ["outreachId", "email", "outreachIdOrEmail"]
+    );
+    assert_eq!(offered.identity_target.as_deref(), Some("OutreachId"));
+    assert!(offered.declares("companyMapping"));
+    assert!(!offered.declares("shoeSize"));
+    assert_eq!(
+        offered.describe("audiences.mappingId").as_deref(),
+        Some("N of the prospect custom field customN.")
+    );
 }

@@ -67,14 +67,22 @@ async fn the_hours_charts_carry_the_runs_figures() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut html = page().await;
-    while !html.contains("20 received, 18 activated, 2 failed, 0 skipped, 0 queued") {
+    // Requests are added to the run every few seconds, as it goes.
+    while !(html.contains("20 received, 18 activated, 2 failed, 0 skipped, 0 queued")
+        && html.contains("20 requests sent"))
+    {
         assert!(std::time::Instant::now() < deadline, "{html}");
         tokio::time::sleep(Duration::from_millis(100)).await;
         html = page().await;
     }
-    // Two charts, a day's 24 bars and a week's 168, each with its title.
-    assert_eq!(html.matches("<svg class=\"chart\"").count(), 2, "{html}");
-    assert_eq!(html.matches("<g><title>").count(), 24 + 7 * 24, "{html}");
+    // Three measures, each over a day (24 bars) and a week (168), every
+    // bar with its title; the requests charts draw the budget as a line.
+    assert_eq!(html.matches("<svg class=\"chart\"").count(), 6, "{html}");
+    assert_eq!(
+        html.matches("<g><title>").count(),
+        3 * (24 + 7 * 24) + 2,
+        "{html}"
+    );
     // The bars of this hour carry what the runs table says.
     let row = html
         .split("<tr>")
@@ -85,13 +93,47 @@ async fn the_hours_charts_carry_the_runs_figures() {
         .skip(4)
         .map(|cell| cell.split('<').next().unwrap())
         .collect();
-    assert_eq!(cells, ["20", "18", "2", "0", "0"], "{row}");
+    let [
+        received,
+        activated,
+        failed,
+        skipped,
+        queued,
+        requests,
+        limited,
+    ] = cells[..]
+    else {
+        panic!("{row}")
+    };
     assert_eq!(
-        html.matches("20 received, 18 activated, 2 failed, 0 skipped, 0 queued</title>")
-            .count(),
+        [received, activated, failed, skipped, queued],
+        ["20", "18", "2", "0", "0"],
+        "{row}"
+    );
+    assert_eq!(
+        html.matches(&format!(
+            "{received} received, {activated} activated, {failed} failed, {skipped} skipped, {queued} queued</title>"
+        ))
+        .count(),
         2,
         "this hour, in the day's chart and the week's"
     );
+    // Each record took one request: 18 updates, 2 answered 404.
+    assert_eq!((requests, limited), ("20", "0"), "{row}");
+    let budget = 10_000; // the component's: 10,000 an hour
+    assert_eq!(
+        html.matches(&format!(
+            "{requests} requests sent of a budget of {budget}, {limited} answered 429</title>"
+        ))
+        .count(),
+        2,
+        "{html}"
+    );
+    assert!(html.contains(&format!(
+        r#"<title>budget: {budget} requests an hour, for the account</title><line class="level""#
+    )));
+    // The queue was sampled as the page was read: this hour has a bar.
+    assert!(html.contains(" UTC: at most "), "{html}");
     assert!(html.contains(r#"class="activated""#) && html.contains(r#"data-value="18""#));
     // Served under the page's policy: no script, no inline style.
     assert!(!html.contains("<script") && !html.contains("style=\""));

@@ -96,6 +96,8 @@ fn summary(run: &ClusterRun) -> RunSummary {
         status: "cluster (every worker)".into(),
         counts: run.counts.outcomes(),
         pending: 0,
+        // The cluster counts records per run, not requests.
+        requests: None,
     }
 }
 

@@ -37,6 +37,9 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 
+mod usage;
+pub use usage::WindowUse;
+
 /// How long to hold back after a 429 that named no time.
 pub const DEFAULT_RATE_LIMIT_WAIT: Duration = Duration::from_secs(60);
 /// The shortest wait after a 429: reset times have one-second resolution,
@@ -83,6 +86,9 @@ pub struct Limiter {
     /// permit dropped), so a spent budget is looked at again at once
     /// rather than at its reset.
     changed: tokio::sync::Notify,
+    /// What each window used, as the API told it.
+    usage: Mutex<usage::Usage>,
+    policy: RateLimitPolicy,
 }
 
 /// One sharer's place in line for a [`Limiter`] several sharers use (the
@@ -200,6 +206,8 @@ impl Limiter {
             window: Mutex::default(),
             turns: tokio::sync::Mutex::new(()),
             changed: tokio::sync::Notify::new(),
+            usage: Mutex::new(usage::Usage::new(policy.requests, policy.window_seconds)),
+            policy: policy.clone(),
         })
     }
 
@@ -225,6 +233,19 @@ impl Limiter {
         let _mine = line.0.try_lock().ok()?;
         let _turn = self.turns.try_lock().ok()?;
         self.try_acquire()
+    }
+
+    /// The budget it paces under.
+    pub fn policy(&self) -> &RateLimitPolicy {
+        &self.policy
+    }
+
+    /// The budget each recent window used, as the API told it, oldest first.
+    pub fn windows_used(&self) -> Vec<WindowUse> {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .windows()
     }
 
     /// Requests in flight holding a place, and what the API last reported
@@ -375,6 +396,13 @@ impl Limiter {
     }
 
     fn record_answer(&self, budget: &Budget, probe: Option<Probe>) {
+        if let (Some(remaining), Some(reset_ms)) = (budget.remaining, budget.reset_at_ms) {
+            self.usage.lock().unwrap_or_else(|p| p.into_inner()).saw(
+                remaining,
+                budget.limit,
+                reset_ms,
+            );
+        }
         let mut window = self.window();
         let (Some(remaining), Some(reset_ms)) = (budget.remaining, budget.reset_at_ms) else {
             if probe.is_some_and(|p| p.after_reset_ms.is_none()) && window.reported.is_none() {

@@ -23,6 +23,7 @@ pub mod journaled;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod queue_history;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -37,7 +38,7 @@ use crate::delivery::{DeliveryOptions, retry};
 use crate::engine::{Limits, Runtime};
 use crate::intake::Accept;
 use crate::oauth::{OAuthClient, TokenStore};
-use crate::read_model::ReadModel;
+use crate::read_model::{self, ReadModel};
 use config::{DestinationSpec, FileProblems, ServiceFile};
 use journaled::Journaled;
 use journaled::read::JournalReadModel;
@@ -66,6 +67,30 @@ pub struct Environment {
     pub run_length: Duration,
     /// Serve as a worker of a JetStream cluster instead of over journals.
     pub nats: Option<NatsOptions>,
+}
+
+/// How often each destination's queue is sampled for its chart.
+const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(60);
+
+/// Samples every destination's queue every `every`, while the service lives.
+async fn sample_queues(service: std::sync::Weak<Service>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        if service.draining() {
+            return;
+        }
+        let set = service.current();
+        for (name, served) in &set.destinations {
+            service.sample_queue(name, served.read.as_ref()).await;
+        }
+        let names: Vec<&str> = set.destinations.keys().map(String::as_str).collect();
+        service.queues.keep_only(&names);
+    }
 }
 
 /// How a destination's requests are retried: as a command-line run's
@@ -151,6 +176,8 @@ pub struct Service {
     attempts: admin::attempts::Attempts,
     /// Destinations being set up in the pages.
     drafts: admin::editor::draft::Drafts,
+    /// Each destination's queue, hour by hour.
+    queues: queue_history::QueueHistory,
     /// The address the listener was bound to.
     bound: std::sync::OnceLock<SocketAddr>,
     /// This process as a cluster worker (`serve --nats`).
@@ -194,6 +221,7 @@ impl Service {
             connects: admin::connect::Connects::new(clock),
             attempts: admin::attempts::Attempts::new(clock),
             drafts: admin::editor::draft::Drafts::new(clock),
+            queues: queue_history::QueueHistory::default(),
             bound: std::sync::OnceLock::new(),
             worker: std::sync::OnceLock::new(),
         });
@@ -203,6 +231,7 @@ impl Service {
             None => service.build(file, empty).await?,
         };
         *service.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        tokio::spawn(sample_queues(Arc::downgrade(&service), QUEUE_SAMPLE_EVERY));
         Ok(service)
     }
 
@@ -253,6 +282,27 @@ impl Service {
 
     pub fn drafts(&self) -> &admin::editor::draft::Drafts {
         &self.drafts
+    }
+
+    /// Each destination's queue, hour by hour.
+    pub fn queue_history(&self) -> &queue_history::QueueHistory {
+        &self.queues
+    }
+
+    /// Samples destination `name`'s queue now.
+    pub async fn sample_queue(&self, name: &str, read: &dyn ReadModel) {
+        let now_ms = self.env.clock.now_ms();
+        let (queued, oldest_age_ms) = match read.snapshot().await.waiting {
+            read_model::Waiting::Updates {
+                count,
+                oldest_received_ms,
+            } => (
+                count,
+                oldest_received_ms.map(|at| now_ms.saturating_sub(at)),
+            ),
+            read_model::Waiting::Messages(count) => (count, None),
+        };
+        self.queues.record(name, now_ms, queued, oldest_age_ms);
     }
 
     pub fn sign_in_attempts(&self) -> &admin::attempts::Attempts {

@@ -7,7 +7,9 @@
 use std::fmt::Write;
 
 use crate::journal::Counts;
-use crate::read_model::RunSummary;
+use crate::limiter::WindowUse;
+use crate::read_model::{Requests, RunSummary};
+use crate::service::queue_history::QueueHour;
 
 const HOUR_MS: u64 = 3_600_000;
 /// The drawing's height; bars are scaled into it.
@@ -22,6 +24,9 @@ pub(super) struct HourFigures {
     pub(super) start_ms: u64,
     pub(super) counts: Counts,
     pub(super) queued: u64,
+    /// Requests sent and answered 429 (`None`: the backend does not count
+    /// them per run).
+    pub(super) requests: Option<Requests>,
 }
 
 /// The `hours` hours up to the one `now_ms` is in, oldest first, each with
@@ -46,8 +51,21 @@ pub(super) fn hours(runs: &[RunSummary], now_ms: u64, hours: u64) -> Vec<HourFig
         slot.counts.rejected += run.counts.rejected;
         slot.counts.skipped += run.counts.skipped;
         slot.queued += run.pending;
+        if let Some(requests) = run.requests {
+            let sum = slot.requests.get_or_insert_with(Requests::default);
+            sum.sent += requests.sent;
+            sum.rate_limited += requests.rate_limited;
+        }
     }
     figures
+}
+
+/// `2026-12-04 03:00`.
+fn hour_of(start_ms: u64) -> String {
+    crate::format_utc(start_ms / 1000, ' ')
+        .get(..16)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// What a bar's title says: `2026-12-04 03:00 UTC: 10 received, 8
@@ -56,9 +74,7 @@ pub(super) fn describe(hour: &HourFigures) -> String {
     let c = &hour.counts;
     format!(
         "{} UTC: {} received, {} activated, {} failed, {} skipped, {} queued",
-        crate::format_utc(hour.start_ms / 1000, ' ')
-            .get(..16)
-            .unwrap_or_default(),
+        hour_of(hour.start_ms),
         c.received,
         c.delivered,
         c.rejected,
@@ -67,18 +83,122 @@ pub(super) fn describe(hour: &HourFigures) -> String {
     )
 }
 
-/// The chart: a bar per hour, its segments stacked from the bottom
-/// (activated, failed, skipped, queued), all on one scale — the busiest
-/// hour's received fills the height. `label` names it for assistive
-/// technology; it and every title are escaped.
-pub(super) fn svg(label: &str, hours: &[HourFigures]) -> String {
-    let most = hours
+/// One bar: its title, its segments stacked from the bottom (a class and
+/// a value each), and the value its full height stands for (at least the
+/// segments' sum).
+pub(super) struct Bar {
+    pub(super) title: String,
+    pub(super) segments: Vec<(&'static str, u64)>,
+    pub(super) whole: u64,
+}
+
+/// A level drawn across the chart (a budget), and what its title says.
+pub(super) struct Level {
+    pub(super) value: u64,
+    pub(super) title: String,
+}
+
+/// Records per hour: activated, failed, skipped and queued, stacked to
+/// the hour's received.
+pub(super) fn record_bars(hours: &[HourFigures]) -> Vec<Bar> {
+    hours
         .iter()
-        .map(|h| h.counts.received.max(stacked(h)))
+        .map(|hour| Bar {
+            title: describe(hour),
+            segments: vec![
+                ("activated", hour.counts.delivered),
+                ("failed", hour.counts.rejected),
+                ("skipped", hour.counts.skipped),
+                ("queued", hour.queued),
+            ],
+            whole: hour.counts.received,
+        })
+        .collect()
+}
+
+/// Requests per hour, those answered 429 on top of the rest.
+pub(super) fn request_bars(hours: &[HourFigures], budget_per_hour: Option<u64>) -> Vec<Bar> {
+    let budget = budget_per_hour
+        .map(|b| format!(" of a budget of {b}"))
+        .unwrap_or_default();
+    hours
+        .iter()
+        .map(|hour| {
+            let requests = hour.requests.unwrap_or_default();
+            Bar {
+                title: format!(
+                    "{} UTC: {} requests sent{budget}, {} answered 429",
+                    hour_of(hour.start_ms),
+                    requests.sent,
+                    requests.rate_limited
+                ),
+                segments: vec![
+                    ("sent", requests.sent.saturating_sub(requests.rate_limited)),
+                    ("limited", requests.rate_limited),
+                ],
+                whole: requests.sent,
+            }
+        })
+        .collect()
+}
+
+/// The queue per hour: the most updates queued, the oldest one's age in
+/// the title.
+pub(super) fn queue_bars(hours: &[(u64, Option<QueueHour>)]) -> Vec<Bar> {
+    hours
+        .iter()
+        .map(|(start_ms, sampled)| {
+            let title = match sampled {
+                None => format!("{} UTC: not sampled", hour_of(*start_ms)),
+                Some(hour) => format!(
+                    "{} UTC: at most {} queued{}",
+                    hour_of(*start_ms),
+                    hour.most_queued,
+                    hour.oldest_age_ms
+                        .filter(|_| hour.most_queued > 0)
+                        .map(|ms| format!(", the oldest {} old", super::pages::age(ms)))
+                        .unwrap_or_default()
+                ),
+            };
+            let most = sampled.map_or(0, |h| h.most_queued);
+            Bar {
+                title,
+                segments: vec![("queued", most)],
+                whole: most,
+            }
+        })
+        .collect()
+}
+
+/// An account's budget per window, as the API told it.
+pub(super) fn window_bars(windows: &[WindowUse]) -> Vec<Bar> {
+    windows
+        .iter()
+        .map(|w| Bar {
+            title: format!(
+                "window ending {} UTC: {} of {} requests used",
+                crate::format_utc(w.reset_ms / 1000, ' '),
+                w.used,
+                w.limit
+            ),
+            segments: vec![("sent", u64::from(w.used))],
+            whole: u64::from(w.limit),
+        })
+        .collect()
+}
+
+/// The chart: a bar per slot, all on one scale — the tallest bar (or the
+/// level, when higher) fills the height. `label` names it for assistive
+/// technology; it and every title are escaped.
+pub(super) fn svg(label: &str, bars: &[Bar], level: Option<&Level>) -> String {
+    let most = bars
+        .iter()
+        .map(|b| b.whole.max(b.segments.iter().map(|(_, v)| v).sum()))
+        .chain(level.map(|l| l.value))
         .max()
         .unwrap_or(0)
         .max(1);
-    let width = SLOT * hours.len().max(1) as u64;
+    let width = SLOT * bars.len().max(1) as u64;
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = write!(
@@ -86,22 +206,17 @@ pub(super) fn svg(label: &str, hours: &[HourFigures]) -> String {
         r#"<svg class="chart" viewBox="0 0 {width} {HEIGHT}" preserveAspectRatio="none" role="img" aria-label="{}" xmlns="http://www.w3.org/2000/svg">"#,
         escape(label)
     );
-    for (i, hour) in hours.iter().enumerate() {
+    for (i, bar) in bars.iter().enumerate() {
         let x = i as u64 * SLOT + (SLOT - BAR) / 2;
-        let _ = write!(out, "<g><title>{}</title>", escape(&describe(hour)));
-        // A transparent bar the height of the chart: the hour's title is
+        let _ = write!(out, "<g><title>{}</title>", escape(&bar.title));
+        // A transparent bar the height of the chart: the slot's title is
         // reachable even when nothing happened in it.
         let _ = write!(
             out,
             r#"<rect class="hour" x="{x}" y="0" width="{BAR}" height="{HEIGHT}"/>"#
         );
         let mut bottom = HEIGHT as f64;
-        for (class, value) in [
-            ("activated", hour.counts.delivered),
-            ("failed", hour.counts.rejected),
-            ("skipped", hour.counts.skipped),
-            ("queued", hour.queued),
-        ] {
+        for &(class, value) in &bar.segments {
             if value == 0 {
                 continue;
             }
@@ -114,12 +229,17 @@ pub(super) fn svg(label: &str, hours: &[HourFigures]) -> String {
         }
         out.push_str("</g>");
     }
+    if let Some(level) = level {
+        let y = HEIGHT as f64 - level.value as f64 * HEIGHT as f64 / most as f64;
+        let _ = write!(
+            out,
+            r#"<g><title>{}</title><line class="level" x1="0" y1="{y:.2}" x2="{width}" y2="{y:.2}" data-value="{}"/></g>"#,
+            escape(&level.title),
+            level.value
+        );
+    }
     out.push_str("</svg>");
     out
-}
-
-fn stacked(hour: &HourFigures) -> u64 {
-    hour.counts.delivered + hour.counts.rejected + hour.counts.skipped + hour.queued
 }
 
 /// Text as it may stand in SVG text or an attribute.
@@ -160,6 +280,7 @@ mod tests {
                 skipped: received - delivered - rejected - pending,
             },
             pending,
+            requests: None,
         }
     }
 
@@ -193,7 +314,7 @@ mod tests {
             NOW,
             3,
         );
-        let chart = svg("Records per hour, <last day>", &figures);
+        let chart = svg("Records per hour, <last day>", &record_bars(&figures), None);
         assert!(chart.starts_with("<svg") && chart.ends_with("</svg>"));
         assert!(
             chart.contains(r#"aria-label="Records per hour, &lt;last day&gt;""#),
@@ -223,6 +344,96 @@ mod tests {
         assert!(
             chart.contains(
                 r#"class="activated" x="11" y="50.00" width="8" height="50.00" data-value="10""#
+            ),
+            "{chart}"
+        );
+    }
+    #[test]
+    fn requests_stack_their_429s_on_top_and_the_budget_is_a_line_on_the_same_scale() {
+        let hour = NOW - NOW % HOUR_MS;
+        let mut busy = run(hour, 10, 10, 0, 0);
+        busy.requests = Some(Requests {
+            sent: 600,
+            rate_limited: 100,
+        });
+        let figures = hours(&[busy], NOW, 2);
+        let level = Level {
+            value: 1_000,
+            title: "budget".into(),
+        };
+        let chart = svg(
+            "Requests",
+            &request_bars(&figures, Some(1_000)),
+            Some(&level),
+        );
+        assert!(
+            chart.contains("<title>2026-12-04 03:00 UTC: 600 requests sent of a budget of 1000, 100 answered 429</title>"),
+            "{chart}"
+        );
+        // 1,000 is the whole height: 500 sent is half, 100 limited a tenth.
+        assert!(
+            chart.contains(
+                r#"class="sent" x="11" y="50.00" width="8" height="50.00" data-value="500""#
+            ),
+            "{chart}"
+        );
+        assert!(
+            chart.contains(
+                r#"class="limited" x="11" y="40.00" width="8" height="10.00" data-value="100""#
+            ),
+            "{chart}"
+        );
+        assert!(chart.contains(r#"<title>budget</title><line class="level" x1="0" y1="0.00" x2="20" y2="0.00" data-value="1000"/>"#), "{chart}");
+    }
+
+    #[test]
+    fn the_queue_chart_says_which_hours_were_not_sampled() {
+        let hour = NOW - NOW % HOUR_MS;
+        let sampled = QueueHour {
+            most_queued: 40,
+            oldest_age_ms: Some(125_000),
+            samples: 3,
+        };
+        let chart = svg(
+            "Queue",
+            &queue_bars(&[(hour - HOUR_MS, None), (hour, Some(sampled))]),
+            None,
+        );
+        assert!(
+            chart.contains("<title>2026-12-04 02:00 UTC: not sampled</title>"),
+            "{chart}"
+        );
+        assert!(
+            chart.contains(
+                "<title>2026-12-04 03:00 UTC: at most 40 queued, the oldest 2 min old</title>"
+            ),
+            "{chart}"
+        );
+        assert!(
+            chart.contains(
+                r#"class="queued" x="11" y="0.00" width="8" height="100.00" data-value="40""#
+            ),
+            "{chart}"
+        );
+    }
+
+    #[test]
+    fn an_accounts_windows_are_drawn_against_their_limit() {
+        let windows = [WindowUse {
+            reset_ms: NOW,
+            limit: 10_000,
+            used: 2_500,
+        }];
+        let chart = svg("Budget", &window_bars(&windows), None);
+        assert!(
+            chart.contains(
+                "<title>window ending 2026-12-04 03:25:00 UTC: 2500 of 10000 requests used</title>"
+            ),
+            "{chart}"
+        );
+        assert!(
+            chart.contains(
+                r#"class="sent" x="1" y="75.00" width="8" height="25.00" data-value="2500""#
             ),
             "{chart}"
         );

@@ -9,7 +9,7 @@ fn utc(ms: u64) -> String {
     crate::format_utc(ms / 1000, ' ')
 }
 
-fn age(ms: u64) -> String {
+pub(super) fn age(ms: u64) -> String {
     let secs = ms / 1000;
     match secs {
         0..60 => format!("{secs} s"),
@@ -47,7 +47,18 @@ struct DestinationsPage<'a> {
     destinations: Vec<DestinationCard>,
     /// Destinations can be added and changed from the pages here.
     editable: bool,
+    accounts: Vec<AccountChart>,
 }
+
+/// An account's budget per window, charted.
+struct AccountChart {
+    name: String,
+    policy: String,
+    chart: String,
+}
+
+/// Windows an account's chart shows at most.
+const CHARTED_WINDOWS: usize = 24;
 
 pub(super) async fn destinations(
     State(service): State<Arc<Service>>,
@@ -162,6 +173,32 @@ pub(super) async fn destinations(
             csrf: Some(&session.csrf),
             destinations: cards,
             editable: service.may_edit().is_ok(),
+            accounts: set
+                .accounts
+                .values()
+                .map(|account| {
+                    let policy = account.limiter.policy();
+                    let windows = account.limiter.windows_used();
+                    let recent = &windows[windows.len().saturating_sub(CHARTED_WINDOWS)..];
+                    let limit = recent.last().map_or(policy.requests, |w| w.limit);
+                    let level = charts::Level {
+                        value: u64::from(limit),
+                        title: format!("the budget: {limit} requests a window"),
+                    };
+                    AccountChart {
+                        name: account.name.clone(),
+                        policy: format!(
+                            "{} requests per {} s, per {}",
+                            policy.requests, policy.window_seconds, policy.per
+                        ),
+                        chart: charts::svg(
+                            &format!("Budget used per window by {}", account.name),
+                            &charts::window_bars(recent),
+                            Some(&level),
+                        ),
+                    }
+                })
+                .collect(),
         },
     )
 }
@@ -175,6 +212,9 @@ struct RunRow {
     rejected: u64,
     skipped: u64,
     pending: u64,
+    /// Requests sent and answered 429 (`—` when not counted).
+    requests: String,
+    rate_limited: String,
 }
 
 impl From<&RunSummary> for RunRow {
@@ -188,6 +228,10 @@ impl From<&RunSummary> for RunRow {
             rejected: r.counts.rejected,
             skipped: r.counts.skipped,
             pending: r.pending,
+            requests: r.requests.map_or("—".into(), |q| q.sent.to_string()),
+            rate_limited: r
+                .requests
+                .map_or("—".into(), |q| q.rate_limited.to_string()),
         }
     }
 }
@@ -198,14 +242,22 @@ struct DestinationPage<'a> {
     csrf: Option<&'a str>,
     name: &'a str,
     runs: Vec<RunRow>,
-    /// The last 24 hours and the last 7 days, hour by hour (SVG, escaped
-    /// where it holds text).
-    last_day: String,
-    last_week: String,
+    /// Charts of the last 24 hours and the last 7 days, hour by hour (SVG,
+    /// escaped where it holds text).
+    charts: Vec<ChartPair>,
     enabled: bool,
     /// Why its settings cannot be changed here (`None`: they can).
     not_editable: Option<String>,
     history: Vec<ChangeRow>,
+}
+
+/// One measure charted over the last day and the last week.
+struct ChartPair {
+    heading: &'static str,
+    legend: Vec<(&'static str, &'static str)>,
+    note: Option<String>,
+    last_day: String,
+    last_week: String,
 }
 
 /// One change in a destination's history.
@@ -238,14 +290,57 @@ pub(super) async fn destination(
         Err(e) => return unreadable(&session, &e),
     };
     let now_ms = crate::clock::now_ms();
-    let last_day = charts::svg(
-        "Records per hour, the last 24 hours",
-        &charts::hours(&runs, now_ms, 24),
+    let (day, week) = (
+        charts::hours(&runs, now_ms, 24),
+        charts::hours(&runs, now_ms, WEEK_HOURS),
     );
-    let last_week = charts::svg(
-        "Records per hour, the last 7 days",
-        &charts::hours(&runs, now_ms, WEEK_HOURS),
-    );
+    let set = service.current();
+    let budget_per_hour = set.accounts.get(&served.account).map(|account| {
+        let policy = account.limiter.policy();
+        u64::from(policy.requests) * 3_600 / u64::from(policy.window_seconds.max(1))
+    });
+    let budget = budget_per_hour.map(|value| charts::Level {
+        value,
+        title: format!("budget: {value} requests an hour, for the account"),
+    });
+    let requests_counted = runs.iter().any(|r| r.requests.is_some()) || runs.is_empty();
+    service.sample_queue(&name, served.read.as_ref()).await;
+    let queue = |hours| service.queue_history().hours(&name, now_ms, hours);
+    let charts = vec![
+        ChartPair {
+            heading: "Records",
+            legend: vec![
+                ("activated", "activated"),
+                ("failed", "failed"),
+                ("skipped", "skipped"),
+                ("queued", "queued"),
+            ],
+            note: Some("Records per hour, stacked to those received.".into()),
+            last_day: charts::svg("Records per hour, the last 24 hours", &charts::record_bars(&day), None),
+            last_week: charts::svg("Records per hour, the last 7 days", &charts::record_bars(&week), None),
+        },
+        ChartPair {
+            heading: "Requests",
+            legend: vec![("sent", "sent"), ("limited", "answered 429")],
+            note: Some(if requests_counted {
+                match budget_per_hour {
+                    Some(b) => format!("Requests per hour; the line is the account's budget, {b} an hour, shared by its destinations."),
+                    None => "Requests per hour.".into(),
+                }
+            } else {
+                "Requests are counted per run by a single service; a cluster counts records per run only (the totals are on /metrics).".into()
+            }),
+            last_day: charts::svg("Requests per hour, the last 24 hours", &charts::request_bars(&day, budget_per_hour), budget.as_ref()),
+            last_week: charts::svg("Requests per hour, the last 7 days", &charts::request_bars(&week, budget_per_hour), budget.as_ref()),
+        },
+        ChartPair {
+            heading: "Queue",
+            legend: vec![("queued", "queued")],
+            note: Some("The most updates queued in each hour, sampled every minute by this process (its history starts when it does).".into()),
+            last_day: charts::svg("Queued updates per hour, the last 24 hours", &charts::queue_bars(&queue(24)), None),
+            last_week: charts::svg("Queued updates per hour, the last 7 days", &charts::queue_bars(&queue(WEEK_HOURS)), None),
+        },
+    ];
     let history = service.history();
     let wanted = name.clone();
     let changes = tokio::task::spawn_blocking(move || history.of(&wanted, HISTORY))
@@ -274,8 +369,7 @@ pub(super) async fn destination(
             csrf: Some(&session.csrf),
             name: &name,
             runs: runs.iter().take(PAGE).map(RunRow::from).collect(),
-            last_day,
-            last_week,
+            charts,
             enabled: served.spec.enabled,
             not_editable: service.may_edit().err().map(|e| sentence(&e.to_string())),
             history,

@@ -123,6 +123,10 @@ fn summary(run: &RunRecord) -> RunSummary {
         status: run.status.clone(),
         counts: run.counts.clone(),
         pending: run.pending,
+        requests: Some(crate::read_model::Requests {
+            sent: run.requests_sent,
+            rate_limited: run.rate_limited,
+        }),
     }
 }
 

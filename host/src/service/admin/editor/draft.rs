@@ -195,7 +195,8 @@ impl Draft {
                 if self.settings.account.is_empty() {
                     problems.push((
                         "account".to_owned(),
-                        "Name the API account (the Outreach user whose login the destination uses).".to_owned(),
+                        "Name the API account (the user whose login the destination uses)."
+                            .to_owned(),
                     ));
                 }
                 let api_base = field("api_base");
@@ -430,7 +431,7 @@ impl Draft {
                 vec![Section {
                     legend: "Audiences to activate".into(),
                     help: Some(format!(
-                        "Each audience's status is written to a prospect custom field. Mapping ID: {} Leave a row empty to remove it.",
+                        "Each audience's status is written to the field its Mapping ID names. Mapping ID: {} Leave a row empty to remove it.",
                         offered.describe("audiences.mappingId").unwrap_or_default()
                     )),
                     fields: Vec::new(),
@@ -448,7 +449,7 @@ impl Draft {
                     Field {
                         kind: FieldKind::Select(offered.match_modes.clone()),
                         help: offered.describe("match"),
-                        ..Field::text("match", "Find each prospect by", &mode)
+                        ..Field::text("match", "Find each record by", &mode)
                     },
                     Field {
                         help: Some(format!(
@@ -463,11 +464,19 @@ impl Draft {
                         ..Field::text("emailMapping.source", "Email address from", &nested("emailMapping", "source"))
                     },
                     Field {
-                        help: Some("Optional: the profile's company, found or created as the prospect's Outreach account.".into()),
+                        help: offered.describe("companyMapping").map(|d| format!("Optional. {d} {}", offered.describe("companyMapping.domain").unwrap_or_default())),
                         ..Field::text("companyMapping.domain", "Company domain from", &nested("companyMapping", "domain"))
                     },
-                    Field::text("companyMapping.name", "Company name from", &nested("companyMapping", "name")),
+                    Field {
+                        help: offered.describe("companyMapping.name"),
+                        ..Field::text("companyMapping.name", "Company name from", &nested("companyMapping", "name"))
+                    },
                 ];
+                // Only what this component's schema declares.
+                identity.retain(|f| {
+                    let setting = f.name.split('.').next().unwrap_or_default();
+                    offered.declares(setting)
+                });
                 if offered.identity_target.is_none() {
                     identity.push(Field::text("identityMapping.target", "Identity target", &nested("identityMapping", "target")));
                 }

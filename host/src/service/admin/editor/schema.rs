@@ -8,7 +8,7 @@ use serde_json::Value;
 #[derive(Clone, Debug, Default)]
 pub struct Offered {
     /// Attribute targets named in the schema, and a note for the ones it
-    /// describes by a pattern (`custom1` … `custom150`).
+    /// describes by a pattern.
     pub targets: Vec<String>,
     pub target_note: Option<String>,
     /// The `match` setting's values, its default first.
@@ -60,6 +60,11 @@ impl Offered {
         }
     }
 
+    /// Whether the schema declares top-level setting `name`.
+    pub fn declares(&self, name: &str) -> bool {
+        self.schema["properties"].get(name).is_some()
+    }
+
     /// The schema's description of setting `path` (`identityMapping.source`,
     /// `audiences.mappingId` for an item's field).
     pub fn describe(&self, path: &str) -> Option<String> {
@@ -71,31 +76,5 @@ impl Offered {
             }
         }
         node["description"].as_str().map(str::to_owned)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_outreach_schema_offers_its_targets_match_modes_and_descriptions() {
-        let offered = Offered::read(&crate::test_support::component_schema());
-        assert!(offered.targets.iter().any(|t| t == "firstName"));
-        assert!(offered.targets.iter().any(|t| t == "tags"));
-        assert!(!offered.targets.iter().any(|t| t == "createdAt"));
-        assert_eq!(
-            offered.target_note.as_deref(),
-            Some("A custom field, custom1 to custom150.")
-        );
-        assert_eq!(
-            offered.match_modes,
-            ["outreachId", "email", "outreachIdOrEmail"]
-        );
-        assert_eq!(offered.identity_target.as_deref(), Some("OutreachId"));
-        assert_eq!(
-            offered.describe("audiences.mappingId").as_deref(),
-            Some("N of the prospect custom field customN.")
-        );
     }
 }

@@ -14,8 +14,8 @@ name = "sales"          # used in URLs
 account = "ada@example.com"
 api_base = "http://127.0.0.1:9/api/v2"
 alert_webhook = "https://hooks.example/T0/secret-token"
-config = { name = "Sales", identityMapping = { source = "Oid", target = "OutreachId" }, audiences = [
-    # The newsletter writes custom4.
+config = { name = "Sales", identityMapping = { source = "Oid", target = "CrmId" }, audiences = [
+    # The newsletter writes field 4.
     { id = "news", name = "Newsletter", mappingId = 4 },
     { id = "vip", mappingId = 12 },  # VIPs
 ] }
@@ -81,7 +81,7 @@ fn an_added_audience_and_a_removed_one_keep_the_comments_of_the_rest() {
     text.set(Some("sales"), &settings).unwrap();
     let after = text.to_string();
     assert!(
-        after.contains("# The newsletter writes custom4."),
+        after.contains("# The newsletter writes field 4."),
         "{after}"
     );
     assert!(
@@ -99,7 +99,7 @@ fn an_added_audience_and_a_removed_one_keep_the_comments_of_the_rest() {
 fn a_new_destination_is_appended_and_reads_back_as_set() {
     let config = serde_json::json!({
         "name": "Webinars",
-        "identityMapping": { "source": "Oid", "target": "OutreachId" },
+        "identityMapping": { "source": "Oid", "target": "CrmId" },
         "attributeMappings": [{ "source": "person.name.firstName", "target": "firstName" }],
         "audiences": [{ "id": "web", "name": "Webinar", "mappingId": 5 }],
     });
@@ -112,7 +112,7 @@ fn a_new_destination_is_appended_and_reads_back_as_set() {
         api_base: String::new(),
         enabled: true,
         alert_webhook: None,
-        alert_command: Some("logger -t outreach".into()),
+        alert_command: Some("logger -t crm".into()),
         stall_alert_secs: Some(600),
         config,
     };

@@ -40,10 +40,15 @@ fn audience_rows_keep_their_order_drop_empty_rows_and_keep_what_is_not_a_number(
 #[test]
 fn the_mapping_step_writes_what_the_component_reads() {
     let mut draft = Draft::new("session");
+    let target = offered()
+        .identity_target
+        .expect("the schema fixes the identity's target");
+    // The default way of matching is not written.
+    let default_match = offered().match_modes[0].clone();
     draft.take(
         Step::Mapping,
         &form(&[
-            ("match", "outreachId"),
+            ("match", default_match.as_str()),
             ("identityMapping.source", "Oid"),
             ("emailMapping.source", ""),
             ("companyMapping.domain", ""),
@@ -58,7 +63,7 @@ fn the_mapping_step_writes_what_the_component_reads() {
     assert_eq!(
         Value::Object(draft.settings.config.clone()),
         serde_json::json!({
-            "identityMapping": { "source": "Oid", "target": "OutreachId" },
+            "identityMapping": { "source": "Oid", "target": target },
             "companyMapping": { "name": "employer.name" },
             "attributeMappings": [{ "source": "person.name.firstName", "target": "firstName" }],
         })
