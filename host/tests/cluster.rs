@@ -119,6 +119,30 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
     assert!(overview.contains("Connected ✓"), "{overview}");
     let runs = page(&http, worker, &session, "/admin/destinations/d05").await;
     assert!(runs.contains("cluster (every worker)"), "{runs}");
+    // Its charts are the cluster's: the newest run's figures are in a bar
+    // of the day's chart and the week's.
+    let row = runs
+        .split("<tr>")
+        .find(|row| row.contains("/admin/destinations/d05/runs/"))
+        .unwrap();
+    let cells: Vec<&str> = row
+        .split("<td>")
+        .skip(4)
+        .map(|cell| cell.split('<').next().unwrap())
+        .collect();
+    let charted = format!(
+        "{} received, {} activated, {} failed, {} skipped, {} queued</title>",
+        cells[0], cells[1], cells[2], cells[3], cells[4]
+    );
+    assert_eq!(runs.matches(&charted).count(), 2, "{charted}\n{runs}");
+    assert_eq!(runs.matches("<svg class=\"chart\"").count(), 6, "{runs}");
+    // A worker's settings come from the file the workers share: its pages
+    // say so and offer no editing.
+    assert!(
+        runs.contains("A cluster worker&#39;s destinations file is not changed from its pages"),
+        "{runs}"
+    );
+    assert!(!overview.contains("/admin/destinations/new"), "{overview}");
     let letters = page(
         &http,
         worker,
