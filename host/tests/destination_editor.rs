@@ -485,7 +485,25 @@ async fn bad_mapping_ids_and_an_unknown_target_are_refused_beside_the_field() {
         .await
         .unwrap();
     assert!(save_disabled.is_some());
+    // Forced past the disabled button, the service checks again and
+    // writes nothing.
+    browser
+        .client()
+        .execute(
+            "document.querySelector(\"form[action$='/save'] button\").disabled = false",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.click("form[action$='/save'] button").await;
+    let again = browser.text().await;
+    assert!(again.contains("cannot be saved yet"), "{again}");
+    assert!(again.contains(message.as_str()), "{again}");
     assert_eq!(s.file(), before, "nothing was written");
+    assert!(
+        !s.dir.join("state/changes.ndjson").exists(),
+        "nothing recorded"
+    );
     s.browser.close().await;
 }
 
@@ -504,6 +522,22 @@ async fn a_running_destinations_mapping_id_changes_without_a_restart_and_is_in_i
     browser
         .click("a[href='/admin/destinations/webinars']")
         .await;
+    // An edit begun and left open: saved after the change below, it is
+    // refused.
+    browser.click("form[action$='/edit'] button").await;
+    let stale = browser.client().current_url().await.unwrap();
+    browser.click("nav a[href$='/account']").await;
+    let account = browser.text().await;
+    assert!(
+        account.contains(&format!("{ADA} is connected ✓")),
+        "{account}"
+    );
+    browser.screenshot("editor-account-connected").await;
+    browser
+        .client()
+        .goto(&s.service.url("/admin/destinations/webinars"))
+        .await
+        .unwrap();
     browser.click("form[action$='/edit'] button").await;
     browser.click("nav a[href$='/audiences']").await;
     s.set("audiences[0].mappingId", "8").await;
@@ -533,6 +567,20 @@ async fn a_running_destinations_mapping_id_changes_without_a_restart_and_is_in_i
     assert!(file.contains("mappingId = 8"));
     assert!(!file.contains("mappingId = 4"));
 
+    // The edit left open is refused: it began before this change.
+    browser
+        .client()
+        .goto(stale.as_str().replace("/details", "/review").as_str())
+        .await
+        .unwrap();
+    browser.click("form[action$='/save'] button").await;
+    let refused = browser.text().await;
+    assert!(
+        refused.contains("changed since you began editing"),
+        "{refused}"
+    );
+    assert!(s.file().contains("mappingId = 8"));
+
     // Later records write custom8, with no restart of the service.
     s.post("webinars", &[member_profile("aud-webinar", 2, "After")])
         .await;
@@ -545,7 +593,11 @@ async fn a_running_destinations_mapping_id_changes_without_a_restart_and_is_in_i
     assert_eq!(s.custom(2, 4), None);
 
     // The history: who, what, before and after, the webhook masked.
-    browser.client().refresh().await.unwrap();
+    browser
+        .client()
+        .goto(&s.service.url("/admin/destinations/webinars"))
+        .await
+        .unwrap();
     let page = browser.text().await;
     browser
         .client()

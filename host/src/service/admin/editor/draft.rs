@@ -113,6 +113,9 @@ pub struct Draft {
     pub settings: DestinationSettings,
     /// Rows shown beyond the ones filled in.
     pub blank_rows: usize,
+    /// The destination as it was served when editing began: saving over a
+    /// change made since (by another operator, or a reload) is refused.
+    pub base: Option<DestinationSpec>,
     touched_ms: u64,
 }
 
@@ -126,6 +129,7 @@ impl Draft {
                 ..DestinationSettings::default()
             },
             blank_rows: BLANK_ROWS,
+            base: None,
             touched_ms: 0,
         }
     }
@@ -150,6 +154,7 @@ impl Draft {
                 config,
             },
             blank_rows: BLANK_ROWS,
+            base: Some(spec.clone()),
             touched_ms: 0,
         }
     }

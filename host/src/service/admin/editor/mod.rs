@@ -107,6 +107,9 @@ struct StepPage<'a> {
     problems: Vec<String>,
     sections: Vec<Section>,
     targets: Vec<String>,
+    /// On the account step: the account's connection, and whether a
+    /// browser login can be started for it.
+    connection: Option<(String, String, bool)>,
 }
 
 struct StepLink {
@@ -239,6 +242,19 @@ async fn step_page(
     let has_account = |name: &str| set.accounts.contains_key(name);
     let mut sections = draft.sections(step, &offered, &has_account);
     let problems = place(&mut sections, problems);
+    let account = set.accounts.get(&draft.settings.account).cloned();
+    let connection = match (step, account) {
+        (Step::Account, Some(account)) => {
+            let now_secs = crate::clock::now_ms() / 1000;
+            let state = match account.connection(now_secs).await {
+                crate::account::Connection::Fixed => "uses the fixed access token".to_owned(),
+                crate::account::Connection::NeedsLogin(why) => format!("needs a login ({why})"),
+                crate::account::Connection::Connected { .. } => "is connected ✓".to_owned(),
+            };
+            Some((account.name.clone(), state, account.connectable()))
+        }
+        _ => None,
+    };
     html(
         status,
         &StepPage {
@@ -251,6 +267,7 @@ async fn step_page(
             problems: problems.iter().map(|p| sentence(p)).collect(),
             sections,
             targets: offered.targets,
+            connection,
         },
     )
 }
@@ -441,6 +458,21 @@ async fn save(
         Ok(draft) => draft,
         Err(response) => return *response,
     };
+    if let Some(original) = &draft.original {
+        let now = service
+            .current()
+            .destinations
+            .get(original)
+            .map(|d| d.spec.clone());
+        if now != draft.base {
+            return refused(
+                &operator.session,
+                StatusCode::CONFLICT,
+                "Changed meanwhile",
+                "This destination's settings changed since you began editing (another operator, or a reload of the file): nothing was saved. Edit it again to start from its current settings.",
+            );
+        }
+    }
     match service.save(&edit_of(&draft), &operator.session.user).await {
         Ok(change) => {
             service.drafts().end(&id);
