@@ -121,15 +121,7 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
     assert!(runs.contains("cluster (every worker)"), "{runs}");
     // Its charts are the cluster's: the newest run's figures are in a bar
     // of the day's chart and the week's.
-    let row = runs
-        .split("<tr>")
-        .find(|row| row.contains("/admin/destinations/d05/runs/"))
-        .unwrap();
-    let cells: Vec<&str> = row
-        .split("<td>")
-        .skip(4)
-        .map(|cell| cell.split('<').next().unwrap())
-        .collect();
+    let cells = common::newest_run_cells(&runs, "d05");
     let charted = format!(
         "{} received, {} activated, {} failed, {} skipped, {} queued</title>",
         cells[0], cells[1], cells[2], cells[3], cells[4]

@@ -82,10 +82,7 @@ async fn setup(name: &str) -> Setup {
         .goto(&service.url("/admin/sign-in"))
         .await
         .unwrap();
-    browser.fill("input[name=user]", "ops").await;
-    browser.fill("input[name=password]", PASSWORD).await;
-    browser.click("button[type=submit]").await;
-    assert_eq!(browser.path().await, "/admin");
+    browser.sign_in_here("ops", PASSWORD).await;
     Setup {
         simulator,
         service,

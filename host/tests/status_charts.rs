@@ -84,15 +84,8 @@ async fn the_hours_charts_carry_the_runs_figures() {
         "{html}"
     );
     // The bars of this hour carry what the runs table says.
-    let row = html
-        .split("<tr>")
-        .find(|row| row.contains("/admin/destinations/crm/runs/"))
-        .unwrap();
-    let cells: Vec<&str> = row
-        .split("<td>")
-        .skip(4)
-        .map(|cell| cell.split('<').next().unwrap())
-        .collect();
+    let cells = common::newest_run_cells(&html, "crm");
+    let cells: Vec<&str> = cells.iter().map(String::as_str).collect();
     let [
         received,
         activated,
@@ -103,12 +96,12 @@ async fn the_hours_charts_carry_the_runs_figures() {
         limited,
     ] = cells[..]
     else {
-        panic!("{row}")
+        panic!("{cells:?}")
     };
     assert_eq!(
         [received, activated, failed, skipped, queued],
         ["20", "18", "2", "0", "0"],
-        "{row}"
+        "{cells:?}"
     );
     assert_eq!(
         html.matches(&format!(
@@ -119,7 +112,7 @@ async fn the_hours_charts_carry_the_runs_figures() {
         "this hour, in the day's chart and the week's"
     );
     // Each record took one request: 18 updates, 2 answered 404.
-    assert_eq!((requests, limited), ("20", "0"), "{row}");
+    assert_eq!((requests, limited), ("20", "0"), "{cells:?}");
     let budget = 10_000; // the component's: 10,000 an hour
     assert_eq!(
         html.matches(&format!(

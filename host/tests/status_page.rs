@@ -61,10 +61,7 @@ async fn browsed_service(name: &str) -> (Simulator, Service, Browser) {
 
 /// Signs `ops` in on the sign-in page the browser shows.
 async fn sign_in_as_operator(browser: &Browser) {
-    browser.fill("input[name=user]", "ops").await;
-    browser.fill("input[name=password]", PASSWORD).await;
-    browser.click("button[type=submit]").await;
-    assert_eq!(browser.path().await, "/admin");
+    browser.sign_in_here("ops", PASSWORD).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,10 +472,7 @@ async fn connect_started(browser: &Browser, service: &Service) -> String {
 /// Signs in through the page.
 async fn sign_in(browser: &Browser, service: &Service) {
     browser.client().goto(&service.url("/admin")).await.unwrap();
-    browser.fill("input[name=user]", "ops").await;
-    browser.fill("input[name=password]", PASSWORD).await;
-    browser.click("button[type=submit]").await;
-    assert_eq!(browser.path().await, "/admin");
+    browser.sign_in_here("ops", PASSWORD).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

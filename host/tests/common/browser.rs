@@ -167,6 +167,14 @@ impl Browser {
         }
     }
 
+    /// Signs `user` in on the sign-in page the browser shows.
+    pub async fn sign_in_here(&self, user: &str, password: &str) {
+        self.fill("input[name=user]", user).await;
+        self.fill("input[name=password]", password).await;
+        self.click("button[type=submit]").await;
+        assert_eq!(self.path().await, "/admin");
+    }
+
     pub async fn path(&self) -> String {
         self.client().current_url().await.unwrap().path().to_owned()
     }

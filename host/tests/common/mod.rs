@@ -274,3 +274,17 @@ pub fn none_left_running(marker: &str) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The cells of the newest run's row in a destination page's runs table,
+/// from the received count on: received, activated, failed, skipped,
+/// queued, requests, 429s.
+pub fn newest_run_cells(html: &str, destination: &str) -> Vec<String> {
+    let row = html
+        .split("<tr>")
+        .find(|row| row.contains(&format!("/admin/destinations/{destination}/runs/")))
+        .unwrap_or_else(|| panic!("no run of {destination}: {html}"));
+    row.split("<td>")
+        .skip(4)
+        .map(|cell| cell.split('<').next().unwrap_or_default().to_owned())
+        .collect()
+}

@@ -134,25 +134,12 @@ impl Draft {
         }
     }
 
-    /// A draft of `spec` as it is served.
+    /// A draft of `spec` as it is served (on `account` when it names none).
     pub fn of(owner: &str, spec: &DestinationSpec, account: &str) -> Self {
-        let config = match serde_json::from_str(&spec.config) {
-            Ok(Value::Object(config)) => config,
-            _ => Map::new(),
-        };
         Self {
             owner: owner.to_owned(),
             original: Some(spec.name.clone()),
-            settings: DestinationSettings {
-                name: spec.name.clone(),
-                account: spec.account.clone().unwrap_or_else(|| account.to_owned()),
-                api_base: spec.api_base.clone().unwrap_or_default(),
-                enabled: spec.enabled,
-                alert_webhook: spec.alerts.webhook.clone(),
-                alert_command: spec.alerts.command.clone(),
-                stall_alert_secs: spec.alerts.stall_after.map(|d| d.as_secs()),
-                config,
-            },
+            settings: DestinationSettings::of(spec, account),
             blank_rows: BLANK_ROWS,
             base: Some(spec.clone()),
             touched_ms: 0,
@@ -265,50 +252,44 @@ impl Draft {
             }
             Step::Mapping => {
                 let mode = field("match");
-                if mode.is_empty() || offered.match_modes.first() == Some(&mode) {
-                    config.remove("match");
-                } else {
-                    config.insert("match".into(), Value::from(mode));
-                }
+                let matching = (!mode.is_empty() && offered.match_modes.first() != Some(&mode))
+                    .then(|| Value::from(mode));
                 let identity = field("identityMapping.source");
-                if identity.is_empty() {
-                    config.remove("identityMapping");
-                } else {
-                    let mut mapping = Map::new();
-                    mapping.insert("source".into(), Value::from(identity));
+                let identity = (!identity.is_empty()).then(|| {
                     let target = offered
                         .identity_target
                         .clone()
                         .unwrap_or_else(|| field("identityMapping.target"));
-                    mapping.insert("target".into(), Value::from(target));
-                    config.insert("identityMapping".into(), Value::Object(mapping));
-                }
+                    serde_json::json!({ "source": identity, "target": target })
+                });
                 let email = field("emailMapping.source");
-                if email.is_empty() {
-                    config.remove("emailMapping");
-                } else {
-                    let mut mapping = Map::new();
-                    mapping.insert("source".into(), Value::from(email));
-                    config.insert("emailMapping".into(), Value::Object(mapping));
-                }
+                let email = (!email.is_empty()).then(|| serde_json::json!({ "source": email }));
                 let mut company = Map::new();
                 set_text(&mut company, "domain", &field("companyMapping.domain"));
                 set_text(&mut company, "name", &field("companyMapping.name"));
-                if company.is_empty() {
-                    config.remove("companyMapping");
-                } else {
-                    config.insert("companyMapping".into(), Value::Object(company));
-                }
+                let company = (!company.is_empty()).then_some(Value::Object(company));
                 let mappings: Vec<Value> = rows(form, "attributeMappings", &["source", "target"])
                     .into_iter()
-                    .map(|row| {
-                        let mut mapping = Map::new();
-                        mapping.insert("source".into(), Value::from(row[0].clone()));
-                        mapping.insert("target".into(), Value::from(row[1].clone()));
-                        Value::Object(mapping)
-                    })
+                    .map(|row| serde_json::json!({ "source": row[0], "target": row[1] }))
                     .collect();
-                set_list(config, "attributeMappings", mappings);
+                let mappings = (!mappings.is_empty()).then_some(Value::Array(mappings));
+                // A setting the schema does not declare had no field: what
+                // the configuration holds of it stays.
+                for (key, value) in [
+                    ("match", matching),
+                    ("identityMapping", identity),
+                    ("emailMapping", email),
+                    ("companyMapping", company),
+                    ("attributeMappings", mappings),
+                ] {
+                    if !offered.declares(key) {
+                        continue;
+                    }
+                    match value {
+                        Some(value) => config.insert(key.to_owned(), value),
+                        None => config.remove(key),
+                    };
+                }
             }
             Step::Review => {}
         }

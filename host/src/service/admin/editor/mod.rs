@@ -45,23 +45,27 @@ fn to_step(id: &str, step: Step) -> Response {
     Redirect::to(&format!("/admin/drafts/{id}/{}", step.slug())).into_response()
 }
 
+/// Whether `operator` may begin an edit here with a form carrying `csrf`.
+fn may_begin(service: &Service, operator: &Operator, csrf: &str) -> Result<(), Refused> {
+    check_csrf(&operator.session, csrf)?;
+    service.may_edit().map_err(|e| {
+        Box::new(refused(
+            &operator.session,
+            StatusCode::CONFLICT,
+            "Not here",
+            &sentence(&e.to_string()),
+        ))
+    })
+}
+
 /// "New destination".
 async fn begin_new(
     State(service): State<Arc<Service>>,
     operator: Operator,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = &operator.session;
-    if let Err(refused) = check_csrf(session, &form.csrf) {
+    if let Err(refused) = may_begin(&service, &operator, &form.csrf) {
         return *refused;
-    }
-    if let Err(e) = service.may_edit() {
-        return refused(
-            session,
-            StatusCode::CONFLICT,
-            "Not here",
-            &sentence(&e.to_string()),
-        );
     }
     let id = service.drafts().begin(Draft::new(&operator.id));
     to_step(&id, Step::Details)
@@ -74,19 +78,10 @@ async fn begin_edit(
     Path(name): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = &operator.session;
-    if let Err(refused) = check_csrf(session, &form.csrf) {
+    if let Err(refused) = may_begin(&service, &operator, &form.csrf) {
         return *refused;
     }
-    if let Err(e) = service.may_edit() {
-        return refused(
-            session,
-            StatusCode::CONFLICT,
-            "Not here",
-            &sentence(&e.to_string()),
-        );
-    }
-    let served = match find(&service, &name, session) {
+    let served = match find(&service, &name, &operator.session) {
         Ok(served) => served,
         Err(response) => return *response,
     };

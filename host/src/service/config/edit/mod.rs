@@ -23,6 +23,28 @@ pub struct DestinationSettings {
     pub config: serde_json::Map<String, Json>,
 }
 
+impl DestinationSettings {
+    /// The settings of `spec` as the file gives them (on `account` when it
+    /// names none; a configuration that is not a JSON object reads as
+    /// empty).
+    pub fn of(spec: &super::DestinationSpec, account: &str) -> Self {
+        let config = match serde_json::from_str(&spec.config) {
+            Ok(Json::Object(config)) => config,
+            _ => serde_json::Map::new(),
+        };
+        Self {
+            name: spec.name.clone(),
+            account: spec.account.clone().unwrap_or_else(|| account.to_owned()),
+            api_base: spec.api_base.clone().unwrap_or_default(),
+            enabled: spec.enabled,
+            alert_webhook: spec.alerts.webhook.clone(),
+            alert_command: spec.alerts.command.clone(),
+            stall_alert_secs: spec.alerts.stall_after.map(|d| d.as_secs()),
+            config,
+        }
+    }
+}
+
 /// Where a destination's configuration is written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConfigPlace {

@@ -29,19 +29,7 @@ fn settings_of(text: &str, name: &str) -> DestinationSettings {
     let file = ServiceFile::parse(text, Path::new("/nonexistent"))
         .unwrap_or_else(|e| panic!("{e}\n{text}"));
     let spec = file.destinations.iter().find(|d| d.name == name).unwrap();
-    let Json::Object(config) = serde_json::from_str(&spec.config).unwrap() else {
-        panic!("not an object")
-    };
-    DestinationSettings {
-        name: spec.name.clone(),
-        account: spec.account.clone().unwrap_or_default(),
-        api_base: spec.api_base.clone().unwrap_or_default(),
-        enabled: spec.enabled,
-        alert_webhook: spec.alerts.webhook.clone(),
-        alert_command: spec.alerts.command.clone(),
-        stall_alert_secs: spec.alerts.stall_after.map(|d| d.as_secs()),
-        config,
-    }
+    DestinationSettings::of(spec, "")
 }
 
 /// `FILE` with its `support` destination's config inline, so that it parses

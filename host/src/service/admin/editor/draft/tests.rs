@@ -173,3 +173,30 @@ fn a_draft_is_its_sessions_only_and_expires() {
     };
     assert!(later.get(&id, "mine").is_none());
 }
+
+#[test]
+fn a_setting_the_schema_does_not_declare_has_no_field_and_is_kept() {
+    let narrow = Offered::read(
+        r#"{ "properties": { "identityMapping": { "properties": { "target": { "const": "Id" } } }, "attributeMappings": {} } }"#,
+    );
+    let mut draft = Draft::new("session");
+    draft.settings.config = serde_json::json!({ "emailMapping": { "source": "kept.address" } })
+        .as_object()
+        .cloned()
+        .unwrap();
+    let sections = draft.sections(Step::Mapping, &narrow, &|_| false);
+    let names: Vec<&str> = sections[0].fields.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["identityMapping.source"]);
+    draft.take(
+        Step::Mapping,
+        &form(&[("identityMapping.source", "Oid")]),
+        &narrow,
+    );
+    assert_eq!(
+        Value::Object(draft.settings.config.clone()),
+        serde_json::json!({
+            "emailMapping": { "source": "kept.address" },
+            "identityMapping": { "source": "Oid", "target": "Id" },
+        })
+    );
+}
