@@ -111,8 +111,8 @@ pub struct RunSummary {
     pub counts: Counts,
     /// Records of this run still queued.
     pub pending: u64,
-    /// Its requests (`None`: the backend does not count them per run).
-    pub requests: Option<Requests>,
+    /// Its requests.
+    pub requests: Requests,
 }
 
 /// Requests a run sent, and how many of them were answered 429.
@@ -199,6 +199,9 @@ pub trait ReadModel: Send + Sync {
     fn letter(&self, id: i64) -> BoxFuture<'_, Result<Option<LetterView>, String>>;
     /// Letters can be replayed now.
     fn replayable(&self) -> bool;
+    /// The budget the recent windows of its account used, as the API told
+    /// whoever delivered for it, oldest first.
+    fn budget_windows(&self) -> BoxFuture<'_, Vec<crate::limiter::WindowUse>>;
     fn replay(&self, letter: i64) -> BoxFuture<'_, Result<ReplayOutcome, ReplayError>>;
 }
 

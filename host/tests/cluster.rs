@@ -117,6 +117,11 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
         setup.log()
     );
     assert!(overview.contains("Connected ✓"), "{overview}");
+    // Each account's budget per window, as its owner published it.
+    assert!(
+        overview.matches(" requests used</title>").count() >= ACCOUNTS,
+        "{overview}"
+    );
     let runs = page(&http, worker, &session, "/admin/destinations/d05").await;
     assert!(runs.contains("cluster (every worker)"), "{runs}");
     // Its charts are the cluster's: the newest run's figures are in a bar
@@ -127,6 +132,18 @@ async fn three_workers_deliver_every_update_within_budgets_and_one_sender_per_ac
         cells[0], cells[1], cells[2], cells[3], cells[4]
     );
     assert_eq!(runs.matches(&charted).count(), 2, "{charted}\n{runs}");
+    // Its requests too, against the account's budget per hour.
+    let budget = runs
+        .split("budget: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the budget line's title");
+    let requested = format!(
+        "{} requests sent of a budget of {budget}, {} answered 429</title>",
+        cells[5], cells[6]
+    );
+    assert_eq!(runs.matches(&requested).count(), 2, "{requested}\n{runs}");
+    assert_ne!(cells[5], "0", "the cluster counts its runs' requests");
     assert_eq!(runs.matches("<svg class=\"chart\"").count(), 6, "{runs}");
     // A worker's settings come from the file the workers share: its pages
     // say so and offer no editing.

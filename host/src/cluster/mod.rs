@@ -174,13 +174,16 @@ impl Context {
             .map_err(|e| failed(e.to_string()))?;
         if let Ok(Some(bytes)) = self.buckets.budgets.get(layout::account_key(name)).await
             && let Ok(handed) = serde_json::from_slice::<partition::HandedBudget>(&bytes)
-            && handed.reset_ms > self.clock.now_ms()
         {
-            limiter.observe(&Budget {
-                limit: None,
-                remaining: Some(handed.remaining),
-                reset_at_ms: Some(handed.reset_ms),
-            });
+            // The windows' history goes on with the new owner.
+            limiter.remember_windows(&handed.windows);
+            if handed.reset_ms > self.clock.now_ms() {
+                limiter.observe(&Budget {
+                    limit: None,
+                    remaining: Some(handed.remaining),
+                    reset_at_ms: Some(handed.reset_ms),
+                });
+            }
         }
         let tokens = match (&self.fixed_token, &member.oauth) {
             (Some(token), _) => Box::new(StaticToken(token.clone())) as Box<dyn TokenSource>,

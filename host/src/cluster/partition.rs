@@ -399,10 +399,14 @@ async fn flush_every(owner: Arc<Owner>) {
 
 /// The budget the API last reported for an account, handed to its next
 /// owner.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HandedBudget {
     pub remaining: u32,
     pub reset_ms: u64,
+    /// The budget the account's recent windows used, as the API told its
+    /// owners (absent from what workers before them stored).
+    #[serde(default)]
+    pub windows: Vec<crate::limiter::WindowUse>,
 }
 
 /// Adds the counts since the last flush to the cluster's runs and stores
@@ -421,6 +425,7 @@ async fn flush(owner: &Owner) {
             let handed = HandedBudget {
                 remaining,
                 reset_ms,
+                windows: account.limiter.windows_used(),
             };
             if let Ok(bytes) = serde_json::to_vec(&handed) {
                 let _ = ctx

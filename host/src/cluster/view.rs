@@ -96,8 +96,10 @@ fn summary(run: &ClusterRun) -> RunSummary {
         status: "cluster (every worker)".into(),
         counts: run.counts.outcomes(),
         pending: 0,
-        // The cluster counts records per run, not requests.
-        requests: None,
+        requests: crate::read_model::Requests {
+            sent: run.counts.requests_sent,
+            rate_limited: run.counts.rate_limited,
+        },
     }
 }
 
@@ -185,6 +187,21 @@ impl ReadModel for ClusterReadModel {
 
     fn replayable(&self) -> bool {
         self.enabled
+    }
+
+    /// What the account's owners published with its budget.
+    fn budget_windows(&self) -> BoxFuture<'_, Vec<crate::limiter::WindowUse>> {
+        async move {
+            let ctx = self.worker.context();
+            read_json::<super::partition::HandedBudget>(
+                &ctx.buckets.budgets,
+                &layout::account_key(&self.account),
+            )
+            .await
+            .map(|handed| handed.windows)
+            .unwrap_or_default()
+        }
+        .boxed()
     }
 
     /// Publishes the letter's record to the intake stream again.

@@ -248,6 +248,15 @@ impl Limiter {
             .windows()
     }
 
+    /// Takes in the windows another limiter of the same account saw (a
+    /// cluster's previous owner).
+    pub fn remember_windows(&self, windows: &[WindowUse]) {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remember(windows);
+    }
+
     /// Requests in flight holding a place, and what the API last reported
     /// as left in its window (for metrics).
     pub fn budget_view(&self) -> (u64, Option<u64>) {

@@ -4,11 +4,13 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// Windows remembered.
 pub const KEPT_WINDOWS: usize = 48;
 
 /// One window as the API described it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WindowUse {
     /// When it reset (epoch ms), as first named.
     pub reset_ms: u64,
@@ -68,6 +70,13 @@ impl Usage {
         }
     }
 
+    /// Takes in windows another limiter saw (a previous owner's).
+    pub(super) fn remember(&mut self, windows: &[WindowUse]) {
+        for w in windows {
+            self.saw(w.limit.saturating_sub(w.used), Some(w.limit), w.reset_ms);
+        }
+    }
+
     pub(super) fn windows(&self) -> Vec<WindowUse> {
         self.windows.iter().copied().collect()
     }
@@ -104,5 +113,24 @@ mod tests {
         assert_eq!(usage.windows().len(), KEPT_WINDOWS);
         assert_eq!(usage.windows().last().unwrap().used, 5_000);
         assert_eq!(usage.windows().last().unwrap().limit, 5_000);
+    }
+
+    #[test]
+    fn windows_handed_over_join_the_ones_seen_here() {
+        let reset = 1_796_356_800_000;
+        let mut before = Usage::new(10_000, 3_600);
+        before.saw(9_000, None, reset);
+        before.saw(8_000, None, reset + 3_600_000);
+        let mut after = Usage::new(10_000, 3_600);
+        after.saw(7_500, None, reset + 3_600_000 + 300);
+        after.remember(&before.windows());
+        assert_eq!(
+            after
+                .windows()
+                .iter()
+                .map(|w| (w.reset_ms, w.used))
+                .collect::<Vec<_>>(),
+            [(reset, 1_000), (reset + 3_600_000 + 300, 2_500)]
+        );
     }
 }

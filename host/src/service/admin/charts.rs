@@ -24,9 +24,8 @@ pub(super) struct HourFigures {
     pub(super) start_ms: u64,
     pub(super) counts: Counts,
     pub(super) queued: u64,
-    /// Requests sent and answered 429 (`None`: the backend does not count
-    /// them per run).
-    pub(super) requests: Option<Requests>,
+    /// Requests sent, and those answered 429.
+    pub(super) requests: Requests,
 }
 
 /// The `hours` hours up to the one `now_ms` is in, oldest first, each with
@@ -51,11 +50,8 @@ pub(super) fn hours(runs: &[RunSummary], now_ms: u64, hours: u64) -> Vec<HourFig
         slot.counts.rejected += run.counts.rejected;
         slot.counts.skipped += run.counts.skipped;
         slot.queued += run.pending;
-        if let Some(requests) = run.requests {
-            let sum = slot.requests.get_or_insert_with(Requests::default);
-            sum.sent += requests.sent;
-            sum.rate_limited += requests.rate_limited;
-        }
+        slot.requests.sent += run.requests.sent;
+        slot.requests.rate_limited += run.requests.rate_limited;
     }
     figures
 }
@@ -124,7 +120,7 @@ pub(super) fn request_bars(hours: &[HourFigures], budget_per_hour: Option<u64>) 
     hours
         .iter()
         .map(|hour| {
-            let requests = hour.requests.unwrap_or_default();
+            let requests = hour.requests;
             Bar {
                 title: format!(
                     "{} UTC: {} requests sent{budget}, {} answered 429",
@@ -280,7 +276,7 @@ mod tests {
                 skipped: received - delivered - rejected - pending,
             },
             pending,
-            requests: None,
+            requests: Requests::default(),
         }
     }
 
@@ -348,14 +344,15 @@ mod tests {
             "{chart}"
         );
     }
+
     #[test]
     fn requests_stack_their_429s_on_top_and_the_budget_is_a_line_on_the_same_scale() {
         let hour = NOW - NOW % HOUR_MS;
         let mut busy = run(hour, 10, 10, 0, 0);
-        busy.requests = Some(Requests {
+        busy.requests = Requests {
             sent: 600,
             rate_limited: 100,
-        });
+        };
         let figures = hours(&[busy], NOW, 2);
         let level = Level {
             value: 1_000,

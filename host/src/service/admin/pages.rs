@@ -60,6 +60,31 @@ struct AccountChart {
 /// Windows an account's chart shows at most.
 const CHARTED_WINDOWS: usize = 24;
 
+fn account_chart(
+    account: &crate::account::Account,
+    windows: &[crate::limiter::WindowUse],
+) -> AccountChart {
+    let policy = account.limiter.policy();
+    let recent = &windows[windows.len().saturating_sub(CHARTED_WINDOWS)..];
+    let limit = recent.last().map_or(policy.requests, |w| w.limit);
+    let level = charts::Level {
+        value: u64::from(limit),
+        title: format!("the budget: {limit} requests a window"),
+    };
+    AccountChart {
+        name: account.name.clone(),
+        policy: format!(
+            "{} requests per {} s, per {}",
+            policy.requests, policy.window_seconds, policy.per
+        ),
+        chart: charts::svg(
+            &format!("Budget used per window by {}", account.name),
+            &charts::window_bars(recent),
+            Some(&level),
+        ),
+    }
+}
+
 pub(super) async fn destinations(
     State(service): State<Arc<Service>>,
     operator: Operator,
@@ -167,38 +192,26 @@ pub(super) async fn destinations(
             held_by,
         });
     }
+    let mut accounts = Vec::new();
+    for account in set.accounts.values() {
+        // Any of its destinations reads the account's windows.
+        let Some(served) = set
+            .destinations
+            .values()
+            .find(|d| d.account == account.name)
+        else {
+            continue;
+        };
+        let windows = served.read.budget_windows().await;
+        accounts.push(account_chart(account, &windows));
+    }
     html(
         StatusCode::OK,
         &DestinationsPage {
             csrf: Some(&session.csrf),
             destinations: cards,
             editable: service.may_edit().is_ok(),
-            accounts: set
-                .accounts
-                .values()
-                .map(|account| {
-                    let policy = account.limiter.policy();
-                    let windows = account.limiter.windows_used();
-                    let recent = &windows[windows.len().saturating_sub(CHARTED_WINDOWS)..];
-                    let limit = recent.last().map_or(policy.requests, |w| w.limit);
-                    let level = charts::Level {
-                        value: u64::from(limit),
-                        title: format!("the budget: {limit} requests a window"),
-                    };
-                    AccountChart {
-                        name: account.name.clone(),
-                        policy: format!(
-                            "{} requests per {} s, per {}",
-                            policy.requests, policy.window_seconds, policy.per
-                        ),
-                        chart: charts::svg(
-                            &format!("Budget used per window by {}", account.name),
-                            &charts::window_bars(recent),
-                            Some(&level),
-                        ),
-                    }
-                })
-                .collect(),
+            accounts,
         },
     )
 }
@@ -212,9 +225,9 @@ struct RunRow {
     rejected: u64,
     skipped: u64,
     pending: u64,
-    /// Requests sent and answered 429 (`—` when not counted).
-    requests: String,
-    rate_limited: String,
+    /// Requests sent, and those answered 429.
+    requests: u64,
+    rate_limited: u64,
 }
 
 impl From<&RunSummary> for RunRow {
@@ -228,10 +241,8 @@ impl From<&RunSummary> for RunRow {
             rejected: r.counts.rejected,
             skipped: r.counts.skipped,
             pending: r.pending,
-            requests: r.requests.map_or("—".into(), |q| q.sent.to_string()),
-            rate_limited: r
-                .requests
-                .map_or("—".into(), |q| q.rate_limited.to_string()),
+            requests: r.requests.sent,
+            rate_limited: r.requests.rate_limited,
         }
     }
 }
@@ -303,7 +314,6 @@ pub(super) async fn destination(
         value,
         title: format!("budget: {value} requests an hour, for the account"),
     });
-    let requests_counted = runs.iter().any(|r| r.requests.is_some()) || runs.is_empty();
     service.sample_queue(&name, served.read.as_ref()).await;
     let queue = |hours| service.queue_history().hours(&name, now_ms, hours);
     let charts = vec![
@@ -322,13 +332,9 @@ pub(super) async fn destination(
         ChartPair {
             heading: "Requests",
             legend: vec![("sent", "sent"), ("limited", "answered 429")],
-            note: Some(if requests_counted {
-                match budget_per_hour {
-                    Some(b) => format!("Requests per hour; the line is the account's budget, {b} an hour, shared by its destinations."),
-                    None => "Requests per hour.".into(),
-                }
-            } else {
-                "Requests are counted per run by a single service; a cluster counts records per run only (the totals are on /metrics).".into()
+            note: Some(match budget_per_hour {
+                Some(b) => format!("Requests per hour; the line is the account's budget, {b} an hour, shared by its destinations."),
+                None => "Requests per hour.".into(),
             }),
             last_day: charts::svg("Requests per hour, the last 24 hours", &charts::request_bars(&day, budget_per_hour), budget.as_ref()),
             last_week: charts::svg("Requests per hour, the last 7 days", &charts::request_bars(&week, budget_per_hour), budget.as_ref()),

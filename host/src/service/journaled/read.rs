@@ -123,10 +123,10 @@ fn summary(run: &RunRecord) -> RunSummary {
         status: run.status.clone(),
         counts: run.counts.clone(),
         pending: run.pending,
-        requests: Some(crate::read_model::Requests {
+        requests: crate::read_model::Requests {
             sent: run.requests_sent,
             rate_limited: run.rate_limited,
-        }),
+        },
     }
 }
 
@@ -226,6 +226,15 @@ impl ReadModel for JournalReadModel {
 
     fn replayable(&self) -> bool {
         self.stream.is_some()
+    }
+
+    fn budget_windows(&self) -> BoxFuture<'_, Vec<crate::limiter::WindowUse>> {
+        let windows = self
+            .account
+            .as_ref()
+            .map(|a| a.limiter.windows_used())
+            .unwrap_or_default();
+        async move { windows }.boxed()
     }
 
     fn replay(&self, letter: i64) -> BoxFuture<'_, Result<ReplayOutcome, ReplayError>> {
