@@ -158,3 +158,48 @@ fn what_is_shown_masks_the_webhook() {
     assert!(shown.contains(MASKED), "{shown}");
     assert!(shown.contains("mappingId = 12"), "{shown}");
 }
+
+#[test]
+fn a_configuration_written_as_tables_is_edited_in_place() {
+    let file = r#"[[destinations]]
+name = "tables"
+account = "ada@example.com"
+
+[destinations.config]
+name = "Tables" # shown in summaries
+identityMapping = { source = "Oid", target = "CrmId" }
+
+# Newsletter first.
+[[destinations.config.audiences]]
+id = "news"
+mappingId = 4
+
+[[destinations.config.audiences]]
+id = "vip" # the VIPs
+mappingId = 12
+"#;
+    let mut settings = settings_of(file, "tables");
+    settings.config["audiences"][0]["mappingId"] = Json::from(5);
+    settings.config["audiences"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({ "id": "churn", "mappingId": 7 }));
+    let mut text = DestinationsText::parse(file).unwrap();
+    text.set(Some("tables"), &settings).unwrap();
+    let after = text.to_string();
+    assert!(
+        after.contains(
+            "# Newsletter first.\n[[destinations.config.audiences]]\nid = \"news\"\nmappingId = 5\n"
+        ),
+        "{after}"
+    );
+    assert!(
+        after.contains("id = \"vip\" # the VIPs\nmappingId = 12"),
+        "{after}"
+    );
+    assert!(
+        after.contains("name = \"Tables\" # shown in summaries"),
+        "{after}"
+    );
+    assert_eq!(settings_of(&after, "tables"), settings);
+}
