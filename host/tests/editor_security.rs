@@ -247,3 +247,71 @@ async fn the_editor_needs_a_session_its_token_and_its_own_draft_and_echoes_no_se
     drop(service);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_cannot_start_leaves_the_file_as_it_was() {
+    let dir = scratch("editor-security", "cannot-start");
+    let before = destinations_file(&dir);
+    let service = Service::start(&dir, &[]);
+    // Its journal's place is taken by a directory: the component accepts
+    // the configuration, but the destination cannot open its journal.
+    std::fs::create_dir_all(dir.join("state/blocked.journal")).unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let ops = Operator::sign_in(&http, &service).await;
+    let (_, location) = ops.post("/admin/destinations/new", &[], true).await;
+    let draft = location.trim_end_matches("/details").to_owned();
+    for (step, fields) in [
+        (
+            "details",
+            vec![("destination", "blocked"), ("name", "Blocked")],
+        ),
+        (
+            "account",
+            vec![
+                ("account", "ada@example.com"),
+                ("api_base", "http://127.0.0.1:9/api/v2"),
+            ],
+        ),
+        ("alerts", vec![]),
+        (
+            "audiences",
+            vec![("audiences[0].id", "a"), ("audiences[0].mappingId", "5")],
+        ),
+        ("mapping", vec![("identityMapping.source", "Oid")]),
+    ] {
+        let (status, _) = ops.post(&format!("{draft}/{step}"), &fields, true).await;
+        assert_eq!(status, StatusCode::SEE_OTHER, "{step}");
+    }
+    let (status, review) = ops.get(&format!("{draft}/review")).await;
+    assert_eq!(status, StatusCode::OK, "{review}");
+    let answer = http
+        .post(service.url(&format!("{draft}/save")))
+        .header("cookie", &ops.cookie)
+        .form(&[("csrf", ops.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = answer.text().await.unwrap();
+    assert!(page.contains("cannot be saved yet"), "{page}");
+    assert!(page.contains("Destination &#34;blocked&#34;: journal"), "{page}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("destinations.toml")).unwrap(),
+        before,
+        "the file is put back"
+    );
+    assert!(!dir.join("state/changes.ndjson").exists());
+    // The service serves what it served.
+    let (status, overview) = ops.get("/admin").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        overview.contains("/admin/destinations/d\"")
+            && !overview.contains("/admin/destinations/blocked\""),
+        "{overview}"
+    );
+    drop(service);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -229,9 +229,22 @@ impl Service {
         };
         if let Err(e) = outcome {
             // Put back what the service still serves.
-            let _ = replace(&self.file_path, current.as_bytes());
-            if let (Some((path, _)), Some(before)) = (&edited.json, json_before) {
-                let _ = replace(path, &before);
+            let file_path = self.file_path.clone();
+            let json = edited
+                .json
+                .as_ref()
+                .map(|(path, _)| path.clone())
+                .zip(json_before);
+            let restored = blocking(move || {
+                replace(&file_path, current.as_bytes())?;
+                if let Some((path, before)) = json {
+                    replace(&path, &before)?;
+                }
+                Ok::<(), SaveError>(())
+            })
+            .await;
+            if let Err(not_restored) = restored {
+                tracing::error!("the destinations file could not be put back: {not_restored}");
             }
             return Err(e);
         }

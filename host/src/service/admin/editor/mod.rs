@@ -199,7 +199,7 @@ async fn show_step(
         Err(response) => return *response,
     };
     if step == Step::Review {
-        return review(&service, &operator, &id, &draft).await;
+        return review(&service, &operator, &id, &draft, Vec::new()).await;
     }
     step_page(
         &service,
@@ -378,7 +378,15 @@ pub(super) fn diff(before: Option<&str>, after: &str) -> Vec<DiffLine> {
         .collect()
 }
 
-async fn review(service: &Service, operator: &Operator, id: &str, draft: &Draft) -> Response {
+/// The review; `refused`: what a save just met (beyond what the review's
+/// own check finds, such as a journal that cannot be opened).
+async fn review(
+    service: &Service,
+    operator: &Operator,
+    id: &str,
+    draft: &Draft,
+    refused_by_save: Vec<String>,
+) -> Response {
     let preview = match service.preview(&edit_of(draft)).await {
         Ok(preview) => preview,
         Err(e) => {
@@ -393,8 +401,13 @@ async fn review(service: &Service, operator: &Operator, id: &str, draft: &Draft)
     let Preview {
         before,
         after,
-        problems,
+        mut problems,
     } = preview;
+    for problem in refused_by_save {
+        if !problems.contains(&problem) {
+            problems.push(problem);
+        }
+    }
     let after = after.unwrap_or_default();
     let name = &draft.settings.name;
     let running = draft
@@ -478,9 +491,8 @@ async fn save(
             .into_response()
         }
         Err(SaveError::Problems(problems)) => {
-            // Shown on the review, which checks again.
             tracing::warn!("a change from the status page was refused: {problems}");
-            review(&service, &operator, &id, &draft).await
+            review(&service, &operator, &id, &draft, problems.problems).await
         }
         Err(e) => refused(
             &operator.session,
