@@ -293,6 +293,14 @@ async fn an_operator_sets_up_a_destination_in_the_browser_and_it_delivers() {
     }
     assert!(budget.contains(" requests used"), "{budget}");
     assert!(budget.contains("budget: "), "{budget}");
+    browser
+        .client()
+        .execute(
+            "document.querySelector('svg.chart').scrollIntoView()",
+            vec![],
+        )
+        .await
+        .unwrap();
     browser.screenshot("editor-7b-accounts").await;
 
     // At a phone's width neither the page nor a step scrolls sideways.

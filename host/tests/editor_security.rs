@@ -297,7 +297,10 @@ async fn a_destination_that_cannot_start_leaves_the_file_as_it_was() {
     assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let page = answer.text().await.unwrap();
     assert!(page.contains("cannot be saved yet"), "{page}");
-    assert!(page.contains("Destination &#34;blocked&#34;: journal"), "{page}");
+    assert!(
+        page.contains("Destination &#34;blocked&#34;: journal"),
+        "{page}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("destinations.toml")).unwrap(),
         before,

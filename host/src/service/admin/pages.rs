@@ -60,6 +60,21 @@ struct AccountChart {
 /// Windows an account's chart shows at most.
 const CHARTED_WINDOWS: usize = 24;
 
+/// `bars` after as many empty slots as make `slots`, so that one window
+/// is drawn as one of many, not as the whole chart.
+fn padded(bars: Vec<charts::Bar>, slots: usize) -> Vec<charts::Bar> {
+    let missing = slots.saturating_sub(bars.len());
+    let mut all: Vec<charts::Bar> = (0..missing)
+        .map(|_| charts::Bar {
+            title: "no window seen".into(),
+            segments: Vec::new(),
+            whole: 0,
+        })
+        .collect();
+    all.extend(bars);
+    all
+}
+
 fn account_chart(
     account: &crate::account::Account,
     windows: &[crate::limiter::WindowUse],
@@ -79,7 +94,7 @@ fn account_chart(
         ),
         chart: charts::svg(
             &format!("Budget used per window by {}", account.name),
-            &charts::window_bars(recent),
+            &padded(charts::window_bars(recent), CHARTED_WINDOWS),
             Some(&level),
         ),
     }
@@ -325,7 +340,7 @@ pub(super) async fn destination(
                 ("skipped", "skipped"),
                 ("queued", "queued"),
             ],
-            note: Some("Records per hour, stacked to those received.".into()),
+            note: Some("Records per hour, stacked to those received".into()),
             last_day: charts::svg("Records per hour, the last 24 hours", &charts::record_bars(&day), None),
             last_week: charts::svg("Records per hour, the last 7 days", &charts::record_bars(&week), None),
         },
@@ -333,8 +348,8 @@ pub(super) async fn destination(
             heading: "Requests",
             legend: vec![("sent", "sent"), ("limited", "answered 429")],
             note: Some(match budget_per_hour {
-                Some(b) => format!("Requests per hour; the line is the account's budget, {b} an hour, shared by its destinations."),
-                None => "Requests per hour.".into(),
+                Some(b) => format!("Requests per hour; the line is the account's budget, {b} an hour, shared by its destinations"),
+                None => "Requests per hour".into(),
             }),
             last_day: charts::svg("Requests per hour, the last 24 hours", &charts::request_bars(&day, budget_per_hour), budget.as_ref()),
             last_week: charts::svg("Requests per hour, the last 7 days", &charts::request_bars(&week, budget_per_hour), budget.as_ref()),
@@ -342,7 +357,7 @@ pub(super) async fn destination(
         ChartPair {
             heading: "Queue",
             legend: vec![("queued", "queued")],
-            note: Some("The most updates queued in each hour, sampled every minute by this process (its history starts when it does).".into()),
+            note: Some("The most updates queued in each hour, sampled every minute by this process (its history starts when it does)".into()),
             last_day: charts::svg("Queued updates per hour, the last 24 hours", &charts::queue_bars(&queue(24)), None),
             last_week: charts::svg("Queued updates per hour, the last 7 days", &charts::queue_bars(&queue(WEEK_HOURS)), None),
         },

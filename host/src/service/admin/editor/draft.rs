@@ -97,6 +97,8 @@ impl Step {
 
 /// Blank rows offered below a list's rows, for adding.
 const BLANK_ROWS: usize = 2;
+/// Blank rows "More rows" offers at most at once.
+pub const MAX_BLANK_ROWS: usize = 32;
 
 /// Drafts live this long without being used.
 const DRAFT_LIFE_MS: u64 = 2 * 3_600_000;

@@ -315,7 +315,7 @@ async fn take_step(
     }
     let more_rows = form.iter().any(|(k, v)| k == "go" && v == "more");
     if more_rows {
-        draft.blank_rows += 3;
+        draft.blank_rows = (draft.blank_rows + 3).min(draft::MAX_BLANK_ROWS);
     }
     problems.extend(
         component_problems(runtime, draft.config_json())
