@@ -71,6 +71,8 @@ pub struct Environment {
 
 /// How often each destination's queue is sampled for its chart.
 const QUEUE_SAMPLE_EVERY: Duration = Duration::from_secs(60);
+/// Where the queues' history is kept, in the state directory.
+const QUEUE_HISTORY: &str = "queue-history.json";
 
 /// Samples every destination's queue every `every`, while the service lives.
 async fn sample_queues(service: std::sync::Weak<Service>, every: Duration) {
@@ -90,6 +92,12 @@ async fn sample_queues(service: std::sync::Weak<Service>, every: Duration) {
         }
         let names: Vec<&str> = set.destinations.keys().map(String::as_str).collect();
         service.queues.keep_only(&names);
+        let path = set.file.state_dir.join(QUEUE_HISTORY);
+        let saver = service.clone();
+        let saved = tokio::task::spawn_blocking(move || saver.queues.save(&path)).await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!("the queues' history cannot be saved: {e}");
+        }
     }
 }
 
@@ -221,7 +229,7 @@ impl Service {
             connects: admin::connect::Connects::new(clock),
             attempts: admin::attempts::Attempts::new(clock),
             drafts: admin::editor::draft::Drafts::new(clock),
-            queues: queue_history::QueueHistory::default(),
+            queues: queue_history::QueueHistory::load(&file.state_dir.join(QUEUE_HISTORY)),
             bound: std::sync::OnceLock::new(),
             worker: std::sync::OnceLock::new(),
         });

@@ -1,17 +1,21 @@
 //! How each destination's queue stood hour by hour: sampled from its read
 //! model once a minute (and whenever its page is read), keeping per hour
-//! the most updates queued and the greatest age of the oldest one. Held in
-//! memory for a week; a restarted process starts an empty history.
+//! the most updates queued and the greatest age of the oldest one, for a
+//! week. Saved with each minute's samples to `STATE_DIR/queue-history.json`
+//! (replaced atomically) and read back at start, so a restart keeps it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
 
 const HOUR_MS: u64 = 3_600_000;
 /// Hours kept.
 const KEPT_HOURS: u64 = 7 * 24;
 
 /// One hour's queue, as sampled.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueHour {
     pub most_queued: u64,
     /// The oldest queued update's greatest age seen (`None`: not known,
@@ -61,6 +65,30 @@ impl QueueHistory {
                 (start, sampled.and_then(|h| h.get(&start)).copied())
             })
             .collect()
+    }
+
+    /// The history saved at `path` (empty when there is none, or it cannot
+    /// be read: a chart's history is not worth refusing to start for).
+    pub fn load(path: &Path) -> Self {
+        let hours = std::fs::read(path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        Self {
+            hours: Mutex::new(hours),
+        }
+    }
+
+    /// Saves the history at `path`, replacing what was there.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = {
+            let all = self.hours.lock().unwrap_or_else(|p| p.into_inner());
+            serde_json::to_vec(&*all).map_err(std::io::Error::other)?
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        crate::atomic_file::write(path, &bytes, 0o600)
     }
 
     /// Forgets destinations no longer served.
@@ -116,5 +144,24 @@ mod tests {
         assert!(later[..later.len() - 1].iter().all(|(_, h)| h.is_none()));
         history.keep_only(&["crm"]);
         assert!(history.hours("other", NOW, 1)[0].1.is_none());
+    }
+
+    #[test]
+    fn the_history_saved_reads_back_whole() {
+        let path = std::env::temp_dir().join(format!("queue-history-{}.json", std::process::id()));
+        let history = QueueHistory::default();
+        let hour = NOW - NOW % HOUR_MS;
+        history.record("crm", hour + 1, 12, Some(3_000));
+        history.record("crm", hour - HOUR_MS, 4, None);
+        history.save(&path).unwrap();
+        let again = QueueHistory::load(&path);
+        assert_eq!(again.hours("crm", NOW, 2), history.hours("crm", NOW, 2));
+        assert!(again.hours("crm", NOW, 2).iter().all(|(_, h)| h.is_some()));
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            QueueHistory::load(&path).hours("crm", NOW, 1)[0]
+                .1
+                .is_none()
+        );
     }
 }

@@ -357,7 +357,7 @@ pub(super) async fn destination(
         ChartPair {
             heading: "Queue",
             legend: vec![("queued", "queued")],
-            note: Some("The most updates queued in each hour, sampled every minute by this process (its history starts when it does)".into()),
+            note: Some("The most updates queued in each hour, sampled every minute".into()),
             last_day: charts::svg("Queued updates per hour, the last 24 hours", &charts::queue_bars(&queue(24)), None),
             last_week: charts::svg("Queued updates per hour, the last 7 days", &charts::queue_bars(&queue(WEEK_HOURS)), None),
         },
