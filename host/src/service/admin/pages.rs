@@ -341,25 +341,51 @@ pub(super) async fn destination(
                 ("queued", "queued"),
             ],
             note: Some("Records per hour, stacked to those received".into()),
-            last_day: charts::svg("Records per hour, the last 24 hours", &charts::record_bars(&day), None),
-            last_week: charts::svg("Records per hour, the last 7 days", &charts::record_bars(&week), None),
+            last_day: charts::svg(
+                "Records per hour, the last 24 hours",
+                &charts::record_bars(&day),
+                None,
+            ),
+            last_week: charts::svg(
+                "Records per hour, the last 7 days",
+                &charts::record_bars(&week),
+                None,
+            ),
         },
         ChartPair {
             heading: "Requests",
             legend: vec![("sent", "sent"), ("limited", "answered 429")],
             note: Some(match budget_per_hour {
-                Some(b) => format!("Requests per hour; the line is the account's budget, {b} an hour, shared by its destinations"),
+                Some(b) => format!(
+                    "Requests per hour; the line is the account's budget, {b} an hour, shared by its destinations"
+                ),
                 None => "Requests per hour".into(),
             }),
-            last_day: charts::svg("Requests per hour, the last 24 hours", &charts::request_bars(&day, budget_per_hour), budget.as_ref()),
-            last_week: charts::svg("Requests per hour, the last 7 days", &charts::request_bars(&week, budget_per_hour), budget.as_ref()),
+            last_day: charts::svg(
+                "Requests per hour, the last 24 hours",
+                &charts::request_bars(&day, budget_per_hour),
+                budget.as_ref(),
+            ),
+            last_week: charts::svg(
+                "Requests per hour, the last 7 days",
+                &charts::request_bars(&week, budget_per_hour),
+                budget.as_ref(),
+            ),
         },
         ChartPair {
             heading: "Queue",
             legend: vec![("queued", "queued")],
             note: Some("The most updates queued in each hour, sampled every minute".into()),
-            last_day: charts::svg("Queued updates per hour, the last 24 hours", &charts::queue_bars(&queue(24)), None),
-            last_week: charts::svg("Queued updates per hour, the last 7 days", &charts::queue_bars(&queue(WEEK_HOURS)), None),
+            last_day: charts::svg(
+                "Queued updates per hour, the last 24 hours",
+                &charts::queue_bars(&queue(24)),
+                None,
+            ),
+            last_week: charts::svg(
+                "Queued updates per hour, the last 7 days",
+                &charts::queue_bars(&queue(WEEK_HOURS)),
+                None,
+            ),
         },
     ];
     let history = service.history();

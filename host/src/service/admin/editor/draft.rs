@@ -227,7 +227,12 @@ impl Draft {
                 } else {
                     match minutes.parse::<u64>() {
                         Ok(m) if (1..=10_080).contains(&m) => {
-                            self.settings.stall_alert_secs = Some(m * 60);
+                            // The field shows whole minutes: a file's 90 s
+                            // shown as 2 and sent back unchanged stays 90 s.
+                            let shown = self.settings.stall_alert_secs.map(|s| s.div_ceil(60));
+                            if shown != Some(m) {
+                                self.settings.stall_alert_secs = Some(m * 60);
+                            }
                         }
                         _ => problems.push((
                             "stall_minutes".to_owned(),

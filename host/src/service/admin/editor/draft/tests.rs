@@ -200,3 +200,15 @@ fn a_setting_the_schema_does_not_declare_has_no_field_and_is_kept() {
         })
     );
 }
+
+#[test]
+fn stall_seconds_the_minutes_field_cannot_show_survive_an_unchanged_submit() {
+    let mut draft = Draft::new("session");
+    draft.settings.stall_alert_secs = Some(90);
+    let shown = draft.sections(Step::Alerts, &offered(), &|_| false);
+    assert_eq!(shown[0].fields[2].value, "2");
+    draft.take(Step::Alerts, &form(&[("stall_minutes", "2")]), &offered());
+    assert_eq!(draft.settings.stall_alert_secs, Some(90));
+    draft.take(Step::Alerts, &form(&[("stall_minutes", "3")]), &offered());
+    assert_eq!(draft.settings.stall_alert_secs, Some(180));
+}
