@@ -259,8 +259,11 @@ impl Draft {
             }
             Step::Mapping => {
                 let mode = field("match");
-                let matching = (!mode.is_empty() && offered.match_modes.first() != Some(&mode))
-                    .then(|| Value::from(mode));
+                // The default is written only when the file already says it.
+                let written = config.get("match").and_then(Value::as_str) == Some(mode.as_str());
+                let matching = (!mode.is_empty()
+                    && (written || offered.match_modes.first() != Some(&mode)))
+                .then(|| Value::from(mode));
                 let identity = field("identityMapping.source");
                 let identity = (!identity.is_empty()).then(|| {
                     let target = offered

@@ -212,3 +212,25 @@ fn stall_seconds_the_minutes_field_cannot_show_survive_an_unchanged_submit() {
     draft.take(Step::Alerts, &form(&[("stall_minutes", "3")]), &offered());
     assert_eq!(draft.settings.stall_alert_secs, Some(180));
 }
+
+#[test]
+fn the_default_way_of_matching_stays_written_where_the_file_wrote_it() {
+    let default_match = offered().match_modes[0].clone();
+    let mut draft = Draft::new("session");
+    draft.settings.config = serde_json::json!({ "match": default_match.clone() })
+        .as_object()
+        .cloned()
+        .unwrap();
+    let taken = form(&[
+        ("match", default_match.as_str()),
+        ("identityMapping.source", "Oid"),
+    ]);
+    draft.take(Step::Mapping, &taken, &offered());
+    assert_eq!(
+        draft.settings.config["match"],
+        Value::from(default_match.clone())
+    );
+    let mut fresh = Draft::new("session");
+    fresh.take(Step::Mapping, &taken, &offered());
+    assert!(!fresh.settings.config.contains_key("match"));
+}
