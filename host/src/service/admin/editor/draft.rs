@@ -571,6 +571,18 @@ impl Field {
             .collect()
     }
 
+    /// The ids of its help and its error, for `aria-describedby`.
+    pub fn described_by(&self) -> String {
+        let mut ids = Vec::new();
+        if self.help.is_some() {
+            ids.push(format!("{}-help", self.id()));
+        }
+        if self.error.is_some() {
+            ids.push(format!("{}-error", self.id()));
+        }
+        ids.join(" ")
+    }
+
     pub fn is_select(&self) -> bool {
         matches!(self.kind, FieldKind::Select(_))
     }

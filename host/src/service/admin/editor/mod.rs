@@ -11,7 +11,7 @@ pub mod schema;
 
 use super::*;
 use crate::service::editing::{Edit, Preview, SaveError};
-use draft::{Draft, Field, Section, Step, place};
+use draft::{Draft, Section, Step, place};
 use schema::Offered;
 
 pub fn routes() -> Router<Arc<Service>> {
@@ -536,18 +536,4 @@ async fn enable(
 
 fn urlencoding(name: &str) -> String {
     url::form_urlencoded::byte_serialize(name.as_bytes()).collect()
-}
-
-/// Fields are rendered by the step template through these.
-impl Field {
-    pub fn described_by(&self) -> String {
-        let mut ids = Vec::new();
-        if self.help.is_some() {
-            ids.push(format!("{}-help", self.id()));
-        }
-        if self.error.is_some() {
-            ids.push(format!("{}-error", self.id()));
-        }
-        ids.join(" ")
-    }
 }
