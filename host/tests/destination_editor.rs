@@ -671,3 +671,97 @@ fn the_schema_offers_the_components_targets_match_modes_and_descriptions() {
         Some("N of the prospect custom field customN.")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_account_is_connected_from_the_account_step_before_saving() {
+    const BOB: &str = "bob@example.com";
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            prospect_ids: 1..=100,
+            oauth: outreach_simulator::OAuthApp {
+                users: vec![(BOB.into(), "bob-password".into())],
+                ..outreach_simulator::OAuthApp::default()
+            },
+            ..SimulatorConfig::default()
+        },
+        loopback(),
+    )
+    .await
+    .unwrap();
+    let dir = scratch("destination-editor", "connect");
+    std::fs::write(dir.join("destinations.toml"), destinations_file(&simulator)).unwrap();
+    let mut args = Service::start_args(&dir);
+    args.extend([
+        "--authorize-url".to_owned(),
+        simulator.authorize_url(),
+        "--token-url".to_owned(),
+        simulator.token_url(),
+    ]);
+    let service = Service::start_with(&dir, &args, &[]);
+    let browser = Browser::start(dir.join("chromium")).await;
+    browser.client().goto(&service.url("/admin")).await.unwrap();
+    browser.sign_in_here("ops", PASSWORD).await;
+    browser
+        .click("form[action='/admin/destinations/new'] button")
+        .await;
+    let field = |name: &str| format!("[name=\"{name}\"]");
+    browser.fill(&field("destination"), "bobs").await;
+    browser.fill(&field("name"), "Bob's sync").await;
+    browser.click("button[value=next]").await;
+    browser.fill(&field("account"), BOB).await;
+    browser
+        .fill(&field("api_base"), &simulator.api_base())
+        .await;
+    browser.click("button[value=next]").await;
+
+    // Back on the account step: Bob is new here, and can log in now.
+    browser.click("nav a[href$='/account']").await;
+    let step = browser.path().await;
+    let page = browser.text().await;
+    assert!(page.contains(&format!("{BOB} needs a login")), "{page}");
+    browser.screenshot("editor-account-new").await;
+    browser.click("form[action='/admin/connect'] button").await;
+    browser.until_at(&simulator.addr().to_string()).await;
+    browser.fill("input[name=email]", BOB).await;
+    browser.click("button[type=submit]").await;
+    browser.fill("input[name=password]", "bob-password").await;
+    browser.click("button[type=submit]").await;
+    // Connected, and back to the step, the draft as it was.
+    browser.until_at(&step).await;
+    let page = browser.text().await;
+    assert!(page.contains(&format!("{BOB} is connected ✓")), "{page}");
+    browser.screenshot("editor-account-new-connected").await;
+    let stored = outreach_host::oauth::TokenStore::new(dir.join("tokens.json")).get(BOB);
+    assert!(stored.is_ok(), "tokens stored for the new account");
+
+    // The rest of the setup, and records delivered with Bob's login.
+    browser.click("nav a[href$='/audiences']").await;
+    browser.fill(&field("audiences[0].id"), "aud-bob").await;
+    browser.fill(&field("audiences[0].mappingId"), "11").await;
+    browser.click("button[value=next]").await;
+    browser.fill(&field("identityMapping.source"), "Oid").await;
+    browser.click("button[value=next]").await;
+    browser.click("form[action$='/save'] button").await;
+    assert_eq!(browser.path().await, "/admin/destinations/bobs");
+    let posted = reqwest::Client::new()
+        .post(service.url("/v1/destinations/bobs/records"))
+        .bearer_auth(INGEST_KEY)
+        .header("content-type", "application/x-ndjson")
+        .body(member_profile("aud-bob", 7, "Bo") + "\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    eventually(
+        "delivered with the new account's login",
+        Duration::from_secs(20),
+        || {
+            simulator
+                .prospect(7)
+                .and_then(|p| p.get("custom11").cloned())
+                .is_some()
+        },
+    )
+    .await;
+    browser.close().await;
+}

@@ -320,6 +320,33 @@ impl Service {
         })
     }
 
+    /// Account `name` as a destination configured by `config_json` on
+    /// `runtime` would have it (its scopes those the configuration needs,
+    /// when it is valid yet).
+    pub(super) async fn account_for(
+        &self,
+        name: &str,
+        runtime: Arc<Runtime>,
+        config_json: String,
+    ) -> Result<Account, String> {
+        let checker = runtime.clone();
+        let scopes = tokio::task::spawn_blocking(move || checker.configure(&config_json))
+            .await
+            .ok()
+            .and_then(|checked| checked.ok())
+            .and_then(|configured| configured.ok())
+            .map(|c| c.identity().scopes.clone())
+            .unwrap_or_default();
+        let settings = self
+            .current()
+            .file
+            .accounts
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        self.account(name, &settings, &runtime, &scopes)
+    }
+
     fn account(
         &self,
         name: &str,

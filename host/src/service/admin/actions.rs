@@ -10,6 +10,10 @@ pub(super) struct ConnectForm {
     csrf: String,
     #[serde(default)]
     account: String,
+    /// The destination being set up that asks (its account step is where
+    /// the browser comes back to).
+    #[serde(default)]
+    draft: String,
 }
 
 /// "Connect": sends the browser to the authorization server.
@@ -18,24 +22,53 @@ pub(super) async fn connect_start(
     operator: Operator,
     Form(form): Form<ConnectForm>,
 ) -> Response {
-    let session = operator.session;
-    if let Err(refused) = check_csrf(&session, &form.csrf) {
+    let session = &operator.session;
+    if let Err(refused) = check_csrf(session, &form.csrf) {
         return *refused;
     }
-    let Some(account) = service.current().accounts.get(&form.account).cloned() else {
-        return error_page(
-            StatusCode::NOT_FOUND,
-            Some(&session.csrf),
-            "Not found",
-            "No destination uses that account.",
-        );
+    let draft = (!form.draft.is_empty())
+        .then(|| service.drafts().get(&form.draft, &operator.id))
+        .flatten()
+        .filter(|d| d.settings.account == form.account);
+    let return_to = match &draft {
+        Some(_) => format!("/admin/drafts/{}/account", form.draft),
+        None => "/admin".to_owned(),
+    };
+    let account = match (
+        service.current().accounts.get(&form.account).cloned(),
+        &draft,
+    ) {
+        (Some(account), _) => account,
+        // An account new to the service, for the destination being set
+        // up: connected before it is saved.
+        (None, Some(draft)) => match editor::account_of(&service, draft).await {
+            Ok(account) => Arc::new(account),
+            Err(e) => {
+                return error_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(&session.csrf),
+                    "Cannot connect",
+                    &sentence(&e),
+                );
+            }
+        },
+        (None, None) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                Some(&session.csrf),
+                "Not found",
+                "No destination uses that account.",
+            );
+        }
     };
     let callback = format!("{}{}", service.public_url(), connect::CALLBACK_PATH);
     match account.connect_client(&callback) {
         // A page that moves on by itself rather than a redirect: the
         // policy keeps forms to this site, redirects after them included.
         Ok(Some((client, store))) => {
-            let (url, browser) = service.connects().start(&account.name, client, store);
+            let (url, browser) = service
+                .connects()
+                .start(&account.name, client, store, &return_to);
             let mut page = html(
                 StatusCode::OK,
                 &ConnectingPage {
@@ -77,6 +110,8 @@ struct ConnectingPage<'a> {
 struct ConnectedPage<'a> {
     csrf: Option<&'a str>,
     account: &'a str,
+    /// Where the page moves on to.
+    back: &'a str,
 }
 
 /// The connect cookie: set with `value` (`live`) or cleared. `Lax`, so
@@ -127,7 +162,7 @@ async fn connect_finished(
     browser: Option<&str>,
 ) -> Response {
     match service.connects().finish(redirect, browser).await {
-        Ok(account) => {
+        Ok((account, back)) => {
             if let Some(shared) = set.accounts.get(&account) {
                 shared.reload_tokens();
             }
@@ -137,6 +172,7 @@ async fn connect_finished(
                 &ConnectedPage {
                     csrf: None,
                     account: &account,
+                    back: &back,
                 },
             )
         }

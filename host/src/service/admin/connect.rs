@@ -32,6 +32,8 @@ pub const CALLBACK_PATH: &str = "/oauth/callback";
 /// A login started from the page, waiting for its callback.
 struct Started {
     account: String,
+    /// The page to go back to once connected.
+    return_to: String,
     /// The value of the browser's connect cookie.
     browser: String,
     client: OAuthClient,
@@ -75,13 +77,15 @@ impl Connects {
     }
 
     /// Starts a login for `account` with `client` (whose redirect URI is
-    /// the service's callback), its tokens to go to `store`: where to send
-    /// the browser, and the value of the cookie to give it.
+    /// the service's callback), its tokens to go to `store`, the browser to
+    /// come back to `return_to` (a path of these pages): where to send the
+    /// browser, and the value of the cookie to give it.
     pub fn start(
         &self,
         account: &str,
         client: OAuthClient,
         store: Box<dyn TokenSink>,
+        return_to: &str,
     ) -> (String, String) {
         let now = self.clock.now_ms();
         let (url, pending) = client.authorize_url();
@@ -92,6 +96,7 @@ impl Connects {
             pending.state().to_owned(),
             Started {
                 account: account.to_owned(),
+                return_to: return_to.to_owned(),
                 browser: browser.clone(),
                 client,
                 store,
@@ -104,13 +109,13 @@ impl Connects {
 
     /// Finishes the login the callback's `state` names, if `browser` (its
     /// connect cookie) is the one that started it: exchanges the code and
-    /// stores the tokens for its account (which it returns). A state is
-    /// good once, whatever happens.
+    /// stores the tokens for its account; returns the account and the page
+    /// to go back to. A state is good once, whatever happens.
     pub async fn finish(
         &self,
         redirect: &Redirect,
         browser: Option<&str>,
-    ) -> Result<String, ConnectError> {
+    ) -> Result<(String, String), ConnectError> {
         let now = self.clock.now_ms();
         let started = redirect
             .state
@@ -123,6 +128,7 @@ impl Connects {
         }
         let Started {
             account,
+            return_to,
             client,
             store,
             pending,
@@ -142,6 +148,6 @@ impl Connects {
             .put(&account, &tokens)
             .await
             .map_err(ConnectError::Store)?;
-        Ok(account)
+        Ok((account, return_to))
     }
 }

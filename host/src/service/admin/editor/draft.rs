@@ -361,7 +361,7 @@ impl Draft {
                 } else if has_account(account) {
                     Some(format!("{account} is already used by this service: its login is shared."))
                 } else {
-                    Some(format!("{account} is new to this service: after saving, connect it with “Connect” on the destinations page."))
+                    Some(format!("{account} is new to this service: its login can be made now, with Connect below, or after saving, from the destinations page."))
                 };
                 vec![Section {
                     legend: "The API account".into(),

@@ -171,6 +171,19 @@ async fn offered(
     Ok((runtime, offered))
 }
 
+/// The account a draft names, as the service would make it for the
+/// destination (its tokens in the service's store), for an account the
+/// service does not use yet.
+pub(super) async fn account_of(
+    service: &Service,
+    draft: &Draft,
+) -> Result<crate::account::Account, String> {
+    let (runtime, _) = offered(service, draft).await?;
+    service
+        .account_for(&draft.settings.account, runtime, draft.config_json())
+        .await
+}
+
 /// The component's problems with the draft's configuration, by setting.
 async fn component_problems(
     runtime: Arc<crate::engine::Runtime>,
@@ -237,7 +250,13 @@ async fn step_page(
     let has_account = |name: &str| set.accounts.contains_key(name);
     let mut sections = draft.sections(step, &offered, &has_account);
     let problems = place(&mut sections, problems);
-    let account = set.accounts.get(&draft.settings.account).cloned();
+    let account = match set.accounts.get(&draft.settings.account) {
+        Some(account) => Some(account.clone()),
+        None if step == Step::Account && !draft.settings.account.is_empty() => {
+            account_of(service, draft).await.ok().map(Arc::new)
+        }
+        None => None,
+    };
     let connection = match (step, account) {
         (Step::Account, Some(account)) => {
             let now_secs = crate::clock::now_ms() / 1000;
