@@ -183,7 +183,7 @@ pub struct Service {
     /// Failed sign-ins, per client and per user.
     attempts: admin::attempts::Attempts,
     /// Destinations being set up in the pages.
-    drafts: admin::editor::draft::Drafts,
+    drafts: admin::editor::drafts::Drafts,
     /// Each destination's queue, hour by hour.
     queues: queue_history::QueueHistory,
     /// The address the listener was bound to.
@@ -228,7 +228,7 @@ impl Service {
                 .map(|admin| Arc::new(admin::session::Sessions::new(admin.session, clock))),
             connects: admin::connect::Connects::new(clock),
             attempts: admin::attempts::Attempts::new(clock),
-            drafts: admin::editor::draft::Drafts::new(clock),
+            drafts: admin::editor::drafts::Drafts::new(clock),
             queues: queue_history::QueueHistory::load(&file.state_dir.join(QUEUE_HISTORY)),
             bound: std::sync::OnceLock::new(),
             worker: std::sync::OnceLock::new(),
@@ -288,7 +288,7 @@ impl Service {
         &self.connects
     }
 
-    pub fn drafts(&self) -> &admin::editor::draft::Drafts {
+    pub fn drafts(&self) -> &admin::editor::drafts::Drafts {
         &self.drafts
     }
 

@@ -1,109 +1,23 @@
 //! A destination being set up in the pages: the settings entered so far
 //! (held by the service, never in the browser: a webhook URL stays out of
-//! every page), which step reads which, and the fields each step shows.
+//! every page), what each step's form changes, and the fields it shows.
 //!
 //! A component setting's form field is named by the setting's path as the
 //! component names it in its errors (`audiences[2].mappingId`), so each
 //! error lands next to the field it is about.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use serde_json::{Map, Value};
 
+use super::fields::{Field, FieldKind, Section};
 use super::schema::Offered;
-use crate::clock::Clock;
+use super::step::Step;
 use crate::service::config::DestinationSpec;
 use crate::service::config::edit::DestinationSettings;
-
-/// The steps, in order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
-    Details,
-    Account,
-    Alerts,
-    Audiences,
-    Mapping,
-    Review,
-}
-
-impl Step {
-    pub const ALL: [Step; 6] = [
-        Step::Details,
-        Step::Account,
-        Step::Alerts,
-        Step::Audiences,
-        Step::Mapping,
-        Step::Review,
-    ];
-
-    pub fn slug(self) -> &'static str {
-        match self {
-            Step::Details => "details",
-            Step::Account => "account",
-            Step::Alerts => "alerts",
-            Step::Audiences => "audiences",
-            Step::Mapping => "mapping",
-            Step::Review => "review",
-        }
-    }
-
-    pub fn title(self) -> &'static str {
-        match self {
-            Step::Details => "Details",
-            Step::Account => "Account",
-            Step::Alerts => "Alerts",
-            Step::Audiences => "Audiences",
-            Step::Mapping => "Mapping",
-            Step::Review => "Review",
-        }
-    }
-
-    pub fn from_slug(slug: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|s| s.slug() == slug)
-    }
-
-    pub fn next(self) -> Step {
-        let at = Step::ALL.iter().position(|s| *s == self).unwrap_or(0);
-        Step::ALL.get(at + 1).copied().unwrap_or(Step::Review)
-    }
-
-    pub fn previous(self) -> Option<Step> {
-        let at = Step::ALL.iter().position(|s| *s == self)?;
-        at.checked_sub(1).map(|i| Step::ALL[i])
-    }
-
-    /// Whether a problem with component setting `setting` is this step's
-    /// to show.
-    pub fn owns(self, setting: &str) -> bool {
-        let root = setting.split(['.', '[']).next().unwrap_or(setting);
-        let roots: &[&str] = match self {
-            Step::Details => &["name", "description"],
-            Step::Account => &["account"],
-            Step::Alerts => &[],
-            Step::Audiences => &["audiences", "statusLabels"],
-            Step::Mapping => &[
-                "match",
-                "identityMapping",
-                "emailMapping",
-                "companyMapping",
-                "attributeMappings",
-            ],
-            Step::Review => return true,
-        };
-        roots.contains(&root)
-    }
-}
 
 /// Blank rows offered below a list's rows, for adding.
 const BLANK_ROWS: usize = 2;
 /// Blank rows "More rows" offers at most at once.
 pub const MAX_BLANK_ROWS: usize = 32;
-
-/// Drafts live this long without being used.
-const DRAFT_LIFE_MS: u64 = 2 * 3_600_000;
-/// Drafts kept at most (the oldest goes first).
-const MAX_DRAFTS: usize = 64;
 
 /// A destination being set up.
 #[derive(Clone, Debug)]
@@ -118,7 +32,7 @@ pub struct Draft {
     /// The destination as it was served when editing began: saving over a
     /// change made since (by another operator, or a reload) is refused.
     pub base: Option<DestinationSpec>,
-    touched_ms: u64,
+    pub(super) touched_ms: u64,
 }
 
 impl Draft {
@@ -516,124 +430,6 @@ impl Draft {
     }
 }
 
-/// A group of fields on a step.
-pub struct Section {
-    pub legend: String,
-    pub help: Option<String>,
-    pub fields: Vec<Field>,
-    /// A list's rows, each a row of fields.
-    pub rows: Vec<Vec<Field>>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FieldKind {
-    Text,
-    Select(Vec<String>),
-    /// An attribute target: text, offered the component's targets.
-    Target,
-    /// A secret: never shown, only whether one is set.
-    Secret {
-        set: bool,
-    },
-}
-
-pub struct Field {
-    pub name: String,
-    pub label: String,
-    pub value: String,
-    pub kind: FieldKind,
-    pub help: Option<String>,
-    pub read_only: bool,
-    pub narrow: bool,
-    /// The problem with it, to show beside it.
-    pub error: Option<String>,
-}
-
-impl Field {
-    fn text(name: &str, label: &str, value: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            label: label.to_owned(),
-            value: value.to_owned(),
-            kind: FieldKind::Text,
-            help: None,
-            read_only: false,
-            narrow: false,
-            error: None,
-        }
-    }
-
-    /// An id usable in HTML (`aria-describedby`).
-    pub fn id(&self) -> String {
-        self.name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect()
-    }
-
-    /// The ids of its help and its error, for `aria-describedby`.
-    pub fn described_by(&self) -> String {
-        let mut ids = Vec::new();
-        if self.help.is_some() {
-            ids.push(format!("{}-help", self.id()));
-        }
-        if self.error.is_some() {
-            ids.push(format!("{}-error", self.id()));
-        }
-        ids.join(" ")
-    }
-
-    pub fn is_select(&self) -> bool {
-        matches!(self.kind, FieldKind::Select(_))
-    }
-
-    pub fn options(&self) -> &[String] {
-        match &self.kind {
-            FieldKind::Select(options) => options,
-            _ => &[],
-        }
-    }
-
-    pub fn is_target(&self) -> bool {
-        self.kind == FieldKind::Target
-    }
-
-    pub fn is_secret(&self) -> bool {
-        matches!(self.kind, FieldKind::Secret { .. })
-    }
-
-    pub fn secret_set(&self) -> bool {
-        self.kind == FieldKind::Secret { set: true }
-    }
-}
-
-/// Puts each problem beside the field it names; returns the ones no field
-/// on the page names.
-pub fn place(sections: &mut [Section], problems: Vec<(String, String)>) -> Vec<String> {
-    let mut unplaced = Vec::new();
-    for (setting, message) in problems {
-        let field = sections
-            .iter_mut()
-            .flat_map(|s| s.fields.iter_mut().chain(s.rows.iter_mut().flatten()))
-            .find(|f| {
-                f.name == setting
-                    || f.name.starts_with(&format!("{setting}."))
-                    || f.name.starts_with(&format!("{setting}["))
-            });
-        match field {
-            Some(field) => {
-                let joined = match field.error.take() {
-                    Some(before) => format!("{before} {message}"),
-                    None => message,
-                };
-                field.error = Some(joined);
-            }
-            None => unplaced.push(message),
-        }
-    }
-    unplaced
-}
-
 fn set_text(object: &mut Map<String, Value>, key: &str, text: &str) {
     if text.is_empty() {
         object.remove(key);
@@ -706,73 +502,6 @@ fn rows(form: &[(String, String)], list: &str, columns: &[&str]) -> Vec<Vec<Stri
         .into_values()
         .filter(|row| row.iter().any(|v| !v.is_empty()))
         .collect()
-}
-
-/// The drafts being edited, per session.
-pub struct Drafts {
-    clock: Clock,
-    drafts: Mutex<HashMap<String, Draft>>,
-}
-
-impl Drafts {
-    pub fn new(clock: Clock) -> Self {
-        Self {
-            clock,
-            drafts: Mutex::default(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
-    }
-
-    /// Keeps `draft`; returns its id.
-    pub fn begin(&self, mut draft: Draft) -> String {
-        let id = crate::service::admin::session::token();
-        let now = self.now_ms();
-        draft.touched_ms = now;
-        let mut drafts = self.drafts.lock().unwrap_or_else(|p| p.into_inner());
-        drafts.retain(|_, d| now.saturating_sub(d.touched_ms) < DRAFT_LIFE_MS);
-        while drafts.len() >= MAX_DRAFTS {
-            let Some(oldest) = drafts
-                .iter()
-                .min_by_key(|(_, d)| d.touched_ms)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            drafts.remove(&oldest);
-        }
-        drafts.insert(id.clone(), draft);
-        id
-    }
-
-    /// Draft `id`, if session `owner` began it and it has not expired.
-    pub fn get(&self, id: &str, owner: &str) -> Option<Draft> {
-        let now = self.now_ms();
-        let mut drafts = self.drafts.lock().unwrap_or_else(|p| p.into_inner());
-        let draft = drafts.get_mut(id)?;
-        if draft.owner != owner || now.saturating_sub(draft.touched_ms) >= DRAFT_LIFE_MS {
-            return None;
-        }
-        draft.touched_ms = now;
-        Some(draft.clone())
-    }
-
-    pub fn put(&self, id: &str, mut draft: Draft) {
-        draft.touched_ms = self.now_ms();
-        self.drafts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), draft);
-    }
-
-    pub fn end(&self, id: &str) {
-        self.drafts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
-    }
 }
 
 #[cfg(test)]

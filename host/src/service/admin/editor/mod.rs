@@ -7,12 +7,17 @@
 //! does. Enabling and disabling a destination are one form each.
 
 pub mod draft;
+pub mod drafts;
+pub mod fields;
 pub mod schema;
+pub mod step;
 
 use super::*;
 use crate::service::editing::{Edit, Preview, SaveError};
-use draft::{Draft, Section, Step, place};
+use draft::Draft;
+use fields::{Section, place};
 use schema::Offered;
+use step::Step;
 
 pub fn routes() -> Router<Arc<Service>> {
     Router::new()

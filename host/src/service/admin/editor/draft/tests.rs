@@ -1,4 +1,5 @@
 use super::*;
+use crate::service::admin::editor::fields::place;
 
 fn form(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -158,20 +159,6 @@ fn steps_own_the_settings_they_show() {
     assert!(!Step::Details.owns("audiences[0].id"));
     assert!(Step::Details.owns("name"));
     assert!(Step::Review.owns("anything"));
-}
-
-#[test]
-fn a_draft_is_its_sessions_only_and_expires() {
-    let clock = Clock::starting_at(1_000_000);
-    let drafts = Drafts::new(clock);
-    let id = drafts.begin(Draft::new("mine"));
-    assert!(drafts.get(&id, "theirs").is_none());
-    assert!(drafts.get(&id, "mine").is_some());
-    let later = Drafts {
-        clock: Clock::starting_at(1_000_000 + DRAFT_LIFE_MS + 1),
-        drafts: Mutex::new(drafts.drafts.lock().unwrap().clone()),
-    };
-    assert!(later.get(&id, "mine").is_none());
 }
 
 #[test]
