@@ -46,6 +46,16 @@ fn refused(session: &Session, status: StatusCode, heading: &str, message: &str) 
     error_page(status, Some(&session.csrf), heading, message)
 }
 
+/// The page saying `error` stopped what the operator asked for.
+fn failed(
+    session: &Session,
+    status: StatusCode,
+    heading: &str,
+    error: impl std::fmt::Display,
+) -> Response {
+    refused(session, status, heading, &sentence(&error.to_string()))
+}
+
 fn to_step(id: &str, step: Step) -> Response {
     Redirect::to(&format!("/admin/drafts/{id}/{}", step.slug())).into_response()
 }
@@ -54,11 +64,11 @@ fn to_step(id: &str, step: Step) -> Response {
 fn may_begin(service: &Service, operator: &Operator, csrf: &str) -> Result<(), Refused> {
     check_csrf(&operator.session, csrf)?;
     service.may_edit().map_err(|e| {
-        Box::new(refused(
+        Box::new(failed(
             &operator.session,
             StatusCode::CONFLICT,
             "Not here",
-            &sentence(&e.to_string()),
+            e,
         ))
     })
 }
@@ -243,11 +253,11 @@ async fn step_page(
     let (_, offered) = match offered(service, draft).await {
         Ok(found) => found,
         Err(e) => {
-            return refused(
+            return failed(
                 &operator.session,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",
-                &sentence(&e),
+                e,
             );
         }
     };
@@ -316,11 +326,11 @@ async fn take_step(
     let (runtime, offered) = match offered(&service, &draft).await {
         Ok(found) => found,
         Err(e) => {
-            return refused(
+            return failed(
                 &operator.session,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",
-                &sentence(&e),
+                e,
             );
         }
     };
@@ -414,12 +424,7 @@ async fn review(
     let preview = match service.preview(&edit_of(draft)).await {
         Ok(preview) => preview,
         Err(e) => {
-            return refused(
-                &operator.session,
-                StatusCode::CONFLICT,
-                "Cannot review",
-                &sentence(&e.to_string()),
-            );
+            return failed(&operator.session, StatusCode::CONFLICT, "Cannot review", e);
         }
     };
     let Preview {
@@ -518,12 +523,7 @@ async fn save(
             tracing::warn!("a change from the status page was refused: {problems}");
             review(&service, &operator, &id, &draft, problems.problems).await
         }
-        Err(e) => refused(
-            &operator.session,
-            StatusCode::CONFLICT,
-            "Not saved",
-            &sentence(&e.to_string()),
-        ),
+        Err(e) => failed(&operator.session, StatusCode::CONFLICT, "Not saved", e),
     }
 }
 
@@ -549,12 +549,7 @@ async fn enable(
         Ok(_) => {
             Redirect::to(&format!("/admin/destinations/{}", urlencoding(&name))).into_response()
         }
-        Err(e) => refused(
-            session,
-            StatusCode::CONFLICT,
-            "Not changed",
-            &sentence(&e.to_string()),
-        ),
+        Err(e) => failed(session, StatusCode::CONFLICT, "Not changed", e),
     }
 }
 
