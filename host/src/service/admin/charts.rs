@@ -183,6 +183,21 @@ pub(super) fn window_bars(windows: &[WindowUse]) -> Vec<Bar> {
         .collect()
 }
 
+/// `bars` after as many empty slots as make `slots`, so that one window
+/// is drawn as one of many, not as the whole chart.
+pub(super) fn padded(bars: Vec<Bar>, slots: usize) -> Vec<Bar> {
+    let missing = slots.saturating_sub(bars.len());
+    let mut all: Vec<Bar> = (0..missing)
+        .map(|_| Bar {
+            title: "no window seen".into(),
+            segments: Vec::new(),
+            whole: 0,
+        })
+        .collect();
+    all.extend(bars);
+    all
+}
+
 /// The chart: a bar per slot, all on one scale — the tallest bar (or the
 /// level, when higher) fills the height. `label` names it for assistive
 /// technology; it and every title are escaped.

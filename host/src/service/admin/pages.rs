@@ -60,21 +60,6 @@ struct AccountChart {
 /// Windows an account's chart shows at most.
 const CHARTED_WINDOWS: usize = 24;
 
-/// `bars` after as many empty slots as make `slots`, so that one window
-/// is drawn as one of many, not as the whole chart.
-fn padded(bars: Vec<charts::Bar>, slots: usize) -> Vec<charts::Bar> {
-    let missing = slots.saturating_sub(bars.len());
-    let mut all: Vec<charts::Bar> = (0..missing)
-        .map(|_| charts::Bar {
-            title: "no window seen".into(),
-            segments: Vec::new(),
-            whole: 0,
-        })
-        .collect();
-    all.extend(bars);
-    all
-}
-
 fn account_chart(
     account: &crate::account::Account,
     windows: &[crate::limiter::WindowUse],
@@ -94,7 +79,7 @@ fn account_chart(
         ),
         chart: charts::svg(
             &format!("Budget used per window by {}", account.name),
-            &padded(charts::window_bars(recent), CHARTED_WINDOWS),
+            &charts::padded(charts::window_bars(recent), CHARTED_WINDOWS),
             Some(&level),
         ),
     }
